@@ -1,0 +1,7 @@
+"""pacsnode — a DICOM node in Python."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

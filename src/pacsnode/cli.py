@@ -1,0 +1,35 @@
+"""The ``pacsnode`` command line: thin — parse, call a service, print."""
+
+from __future__ import annotations
+
+import click
+
+from . import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pacsnode")
+def main() -> None:
+    """pacsnode — a DICOM node: archive (DIMSE + DICOMweb), gateway to other
+    PACS, and the everyday DICOM tools."""
+
+
+def _add_commands() -> None:
+    # Each feature module exposes COMMANDS: a list of click commands.
+    from .archive_commands import COMMANDS as archive_commands
+    main_commands = list(archive_commands)
+    try:
+        from .tools.commands import COMMANDS as tool_commands
+        main_commands += tool_commands
+    except ImportError:  # feature not built yet
+        pass
+    try:
+        from .remote.commands import COMMANDS as remote_commands
+        main_commands += remote_commands
+    except ImportError:
+        pass
+    for command in main_commands:
+        main.add_command(command)
+
+
+_add_commands()

@@ -1,0 +1,1 @@
+"""DICOM-side helpers: the attribute catalogue, value normalisation, DICOM JSON."""
