@@ -90,7 +90,6 @@ instances = Table(
     Column("transfer_syntax", String(64), nullable=False),
     Column("blob_key", Text, nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("digest", String(64), nullable=False),
     Column("stored_at", Float, nullable=False),
     Column("origin", Text, nullable=False, default=""),
     # The header as DICOM JSON (PS3.18 F), bulk data left out.

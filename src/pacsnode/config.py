@@ -1,0 +1,160 @@
+"""Settings, declared once (name, default, help).
+
+Sources, lowest to highest priority: defaults, the TOML file (``--config``),
+``PACSNODE_<NAME>`` environment variables, command-line options.  The CLI
+options of ``serve`` and the README's configuration table are generated from
+``SETTINGS`` (tests keep them in step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Setting", "SETTINGS", "Settings", "NodeConfig", "load_settings"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    type: type = str
+    cli: bool = True
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "./pacsnode-data", "Folder of the blob store (studies/…) and, by "
+            "default, the SQLite index.", Path),
+    Setting("database_url", "", "SQLAlchemy URL of the index; empty means SQLite at "
+            "<data_dir>/index.sqlite. PostgreSQL: postgresql+psycopg://user@host/db."),
+    Setting("ae_title", "PACSNODE", "Our DICOM Application Entity title."),
+    Setting("dicom_port", 11112, "TCP port of the DIMSE listener (C-ECHO/STORE/FIND/MOVE/GET).",
+            int),
+    Setting("http_port", 8080, "TCP port of the HTTP listener (DICOMweb, REST API).", int),
+    Setting("host", "127.0.0.1", "Address both listeners bind to."),
+    Setting("duplicate_policy", "replace", "What storing an existing SOP Instance UID with "
+            "different bytes does: 'replace' it, 'keep' the stored one (success), or 'reject' "
+            "(C-STORE 0x0111, STOW FailureReason 45070). Identical bytes are always accepted "
+            "as already stored."),
+    Setting("fsync", True, "fsync each blob and its folder before acknowledging (turn off "
+            "only on throw-away archives).", bool),
+    Setting("max_associations", 32, "Most DIMSE associations served at once.", int),
+    Setting("dimse_timeout", 60, "Seconds of silence before a DIMSE association is aborted.",
+            int),
+    Setting("max_stow_bytes", 4 * 1024**3, "Largest STOW-RS request body accepted (bytes).",
+            int),
+    Setting("qido_max_limit", 1000, "Most results one QIDO-RS/C-FIND page returns.", int),
+    Setting("cors_origins", [], "Origins allowed to call the HTTP API from a browser.",
+            list, cli=False),
+    Setting("export_roots", [], "Folders under which export/pull-to-path may write.",
+            list, cli=False),
+    Setting("stable_study_seconds", 60, "Quiet period before a study counts as stable.", int),
+    Setting("stable_series_seconds", 30, "Quiet period before a series counts as stable.",
+            int),
+    Setting("on_stable_study", "", "Command run once per stable study; placeholders "
+            "{study_uid} {path} {patient_id} {calling_aet} become separate arguments."),
+    Setting("on_stable_series", "", "Command run once per stable series (as on_stable_study, "
+            "plus {series_uid})."),
+    Setting("webhooks", [], "URLs that get a JSON POST for each stable study/series.",
+            list, cli=False),
+    Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING)."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    aet: str
+    host: str
+    port: int
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("./pacsnode-data")
+    database_url: str = ""
+    ae_title: str = "PACSNODE"
+    dicom_port: int = 11112
+    http_port: int = 8080
+    host: str = "127.0.0.1"
+    duplicate_policy: str = "replace"
+    fsync: bool = True
+    max_associations: int = 32
+    dimse_timeout: int = 60
+    max_stow_bytes: int = 4 * 1024**3
+    qido_max_limit: int = 1000
+    cors_origins: list[str] = field(default_factory=list)
+    export_roots: list[str] = field(default_factory=list)
+    stable_study_seconds: int = 60
+    stable_series_seconds: int = 30
+    on_stable_study: str = ""
+    on_stable_series: str = ""
+    webhooks: list[str] = field(default_factory=list)
+    log_level: str = "INFO"
+    nodes: dict[str, NodeConfig] = field(default_factory=dict)
+
+    @property
+    def index_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'index.sqlite'}"
+
+
+def _coerce(setting: Setting, value: Any) -> Any:
+    if setting.type is bool:
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if setting.type is list:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return list(json.loads(text))
+            return [v.strip() for v in text.split(",") if v.strip()]
+        return list(value)
+    if setting.type is Path:
+        return Path(value)
+    return setting.type(value)
+
+
+def load_settings(config_file: str | os.PathLike | None = None,
+                  overrides: dict[str, Any] | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Merge defaults < TOML < PACSNODE_* environment < ``overrides`` (the CLI)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    nodes: dict[str, NodeConfig] = {}
+    path = config_file or env.get("PACSNODE_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        for name, raw in data.items():
+            if name == "nodes":
+                for node_name, node in raw.items():
+                    nodes[node_name] = NodeConfig(node_name, str(node.get("aet", node_name)),
+                                                  str(node.get("host", "127.0.0.1")),
+                                                  int(node["port"]))
+            elif name in _BY_NAME:
+                values[name] = _coerce(_BY_NAME[name], raw)
+            else:
+                raise ValueError(f"{path}: unknown setting {name!r}")
+    for setting in SETTINGS:
+        key = "PACSNODE_" + setting.name.upper()
+        if key in env:
+            values[setting.name] = _coerce(setting, env[key])
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(_BY_NAME[name], value)
+    settings = Settings(**values)
+    settings.nodes = nodes
+    if settings.duplicate_policy not in ("replace", "keep", "reject"):
+        raise ValueError(f"duplicate_policy must be replace, keep or reject, "
+                         f"not {settings.duplicate_policy!r}")
+    return settings

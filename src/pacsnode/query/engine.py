@@ -1,0 +1,230 @@
+"""Running a Query: SQL for matching and paging, batched aggregate queries for
+the computed attributes, and projection of each match into a Dataset of the
+requested return keys (empty but present when there is no value)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select
+
+from ..dicom.catalogue import ATTRIBUTES, BY_KEYWORD, COMPUTED, Level
+from ..dicom.values import stored_to_dicom
+from ..index.db import Database
+from ..index.schema import LEVEL_TABLES, instances, series, studies
+from .model import Query, ReturnKey
+from .sql import compile_query
+
+__all__ = ["QueryEngine", "Match"]
+
+_LEVEL_UID = {Level.PATIENT: None, Level.STUDY: "StudyInstanceUID",
+              Level.SERIES: "SeriesInstanceUID", Level.IMAGE: "SOPInstanceUID"}
+
+
+class Match(Dataset):
+    """A result data set that also remembers its row id and level."""
+
+    row_id: int = 0
+
+
+class QueryEngine:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def search(self, query: Query) -> list[Dataset]:
+        return list(self.iter(query))
+
+    def count(self, query: Query) -> int:
+        level_table = LEVEL_TABLES[query.level]
+        stmt = compile_query(query, func.count(level_table.c.id))
+        with self.db.read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def iter(self, query: Query, batch: int = 500) -> Iterator[Dataset]:
+        """Matches in a stable order, ``batch`` rows per SQL round trip."""
+        level_table = LEVEL_TABLES[query.level]
+        cols = self._columns(query)
+        stmt = compile_query(query, level_table.c.id, *cols).order_by(*self._order(query))
+        offset = query.offset
+        remaining = query.limit
+        while remaining is None or remaining > 0:
+            size = batch if remaining is None else min(batch, remaining)
+            with self.db.read() as conn:
+                rows = conn.execute(stmt.limit(size).offset(offset)).all()
+                if not rows:
+                    return
+                extras = self._extras(conn, query, [r[0] for r in rows])
+            for row in rows:
+                yield self._project(query, row, extras)
+            if len(rows) < size:
+                return
+            offset += len(rows)
+            if remaining is not None:
+                remaining -= len(rows)
+
+    # -- building blocks
+
+    @staticmethod
+    def _order(query: Query) -> list[Any]:
+        table = LEVEL_TABLES[query.level]
+        if query.level == Level.IMAGE:
+            # Instances of a series in InstanceNumber order (DESIGN §4).
+            return [table.c.series_fk, table.c.instancenumber.is_(None),
+                    table.c.instancenumber, table.c.id]
+        return [table.c.id]
+
+    @staticmethod
+    def _wanted(query: Query) -> list[tuple[int, str]]:
+        keys = [(rk.tag, rk.keyword) for rk in query.return_keys]
+        if query.include_all:
+            have = {t for t, _ in keys}
+            for attr in ATTRIBUTES:
+                if attr.level <= query.level and attr.tag not in have:
+                    keys.append((attr.tag, attr.keyword))
+            for kw, (lvl, _vr) in COMPUTED.items():
+                if lvl == query.level:
+                    from pydicom.datadict import tag_for_keyword
+                    tag = int(tag_for_keyword(kw))
+                    if tag not in have:
+                        keys.append((tag, kw))
+        # The unique keys of the query level and above are always returned.
+        uniques = [(a.tag, a.keyword) for a in ATTRIBUTES
+                   if a.unique and a.level <= query.level and a.level != Level.PATIENT]
+        have = {t for t, _ in keys}
+        keys.extend(u for u in uniques if u[0] not in have)
+        return keys
+
+    def _columns(self, query: Query) -> list[Any]:
+        cols = []
+        seen = set()
+        for _tag, kw in self._wanted(query):
+            attr = BY_KEYWORD.get(kw)
+            if attr is not None and attr.level <= query.level and kw not in seen:
+                seen.add(kw)
+                cols.append(LEVEL_TABLES[attr.level].c[attr.column].label(kw))
+        return cols
+
+    def _extras(self, conn: Any, query: Query, ids: list[int]) -> dict[str, dict[int, Any]]:
+        """Computed attributes and header JSON of representative instances,
+        one batched query each for the page's ids."""
+        wanted = {kw for _t, kw in self._wanted(query)}
+        out: dict[str, dict[int, Any]] = {}
+        lvl = query.level
+        fk = {Level.PATIENT: None, Level.STUDY: instances.c.study_fk,
+              Level.SERIES: instances.c.series_fk, Level.IMAGE: instances.c.id}[lvl]
+
+        def grouped(stmt: Any) -> dict[int, Any]:
+            return {int(k): v for k, v in conn.execute(stmt).all()}
+
+        if lvl == Level.STUDY:
+            if "NumberOfStudyRelatedSeries" in wanted:
+                out["NumberOfStudyRelatedSeries"] = grouped(
+                    select(series.c.study_fk, func.count()).where(series.c.study_fk.in_(ids))
+                    .group_by(series.c.study_fk))
+            if "NumberOfStudyRelatedInstances" in wanted:
+                out["NumberOfStudyRelatedInstances"] = grouped(
+                    select(instances.c.study_fk, func.count())
+                    .where(instances.c.study_fk.in_(ids)).group_by(instances.c.study_fk))
+            if "ModalitiesInStudy" in wanted:
+                mods: dict[int, list[str]] = {}
+                for sid, mod in conn.execute(
+                        select(series.c.study_fk, series.c.modality).distinct()
+                        .where(series.c.study_fk.in_(ids))
+                        .order_by(series.c.study_fk, series.c.modality)).all():
+                    if mod:
+                        mods.setdefault(int(sid), []).append(mod)
+                out["ModalitiesInStudy"] = mods
+            if "SOPClassesInStudy" in wanted:
+                classes: dict[int, list[str]] = {}
+                for sid, uid in conn.execute(
+                        select(instances.c.study_fk, instances.c.sopclassuid).distinct()
+                        .where(instances.c.study_fk.in_(ids))).all():
+                    classes.setdefault(int(sid), []).append(uid)
+                out["SOPClassesInStudy"] = classes
+        if lvl == Level.SERIES and "NumberOfSeriesRelatedInstances" in wanted:
+            out["NumberOfSeriesRelatedInstances"] = grouped(
+                select(instances.c.series_fk, func.count())
+                .where(instances.c.series_fk.in_(ids)).group_by(instances.c.series_fk))
+        if lvl == Level.PATIENT:
+            from ..index.schema import patients
+            if "NumberOfPatientRelatedStudies" in wanted:
+                out["NumberOfPatientRelatedStudies"] = grouped(
+                    select(studies.c.patient_fk, func.count())
+                    .where(studies.c.patient_fk.in_(ids)).group_by(studies.c.patient_fk))
+            if "NumberOfPatientRelatedSeries" in wanted:
+                out["NumberOfPatientRelatedSeries"] = grouped(
+                    select(studies.c.patient_fk, func.count(series.c.id))
+                    .join(series, series.c.study_fk == studies.c.id)
+                    .where(studies.c.patient_fk.in_(ids)).group_by(studies.c.patient_fk))
+            if "NumberOfPatientRelatedInstances" in wanted:
+                out["NumberOfPatientRelatedInstances"] = grouped(
+                    select(studies.c.patient_fk, func.count(instances.c.id))
+                    .join(instances, instances.c.study_fk == studies.c.id)
+                    .where(studies.c.patient_fk.in_(ids)).group_by(studies.c.patient_fk))
+            del patients
+        # Attributes not in the catalogue come from a representative
+        # instance's header JSON (the first stored of the entity).
+        need_json = query.include_all and lvl == Level.IMAGE or any(
+            (kw not in BY_KEYWORD or BY_KEYWORD[kw].level > lvl) and kw not in COMPUTED
+            for kw in wanted)
+        if need_json and fk is not None:
+            if lvl == Level.IMAGE:
+                rep = {i: i for i in ids}
+            else:
+                rep = grouped(select(fk, func.min(instances.c.id)).where(fk.in_(ids))
+                              .group_by(fk))
+            metas = grouped(select(instances.c.id, instances.c.meta_json)
+                            .where(instances.c.id.in_(list(rep.values()))))
+            out["__json__"] = {owner: metas.get(inst) for owner, inst in rep.items()}
+        return out
+
+    def _project(self, query: Query, row: Any, extras: dict[str, dict[int, Any]]) -> Dataset:
+        row_id = int(row[0])
+        mapping = row._mapping
+        ds = Match()
+        ds.row_id = row_id
+        header: dict[str, Any] | None = None
+        raw_json = extras.get("__json__", {}).get(row_id)
+        if raw_json:
+            header = json.loads(raw_json)
+        if query.include_all and query.level == Level.IMAGE and header:
+            ds.update(Dataset.from_json({k: v for k, v in header.items()
+                                         if "BulkDataURI" not in v and "InlineBinary" not in v}))
+        non_ascii = False
+        for tag, kw in self._wanted(query):
+            attr = BY_KEYWORD.get(kw)
+            if attr is not None and attr.level <= query.level:
+                value = stored_to_dicom(attr, mapping[kw])
+                vr = attr.vr
+            elif kw in COMPUTED:
+                if COMPUTED[kw][0] != query.level:
+                    continue
+                vr = COMPUTED[kw][1]
+                value = extras.get(kw, {}).get(row_id)
+                if value is None and kw.startswith("Number"):
+                    value = 0
+            elif header is not None and f"{tag:08X}" in header:
+                try:
+                    elem = Dataset.from_json({f"{tag:08X}": header[f"{tag:08X}"]})[tag]
+                except Exception:
+                    continue
+                ds[tag] = elem
+                continue
+            else:
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    vr = "UN"
+                value = None
+            if vr == "SQ":
+                value = [] if value is None else value
+            if isinstance(value, str) and not value.isascii():
+                non_ascii = True
+            ds.add_new(tag, vr, value)
+        if non_ascii:
+            ds.SpecificCharacterSet = "ISO_IR 192"
+        return ds

@@ -1,0 +1,233 @@
+"""Building a Query from a C-FIND identifier or from QIDO-RS parameters.
+
+Both go through ``constraint_for``, so a value means the same thing on both
+protocols (PS3.4 C.2.2.2; PS3.18 8.3.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+
+from ..dicom.catalogue import BY_KEYWORD, COMPUTED, Level, UnknownAttribute, resolve_key
+from ..dicom.header import valid_uid
+from ..dicom.values import norm_date, norm_datetime, norm_time, text_value
+from ..errors import BadQuery
+from .model import (Constraint, Fuzzy, ListOfUID, Query, Range, ReturnKey, Sequence,
+                    SingleValue, Wildcard)
+
+__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "QIDO_DEFAULTS"]
+
+# Elements of an identifier that steer the query rather than match.
+_CONTROL = {0x00080052, 0x00080005, 0x00080056, 0x00080054, 0x00088000}
+
+
+def _range(keyword: str, vr: str, value: str) -> Range:
+    low_text, _, high_text = value.partition("-")
+    try:
+        if vr == "DA":
+            low = norm_date(low_text) if low_text.strip() else None
+            high = norm_date(high_text) if high_text.strip() else None
+        elif vr == "TM":
+            low = norm_time(low_text) if low_text.strip() else None
+            high = norm_time(high_text, high=True) if high_text.strip() else None
+        else:
+            low = norm_datetime(low_text) if low_text.strip() else None
+            high = norm_datetime(high_text, high=True) if high_text.strip() else None
+    except ValueError as exc:
+        raise BadQuery(f"{keyword}: {exc}") from None
+    if low is None and high is None:
+        raise BadQuery(f"{keyword}: {value!r} is not a range")
+    if low is not None and high is not None and low > high:
+        raise BadQuery(f"{keyword}: range {value!r} ends before it starts")
+    return Range(keyword, low, high)
+
+
+def constraint_for(keyword: str, vr: str, value: str, fuzzy: bool = False) -> Constraint | None:
+    """The constraint a non-empty value asks for, or None for universal
+    matching (empty value, or ``*`` alone)."""
+    value = value.strip()
+    if value == "" or value == "*":
+        return None
+    if vr == "UI":
+        uids = tuple(u.strip() for u in value.split("\\") if u.strip())
+        bad = [u for u in uids if not valid_uid(u)]
+        if bad:
+            raise BadQuery(f"{keyword}: {bad[0]!r} is not a valid UID")
+        return ListOfUID(keyword, uids) if len(uids) > 1 else SingleValue(keyword, uids[0])
+    if vr in ("DA", "TM", "DT"):
+        if "-" in value:
+            return _range(keyword, vr, value)
+        try:
+            if vr == "DA":
+                return SingleValue(keyword, norm_date(value))
+            if vr == "TM":
+                return Range(keyword, norm_time(value), norm_time(value, high=True))
+            return Range(keyword, norm_datetime(value), norm_datetime(value, high=True))
+        except ValueError as exc:
+            raise BadQuery(f"{keyword}: {exc}") from None
+    if vr == "PN" and fuzzy:
+        return Fuzzy(keyword, value)
+    if "*" in value or "?" in value:
+        return Wildcard(keyword, value)
+    return SingleValue(keyword, value)
+
+
+def _vr_of(tag: int, keyword: str) -> str:
+    if keyword in COMPUTED:
+        return COMPUTED[keyword][1]
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def query_from_identifier(identifier: Dataset) -> Query:
+    """A C-FIND identifier → Query.  Every element is a return key; those
+    with a value also match."""
+    if "QueryRetrieveLevel" not in identifier:
+        raise BadQuery("the identifier has no Query/Retrieve Level (0008,0052)")
+    try:
+        level = Level.parse(str(identifier.QueryRetrieveLevel))
+    except ValueError as exc:
+        raise BadQuery(str(exc)) from None
+    query = Query(level)
+    for elem in identifier:
+        tag = int(elem.tag)
+        if tag in _CONTROL or elem.tag.is_private or elem.tag.group == 0x0000:
+            continue
+        keyword = elem.keyword or ""
+        query.return_keys.append(ReturnKey(tag, keyword))
+        if not keyword:
+            continue
+        if elem.VR == "SQ":
+            items = list(elem.value or [])
+            if items and len(items[0]):
+                sub = []
+                for item_elem in items[0]:
+                    c = constraint_for(item_elem.keyword, item_elem.VR,
+                                       text_value(item_elem.value))
+                    if c is not None:
+                        sub.append(c)
+                if sub:
+                    query.constraints.append(Sequence(keyword, tuple(sub)))
+            continue
+        c = constraint_for(keyword, elem.VR if elem.VR != "UN" else _vr_of(tag, keyword),
+                           text_value(elem.value))
+        if c is not None and (keyword in BY_KEYWORD or keyword in COMPUTED):
+            query.constraints.append(c)
+        # Other optional keys: matching not supported, returned (PS3.4 C.2.2.1.3).
+    return query
+
+
+#: PS3.18 Table 6.7.1-2: attributes returned by default per level (plus the
+#: higher levels' for /series and /instances searched from the top).
+QIDO_DEFAULTS: dict[Level, tuple[str, ...]] = {
+    Level.STUDY: ("StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
+                  "ReferringPhysicianName", "PatientName", "PatientID", "StudyInstanceUID",
+                  "StudyID", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+                  "PatientBirthDate", "PatientSex", "StudyDescription"),
+    Level.SERIES: ("Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+                   "NumberOfSeriesRelatedInstances", "PerformedProcedureStepStartDate",
+                   "PerformedProcedureStepStartTime", "SeriesDate", "SeriesTime",
+                   "BodyPartExamined"),
+    Level.IMAGE: ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns",
+                  "BitsAllocated", "NumberOfFrames"),
+}
+
+
+def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
+                    scope: dict[str, str] | None = None, max_limit: int = 1000) -> Query:
+    """QIDO-RS query parameters → Query.  ``scope`` holds the UIDs from the
+    URL path (e.g. ``/studies/{StudyInstanceUID}/series``)."""
+    query = Query(level)
+    fuzzy = False
+    includes: list[str] = []
+    matches: list[tuple[str, str]] = []
+    for name, value in params:
+        if name == "fuzzymatching":
+            if value.lower() not in ("true", "false"):
+                raise BadQuery(f"fuzzymatching must be true or false, not {value!r}")
+            fuzzy = value.lower() == "true"
+        elif name == "includefield":
+            includes.extend(v.strip() for v in value.split(",") if v.strip())
+        elif name in ("limit", "offset"):
+            try:
+                number = int(value)
+            except ValueError:
+                raise BadQuery(f"{name} must be a non-negative integer, not {value!r}") from None
+            if number < 0:
+                raise BadQuery(f"{name} must be a non-negative integer, not {value!r}")
+            if name == "limit":
+                query.limit = number
+            else:
+                query.offset = number
+        else:
+            matches.append((name, value))
+    seen: set[int] = set()
+
+    def add_return(tag: int, keyword: str) -> None:
+        if tag not in seen:
+            seen.add(tag)
+            query.return_keys.append(ReturnKey(tag, keyword))
+
+    for lvl in (Level.STUDY, Level.SERIES, Level.IMAGE):
+        if lvl <= level and (lvl == level or scope is None or _scope_level(scope) < lvl):
+            for kw in QIDO_DEFAULTS[lvl]:
+                tag, _ = resolve_key(kw) if kw not in COMPUTED else (_computed_tag(kw), kw)
+                add_return(tag, kw)
+    for field in includes:
+        if field == "all":
+            query.include_all = True
+            continue
+        tag, keyword = _resolve(field)
+        add_return(tag, keyword)
+    for key, uid in (scope or {}).items():
+        query.constraints.append(SingleValue(key, uid))
+    for name, value in matches:
+        if "." in name and not name.replace(".", "").isalnum():
+            raise BadQuery(f"unknown attribute {name!r}")
+        if "." in name:
+            # Sequence item matching: Seq.Attr=value
+            seq_name, _, item_name = name.partition(".")
+            seq_tag, seq_kw = _resolve(seq_name)
+            item_tag, item_kw = _resolve(item_name)
+            c = constraint_for(item_kw, _vr_of(item_tag, item_kw), value, fuzzy)
+            if c is not None:
+                query.constraints.append(Sequence(seq_kw, (c,)))
+            add_return(seq_tag, seq_kw)
+            continue
+        tag, keyword = _resolve(name)
+        add_return(tag, keyword)
+        c = constraint_for(keyword, _vr_of(tag, keyword), value, fuzzy)
+        if c is None:
+            continue
+        if keyword not in BY_KEYWORD and keyword not in COMPUTED:
+            raise BadQuery(f"matching on {keyword} is not supported "
+                           "(see docs/CONFORMANCE.md for the searchable attributes)")
+        query.constraints.append(c)
+    if query.limit is None or query.limit > max_limit:
+        query.limit = max_limit
+    return query
+
+
+def _scope_level(scope: dict[str, str]) -> Level:
+    if "SeriesInstanceUID" in scope:
+        return Level.SERIES
+    if "StudyInstanceUID" in scope:
+        return Level.STUDY
+    return Level.PATIENT
+
+
+def _computed_tag(keyword: str) -> int:
+    tag, _ = resolve_key(keyword)
+    return tag
+
+
+def _resolve(name: str) -> tuple[int, str]:
+    try:
+        tag, keyword = resolve_key(name)
+    except UnknownAttribute as exc:
+        raise BadQuery(str(exc)) from None
+    return tag, keyword

@@ -1,0 +1,44 @@
+"""The ASGI application: one FastAPI app, routers per feature."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from ..errors import PacsnodeError
+from ..node import Node
+
+__all__ = ["create_app"]
+
+
+def create_app(node: Node, ready: Any = None) -> FastAPI:
+    """``ready()`` says whether every listener accepts connections (health)."""
+    app = FastAPI(title="pacsnode", version="0.1.0", openapi_url="/api/v1/openapi.json",
+                  docs_url="/api/v1/docs", redoc_url=None)
+    app.state.node = node
+    if node.settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(node.settings.cors_origins),
+                           allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["Warning", "Location", "Content-Location", "ETag"])
+
+    @app.exception_handler(PacsnodeError)
+    async def _pacsnode_error(_request: Request, exc: PacsnodeError) -> JSONResponse:
+        return JSONResponse({"error": exc.reason}, status_code=exc.http_status)
+
+    @app.get("/api/v1/health", tags=["node"], summary="Liveness of both listeners")
+    def health() -> JSONResponse:
+        ok = ready() if ready is not None else True
+        if not ok:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    for name in ("dicomweb", "api"):
+        try:
+            module = __import__(f"pacsnode.web.{name}", fromlist=["router"])
+        except ImportError:
+            continue  # feature not built yet
+        app.include_router(module.router)
+    return app
