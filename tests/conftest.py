@@ -91,3 +91,159 @@ def storescp_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     yield start
     for p in procs:
         stop_process(p)
+
+
+class PacsnodeServer:
+    """A `pacsnode serve` subprocess on free loopback ports."""
+
+    def __init__(self, data_dir: Path, aet: str = "PACSNODE", database_url: str = "",
+                 config: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.aet = aet
+        self.database_url = database_url
+        self.config = config
+        self.extra_env = extra_env or {}
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"serve-{self.dicom_port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> "PacsnodeServer":
+        import sys
+        import httpx
+        cmd = [sys.executable, "-m", "pacsnode", "serve", "--data-dir", str(self.data_dir),
+               "--ae-title", self.aet, "--dicom-port", str(self.dicom_port),
+               "--http-port", str(self.http_port), "--host", "127.0.0.1"]
+        if self.database_url:
+            cmd += ["--database-url", self.database_url]
+        if self.config:
+            cmd += ["--config", self.config]
+        env = dict(os.environ, **self.extra_env)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pacsnode serve exited {self.proc.returncode}:\n"
+                                   + self.log_path.read_text()[-3000:])
+            try:
+                r = httpx.get(self.base_url + "/api/v1/health", timeout=1)
+                if r.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("pacsnode serve did not become healthy:\n"
+                           + self.log_path.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def pacsnode_factory(tmp_path: Path) -> Iterator:
+    """Start `pacsnode serve` processes; all are stopped after the test."""
+    servers: list[PacsnodeServer] = []
+
+    def start(**kw) -> PacsnodeServer:
+        data = kw.pop("data_dir", None) or tmp_path / f"data{len(servers)}"
+        data.mkdir(exist_ok=True)
+        server = PacsnodeServer(data, **kw).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def pacsnode_server(pacsnode_factory) -> "PacsnodeServer":
+    """One running node on SQLite in a fresh data dir."""
+    return pacsnode_factory()
+
+
+class PostgresCluster:
+    """A throw-away PostgreSQL cluster (initdb + pg_ctl) on a free port,
+    run as the `postgres` user when we are root (PostgreSQL refuses root)."""
+
+    def __init__(self, base: Path) -> None:
+        self.initdb = require_tool("initdb", "postgresql")
+        self.pg_ctl = require_tool("pg_ctl", "postgresql")
+        self.base = base
+        self.port = free_port()
+        self.datadir = base / "pgdata"
+        self.sockdir = base / "sock"
+        self._dbs = 0
+
+    def _run(self, *cmd: str) -> None:
+        if os.geteuid() == 0:
+            cmd = ("runuser", "-u", "postgres", "--") + cmd
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> "PostgresCluster":
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.sockdir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "postgres")
+            shutil.chown(self.sockdir, "postgres")
+            self.base.chmod(0o755)
+            for parent in list(self.base.parents)[:-1]:
+                try:
+                    parent.chmod(parent.stat().st_mode | 0o011)
+                except PermissionError:
+                    pass
+        self._run(self.initdb, "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
+                  "--no-sync", "-E", "UTF8")
+        self._run(self.pg_ctl, "-D", str(self.datadir), "-w", "-l", str(self.base / "pg.log"),
+                  "-o", f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off -c max_connections=200", "start")
+        return self
+
+    def new_database(self) -> str:
+        import psycopg
+        self._dbs += 1
+        name = f"pacsnode_{self._dbs}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run(self.pg_ctl, "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+        except subprocess.CalledProcessError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster(tmp_path_factory.mktemp("pg")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Index URL on each supported database: the tests using it run twice."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    cluster = request.getfixturevalue("postgres")
+    return cluster.new_database()

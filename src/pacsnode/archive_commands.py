@@ -2,6 +2,194 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import click
 
+from .config import SETTINGS, Settings, load_settings
+
 COMMANDS: list[click.Command] = []
+
+
+def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """One click option per setting (declared once in config.SETTINGS)."""
+    for setting in reversed(SETTINGS):
+        if not setting.cli:
+            continue
+        flag = "--" + setting.name.replace("_", "-")
+        if setting.type is bool:
+            func = click.option(flag + "/--no-" + setting.name.replace("_", "-"),
+                                setting.name, default=None, help=setting.help)(func)
+        else:
+            ctype = {int: int, Path: click.Path(path_type=Path)}.get(setting.type, str)
+            func = click.option(flag, setting.name, type=ctype, default=None,
+                                help=f"{setting.help} [default: {setting.default}]")(func)
+    return click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                        help="TOML configuration file (options and [nodes.NAME]).")(func)
+
+
+def _load(config_file: str | None, options: dict[str, Any]) -> Settings:
+    try:
+        return load_settings(config_file, overrides=options)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("pynetdicom", "pylibjpeg", "openjpeg", "libjpeg", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.command("serve")
+@_settings_options
+def serve(config_file: str | None, **options: Any) -> None:
+    """Run the node: DIMSE SCP (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, storage
+    commitment) and HTTP (DICOMweb under /dicomweb, REST API under /api/v1).
+
+    SIGTERM or Ctrl-C stops accepting new work, lets running associations
+    finish (up to 10 s) and exits; an instance is acknowledged only once its
+    file and index row are durable, so nothing half-written remains."""
+    import uvicorn
+
+    from .dimse.scp import DimseServer
+    from .node import Node
+    from .web.app import create_app
+
+    settings = _load(config_file, options)
+    _setup_logging(settings.log_level)
+    log = logging.getLogger("pacsnode")
+    node = Node(settings)
+    dimse = DimseServer(node)
+    try:
+        dimse.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on DICOM port {settings.dicom_port}: {exc}")
+    extras = _start_services(node)
+    app = create_app(node, ready=lambda: dimse.listening)
+    config = uvicorn.Config(app, host=settings.host, port=settings.http_port,
+                            log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    log.info("HTTP listening on http://%s:%s (DICOMweb /dicomweb, REST /api/v1)",
+             settings.host, settings.http_port)
+    try:
+        server.run()
+    finally:
+        log.info("shutting down: no new associations; waiting for running ones")
+        for stop in extras:
+            stop()
+        dimse.stop(grace=10.0)
+        node.close()
+        log.info("stopped")
+
+
+def _start_services(node: Any) -> list[Callable[[], None]]:
+    """Background services of `serve` that later features plug in (jobs,
+    stable-study triggers).  Each returns a stop function."""
+    stops: list[Callable[[], None]] = []
+    try:
+        from .automation import start as start_automation
+    except ImportError:
+        pass
+    else:
+        stops.append(start_automation(node))
+    try:
+        from .remote.jobs import start as start_jobs
+    except ImportError:
+        pass
+    else:
+        stops.append(start_jobs(node))
+    return stops
+
+
+def _iter_sources(paths: tuple[str, ...]) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """(label, opener) for every file under the given paths, zip members included."""
+    for raw in paths:
+        path = Path(raw)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            if zipfile.is_zipfile(f):
+                with zipfile.ZipFile(f) as zf:
+                    names = [n for n in zf.namelist() if not n.endswith("/")]
+                for name in names:
+                    yield f"{f}!{name}", (lambda f=f, name=name: _zip_member(f, name))
+            else:
+                yield str(f), (lambda f=f: open(f, "rb"))
+
+
+def _zip_member(archive: Path, name: str) -> Any:
+    zf = zipfile.ZipFile(archive)
+    return zf.open(name)
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@_settings_options
+def import_(paths: tuple[str, ...], config_file: str | None, **options: Any) -> None:
+    """Ingest DICOM files, folders (recursively) and zip files into the archive,
+    through the same path as C-STORE and STOW-RS.  Safe while `serve` runs on
+    the same --data-dir / --database-url."""
+    from rich.progress import Progress
+
+    from .events import Origin
+    from .ingest import Outcome
+    from .node import Node
+
+    settings = _load(config_file, options)
+    _setup_logging("WARNING")
+    node = Node(settings)
+    sources = list(_iter_sources(paths))
+    counts: dict[Outcome, int] = {o: 0 for o in Outcome}
+    problems: list[tuple[str, str]] = []
+    with Progress(transient=False) as progress:
+        task = progress.add_task("importing", total=len(sources))
+        for label, opener in sources:
+            with opener() as fh:
+                result = node.ingestor.ingest_chunks(iter(lambda: fh.read(1 << 20), b""),
+                                                     Origin("import", address=label))
+            counts[result.outcome] += 1
+            if not result.outcome.ok:
+                problems.append((label, result.reason))
+            progress.advance(task)
+    node.close()
+    click.echo(f"stored {counts[Outcome.STORED]}, replaced {counts[Outcome.REPLACED]}, "
+               f"already stored {counts[Outcome.ALREADY_STORED]}, "
+               f"refused {counts[Outcome.REFUSED]}, failed {counts[Outcome.FAILED]}")
+    for label, reason in problems[:50]:
+        click.echo(f"  {label}: {reason}", err=True)
+    if len(problems) > 50:
+        click.echo(f"  … and {len(problems) - 50} more", err=True)
+    if counts[Outcome.FAILED]:
+        sys.exit(1)
+
+
+@click.command("check")
+@click.option("--repair", is_flag=True, help="Index files that have no index row, drop "
+              "index rows whose file is gone, and remove stale temp files.")
+@_settings_options
+def check(repair: bool, config_file: str | None, **options: Any) -> None:
+    """Reconcile the blob store and the index.  Exit 0 when consistent, 1 when
+    a problem was found (after --repair: 0 if everything was mended)."""
+    from .check import reconcile
+    from .node import Node
+
+    settings = _load(config_file, options)
+    _setup_logging("WARNING")
+    node = Node(settings)
+    report = reconcile(node, repair=repair)
+    node.close()
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(0 if report.ok(after_repair=repair) else 1)
+
+
+COMMANDS.extend([serve, import_, check])
+

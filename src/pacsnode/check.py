@@ -1,0 +1,84 @@
+"""`pacsnode check`: reconcile the blob store with the index.
+
+A crash can leave (a) a blob renamed into place whose index transaction never
+committed — it was never acknowledged, but it is a valid instance, so repair
+indexes it — and (b) temp files in ``incoming/``.  An index row whose file
+is gone (deleted by hand, lost disk) is reported and, on repair, dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from .events import Origin
+from .index.schema import instances, series, studies
+from .node import Node
+
+__all__ = ["CheckReport", "reconcile"]
+
+
+@dataclass
+class CheckReport:
+    files_without_rows: list[str] = field(default_factory=list)
+    rows_without_files: list[tuple[str, str, str]] = field(default_factory=list)
+    temp_files: list[str] = field(default_factory=list)
+    repaired: int = 0
+    unrepaired: list[str] = field(default_factory=list)
+    instances: int = 0
+
+    def ok(self, after_repair: bool = False) -> bool:
+        if after_repair:
+            return not self.unrepaired
+        return not (self.files_without_rows or self.rows_without_files or self.temp_files)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.instances} instances indexed"]
+        for key in self.files_without_rows:
+            out.append(f"file without index row: {key}")
+        for study, se, sop in self.rows_without_files:
+            out.append(f"index row without file: study {study} series {se} instance {sop}")
+        for temp in self.temp_files:
+            out.append(f"stale temp file: {temp}")
+        if self.repaired:
+            out.append(f"repaired {self.repaired} problem(s)")
+        for problem in self.unrepaired:
+            out.append(f"could not repair: {problem}")
+        if self.ok() or (self.repaired and not self.unrepaired):
+            out.append("consistent" if self.ok() else "consistent after repair")
+        return out
+
+
+def reconcile(node: Node, repair: bool = False) -> CheckReport:
+    report = CheckReport()
+    with node.db.read() as conn:
+        rows = conn.execute(
+            select(instances.c.blob_key, studies.c.studyinstanceuid, series.c.seriesinstanceuid,
+                   instances.c.sopinstanceuid)
+            .join(series, series.c.id == instances.c.series_fk)
+            .join(studies, studies.c.id == instances.c.study_fk)).all()
+    report.instances = len(rows)
+    indexed = {r.blob_key for r in rows}
+    for r in rows:
+        if not node.store.exists(r.blob_key):
+            report.rows_without_files.append((r.studyinstanceuid, r.seriesinstanceuid,
+                                              r.sopinstanceuid))
+    report.files_without_rows = sorted(k for k in node.store.keys() if k not in indexed)
+    report.temp_files = [str(p) for p in node.store.temp_files()]
+    if not repair:
+        return report
+    for key in report.files_without_rows:
+        result = node.ingestor.ingest_path(node.store.path(key), Origin("check", address=key))
+        if result.outcome.ok:
+            report.repaired += 1
+        else:
+            report.unrepaired.append(f"{key}: {result.reason}")
+    if report.rows_without_files:
+        from .delete import delete_entities
+        for study, se, sop in report.rows_without_files:
+            delete_entities(node, study, se, sop, Origin("check"))
+            report.repaired += 1
+    for temp in node.store.temp_files():
+        temp.unlink(missing_ok=True)
+        report.repaired += 1
+    return report

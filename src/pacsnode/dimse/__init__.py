@@ -1,0 +1,1 @@
+"""DIMSE face of the node (pynetdicom)."""
