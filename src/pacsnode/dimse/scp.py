@@ -8,6 +8,8 @@ becomes a DIMSE failure status (pynetdicom does that), never a dead process.
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 import logging
 import socket
 import threading
@@ -17,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pynetdicom.dimse_messages as _dimse_messages
-from pydicom import dcmread
+from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000,
                          JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless,
                          JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
@@ -88,6 +90,7 @@ class DimseServer:
         self.node = node
         s = node.settings
         _config.STORE_RECV_CHUNKED_DATASET = True  # large instances never sit in memory
+        _config.STORE_SEND_CHUNKED_DATASET = True  # files sent as stored, not re-encoded
         _config.LOG_HANDLER_LEVEL = "none"
         _receive_into(node.store.incoming)
         ae = AE(ae_title=s.ae_title)
@@ -249,7 +252,8 @@ class DimseServer:
             return
         contexts = _store_contexts(refs)
         yield dest.host, dest.port, {"contexts": contexts,
-                                     "evt_handlers": [(evt.EVT_CONN_OPEN, _on_conn)]}
+                                     "evt_handlers": [(evt.EVT_CONN_OPEN, _on_conn),
+                                                      (evt.EVT_ACCEPTED, _on_store_assoc)]}
         yield len(refs)
         log.info("C-MOVE from %s to %s: %d instances", origin.describe(), dest_aet, len(refs))
         yield from self._send(event, refs)
@@ -265,6 +269,7 @@ class DimseServer:
             return
         yield len(refs)
         log.info("C-GET from %s: %d instances", origin.describe(), len(refs))
+        _send_raw_files(event.assoc)
         yield from self._send(event, refs)
 
     def _send(self, event: evt.Event, refs: list[InstanceRef]) -> Iterator[Any]:
@@ -272,15 +277,7 @@ class DimseServer:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
-            try:
-                ds = dcmread(ref.path)
-            except Exception as exc:
-                log.error("cannot read %s: %s", ref.path, exc)
-                failed = Dataset()
-                failed.FailedSOPInstanceUIDList = [ref.sop_instance_uid]
-                yield 0xA702, failed
-                return
-            yield 0xFF00, ds
+            yield 0xFF00, StoredInstance(ref)
 
     def on_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
         """Storage Commitment Push Model (PS3.4 J.3): answer the N-ACTION, then
@@ -347,6 +344,65 @@ class DimseServer:
             new.release()
 
 
+class StoredInstance(Dataset):
+    """A stored file handed through pynetdicom's C-GET/C-MOVE machinery, which
+    insists on Datasets.  ``_send_raw_files`` makes the association send the
+    file's bytes as stored instead of decoding and re-encoding them."""
+
+    def __init__(self, ref: InstanceRef) -> None:
+        super().__init__()
+        self.SOPClassUID = ref.sop_class_uid
+        self.SOPInstanceUID = ref.sop_instance_uid
+        self.stored = ref
+
+
+def _on_store_assoc(event: evt.Event) -> None:
+    if event.assoc.is_requestor:
+        _send_raw_files(event.assoc)
+
+
+def _send_raw_files(assoc: Any) -> None:
+    """Wrap ``assoc.send_c_store`` so a StoredInstance goes out as its raw
+    file (pynetdicom's chunked send: no decode, same bytes as stored) when the
+    peer accepted the stored transfer syntax, and otherwise is read, and
+    decompressed if need be, so pynetdicom can convert it to what the peer
+    accepted."""
+    original = assoc.send_c_store
+    if getattr(original, "_pacsnode_raw", False):
+        return
+
+    def send(dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(dataset, StoredInstance):
+            return original(dataset, *args, **kwargs)
+        ref = dataset.stored
+        accepted = [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
+                    if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu]
+        if ref.transfer_syntax in accepted:
+            return original(ref.path, *args, **kwargs)
+        # The peer wants another syntax: decode, re-encode uncompressed into
+        # a temp file, and send that.
+        targets = [UID(ts) for ts in accepted if not UID(ts).is_compressed]
+        if not targets:
+            return original(dcmread(ref.path), *args, **kwargs)  # pynetdicom says why
+        target = targets[0]
+        ds = dcmread(ref.path)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(generate_instance_uid=False)
+        ds.file_meta.TransferSyntaxUID = target
+        fd, name = tempfile.mkstemp(suffix=".dcm")
+        os.close(fd)
+        try:
+            ds.preamble = b"\x00" * 128
+            dcmwrite(name, ds, implicit_vr=target.is_implicit_VR,
+                     little_endian=target.is_little_endian, force_encoding=True)
+            return original(Path(name), *args, **kwargs)
+        finally:
+            os.unlink(name)
+
+    send._pacsnode_raw = True  # type: ignore[attr-defined]
+    assoc.send_c_store = send
+
+
 def _failure(status: int, reason: str) -> tuple[int, Dataset]:
     ds = Dataset()
     ds.ErrorComment = reason[:64]
@@ -354,18 +410,16 @@ def _failure(status: int, reason: str) -> tuple[int, Dataset]:
 
 
 def _store_contexts(refs: list[InstanceRef]) -> list[Any]:
-    """Presentation contexts for sending these instances: each SOP class with
-    the stored syntaxes first, then the uncompressed ones (≤ 128 contexts)."""
-    by_class: dict[str, list[str]] = {}
+    """Presentation contexts for sending these instances: one per (SOP class,
+    stored syntax) so the peer can accept each syntax, plus one per SOP class
+    with the uncompressed syntaxes to fall back on (at most 128)."""
+    pairs: dict[tuple[str, str], None] = {}
+    classes: dict[str, None] = {}
     for ref in refs:
-        syntaxes = by_class.setdefault(ref.sop_class_uid, [])
-        if ref.transfer_syntax not in syntaxes:
-            syntaxes.append(ref.transfer_syntax)
-    contexts = []
-    for sop_class, syntaxes in by_class.items():
-        for extra in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if extra not in syntaxes:
-                syntaxes.append(extra)
-        contexts.append(build_context(sop_class, syntaxes))
+        pairs[(ref.sop_class_uid, ref.transfer_syntax)] = None
+        classes[ref.sop_class_uid] = None
+    contexts = [build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+                for sop_class in classes]
+    contexts += [build_context(sop_class, [ts]) for sop_class, ts in pairs
+                 if ts != ExplicitVRLittleEndian]
     return contexts[:128]
-
