@@ -104,6 +104,9 @@ def write_config(workdir: Path, *, aet: str, dicom_port: int, http_port: int,
         "HttpServerEnabled": True,
         "DicomScuTimeout": 10,
         "DicomScpTimeout": 30,
+        # Close Orthanc's outgoing associations (C-MOVE) at once, not after 5 s,
+        # so a destination can be stopped without waiting.
+        "DicomAssociationCloseDelay": 0,
         "StableAge": 3600,
     }
     config.update(extra or {})
@@ -125,6 +128,7 @@ def start_orthanc(workdir: Path, *, aet: str = "ORTHANC",
     ``CI=true``).
     """
     exe = ORTHANC_BINARY if Path(ORTHANC_BINARY).exists() else require_tool("Orthanc", "orthanc")
+    workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = free_port(), free_port()
     while http_port == dicom_port:
         http_port = free_port()

@@ -32,7 +32,7 @@ class RemoteError(Exception):
     """A DICOM peer failed us.  ``status`` is the DIMSE status when the peer
     answered with a failure status (PS3.7 Annex C), else ``None``."""
 
-    def __init__(self, peer: "Peer | str", message: str, *, status: int | None = None,
+    def __init__(self, peer: Peer | str, message: str, *, status: int | None = None,
                  result: Any = None) -> None:
         self.peer = str(peer)
         self.status = status
@@ -52,7 +52,7 @@ class AssociationRejected(RemoteError):
     Permanent", "DUL service-user", "Called AE title not recognised".
     """
 
-    def __init__(self, peer: "Peer | str", result: str, source: str, reason: str) -> None:
+    def __init__(self, peer: Peer | str, result: str, source: str, reason: str) -> None:
         self.result_text, self.source, self.reason = result, source, reason
         super().__init__(peer, f"association rejected ({result}, by {source}): {reason}")
 

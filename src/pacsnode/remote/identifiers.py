@@ -28,7 +28,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
-from pynetdicom import sop_class as sc
 
 from ..dicom.catalogue import Level, resolve_key
 
@@ -59,16 +58,17 @@ DEFAULT_FIELDS: dict[Level, tuple[str, ...]] = {
 
 Model = str  # "patient" | "study"
 
+#: Query/Retrieve information model SOP Class UIDs (PS3.4 C.6, PS3.6 Annex A).
 _MODELS: dict[str, dict[str, str]] = {
     "patient": {
-        "find": sc.PatientRootQueryRetrieveInformationModelFind,
-        "move": sc.PatientRootQueryRetrieveInformationModelMove,
-        "get": sc.PatientRootQueryRetrieveInformationModelGet,
+        "find": "1.2.840.10008.5.1.4.1.2.1.1",
+        "move": "1.2.840.10008.5.1.4.1.2.1.2",
+        "get": "1.2.840.10008.5.1.4.1.2.1.3",
     },
     "study": {
-        "find": sc.StudyRootQueryRetrieveInformationModelFind,
-        "move": sc.StudyRootQueryRetrieveInformationModelMove,
-        "get": sc.StudyRootQueryRetrieveInformationModelGet,
+        "find": "1.2.840.10008.5.1.4.1.2.2.1",
+        "move": "1.2.840.10008.5.1.4.1.2.2.2",
+        "get": "1.2.840.10008.5.1.4.1.2.2.3",
     },
 }
 
@@ -189,7 +189,7 @@ def _needs_utf8(keys: Mapping[str, Any]) -> bool:
 def build_identifier(level: Level, keys: Mapping[str, Any], fields: Iterable[str] = (),
                      model: Model = "study") -> tuple[Dataset, list[str]]:
     """The identifier Dataset for a request, and the names of every key it
-    holds (the columns a flat answer must have).
+    holds (the columns a flat answer must have, in display order).
 
     ``keys`` are matching keys: keyword or tag → value, where ``None``/``""``
     means "return this" (universal match), a list/tuple is a UID list (or a
@@ -201,14 +201,17 @@ def build_identifier(level: Level, keys: Mapping[str, Any], fields: Iterable[str
     """
     ds = _dataset(keys)
     ds.QueryRetrieveLevel = level.name
-    for key in [*hierarchy_keys(level, model), *fields]:
+    fields = list(fields)
+    for key in [*fields, *hierarchy_keys(level, model)]:
         tag, _ = resolve_key(key)
         if tag not in ds:
             ds.add(_to_element(tag, None))
     if _needs_utf8(keys):
         ds.SpecificCharacterSet = "ISO_IR 192"
-    names = [key_name(f"{elem.tag:08X}") for elem in ds if elem.tag not in _SKIPPED]
-    return ds, names
+    # Column order for people: the keys as given, the return keys, then the
+    # unique keys.
+    names = [key_name(k) for k in (*keys, *fields, *hierarchy_keys(level, model))]
+    return ds, [n for n in dict.fromkeys(names) if int(resolve_key(n)[0]) not in _SKIPPED]
 
 
 def empty_value(vr: str) -> Any:

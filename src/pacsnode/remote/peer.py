@@ -21,7 +21,7 @@ from pynetdicom.presentation import PresentationContext
 from .errors import (AssociationAborted, AssociationRejected, ConnectionFailed,
                      NoAcceptedContext)
 
-__all__ = ["Peer", "associate", "MAX_CONTEXTS", "MAX_PDU"]
+__all__ = ["Peer", "associate", "nodelay_handler", "MAX_CONTEXTS", "MAX_PDU"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,25 +53,31 @@ class Peer:
         return f"{self.aet}@{self.host}:{self.port}"
 
 
-def _nodelay(event: evt.Event, state: dict[str, bool]) -> None:
+def nodelay_handler(event: evt.Event) -> None:
     """EVT_CONN_OPEN handler: turn Nagle off on the association's socket.
 
     DIMSE exchanges small PDUs (a C-ECHO, each C-FIND response, the command
     set before each data set) and waits for an answer; with Nagle's algorithm
     on, each of those can sit ~40 ms waiting for the peer's delayed ACK.
     pynetdicom has no public socket-option hook, but EVT_CONN_OPEN is public
-    and fires in the DUL thread right after ``connect()`` succeeds and before
-    the A-ASSOCIATE-RQ is written, so every byte of the association goes out
-    without delay.  The handler also records that the TCP connection opened,
-    which lets :func:`associate` tell "connection refused" from "aborted".
+    and fires in the DUL thread right after ``connect()`` (or ``accept()``)
+    and before the A-ASSOCIATE-RQ is written, so every byte of the
+    association goes out without delay.  Used for our SCU associations and
+    by :mod:`pacsnode.remote.receiver`.
     """
-    state["connected"] = True
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover - e.g. a non-TCP transport
             LOGGER.debug("could not set TCP_NODELAY on %s", sock)
+
+
+def _connection_opened(event: evt.Event, state: dict[str, bool]) -> None:
+    """Set TCP_NODELAY, and record that the TCP connection opened, which
+    lets :func:`associate` tell "connection refused" from "aborted"."""
+    state["connected"] = True
+    nodelay_handler(event)
 
 
 def _make_ae(peer: Peer) -> AE:
@@ -87,7 +93,7 @@ def _make_ae(peer: Peer) -> AE:
 @contextmanager
 def associate(peer: Peer, contexts: Sequence[PresentationContext], *,
               ext_neg: list[Any] | None = None,
-              handlers: Sequence[tuple[Any, Any]] = (),
+              handlers: Sequence[tuple[Any, ...]] = (),
               required: Sequence[str] = ()) -> Iterator[Association]:
     """Open an association with ``peer`` proposing ``contexts``; release it
     (or abort it, if the block raised) when the block ends.
@@ -102,7 +108,8 @@ def associate(peer: Peer, contexts: Sequence[PresentationContext], *,
         raise ValueError(f"{len(contexts)} presentation contexts; at most {MAX_CONTEXTS}")
     state = {"connected": False}
     ae = _make_ae(peer)
-    evt_handlers: list[Any] = [(evt.EVT_CONN_OPEN, _nodelay, [state]), *handlers]
+    evt_handlers: list[Any] = [(evt.EVT_CONN_OPEN, _connection_opened, [state]),
+                              *handlers]
     assoc = ae.associate(peer.host, peer.port, contexts=list(contexts), ae_title=peer.aet,
                          max_pdu=MAX_PDU, ext_neg=ext_neg, evt_handlers=evt_handlers)
     if not assoc.is_established:

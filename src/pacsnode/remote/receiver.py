@@ -1,0 +1,73 @@
+"""A short-lived Storage SCP, so a C-MOVE can bring instances to *us*
+without a running ``pacsnode serve`` (what DCMTK's ``movescu --port`` does).
+
+The peer must know our AE title → host:port (its modality list); the
+receiver listens only while the block runs.  ``pacsnode serve`` remains the
+place for a permanent listener that ingests into the archive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+from .peer import MAX_PDU, nodelay_handler
+
+__all__ = ["storage_scp", "store_handler", "STORE_REFUSED"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: Storage status for "we could not keep it" (PS3.4 B.2.3, Refused: Out of
+#: Resources).
+STORE_REFUSED = 0xA700
+
+
+def store_handler(event: evt.Event, sink: Callable[[Dataset], int | None],
+                  errors: list[str]) -> int:
+    """EVT_C_STORE handler (for a C-GET association or a Storage SCP): hand
+    the instance, a Dataset with ``file_meta``, to ``sink``, which may return
+    a status.  A sink exception becomes a failure status for that instance
+    (the transfer goes on) and a line in ``errors``."""
+    uid = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
+    try:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        status = sink(ds)
+    except Exception as exc:  # noqa: BLE001 - reported, and the sender is told
+        LOGGER.exception("could not keep instance %s", uid)
+        errors.append(f"{uid}: {exc}")
+        return STORE_REFUSED
+    return 0x0000 if status is None else int(status)
+
+
+@contextmanager
+def storage_scp(aet: str, port: int, on_store: Callable[[Dataset], int | None], *,
+                host: str = "0.0.0.0") -> Iterator[list[str]]:
+    """Listen on ``host:port`` as ``aet`` for C-STOREs while the block runs,
+    handing each instance to ``on_store`` (see :func:`store_handler`); the
+    block gets the list of errors ``on_store`` raised.
+
+    Every storage SOP class is accepted in every transfer syntax pynetdicom
+    knows, so instances arrive as the sender has them.
+    """
+    errors: list[str] = []
+    ae = AE(ae_title=aet)
+    ae.maximum_pdu_size = MAX_PDU
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+    handlers: list[Any] = [(evt.EVT_C_STORE, store_handler, [on_store, errors]),
+                           (evt.EVT_CONN_OPEN, nodelay_handler)]
+    try:
+        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port} for C-STORE: {exc}") from exc
+    assert server is not None  # block=False always returns the server
+    try:
+        yield errors
+    finally:
+        server.shutdown()
