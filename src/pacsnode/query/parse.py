@@ -200,7 +200,12 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
             continue
         tag, keyword = _resolve(name)
         add_return(tag, keyword)
-        c = constraint_for(keyword, _vr_of(tag, keyword), value, fuzzy)
+        vr = _vr_of(tag, keyword)
+        if vr == "UI":
+            # PS3.18 8.3.4.1: a QIDO UID list may be comma separated (a
+            # comma is never part of a UID).
+            value = value.replace(",", "\\")
+        c = constraint_for(keyword, vr, value, fuzzy)
         if c is None:
             continue
         if keyword not in BY_KEYWORD and keyword not in COMPUTED:

@@ -1,0 +1,1004 @@
+"""DICOMweb (PS3.18) under ``/dicomweb``: STOW-RS, QIDO-RS, WADO-RS, DELETE.
+
+An adapter only: instances go in through ``node.ingestor.ingest_temp``,
+searches through ``query_from_qido`` + ``node.engine``, reads through
+``pacsnode.retrieve.locate`` (+ ``pacsnode.transcode``), deletions through
+``pacsnode.delete.delete_entities``.  What is supported, and every choice the
+standard leaves open, is written down in docs/CONFORMANCE.md (DICOMweb).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from ..delete import delete_entities
+from ..dicom.catalogue import Level
+from ..dicom.header import valid_uid
+from ..errors import NotFound, PacsnodeError, StorageFailure
+from ..events import Origin
+from ..index.schema import instances, series, studies
+from ..ingest import IngestResult, Outcome
+from ..node import Node
+from ..query.parse import query_from_qido
+from ..retrieve import InstanceRef, locate
+from ..transcode import (FRAME_MEDIA_TYPES, UNCOMPRESSED, PixelInfo, TranscodeError,
+                         can_transcode, encode_frame, little_endian_words, media_type_for_syntax,
+                         native_frame, pixel_info, stored_frame, transcode_file)
+from .multipart import (MultipartError, MultipartParser, PartData, PartEnd, PartStart,
+                        new_boundary, parse_content_type)
+from .render import RenderOptions, parse_quality, parse_viewport, parse_window, render_frame
+
+__all__ = ["router", "parse_accept", "MediaRange"]
+
+log = logging.getLogger("pacsnode.web.dicomweb")
+
+router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
+
+DICOM_JSON = "application/dicom+json"
+CHUNK = 512 * 1024
+
+
+class WebError(PacsnodeError):
+    """An HTTP refusal that is not one of the core error types (406, 413, 415)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.http_status = status
+
+
+def _node(request: Request) -> Node:
+    return request.app.state.node  # type: ignore[no-any-return]
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicomweb"
+
+
+def _check_uids(**uids: str | None) -> None:
+    """A malformed UID in a path is the client's error (PS3.5 9.1): 400."""
+    for name, uid in uids.items():
+        if uid is not None and not valid_uid(uid):
+            raise PacsnodeError(f"{name} {uid[:80]!r} is not a valid UID "
+                                "(1-64 characters of digits and dots)")
+
+
+def _header_text(text: str) -> str:
+    """Something safe to put in a header value."""
+    clean = "".join(ch if 32 <= ord(ch) < 127 and ch != '"' else "'" if ch == '"' else " "
+                    for ch in text)
+    return clean[:900]
+
+
+def _warning(text: str) -> str:
+    return f'299 pacsnode "{_header_text(text)}"'
+
+
+# -- content negotiation ------------------------------------------------------
+
+@dataclass(frozen=True)
+class MediaRange:
+    type: str
+    params: dict[str, str]
+    q: float = 1.0
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        ts = self.params.get("transfer-syntax")
+        return ts.strip() if ts else None
+
+
+def _split_commas(value: str) -> list[str]:
+    out, cur, quoted = [], [], False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [item.strip() for item in out if item.strip()]
+
+
+def parse_accept(value: str | None) -> list[MediaRange]:
+    """An Accept header as media ranges, most preferred first (q, then order)."""
+    if not value or not value.strip():
+        return [MediaRange("*/*", {})]
+    ranked = []
+    for i, item in enumerate(_split_commas(value)):
+        media, params = parse_content_type(item)
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 1.0
+        if q <= 0:
+            continue
+        ranked.append((-q, i, MediaRange(media, params, q)))
+    ranked.sort(key=lambda t: (t[0], t[1]))
+    return [r for _, _, r in ranked]
+
+
+def _accepts_json(request: Request) -> None:
+    for mr in parse_accept(request.headers.get("accept")):
+        if mr.type in ("*/*", "application/*", DICOM_JSON, "application/json"):
+            return
+        if mr.type == "multipart/related" and mr.params.get("type") == DICOM_JSON:
+            return
+    raise WebError(406, "this resource is available as application/dicom+json only")
+
+
+# -- 404s that say what is missing ---------------------------------------------
+
+def _missing(node: Node, study: str, series_uid: str | None = None,
+             sop: str | None = None) -> NotFound:
+    with node.db.read() as conn:
+        st = conn.execute(select(studies.c.id).where(
+            studies.c.studyinstanceuid == study)).first()
+        if st is None:
+            return NotFound(f"study {study} not found")
+        if series_uid:
+            se = conn.execute(select(series.c.id).where(
+                series.c.seriesinstanceuid == series_uid,
+                series.c.study_fk == st.id)).first()
+            if se is None:
+                return NotFound(f"series {series_uid} not found in study {study}")
+        if sop:
+            return NotFound(f"instance {sop} not found"
+                            + (f" in series {series_uid}" if series_uid else ""))
+    return NotFound(f"no instances stored for {series_uid or study}")
+
+
+def _scope_exists(node: Node, study: str, series_uid: str | None) -> None:
+    err = _missing(node, study, series_uid)
+    if not str(err.reason).startswith("no instances"):
+        raise err
+
+
+# -- STOW-RS ------------------------------------------------------------------
+
+_SOP_CLASS, _SOP_INSTANCE, _RETRIEVE_URL = "00081150", "00081155", "00081190"
+_FAILURE_REASON, _WARNING_REASON = "00081197", "00081196"
+_FAILED_SEQ, _REFERENCED_SEQ = "00081198", "00081199"
+
+#: PS3.18 Table 10.5.3-2: the data stored differs from the data sent
+#: (used when duplicate_policy "keep" kept a different stored instance).
+_WARN_COERCED = 0xB000
+
+
+def _ui(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+class _PartWriter:
+    """Writes each application/dicom part into its own blob-store temp file."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        #: One entry per part: (temp path or None, failure or None).
+        self.parts: list[tuple[Path | None, PacsnodeError | None]] = []
+        self._fh: BinaryIO | None = None
+
+    def apply(self, events: list[PartStart | PartData | PartEnd]) -> None:
+        for ev in events:
+            if isinstance(ev, PartStart):
+                self._close()
+                media, _ = parse_content_type(ev.content_type or "application/dicom")
+                if media != "application/dicom":
+                    self.parts.append((None, PacsnodeError(
+                        f"part {len(self.parts) + 1} is {media or 'untyped'}, not "
+                        "application/dicom (only DICOM parts are accepted)")))
+                    continue
+                try:
+                    fh, temp = self.node.store.new_temp()
+                except OSError as exc:
+                    self.parts.append((None, StorageFailure(f"cannot create a temp file: {exc}")))
+                    continue
+                self._fh = fh
+                self.parts.append((temp, None))
+            elif isinstance(ev, PartData):
+                if self._fh is None:
+                    continue
+                try:
+                    self._fh.write(ev.data)
+                except OSError as exc:
+                    self._fail(StorageFailure(f"cannot write the instance: {exc}"))
+            else:
+                self._close()
+
+    def _fail(self, error: PacsnodeError) -> None:
+        temp, _ = self.parts[-1]
+        self._close()
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        self.parts[-1] = (None, error)
+
+    def _close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError as exc:
+                self._fh = None
+                self._fail(StorageFailure(f"cannot write the instance: {exc}"))
+            self._fh = None
+
+    def discard(self) -> None:
+        self._close()
+        for temp, _ in self.parts:
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+        self.parts.clear()
+
+
+@router.post("/studies", summary="STOW-RS: store instances")
+async def stow(request: Request) -> Response:
+    return await _stow(request, None)
+
+
+@router.post("/studies/{study}", summary="STOW-RS: store instances of one study")
+async def stow_study(request: Request, study: str) -> Response:
+    _check_uids(StudyInstanceUID=study)
+    return await _stow(request, study)
+
+
+async def _stow(request: Request, study: str | None) -> Response:
+    node = _node(request)
+    media, params = parse_content_type(request.headers.get("content-type", ""))
+    if media != "multipart/related":
+        raise WebError(415, f"STOW-RS takes multipart/related; type=\"application/dicom\", "
+                            f"not {media or 'a body without Content-Type'}")
+    part_type = params.get("type", "application/dicom").strip().lower()
+    if part_type != "application/dicom":
+        raise WebError(415, f"only application/dicom parts are accepted, not {part_type} "
+                            "(metadata+bulk data uploads are not supported; a BulkDataURI "
+                            "is never dereferenced)")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise PacsnodeError("the multipart/related Content-Type has no boundary")
+    limit = node.settings.max_stow_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise WebError(413, f"the body ({int(declared)} bytes) is larger than "
+                                    f"max_stow_bytes ({limit})")
+        except ValueError:
+            raise PacsnodeError(f"Content-Length {declared[:40]!r} is not a number") from None
+    try:
+        parser = MultipartParser(boundary)
+    except MultipartError as exc:
+        raise PacsnodeError(str(exc)) from None
+    writer = _PartWriter(node)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise WebError(413, f"the body is larger than max_stow_bytes ({limit})")
+            events = parser.feed(chunk)
+            if events:
+                await run_in_threadpool(writer.apply, events)
+        parser.close()
+    except MultipartError as exc:
+        await run_in_threadpool(writer.discard)
+        raise PacsnodeError(f"malformed multipart body: {exc}") from None
+    except (WebError, ClientDisconnect):
+        await run_in_threadpool(writer.discard)
+        raise
+    except BaseException:
+        await run_in_threadpool(writer.discard)
+        raise
+    if not writer.parts:
+        raise PacsnodeError("the multipart body holds no part")
+    address = request.client.host if request.client else ""
+    origin = Origin("stow", address=address)
+    results: list[IngestResult] = []
+    for temp, error in writer.parts:
+        if error is not None:
+            results.append(IngestResult(Outcome.REFUSED if not isinstance(
+                error, StorageFailure) else Outcome.FAILED, error=error))
+            continue
+        assert temp is not None
+        results.append(await run_in_threadpool(node.ingestor.ingest_temp, temp, origin,
+                                                expected_study=study))
+    return _stow_response(_base(request), study, results)
+
+
+def _stow_response(base: str, study: str | None, results: list[IngestResult]) -> Response:
+    referenced, failed, reasons = [], [], []
+    stored_studies: set[str] = set()
+    warnings = False
+    for r in results:
+        if r.outcome.ok:
+            item = {_SOP_CLASS: _ui(r.sop_class_uid), _SOP_INSTANCE: _ui(r.sop_instance_uid),
+                    _RETRIEVE_URL: {"vr": "UR", "Value": [
+                        f"{base}/studies/{r.study_uid}/series/{r.series_uid}"
+                        f"/instances/{r.sop_instance_uid}"]}}
+            if r.kept_existing:
+                item[_WARNING_REASON] = {"vr": "US", "Value": [_WARN_COERCED]}
+                warnings = True
+                reasons.append(f"{r.sop_instance_uid}: a different instance with this UID "
+                               "is stored and was kept")
+            referenced.append(item)
+            stored_studies.add(r.study_uid)
+        else:
+            error = r.error or StorageFailure("storage failed")
+            failed.append({_SOP_CLASS: _ui(r.sop_class_uid),
+                           _SOP_INSTANCE: _ui(r.sop_instance_uid),
+                           _FAILURE_REASON: {"vr": "US", "Value": [error.failure_reason]}})
+            reasons.append(f"{r.sop_instance_uid or 'part'}: {error.reason}")
+    body: dict[str, Any] = {}
+    retrieve_study = study or (next(iter(stored_studies)) if len(stored_studies) == 1 else None)
+    if retrieve_study and referenced:
+        body[_RETRIEVE_URL] = {"vr": "UR", "Value": [f"{base}/studies/{retrieve_study}"]}
+    if failed:
+        body[_FAILED_SEQ] = {"vr": "SQ", "Value": failed}
+    body[_REFERENCED_SEQ] = {"vr": "SQ", "Value": referenced} if referenced else {"vr": "SQ"}
+    if not referenced:
+        status = 409
+    elif failed or warnings:
+        status = 202
+    else:
+        status = 200
+    headers = {"Warning": _warning("; ".join(reasons))} if reasons else {}
+    return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+# -- QIDO-RS ------------------------------------------------------------------
+
+def _retrieve_url(base: str, level: Level, item: dict[str, Any]) -> str | None:
+    def uid(tag: str) -> str | None:
+        values = item.get(tag, {}).get("Value")
+        return str(values[0]) if values else None
+    study, series_uid, sop = uid("0020000D"), uid("0020000E"), uid("00080018")
+    if not study:
+        return None
+    url = f"{base}/studies/{study}"
+    if level >= Level.SERIES:
+        if not series_uid:
+            return None
+        url += f"/series/{series_uid}"
+    if level == Level.IMAGE:
+        if not sop:
+            return None
+        url += f"/instances/{sop}"
+    return url
+
+
+def _qido(request: Request, level: Level, study: str | None = None,
+          series_uid: str | None = None) -> Response:
+    node = _node(request)
+    _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid)
+    _accepts_json(request)
+    scope: dict[str, str] = {}
+    if study:
+        scope["StudyInstanceUID"] = study
+    if series_uid:
+        scope["SeriesInstanceUID"] = series_uid
+    params = request.query_params.multi_items()
+    max_limit = node.settings.qido_max_limit
+    query = query_from_qido(level, params, scope=scope or None, max_limit=max_limit)
+    if study:
+        _scope_exists(node, study, series_uid)
+    matches = node.engine.search(query)
+    if not matches:
+        return Response(status_code=204)
+    base = _base(request)
+    body = []
+    for ds in matches:
+        item = ds.to_json_dict()
+        url = _retrieve_url(base, level, item)
+        if url:
+            item[_RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
+        body.append(item)
+    headers: dict[str, str] = {}
+    asked = [v for k, v in params if k == "limit"]
+    asked_limit = int(asked[-1]) if asked else None
+    if len(matches) == query.limit and (asked_limit is None or asked_limit > max_limit):
+        total = node.engine.count(query)
+        if total > query.offset + len(matches):
+            headers["Warning"] = _warning(
+                f"There are additional results that can be requested: {total} matches, "
+                f"at most {max_limit} per response; use offset={query.offset + len(matches)}")
+    return JSONResponse(body, media_type=DICOM_JSON, headers=headers)
+
+
+@router.get("/studies", summary="QIDO-RS: search studies")
+def search_studies(request: Request) -> Response:
+    return _qido(request, Level.STUDY)
+
+
+@router.get("/series", summary="QIDO-RS: search series")
+def search_series(request: Request) -> Response:
+    return _qido(request, Level.SERIES)
+
+
+@router.get("/instances", summary="QIDO-RS: search instances")
+def search_instances(request: Request) -> Response:
+    return _qido(request, Level.IMAGE)
+
+
+@router.get("/studies/{study}/series", summary="QIDO-RS: search the series of a study")
+def search_study_series(request: Request, study: str) -> Response:
+    return _qido(request, Level.SERIES, study)
+
+
+@router.get("/studies/{study}/instances", summary="QIDO-RS: search the instances of a study")
+def search_study_instances(request: Request, study: str) -> Response:
+    return _qido(request, Level.IMAGE, study)
+
+
+@router.get("/studies/{study}/series/{series_uid}/instances",
+            summary="QIDO-RS: search the instances of a series")
+def search_series_instances(request: Request, study: str, series_uid: str) -> Response:
+    return _qido(request, Level.IMAGE, study, series_uid)
+
+
+# -- WADO-RS: instances ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Facts:
+    bits_allocated: int | None
+    has_pixels: bool
+
+
+def _facts(node: Node, refs: list[InstanceRef]) -> dict[str, _Facts]:
+    out: dict[str, _Facts] = {}
+    uids = [r.sop_instance_uid for r in refs]
+    with node.db.read() as conn:
+        for i in range(0, len(uids), 500):
+            for uid, bits, pixels in conn.execute(
+                    select(instances.c.sopinstanceuid, instances.c.bitsallocated,
+                           instances.c.meta_json.contains('"7FE00010"'))
+                    .where(instances.c.sopinstanceuid.in_(uids[i:i + 500]))).all():
+                out[uid] = _Facts(bits, bool(pixels))
+    return out
+
+
+def _dicom_options(accept: str | None, single_allowed: bool) -> list[tuple[str | None, bool]]:
+    """Acceptable (transfer syntax option, single part) pairs, most preferred
+    first.  Option ``None``: no transfer-syntax parameter (PS3.18 default,
+    Explicit VR Little Endian); ``"*"``: as stored."""
+    options: list[tuple[str | None, bool]] = []
+    for mr in parse_accept(accept):
+        if mr.type == "multipart/related":
+            part = mr.params.get("type", "application/dicom").strip().lower()
+            if part in ("application/dicom", "*/*", "application/*"):
+                options.append((mr.transfer_syntax, False))
+        elif mr.type == "application/dicom" and single_allowed:
+            options.append((mr.transfer_syntax, True))
+        elif mr.type in ("*/*", "multipart/*"):
+            options.append((None, False))
+    if not options:
+        raise WebError(406, "instances are available as multipart/related; "
+                            "type=\"application/dicom\""
+                            + (" or application/dicom" if single_allowed else ""))
+    return options
+
+
+def _syntax_for(option: str | None, ref: InstanceRef, facts: _Facts | None) -> str | None:
+    stored = ref.transfer_syntax
+    bits = facts.bits_allocated if facts else None
+    pixels = facts.has_pixels if facts else True
+    if option == "*":
+        return stored
+    target = option or ExplicitVRLittleEndian
+    if not can_transcode(stored, target, bits_allocated=bits, has_pixels=pixels):
+        # Without a transfer-syntax parameter we fall back to the stored
+        # syntax rather than refuse (e.g. a video or a syntax with no decoder).
+        return stored if option is None else None
+    if target != stored and not pixels and target not in UNCOMPRESSED:
+        return ExplicitVRLittleEndian  # a compressed syntax only concerns pixel data
+    return target
+
+
+def _plan(node: Node, refs: list[InstanceRef], accept: str | None,
+          single_allowed: bool) -> tuple[list[tuple[InstanceRef, str]], bool]:
+    options = _dicom_options(accept, single_allowed)
+    facts = _facts(node, refs)
+    for option, single in options:
+        plan = []
+        for ref in refs:
+            ts = _syntax_for(option, ref, facts.get(ref.sop_instance_uid))
+            if ts is None:
+                break
+            plan.append((ref, ts))
+        else:
+            return plan, single
+    wanted = ", ".join(sorted({o or "default" for o, _ in options}))
+    raise WebError(406, f"cannot provide the instances in the requested transfer syntax "
+                        f"({wanted}); see docs/CONFORMANCE.md for what can be produced")
+
+
+def _part_head(boundary: str, content_type: str, location: str | None = None) -> bytes:
+    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+    if location:
+        head += f"Content-Location: {location}\r\n"
+    return (head + "\r\n").encode("latin-1")
+
+
+def _file_chunks(fh: BinaryIO) -> Iterator[bytes]:
+    with fh:
+        while True:
+            chunk = fh.read(CHUNK)
+            if not chunk:
+                return
+            yield chunk
+
+
+def _instance_parts(plan: list[tuple[InstanceRef, str]], boundary: str) -> Iterator[bytes]:
+    """The multipart body, one instance at a time: a file as stored is read in
+    chunks, a transcoded one is produced when its turn comes."""
+    for ref, ts in plan:
+        content_type = f"application/dicom; transfer-syntax={ts}"
+        if ts == ref.transfer_syntax:
+            try:
+                fh = open(ref.path, "rb")
+            except OSError as exc:  # deleted meanwhile
+                log.warning("WADO-RS: skipping %s: %s", ref.sop_instance_uid, exc)
+                continue
+            yield _part_head(boundary, content_type)
+            yield from _file_chunks(fh)
+        else:
+            try:
+                data = transcode_file(ref.path, ts)
+            except FileNotFoundError:
+                log.warning("WADO-RS: skipping %s: file gone", ref.sop_instance_uid)
+                continue
+            except TranscodeError as exc:
+                # Headers are sent: all we can do is end the body early.
+                log.error("WADO-RS: %s: %s; aborting the response", ref.sop_instance_uid,
+                          exc.reason)
+                raise
+            yield _part_head(boundary, content_type)
+            yield data
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode("latin-1")
+
+
+def _retrieve(request: Request, study: str, series_uid: str | None = None,
+              sop: str | None = None) -> Response:
+    node = _node(request)
+    _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID=sop)
+    refs = locate(node, study, series_uid, sop)
+    if not refs:
+        raise _missing(node, study, series_uid, sop)
+    plan, single = _plan(node, refs, request.headers.get("accept"), sop is not None)
+    if single:
+        ref, ts = plan[0]
+        media = f"application/dicom; transfer-syntax={ts}"
+        if ts == ref.transfer_syntax:
+            return FileResponse(ref.path, media_type=media)
+        return Response(transcode_file(ref.path, ts), media_type=media)
+    if sop is not None:
+        # One instance: transcode before the status line so a failure is a 406.
+        ref, ts = plan[0]
+        if ts != ref.transfer_syntax:
+            data = transcode_file(ref.path, ts)
+            boundary = new_boundary()
+            body = (_part_head(boundary, f"application/dicom; transfer-syntax={ts}") + data
+                    + f"\r\n--{boundary}--\r\n".encode("latin-1"))
+            return Response(body, media_type=_multipart_type("application/dicom", boundary))
+    boundary = new_boundary()
+    return StreamingResponse(_instance_parts(plan, boundary),
+                             media_type=_multipart_type("application/dicom", boundary))
+
+
+def _multipart_type(part_type: str, boundary: str) -> str:
+    return f'multipart/related; type="{part_type}"; boundary={boundary}'
+
+
+@router.get("/studies/{study}", summary="WADO-RS: retrieve a study")
+def retrieve_study(request: Request, study: str) -> Response:
+    return _retrieve(request, study)
+
+
+@router.get("/studies/{study}/series/{series_uid}", summary="WADO-RS: retrieve a series")
+def retrieve_series(request: Request, study: str, series_uid: str) -> Response:
+    return _retrieve(request, study, series_uid)
+
+
+@router.get("/studies/{study}/series/{series_uid}/instances/{sop}",
+            summary="WADO-RS: retrieve an instance")
+def retrieve_instance(request: Request, study: str, series_uid: str, sop: str) -> Response:
+    return _retrieve(request, study, series_uid, sop)
+
+
+# -- WADO-RS: metadata (from the index only) --------------------------------------
+
+_BULK_MARK = '"BulkDataURI":"bulk:'
+
+
+def _metadata(request: Request, study: str, series_uid: str | None = None,
+              sop: str | None = None) -> Response:
+    node = _node(request)
+    _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID=sop)
+    _accepts_json(request)
+    stmt = (select(instances.c.id, instances.c.stored_at, series.c.seriesinstanceuid,
+                   instances.c.sopinstanceuid)
+            .join(series, series.c.id == instances.c.series_fk)
+            .join(studies, studies.c.id == instances.c.study_fk)
+            .where(studies.c.studyinstanceuid == study))
+    if series_uid:
+        stmt = stmt.where(series.c.seriesinstanceuid == series_uid)
+    if sop:
+        stmt = stmt.where(instances.c.sopinstanceuid == sop)
+    stmt = stmt.order_by(instances.c.series_fk, instances.c.instancenumber.is_(None),
+                         instances.c.instancenumber, instances.c.id)
+    with node.db.read() as conn:
+        rows = conn.execute(stmt).all()
+    if not rows:
+        raise _missing(node, study, series_uid, sop)
+    base = _base(request)
+    digest = hashlib.sha256(base.encode())
+    for row in rows:
+        digest.update(f"{row.id}:{row.stored_at!r};".encode())
+    etag = f'"{digest.hexdigest()[:40]}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    prefix = {int(r.id): f'"BulkDataURI":"{base}/studies/{study}/series/'
+                         f'{r.seriesinstanceuid}/instances/{r.sopinstanceuid}/bulkdata/'
+              for r in rows}
+    ids = [int(r.id) for r in rows]
+
+    def body() -> Iterator[bytes]:
+        yield b"["
+        first = True
+        for i in range(0, len(ids), 200):
+            batch = ids[i:i + 200]
+            with node.db.read() as conn:
+                metas = dict(conn.execute(select(instances.c.id, instances.c.meta_json)
+                                          .where(instances.c.id.in_(batch))).all())
+            for row_id in batch:
+                meta = metas.get(row_id)
+                if meta is None:
+                    continue  # deleted since the first query
+                text = meta.replace(_BULK_MARK, prefix[row_id])
+                yield (text if first else "," + text).encode("utf-8")
+                first = False
+        yield b"]"
+
+    if len(ids) <= 200:
+        return Response(b"".join(body()), media_type=DICOM_JSON, headers=headers)
+    return StreamingResponse(body(), media_type=DICOM_JSON, headers=headers)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+@router.get("/studies/{study}/metadata", summary="WADO-RS: study metadata")
+def study_metadata(request: Request, study: str) -> Response:
+    return _metadata(request, study)
+
+
+@router.get("/studies/{study}/series/{series_uid}/metadata", summary="WADO-RS: series metadata")
+def series_metadata(request: Request, study: str, series_uid: str) -> Response:
+    return _metadata(request, study, series_uid)
+
+
+@router.get("/studies/{study}/series/{series_uid}/instances/{sop}/metadata",
+            summary="WADO-RS: instance metadata")
+def instance_metadata(request: Request, study: str, series_uid: str, sop: str) -> Response:
+    return _metadata(request, study, series_uid, sop)
+
+
+# -- WADO-RS: frames and bulk data -------------------------------------------------
+
+def _one_instance(request: Request, study: str, series_uid: str, sop: str) -> InstanceRef:
+    node = _node(request)
+    _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID=sop)
+    refs = locate(node, study, series_uid, sop)
+    if not refs:
+        raise _missing(node, study, series_uid, sop)
+    return refs[0]
+
+
+def _pixels(ref: InstanceRef) -> PixelInfo:
+    try:
+        info = pixel_info(ref.path)
+    except FileNotFoundError:
+        raise NotFound(f"instance {ref.sop_instance_uid} is no longer stored") from None
+    if info is None:
+        raise NotFound(f"instance {ref.sop_instance_uid} has no pixel data")
+    return info
+
+
+def _frame_numbers(text: str, info: PixelInfo) -> list[int]:
+    numbers = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise PacsnodeError(f"frame numbers are positive integers, not {part[:20]!r}")
+        numbers.append(int(part))
+    missing = [n for n in numbers if n > info.frames]
+    if missing:
+        raise NotFound(f"frame {missing[0]} does not exist: the instance has "
+                       f"{info.frames} frame(s)")
+    return numbers
+
+
+#: The syntax we encode frames into for a compressed media type they are not
+#: stored in.
+_FRAME_ENCODE = {"image/jp2": "1.2.840.10008.1.2.4.90",
+                 "image/x-dicom-rle": "1.2.840.10008.1.2.5",
+                 "image/jpeg": "1.2.840.10008.1.2.4.50"}
+
+
+@dataclass(frozen=True)
+class _FramePlan:
+    mode: str  # "native", "stored" or "encode"
+    media_type: str
+    transfer_syntax: str
+
+
+def _frame_plan(accept: str | None, info: PixelInfo) -> _FramePlan:
+    stored = info.transfer_syntax
+    native = _FramePlan("native", "application/octet-stream", ExplicitVRLittleEndian)
+    for mr in parse_accept(accept):
+        if mr.type == "multipart/related":
+            part = mr.params.get("type", "application/octet-stream").strip().lower()
+        elif mr.type in ("*/*", "multipart/*"):
+            return native
+        else:
+            continue
+        ts = mr.transfer_syntax
+        if part in ("application/octet-stream", "*/*", "application/*"):
+            if ts == "*" and info.encapsulated:
+                return _FramePlan("stored", media_type_for_syntax(stored), stored)
+            if ts in (None, "*", ExplicitVRLittleEndian):
+                return native
+            continue
+        if part == "image/*" and ts in (None, "*") and info.encapsulated:
+            return _FramePlan("stored", media_type_for_syntax(stored), stored)
+        syntaxes = FRAME_MEDIA_TYPES.get(part)
+        if syntaxes is None:
+            continue
+        if ts not in (None, "*") and ts not in syntaxes:
+            continue
+        if stored in syntaxes and ts in (None, "*", stored):
+            return _FramePlan("stored", part, stored)
+        target = ts if ts not in (None, "*") else _FRAME_ENCODE.get(part)
+        if target and can_transcode(ExplicitVRLittleEndian, target,
+                                    bits_allocated=info.bits_allocated) \
+                and UID(target).is_compressed:
+            return _FramePlan("encode", part, target)
+    raise WebError(406, "cannot provide the frames in any requested media type; stored as "
+                        f"{stored}; available: application/octet-stream"
+                        + (f", {media_type_for_syntax(stored)}" if info.encapsulated else ""))
+
+
+def _frame_bytes(ref: InstanceRef, info: PixelInfo, plan: _FramePlan, index: int) -> bytes:
+    if plan.mode == "stored":
+        return stored_frame(ref.path, info, index)
+    if plan.mode == "encode":
+        return encode_frame(ref.path, info, index, plan.transfer_syntax)
+    return native_frame(ref.path, info, index)
+
+
+@router.get("/studies/{study}/series/{series_uid}/instances/{sop}/frames/{frames}",
+            summary="WADO-RS: retrieve frames")
+def retrieve_frames(request: Request, study: str, series_uid: str, sop: str,
+                    frames: str) -> Response:
+    ref = _one_instance(request, study, series_uid, sop)
+    info = _pixels(ref)
+    numbers = _frame_numbers(frames, info)
+    plan = _frame_plan(request.headers.get("accept"), info)
+    boundary = new_boundary()
+    content_type = f"{plan.media_type}; transfer-syntax={plan.transfer_syntax}"
+    base = f"{_base(request)}/studies/{study}/series/{series_uid}/instances/{sop}/frames/"
+    try:
+        first = _frame_bytes(ref, info, plan, numbers[0] - 1)
+    except TranscodeError:
+        raise
+    except Exception as exc:
+        raise WebError(406 if plan.mode == "encode" else 500,
+                       f"cannot read frame {numbers[0]}: {exc}") from exc
+
+    def parts() -> Iterator[bytes]:
+        for i, number in enumerate(numbers):
+            data = first if i == 0 else _frame_bytes(ref, info, plan, number - 1)
+            yield _part_head(boundary, content_type, base + str(number))
+            yield data
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode("latin-1")
+
+    return StreamingResponse(parts(), media_type=_multipart_type(plan.media_type, boundary))
+
+
+def _find_element(ds: Any, tag: int) -> Any:
+    if tag in ds:
+        return ds[tag]
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                found = _find_element(item, tag)
+                if found is not None:
+                    return found
+    return None
+
+
+@router.get("/studies/{study}/series/{series_uid}/instances/{sop}/bulkdata/{tag}",
+            summary="WADO-RS: retrieve bulk data named by a BulkDataURI")
+def retrieve_bulkdata(request: Request, study: str, series_uid: str, sop: str,
+                      tag: str) -> Response:
+    if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
+        raise PacsnodeError(f"bulk data is named by an 8-digit hex tag, not {tag[:20]!r}")
+    ref = _one_instance(request, study, series_uid, sop)
+    number = int(tag, 16)
+    accept = parse_accept(request.headers.get("accept"))
+    single = bool(accept) and accept[0].type == "application/octet-stream"
+    if not single and not any(
+            mr.type in ("*/*", "multipart/*") or (mr.type == "multipart/related" and
+                                                  mr.params.get("type", "application/octet-stream")
+                                                  in ("application/octet-stream", "*/*"))
+            or mr.type == "application/octet-stream" for mr in accept):
+        raise WebError(406, "bulk data is available as multipart/related; "
+                            "type=\"application/octet-stream\" or application/octet-stream")
+    if number == 0x7FE00010:
+        info = _pixels(ref)
+        data = b"".join(native_frame(ref.path, info, i) for i in range(info.frames))
+    else:
+        try:
+            ds = dcmread(ref.path, force=True, stop_before_pixels=number < 0x7FE00010)
+        except FileNotFoundError:
+            raise NotFound(f"instance {sop} is no longer stored") from None
+        elem = _find_element(ds, number)
+        if elem is None or elem.value is None:
+            raise NotFound(f"instance {sop} has no bulk data {tag.upper()}")
+        value = elem.value
+        if isinstance(value, str):
+            data = value.encode("utf-8")
+        elif isinstance(value, (bytes, bytearray)):
+            data = bytes(value)
+            if ds.file_meta.get("TransferSyntaxUID") == ExplicitVRBigEndian:
+                data = little_endian_words(data, elem.VR)
+        else:
+            raise NotFound(f"{tag.upper()} of instance {sop} is not bulk data")
+    if single:
+        return Response(data, media_type="application/octet-stream")
+    boundary = new_boundary()
+    body = (_part_head(boundary, "application/octet-stream") + data
+            + f"\r\n--{boundary}--\r\n".encode("latin-1"))
+    return Response(body, media_type=_multipart_type("application/octet-stream", boundary))
+
+
+# -- WADO-RS: rendered and thumbnail ---------------------------------------------
+
+def _render_options(request: Request, thumbnail: bool) -> RenderOptions:
+    media = None
+    for mr in parse_accept(request.headers.get("accept")):
+        if mr.type in ("image/jpeg", "image/png"):
+            media = mr.type
+        elif mr.type in ("*/*", "image/*"):
+            media = "image/jpeg"
+        if media:
+            break
+    if media is None:
+        raise WebError(406, "rendered images are available as image/jpeg or image/png")
+    q = request.query_params
+    return RenderOptions(media_type=media, window=parse_window(q.get("window")),
+                         viewport=parse_viewport(q.get("viewport")),
+                         quality=parse_quality(q.get("quality")))
+
+
+def _render(ref: InstanceRef, frame: int, options: RenderOptions, thumbnail: bool) -> Response:
+    try:
+        data = render_frame(ref.path, frame - 1, options, thumbnail=thumbnail)
+    except FileNotFoundError:
+        raise NotFound(f"instance {ref.sop_instance_uid} is no longer stored") from None
+    except PacsnodeError:
+        raise
+    except Exception as exc:
+        raise WebError(406, f"cannot render instance {ref.sop_instance_uid}: {exc}") from exc
+    return Response(data, media_type=options.media_type)
+
+
+@router.get("/studies/{study}/series/{series_uid}/instances/{sop}/rendered",
+            summary="WADO-RS: instance rendered as JPEG/PNG (first frame)")
+def rendered_instance(request: Request, study: str, series_uid: str, sop: str) -> Response:
+    ref = _one_instance(request, study, series_uid, sop)
+    options = _render_options(request, False)
+    _pixels(ref)
+    return _render(ref, 1, options, False)
+
+
+@router.get("/studies/{study}/series/{series_uid}/instances/{sop}/frames/{frames}/rendered",
+            summary="WADO-RS: one frame rendered as JPEG/PNG")
+def rendered_frame(request: Request, study: str, series_uid: str, sop: str,
+                   frames: str) -> Response:
+    ref = _one_instance(request, study, series_uid, sop)
+    options = _render_options(request, False)
+    info = _pixels(ref)
+    numbers = _frame_numbers(frames, info)
+    if len(numbers) != 1:
+        raise PacsnodeError("render one frame at a time")
+    return _render(ref, numbers[0], options, False)
+
+
+@router.get("/studies/{study}/series/{series_uid}/instances/{sop}/thumbnail",
+            summary="WADO-RS: instance thumbnail")
+def thumbnail_instance(request: Request, study: str, series_uid: str, sop: str) -> Response:
+    ref = _one_instance(request, study, series_uid, sop)
+    options = _render_options(request, True)
+    _pixels(ref)
+    return _render(ref, 1, options, True)
+
+
+def _representative(request: Request, study: str, series_uid: str | None) -> InstanceRef:
+    """The middle image (InstanceNumber order) of the first series with images."""
+    node = _node(request)
+    _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid)
+    refs = locate(node, study, series_uid)
+    if not refs:
+        raise _missing(node, study, series_uid)
+    facts = _facts(node, refs)
+    images = [r for r in refs if facts.get(r.sop_instance_uid, _Facts(None, False)).has_pixels]
+    if not images:
+        raise NotFound(f"{'series ' + series_uid if series_uid else 'study ' + study} "
+                       "has no image to show")
+    first_series = [r for r in images if r.series_uid == images[0].series_uid]
+    return first_series[(len(first_series) - 1) // 2]
+
+
+@router.get("/studies/{study}/thumbnail", summary="WADO-RS: study thumbnail")
+def thumbnail_study(request: Request, study: str) -> Response:
+    ref = _representative(request, study, None)
+    return _render(ref, 1, _render_options(request, True), True)
+
+
+@router.get("/studies/{study}/series/{series_uid}/thumbnail", summary="WADO-RS: series thumbnail")
+def thumbnail_series(request: Request, study: str, series_uid: str) -> Response:
+    ref = _representative(request, study, series_uid)
+    return _render(ref, 1, _render_options(request, True), True)
+
+
+# -- DELETE -----------------------------------------------------------------------
+
+def _delete(request: Request, study: str, series_uid: str | None = None,
+            sop: str | None = None) -> Response:
+    node = _node(request)
+    _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID=sop)
+    address = request.client.host if request.client else ""
+    count = delete_entities(node, study, series_uid, sop, origin=Origin("dicomweb",
+                                                                         address=address))
+    if count == 0:
+        raise _missing(node, study, series_uid, sop)
+    return Response(status_code=204)
+
+
+@router.delete("/studies/{study}", summary="Delete a study", status_code=204)
+def delete_study(request: Request, study: str) -> Response:
+    return _delete(request, study)
+
+
+@router.delete("/studies/{study}/series/{series_uid}", summary="Delete a series",
+               status_code=204)
+def delete_series(request: Request, study: str, series_uid: str) -> Response:
+    return _delete(request, study, series_uid)
+
+
+@router.delete("/studies/{study}/series/{series_uid}/instances/{sop}",
+               summary="Delete an instance", status_code=204)
+def delete_instance(request: Request, study: str, series_uid: str, sop: str) -> Response:
+    return _delete(request, study, series_uid, sop)
