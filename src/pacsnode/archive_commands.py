@@ -77,7 +77,7 @@ def serve(config_file: str | None, **options: Any) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.http_port,
                             log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+    server = _http_server(config)
     log.info("HTTP listening on http://%s:%s (DICOMweb /dicomweb, REST /api/v1)",
              settings.host, settings.http_port)
     try:
@@ -89,6 +89,33 @@ def serve(config_file: str | None, **options: Any) -> None:
         dimse.stop(grace=10.0)
         node.close()
         log.info("stopped")
+
+
+def _http_server(config: Any) -> Any:
+    """A uvicorn server that stops on SIGTERM/SIGINT without re-raising the
+    signal afterwards (uvicorn does, which would kill the process before the
+    DIMSE side has drained)."""
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
 
 
 def _start_services(node: Any) -> list[Callable[[], None]]:
