@@ -140,3 +140,7 @@ LEVEL_TABLES: dict[Level, Table] = {
     Level.SERIES: series,
     Level.IMAGE: instances,
 }
+
+# Feature tables live beside their features but in the same database and
+# metadata; importing them here makes `create_all` see every table.
+from . import automation_tables, jobs_tables, workitems  # noqa: E402,F401

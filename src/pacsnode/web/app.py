@@ -35,7 +35,7 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    for name in ("dicomweb", "api"):
+    for name in ("dicomweb", "ups", "api", "changes"):
         try:
             module = __import__(f"pacsnode.web.{name}", fromlist=["router"])
         except ImportError:
