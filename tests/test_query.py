@@ -1,0 +1,110 @@
+"""The query engine on its own, on SQLite and PostgreSQL: each matching type
+must match what it should and nothing else; the SQL never scans in Python."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+
+from dicomfiles import make_ct
+from pacsnode.config import load_settings
+from pacsnode.dicom.catalogue import Level
+from pacsnode.errors import BadQuery
+from pacsnode.events import Origin
+from pacsnode.node import Node
+from pacsnode.query.parse import query_from_identifier, query_from_qido
+from pacsnode.query.sql import like_pattern
+
+
+@pytest.fixture
+def node(tmp_path, database_url):
+    n = Node(load_settings(overrides={"data_dir": tmp_path / "data", "fsync": False,
+                                      "database_url": database_url}, environ={}))
+    yield n
+    n.close()
+
+
+def store(node, tmp_path, name, **kw):
+    ds = make_ct(tmp_path / f"{name}.dcm", **kw)
+    assert node.ingestor.ingest_path(tmp_path / f"{name}.dcm", Origin("test")).outcome.ok
+    return ds
+
+
+def find(node, level, **keys):
+    ident = Dataset()
+    ident.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ident, k, v)
+    return node.engine.search(query_from_identifier(ident))
+
+
+def test_matching_types(node, tmp_path):
+    a = store(node, tmp_path, "a", patient_id="A", patient_name="Doe^John",
+              study_date="20200102", study_time="101500", accession="X_1%",
+              ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    store(node, tmp_path, "b", patient_id="B", patient_name="Иванов^Иван",
+          study_date="20210315", study_time="143000", accession="X21", charset="ISO_IR 144",
+          ImageType=["DERIVED", "SECONDARY"])
+    store(node, tmp_path, "c", patient_id="C", patient_name="José^Núñez",
+          study_date="20190701", study_time="080000", accession="Y3", charset="ISO_IR 100")
+    ids = lambda rs: sorted(str(r.PatientID) for r in rs)  # noqa: E731
+    assert ids(find(node, "STUDY", PatientID="")) == ["A", "B", "C"]
+    # LIKE metacharacters in the data are literal, not wildcards
+    assert ids(find(node, "STUDY", PatientID="", AccessionNumber="X_1%")) == ["A"]
+    assert ids(find(node, "STUDY", PatientID="", AccessionNumber="X_*")) == ["A"]
+    assert ids(find(node, "STUDY", PatientID="", AccessionNumber="X?1*")) == ["A", "B"]
+    # Cyrillic name, decoded from ISO_IR 144 and matched case-insensitively
+    assert ids(find(node, "STUDY", PatientID="", PatientName="иванов*")) == ["B"]
+    # multi-valued attribute: any value matches
+    assert ids(find(node, "IMAGE", PatientID="", ImageType="AXIAL")) == ["A"]
+    assert ids(find(node, "IMAGE", PatientID="", ImageType="SECOND*")) == ["B"]
+    # datetime-ish ranges and single time values of lower precision
+    assert ids(find(node, "STUDY", PatientID="", StudyTime="10")) == ["A"]
+    assert ids(find(node, "STUDY", PatientID="", StudyTime="-0900")) == ["C"]
+    # QIDO fuzzy matching: accent- and case-insensitive prefix of any component
+    fuzzy = lambda v: ids(node.engine.search(query_from_qido(  # noqa: E731
+        Level.STUDY, [("PatientName", v), ("fuzzymatching", "true")])))
+    assert fuzzy("jo") == ["A", "C"]
+    assert fuzzy("do") == ["A"]
+    assert fuzzy("nunez") == ["C"]
+    assert fuzzy("ohn") == []
+    # UID list at SERIES level, relational (no study key needed)
+    rs = find(node, "SERIES", SeriesInstanceUID=f"{a.SeriesInstanceUID}\\1.2.3")
+    assert [r.SeriesInstanceUID for r in rs] == [a.SeriesInstanceUID]
+
+
+def test_sequence_matching(node, tmp_path):
+    item = Dataset()
+    item.RequestedProcedureID = "RP77"
+    item.ScheduledProcedureStepID = "SPS1"
+    other = Dataset()
+    other.RequestedProcedureID = "RP88"
+    other.ScheduledProcedureStepID = "SPS2"
+    store(node, tmp_path, "s", patient_id="S", RequestAttributesSequence=[item, other])
+    store(node, tmp_path, "t", patient_id="T")
+    q = Dataset()
+    q.RequestedProcedureID = "RP77"
+    assert [str(r.PatientID) for r in find(node, "IMAGE", PatientID="",
+                                           RequestAttributesSequence=[q])] == ["S"]
+    # both keys must hold in the same item
+    q.ScheduledProcedureStepID = "SPS2"
+    assert find(node, "IMAGE", PatientID="", RequestAttributesSequence=[q]) == []
+    q.ScheduledProcedureStepID = "SPS1"
+    assert len(find(node, "STUDY", PatientID="", RequestAttributesSequence=[q])) == 1
+
+
+def test_bad_values_raise_bad_query(node):
+    with pytest.raises(BadQuery):
+        find(node, "STUDY", StudyDate="2020-13-45")
+    with pytest.raises(BadQuery):
+        find(node, "STUDY", StudyDate="20201231-20200101")
+    with pytest.raises(BadQuery):
+        find(node, "STUDY", StudyInstanceUID="1.2.x")
+    with pytest.raises(BadQuery):
+        query_from_qido(Level.STUDY, [("NoSuchAttribute", "1")])
+    with pytest.raises(BadQuery):
+        query_from_qido(Level.STUDY, [("limit", "-1")])
+
+
+def test_like_pattern_escapes():
+    assert like_pattern("A%B_C*D?") == ("A\\%B\\_C%D_", "A%B_C")
