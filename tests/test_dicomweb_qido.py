@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dicomweb_client.api import DICOMwebClient
 
 from web_server import WebServer, make_instance, uid, web  # noqa: F401
 
@@ -266,7 +265,7 @@ def test_not_acceptable_media_type(web: WebServer, archive: dict) -> None:
 
 
 def test_dicomweb_client_search(web: WebServer, archive: dict) -> None:
-    client = DICOMwebClient(url=web.dicomweb)
+    client = web.dicomweb_client()
     found = client.search_for_studies(search_filters={"PatientName": "doe*"})
     assert [f[STUDY]["Value"][0] for f in found] == [archive["doe"], archive["old"]]
     found = client.search_for_studies(search_filters={"PatientName": "jose"},

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
 from web_server import (BOUNDARY, STOW_TYPE, WebServer, sample_bytes, make_instance,
@@ -184,7 +183,7 @@ def test_duplicate_refused_by_policy_is_45070(tmp_path: Path) -> None:
 
 
 def test_dicomweb_client_store_instances(web: WebServer) -> None:
-    client = DICOMwebClient(url=web.dicomweb)
+    client = web.dicomweb_client()
     datasets = [dcmread(sample_path("CT_small.dcm")), dcmread(sample_path("MR_small_RLE.dcm"))]
     result = client.store_instances(datasets)
     assert [item.ReferencedSOPInstanceUID for item in result.ReferencedSOPSequence] == \

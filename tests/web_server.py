@@ -41,6 +41,7 @@ class WebServer:
                                 lifespan="off", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self._clients: list[Any] = []
 
     @property
     def base_url(self) -> str:
@@ -60,12 +61,24 @@ class WebServer:
         return self
 
     def stop(self) -> None:
+        for client in self._clients:
+            client.close()
         self.server.should_exit = True
         self.thread.join(10)
         self.node.close()
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.dicomweb, timeout=60, **kw)
+        """An httpx client on the DICOMweb base URL (closed by ``stop``)."""
+        client = httpx.Client(base_url=self.dicomweb, timeout=60, **kw)
+        self._clients.append(client)
+        return client
+
+    def dicomweb_client(self) -> Any:
+        """A ``dicomweb_client`` DICOMwebClient on this server (closed by ``stop``)."""
+        from dicomweb_client.api import DICOMwebClient
+        client = DICOMwebClient(url=self.dicomweb)
+        self._clients.append(client._session)
+        return client
 
     def stow(self, parts: list[bytes], study: str | None = None,
              content_type: str = STOW_TYPE, part_type: str = "application/dicom",

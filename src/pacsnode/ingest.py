@@ -168,6 +168,9 @@ class Ingestor:
                 raise InvalidInstance(f"cannot understand the data: {exc}") from exc
             # stop_before_pixels leaves the file position at Pixel Data.
             has_pixels = fh.tell() < size
+        if getattr(ds, "file_meta", {}).get("TransferSyntaxUID") == "1.2.840.10008.1.2.1.99":
+            # Deflated: the position is the end of the compressed stream.
+            has_pixels = "PixelData" in dcmread(temp, force=True, specific_tags=["PixelData"])
         if not is_part10 or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
             ds = self._rewrite_as_part10(temp)
             has_pixels = "PixelData" in dcmread(temp, force=True, specific_tags=["PixelData"])

@@ -119,7 +119,8 @@ def _window(arr: np.ndarray, center: float, width: float, function: str) -> np.n
     """PS3.3 C.11.2.1.2/3: window to [0, 1]."""
     x = arr.astype(np.float64)
     if function == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+        # 1 / (1 + exp(-4 (x - c) / w)), written so that it cannot overflow.
+        return 0.5 * (1.0 + np.tanh(2.0 * (x - center) / width))
     if function == "linear_exact":
         out = (x - center) / width + 0.5
     else:
