@@ -22,7 +22,6 @@ from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from ..delete import delete_entities
 from ..dicom.catalogue import Level
@@ -293,13 +292,10 @@ async def _stow(request: Request, study: str | None) -> Response:
                 await run_in_threadpool(writer.apply, events)
         parser.close()
     except MultipartError as exc:
-        await run_in_threadpool(writer.discard)
+        writer.discard()  # quick (close, unlink), and must run even when cancelled
         raise PacsnodeError(f"malformed multipart body: {exc}") from None
-    except (WebError, ClientDisconnect):
-        await run_in_threadpool(writer.discard)
-        raise
-    except BaseException:
-        await run_in_threadpool(writer.discard)
+    except BaseException:  # 413, client gone, cancelled: nothing is stored
+        writer.discard()  # quick (close, unlink), and must run even when cancelled
         raise
     if not writer.parts:
         raise PacsnodeError("the multipart body holds no part")
@@ -577,6 +573,9 @@ def _retrieve(request: Request, study: str, series_uid: str | None = None,
     if not refs:
         raise _missing(node, study, series_uid, sop)
     plan, single = _plan(node, refs, request.headers.get("accept"), sop is not None)
+    if sop is not None and not refs[0].path.is_file():
+        raise NotFound(f"instance {sop} is indexed but its file is missing "
+                       "(pacsnode check --repair mends this)")
     if single:
         ref, ts = plan[0]
         media = f"application/dicom; transfer-syntax={ts}"
