@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import dcmread, dcmwrite
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .dicom.catalogue import Level
+from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
 from .dicom.header import ParsedHeader, describe, read_header, valid_uid
 from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, InvalidUID,
                      PacsnodeError, SOPMismatch, StorageFailure, StudyMismatch)
@@ -46,8 +47,7 @@ log = logging.getLogger("pacsnode.ingest")
 __all__ = ["Outcome", "IngestResult", "Ingestor", "IMPLEMENTATION_CLASS_UID",
            "IMPLEMENTATION_VERSION"]
 
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1466.1"
-IMPLEMENTATION_VERSION = "PACSNODE_010"
+IMPLEMENTATION_VERSION = IMPLEMENTATION_VERSION_NAME
 
 
 class Outcome(enum.Enum):
@@ -118,7 +118,7 @@ class Ingestor:
         try:
             with fh:
                 fh.write(b"\x00" * 128 + b"DICM")
-                write_file_meta_info(fh, _file_meta(sop_class_uid, sop_instance_uid,
+                write_file_meta_info(fh, file_meta(sop_class_uid, sop_instance_uid,
                                                     transfer_syntax), enforce_standard=True)
                 if isinstance(dataset_bytes, (bytes, bytearray, memoryview)):
                     fh.write(dataset_bytes)
@@ -192,7 +192,7 @@ class Ingestor:
         except Exception as exc:
             raise InvalidInstance(f"cannot understand the data: {exc}") from exc
         ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-        ds.file_meta = _file_meta(ds.SOPClassUID, ds.SOPInstanceUID,
+        ds.file_meta = file_meta(ds.SOPClassUID, ds.SOPInstanceUID,
                                   ts or ExplicitVRLittleEndian)
         dcmwrite(temp, ds, enforce_file_format=True)
         return read_header(temp)
@@ -351,17 +351,6 @@ class Ingestor:
         prow = {k: v for k, v in p.rows[Level.PATIENT].items()
                 if k not in ("patientid", "issuerofpatientid")}
         conn.execute(update(patients).where(patients.c.id == patient_fk).values(**prow))
-
-
-def _file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    return meta
 
 
 def _uids_or_empty(parsed: ParsedHeader | None) -> dict[str, str]:

@@ -18,14 +18,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
 __all__ = ["ToolError", "NotDicomError", "read_dicom", "parse_tag", "TagMask",
            "parse_tag_mask", "write_atomic", "tag_text", "IMPLEMENTATION_CLASS_UID",
            "IMPLEMENTATION_VERSION_NAME", "UNKNOWN_SOP_CLASS_UID", "file_meta_for"]
 
-#: pacsnode's Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID
-#: (PS3.5 B.2) so that it needs no registered root.
-IMPLEMENTATION_CLASS_UID = "2.25.163335398395287463938766361520356787421"
-IMPLEMENTATION_VERSION_NAME = "PACSNODE_010"
 #: Written as MediaStorageSOPClassUID when a data set names no SOP Class
 #: (DCMTK's dump2dcm does the same with its own private UID).
 UNKNOWN_SOP_CLASS_UID = IMPLEMENTATION_CLASS_UID + ".1.1"
