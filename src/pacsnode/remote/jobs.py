@@ -1,0 +1,633 @@
+"""Retrieve jobs: the gateway pulls a study or series from a remote node into
+our own archive, in the background, with progress anyone can read.
+
+A job is a row of the ``jobs`` table (``pacsnode.index.jobs_tables``), in the
+database every ``pacsnode serve`` of a deployment shares.  ``submit`` adds a
+pending row; worker threads inside ``serve`` (``start(node)``, called by
+``serve`` at start-up) claim pending rows atomically and run them:
+
+- ``method="move"``: C-MOVE to our own AE title (``settings.ae_title``).  The
+  peer must know that title (its modality list); the instances arrive at our
+  C-STORE SCP, i.e. through the one ingest path.
+- ``method="get"``: C-GET on one association; each instance received is
+  handed to ``node.ingestor`` (the temp file pynetdicom wrote is renamed
+  into the store when it can be, so the bytes are kept as received).
+
+Every C-MOVE/C-GET response updates ``completed``/``failed``/``warning``/
+``remaining`` of the row.  A SERIES job without a Study Instance UID first
+asks the peer for it with a C-FIND (a retrieve in the Study Root model needs
+it).  The job ends ``succeeded``, ``failed`` (with a reason in ``error``:
+the peer refused, nothing matched, some instances failed …) or ``canceled``.
+
+Claiming: ``UPDATE jobs SET state='running', owner=<me> WHERE id=… AND
+state='pending'`` — one process wins, on SQLite and PostgreSQL alike.  The
+owner renews a lease (``lease_until``) every second while the job runs.
+
+Cancelling (``request_cancel``): a pending job is canceled at once; a running
+one gets ``cancel_requested``, which its owner (this process or another)
+notices within a second and turns into a C-CANCEL to the peer (PS3.7
+9.3.2.3 / 9.3.3.3).  The job ends ``canceled`` with the counts reached.
+
+Restarts: a job is *not* resumed.  When ``serve`` starts, jobs left
+``running`` by a dead ``serve`` on this host (its pid is gone, or it is our
+own pid from an earlier life) are set ``failed`` with the reason
+"interrupted by restart"; jobs of another host fail the same way once their
+lease has run out (``LEASE_SECONDS``).  Retrieving again is cheap: what is
+already stored is recognised as such by ingest.  Stopping ``serve``
+gracefully cancels running retrieves (C-CANCEL) and fails them with
+"interrupted by shutdown".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Row, func, select, update
+
+from ..errors import PacsnodeError
+from ..events import Origin
+from ..index.db import Database
+from ..index.jobs_tables import TERMINAL_STATES, jobs
+from ..node import Node
+from . import scu
+from .errors import RemoteError
+from .peer import Peer
+from .scu import Progress
+
+__all__ = ["Job", "JobNotFound", "JobFinished", "submit", "get_job", "list_jobs",
+           "latest_for_series", "request_cancel", "claim_next", "recover", "reap_expired",
+           "JobRunner", "start", "runner_for", "LEASE_SECONDS", "WORKERS"]
+
+log = logging.getLogger("pacsnode.jobs")
+
+#: Worker threads per ``serve`` (jobs run in parallel up to this number).
+WORKERS = 2
+#: How long a claim holds without renewal; the owner renews every second.
+LEASE_SECONDS = 30.0
+#: How often idle workers look for pending jobs (a submit in the same
+#: process wakes them at once).
+POLL_SECONDS = 0.5
+#: Housekeeping period: lease renewal and cancel requests.
+HEARTBEAT_SECONDS = 1.0
+#: Longest wait for one C-MOVE/C-GET response (a peer that sends no pending
+#: responses must finish the whole transfer within it).
+DIMSE_TIMEOUT = 600.0
+
+_HOST = socket.gethostname()
+
+
+class JobNotFound(PacsnodeError):
+    http_status = 404
+
+
+class JobFinished(PacsnodeError):
+    """Cancelling a job that already ended (succeeded or failed)."""
+
+    http_status = 409
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    node: str
+    level: str
+    study_uid: str
+    series_uid: str
+    method: str
+    state: str
+    completed: int
+    failed: int
+    warning: int
+    remaining: int | None
+    error: str
+    created: float
+    updated: float
+    started: float | None
+    finished: float | None
+    owner: str
+    cancel_requested: bool
+    requested_by: str
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Job:
+        m = row._mapping
+        return cls(id=m["id"], kind=m["kind"], node=m["node"], level=m["level"],
+                   study_uid=m["study_uid"], series_uid=m["series_uid"], method=m["method"],
+                   state=m["state"], completed=int(m["completed"]), failed=int(m["failed"]),
+                   warning=int(m["warning"]),
+                   remaining=None if m["remaining"] is None else int(m["remaining"]),
+                   error=m["error"] or "", created=float(m["created"]),
+                   updated=float(m["updated"]), started=m["started"], finished=m["finished"],
+                   owner=m["owner"] or "", cancel_requested=bool(m["cancel_requested"]),
+                   requested_by=m["requested_by"] or "")
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view (times as ISO 8601 UTC, empty error as None)."""
+        return {
+            "id": self.id, "kind": self.kind, "node": self.node, "level": self.level,
+            "study_uid": self.study_uid or None, "series_uid": self.series_uid or None,
+            "method": self.method, "state": self.state, "completed": self.completed,
+            "failed": self.failed, "warning": self.warning, "remaining": self.remaining,
+            "error": self.error or None, "created": iso(self.created),
+            "updated": iso(self.updated), "started": iso(self.started),
+            "finished": iso(self.finished), "owner": self.owner or None,
+            "cancel_requested": self.cancel_requested,
+            "requested_by": self.requested_by or None,
+        }
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ------------------------------------------------------------------ the table
+
+def submit(node: Node, *, node_name: str, level: str, study_uid: str = "",
+           series_uid: str = "", method: str = "move", requested_by: str = "") -> Job:
+    """Add a pending retrieve job and wake this process's workers."""
+    level = level.upper()
+    if level not in ("STUDY", "SERIES"):
+        raise ValueError(f"level must be STUDY or SERIES, not {level!r}")
+    if method not in ("move", "get"):
+        raise ValueError(f"method must be 'move' or 'get', not {method!r}")
+    now = time.time()
+    job_id = uuid.uuid4().hex
+    with node.db.write() as conn:
+        conn.execute(jobs.insert().values(
+            id=job_id, kind="retrieve", node=node_name, level=level, study_uid=study_uid or "",
+            series_uid=series_uid or "", method=method, state="pending", completed=0,
+            failed=0, warning=0, remaining=None, error="", created=now, updated=now,
+            owner="", cancel_requested=False, requested_by=requested_by))
+    runner = runner_for(node)
+    if runner is not None:
+        runner.wake()
+    job = get_job(node.db, job_id)
+    assert job is not None
+    log.info("job %s: retrieve %s %s from %s by C-%s", job_id, level,
+             series_uid or study_uid, node_name, method.upper())
+    return job
+
+
+def get_job(db: Database, job_id: str) -> Job | None:
+    with db.read() as conn:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    return Job.from_row(row) if row is not None else None
+
+
+def list_jobs(db: Database, *, limit: int = 100, offset: int = 0, state: str | None = None,
+              node_name: str | None = None, series_uid: str | None = None) -> list[Job]:
+    """Jobs, newest first."""
+    stmt = select(jobs)
+    if state:
+        stmt = stmt.where(jobs.c.state == state)
+    if node_name:
+        stmt = stmt.where(jobs.c.node == node_name)
+    if series_uid:
+        stmt = stmt.where(jobs.c.series_uid == series_uid)
+    stmt = stmt.order_by(jobs.c.created.desc(), jobs.c.id.desc()).limit(limit).offset(offset)
+    with db.read() as conn:
+        return [Job.from_row(r) for r in conn.execute(stmt).all()]
+
+
+def latest_for_series(db: Database, series_uid: str, node_name: str | None = None) -> Job | None:
+    found = list_jobs(db, limit=1, series_uid=series_uid, node_name=node_name)
+    return found[0] if found else None
+
+
+def count_jobs(db: Database, state: str | None = None) -> int:
+    stmt = select(func.count()).select_from(jobs)
+    if state:
+        stmt = stmt.where(jobs.c.state == state)
+    with db.read() as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
+def request_cancel(node: Node, job_id: str, wait: float = 10.0) -> Job:
+    """Cancel a job: a pending one at once, a running one by C-CANCEL (its
+    owner, in whichever process, notices within a second).  Waits up to
+    ``wait`` seconds for a running job to end and returns it as it then is.
+    Cancelling a canceled job is a no-op; an ended one raises JobFinished."""
+    now = time.time()
+    with node.db.write() as conn:
+        row = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        state = row.state
+        if state == "pending":
+            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == "pending")
+                         .values(state="canceled", error="canceled before it started",
+                                 cancel_requested=True, updated=now, finished=now))
+        elif state == "running":
+            conn.execute(update(jobs).where(jobs.c.id == job_id)
+                         .values(cancel_requested=True, updated=now))
+    if state in ("succeeded", "failed"):
+        raise JobFinished(f"job {job_id} has already {state}; nothing to cancel")
+    if state == "running":
+        runner = runner_for(node)
+        if runner is not None:
+            runner.cancel_local(job_id)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            job = get_job(node.db, job_id)
+            if job is None or job.done:
+                break
+            time.sleep(0.05)
+    job = get_job(node.db, job_id)
+    assert job is not None
+    return job
+
+
+def claim_next(db: Database, owner: str, lease: float = LEASE_SECONDS) -> Job | None:
+    """Claim the oldest pending job for ``owner``; None when there is none.
+    The conditional UPDATE makes the claim atomic across processes."""
+    with db.read() as conn:
+        ids = conn.execute(select(jobs.c.id).where(jobs.c.state == "pending")
+                           .order_by(jobs.c.created, jobs.c.id).limit(16)).scalars().all()
+    for job_id in ids:
+        now = time.time()
+        with db.write() as conn:
+            claimed = conn.execute(
+                update(jobs).where(jobs.c.id == job_id, jobs.c.state == "pending")
+                .values(state="running", owner=owner, lease_until=now + lease, started=now,
+                        updated=now)).rowcount
+        if claimed == 1:
+            return get_job(db, job_id)
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_is_dead(owner: str, me: str) -> bool:
+    """True when ``owner`` was a process on this host that no longer runs:
+    its pid is gone, or it is our pid but not us (a restart that got the
+    same pid, as in a container)."""
+    try:
+        host, pid_text, _nonce = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != _HOST or owner == me:
+        return False
+    return pid == os.getpid() or not _pid_alive(pid)
+
+
+def _fail_running(db: Database, job_id: str, owner: str, reason: str) -> bool:
+    now = time.time()
+    with db.write() as conn:
+        n = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == "running",
+                                            jobs.c.owner == owner)
+                         .values(state="failed", error=reason, updated=now, finished=now,
+                                 lease_until=None)).rowcount
+    return n == 1
+
+
+def recover(db: Database, me: str) -> int:
+    """Fail the running jobs of dead processes on this host ("interrupted by
+    restart"); return how many."""
+    with db.read() as conn:
+        rows = conn.execute(select(jobs.c.id, jobs.c.owner)
+                            .where(jobs.c.state == "running")).all()
+    count = 0
+    for row in rows:
+        if _owner_is_dead(row.owner, me):
+            pid = row.owner.rsplit(":", 2)[1]
+            if _fail_running(db, row.id, row.owner, "interrupted by restart: the pacsnode "
+                             f"serve process running it (pid {pid}) stopped"):
+                log.warning("job %s was left running by a stopped process: failed", row.id)
+                count += 1
+    return count
+
+
+def reap_expired(db: Database) -> int:
+    """Fail running jobs whose owner stopped renewing its lease (a process
+    on another host that died)."""
+    now = time.time()
+    with db.write() as conn:
+        n = conn.execute(update(jobs).where(jobs.c.state == "running",
+                                            jobs.c.lease_until < now)
+                         .values(state="failed", updated=now, finished=now, lease_until=None,
+                                 error="interrupted: the pacsnode serve process running it "
+                                       "stopped renewing its lease")).rowcount
+    return int(n or 0)
+
+
+# --------------------------------------------------------------- the workers
+
+@dataclass
+class _Attempt:
+    job: Job
+    cancel: threading.Event = field(default_factory=threading.Event)
+    shutdown: bool = False
+    last: Progress = field(default_factory=Progress)
+    store_errors: list[str] = field(default_factory=list)
+
+
+class _JobFailed(Exception):
+    pass
+
+
+_RUNNERS: dict[int, JobRunner] = {}
+_RUNNERS_LOCK = threading.Lock()
+
+
+def runner_for(node: Node) -> JobRunner | None:
+    """The runner working for ``node`` in this process, if any."""
+    with _RUNNERS_LOCK:
+        return _RUNNERS.get(id(node))
+
+
+class JobRunner:
+    """Worker threads that claim and run jobs for one Node."""
+
+    def __init__(self, node: Node, workers: int = WORKERS) -> None:
+        self.node = node
+        self.workers = workers
+        self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._active: dict[str, _Attempt] = {}
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        failed = recover(self.node.db, self.owner)
+        if failed:
+            log.warning("%d job(s) interrupted by a restart are marked failed", failed)
+        with _RUNNERS_LOCK:
+            _RUNNERS[id(self.node)] = self
+        for i in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"pacsnode-job-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        keeper = threading.Thread(target=self._housekeep, name="pacsnode-job-lease",
+                                  daemon=True)
+        keeper.start()
+        self._threads.append(keeper)
+        log.info("retrieve jobs: %d workers as %s", self.workers, self.owner)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel running retrieves (C-CANCEL), wait for the workers, and
+        fail what they were doing with "interrupted by shutdown"."""
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            for attempt in self._active.values():
+                attempt.shutdown = True
+                attempt.cancel.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            left = list(self._active)
+        for job_id in left:
+            _fail_running(self.node.db, job_id, self.owner, "interrupted by shutdown")
+        with _RUNNERS_LOCK:
+            if _RUNNERS.get(id(self.node)) is self:
+                del _RUNNERS[id(self.node)]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel_local(self, job_id: str) -> bool:
+        with self._lock:
+            attempt = self._active.get(job_id)
+        if attempt is None:
+            return False
+        attempt.cancel.set()
+        return True
+
+    # -- threads
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = claim_next(self.node.db, self.owner)
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+                log.exception("could not look for pending jobs")
+                job = None
+            if job is None:
+                self._wake.wait(POLL_SECONDS)
+                self._wake.clear()
+                continue
+            self._run(job)
+
+    def _housekeep(self) -> None:
+        tick = 0
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            tick += 1
+            try:
+                self._heartbeat()
+                if tick % 5 == 0:
+                    recover(self.node.db, self.owner)
+                    if reap_expired(self.node.db):
+                        log.warning("failed job(s) whose owner stopped renewing its lease")
+            except Exception:  # noqa: BLE001
+                log.exception("job housekeeping failed")
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            active = dict(self._active)
+        if not active:
+            return
+        now = time.time()
+        with self.node.db.write() as conn:
+            conn.execute(update(jobs).where(jobs.c.owner == self.owner,
+                                            jobs.c.state == "running")
+                         .values(lease_until=now + LEASE_SECONDS))
+        with self.node.db.read() as conn:
+            wanted = conn.execute(select(jobs.c.id).where(
+                jobs.c.id.in_(list(active)), jobs.c.cancel_requested.is_(True))).scalars().all()
+        for job_id in wanted:
+            attempt = active.get(job_id)
+            if attempt is not None and not attempt.cancel.is_set():
+                log.info("job %s: cancel requested", job_id)
+                attempt.cancel.set()
+
+    # -- one job
+
+    def _run(self, job: Job) -> None:
+        attempt = _Attempt(job)
+        with self._lock:
+            self._active[job.id] = attempt
+            if self._stop.is_set():
+                attempt.shutdown = True
+                attempt.cancel.set()
+        log.info("job %s: running (%s %s from %s by C-%s)", job.id, job.level,
+                 job.series_uid or job.study_uid, job.node, job.method.upper())
+        try:
+            state, error = self._execute(attempt)
+        except _JobFailed as exc:
+            state, error = "failed", str(exc)
+        except RemoteError as exc:
+            if isinstance(exc.result, Progress):
+                attempt.last = exc.result
+            state, error = "failed", self._explain(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
+            log.exception("job %s failed", job.id)
+            state, error = "failed", f"internal error: {exc}"
+        if attempt.shutdown and state != "succeeded":
+            state, error = "failed", "interrupted by shutdown"
+        self._finish(attempt, state, error)
+        with self._lock:
+            self._active.pop(job.id, None)
+        log.info("job %s: %s%s", job.id, state, f" ({error})" if error else "")
+
+    def _explain(self, exc: RemoteError) -> str:
+        text = str(exc)
+        if exc.status == 0xA801:
+            text += (f" — does the peer know our AE title {self.node.settings.ae_title!r} "
+                     "(its modality list)?")
+        return text
+
+    def _peer(self, job: Job) -> Peer:
+        cfg = self.node.remote_nodes().get(job.node)
+        if cfg is None:
+            raise _JobFailed(f"unknown node {job.node!r} (not in the registry any more)")
+        return Peer(aet=cfg.aet, host=cfg.host, port=cfg.port,
+                    calling_aet=self.node.settings.ae_title, timeout=30.0,
+                    dimse_timeout=DIMSE_TIMEOUT)
+
+    def _execute(self, attempt: _Attempt) -> tuple[str, str]:
+        job = attempt.job
+        peer = self._peer(job)
+        if attempt.cancel.is_set():
+            return "canceled", ""
+        study_uid = job.study_uid
+        if job.level == "SERIES" and not study_uid:
+            hits = scu.find(peer, "SERIES", {"SeriesInstanceUID": job.series_uid},
+                            defaults=False)
+            study_uid = next((str(h.get("StudyInstanceUID") or "") for h in hits
+                              if h.get("StudyInstanceUID")), "")
+            if not study_uid:
+                raise _JobFailed(f"{peer} has no series {job.series_uid} (C-FIND found nothing)")
+            with self.node.db.write() as conn:
+                conn.execute(update(jobs).where(jobs.c.id == job.id)
+                             .values(study_uid=study_uid, updated=time.time()))
+        keys = {"StudyInstanceUID": study_uid}
+        if job.level == "SERIES":
+            keys["SeriesInstanceUID"] = job.series_uid
+        what = f"series {job.series_uid}" if job.level == "SERIES" else f"study {study_uid}"
+
+        def on_progress(progress: Progress) -> None:
+            attempt.last = progress
+            self._record(job.id, progress)
+
+        if job.method == "move":
+            progress = scu.move(peer, job.level, keys, self.node.settings.ae_title,
+                                cancel=attempt.cancel, on_progress=on_progress)
+        else:
+            origin = Origin("dimse", peer_aet=peer.aet, address=peer.host,
+                            called_aet=self.node.settings.ae_title)
+            result = scu.get(peer, job.level, keys, on_store=self._sink(origin),
+                             on_progress=on_progress, cancel=attempt.cancel)
+            progress = result.progress
+            attempt.store_errors = result.store_errors
+        attempt.last = progress
+        return self._verdict(attempt, peer, what)
+
+    def _verdict(self, attempt: _Attempt, peer: Peer, what: str) -> tuple[str, str]:
+        p = attempt.last
+        if p.cancelled:
+            return "canceled", ""
+        if not p.done:
+            if attempt.cancel.is_set():
+                return "canceled", ""
+            return "failed", f"{peer} ended the retrieve without a final response"
+        if p.completed + p.failed + p.warning == 0:
+            return "failed", f"{peer} holds no instances of {what} (0 sub-operations)"
+        if p.failed:
+            detail = "; ".join(attempt.store_errors[:3]) or ", ".join(
+                p.failed_sop_instance_uids[:3])
+            return "failed", (f"{p.failed} of {p.total} instances of {what} could not be "
+                              f"retrieved" + (f" ({detail})" if detail else ""))
+        if attempt.cancel.is_set():
+            return "succeeded", "the cancel request came after the retrieve had finished"
+        return "succeeded", ""
+
+    def _sink(self, origin: Origin) -> Callable[[Dataset], int]:
+        """C-GET store callback: each instance through the one ingest path."""
+        store = self.node.store
+        ingestor = self.node.ingestor
+
+        def keep(ds: Dataset) -> int:
+            filename = getattr(ds, "filename", None)
+            temp: Path | None = None
+            if isinstance(filename, str) and os.path.isfile(filename):
+                received = Path(filename)
+                if received.parent == store.incoming:
+                    temp = received  # pynetdicom wrote it (Part 10) in our temp area
+                else:
+                    fh, temp = store.new_temp()
+                    with fh, open(received, "rb") as src:
+                        shutil.copyfileobj(src, fh, 1 << 20)
+                    received.unlink(missing_ok=True)
+            if temp is None:
+                fh, temp = store.new_temp()
+                with fh:
+                    ds.save_as(fh, enforce_file_format=True)
+            sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+            sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+            result = ingestor.ingest_temp(temp, origin, expected_sop=(sop_class, sop_uid))
+            if result.outcome.ok:
+                return 0x0000
+            raise RuntimeError(result.reason or "could not store")
+
+        return keep
+
+    def _record(self, job_id: str, p: Progress) -> None:
+        now = time.time()
+        with self.node.db.write() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.owner == self.owner,
+                                            jobs.c.state == "running")
+                         .values(completed=p.completed, failed=p.failed, warning=p.warning,
+                                 remaining=p.remaining, updated=now,
+                                 lease_until=now + LEASE_SECONDS))
+
+    def _finish(self, attempt: _Attempt, state: str, error: str) -> None:
+        p = attempt.last
+        now = time.time()
+        values: dict[str, Any] = dict(state=state, error=error, updated=now, finished=now,
+                                      lease_until=None, completed=p.completed, failed=p.failed,
+                                      warning=p.warning, remaining=p.remaining)
+        if state == "succeeded":
+            values["remaining"] = 0
+        with self.node.db.write() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == attempt.job.id,
+                                            jobs.c.owner == self.owner,
+                                            jobs.c.state == "running").values(**values))
+
+
+def start(node: Node, workers: int = WORKERS) -> Callable[[], None]:
+    """Start the job workers of ``serve``; return the function that stops them."""
+    runner = JobRunner(node, workers)
+    runner.start()
+    return runner.stop
