@@ -248,9 +248,9 @@ def transcode_dataset(ds: Dataset, dst: str) -> Dataset:
 
 def part10_bytes(ds: Dataset) -> bytes:
     """``ds`` as a Part 10 file with our implementation in the file meta."""
-    from .ingest import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+    from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
     ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if "SOPInstanceUID" in ds:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.preamble = b"\x00" * 128
