@@ -1,0 +1,528 @@
+"""Arrival automation: act once a study (or series) has stopped receiving.
+
+A study is *stable* when none of its instances has arrived for
+``stable_study_seconds`` (a series: ``stable_series_seconds``).  Each stable
+study then gets, once, the ``on_stable_study`` command and a POST to every
+URL in ``webhooks``; more instances arriving later make it pending again, and
+it fires again once quiet.  This replaces storescp ``--exec-on-reception``
+plus a "touch a file per study, find the ones older than 16 s" script.
+
+How it works (see docs/AUTOMATION.md):
+
+* ``start(node)`` subscribes to the event bus.  Every "stored"/"replaced"
+  event upserts the study's (and series') row in ``automation_pending``:
+  ``last_arrival = now``, ``generation + 1``, ``fired = false``.  The row is
+  written after the instance's commit and before the C-STORE/STOW answer, so
+  an acknowledged instance is never lost to a restart.  Writes for the same
+  study are coalesced to one per ``_throttle`` seconds (the poller waits that
+  much longer, so a study never fires early).
+* A poller thread finds rows quiet for long enough and claims each with
+  ``UPDATE … WHERE kind, uid, generation = ?, fired = false``; only the
+  process whose UPDATE changed the row fires it, so several ``serve``
+  processes on one PostgreSQL fire each trigger exactly once.
+* The command is split with ``shlex`` first and the placeholders are then
+  replaced inside each argument; it runs without a shell, so no DICOM value is
+  ever interpreted by one.  Webhooks are retried with exponential backoff.
+  Both run on their own threads and never hold up ingest.
+* A claim is renewed while its actions run; a claim whose process died is
+  taken over after ``LEASE_SECONDS`` (at-least-once after a crash mid-run).
+* Deleting a study (or series) drops its pending rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, and_, delete, func, select, update
+
+from .events import Event
+from .index.automation_tables import automation_pending as pending
+from .index.schema import instances, series, studies
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["start", "Automation", "Trigger", "build_command", "PLACEHOLDERS",
+           "LEASE_SECONDS", "WEBHOOK_ATTEMPTS"]
+
+log = logging.getLogger("pacsnode.automation")
+
+#: Placeholders a command template may use (each inside any argument).
+PLACEHOLDERS = ("study_uid", "series_uid", "path", "study_path", "patient_id", "calling_aet")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]+)\}")
+
+#: A claim not renewed for this long belongs to a dead process: take it over.
+LEASE_SECONDS = 60.0
+#: Webhook delivery: attempts, first back-off delay (doubling), request timeout.
+WEBHOOK_ATTEMPTS = 5
+WEBHOOK_FIRST_DELAY = 0.5
+WEBHOOK_TIMEOUT = 10.0
+#: A command still running after this long is killed.
+COMMAND_TIMEOUT = 3600.0
+#: Most commands / webhook deliveries running at once in one process.
+MAX_COMMANDS = 4
+MAX_DELIVERIES = 8
+#: How long shutdown waits for running actions before leaving them to the lease.
+STOP_GRACE = 10.0
+#: Rows done for this long are pruned (a new arrival recreates them).
+DONE_RETENTION = 7 * 86400.0
+_TAIL = 2000
+
+
+def build_command(template: str, values: Mapping[str, str]) -> list[str]:
+    """Split ``template`` like a POSIX shell would (quotes, escapes), then
+    replace ``{name}`` inside each argument.  Values are never re-split or
+    re-scanned, so a patient ID such as ``$(rm -rf ~); `x``` stays one
+    literal argument.  Unknown placeholders are left as written."""
+    def one(arg: str) -> str:
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
+    return [one(arg) for arg in shlex.split(template)]
+
+
+def unknown_placeholders(template: str) -> list[str]:
+    return sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - set(PLACEHOLDERS))
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A claimed stable study or series: what its command and webhook get."""
+
+    kind: str  # "study" | "series"
+    uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    calling_aet: str
+    generation: int
+    path: str
+    study_path: str
+    instances: int
+    at: float
+
+    @property
+    def event_name(self) -> str:
+        return f"stable_{self.kind}"
+
+    def placeholders(self) -> dict[str, str]:
+        return {"study_uid": self.study_uid, "series_uid": self.series_uid,
+                "path": self.path, "study_path": self.study_path,
+                "patient_id": self.patient_id, "calling_aet": self.calling_aet}
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "event": self.event_name,
+            "id": f"{self.kind}:{self.uid}:{self.generation}",
+            "study_uid": self.study_uid,
+        }
+        if self.kind == "series":
+            body["series_uid"] = self.series_uid
+        body.update(patient_id=self.patient_id, path=self.path,
+                    calling_aet=self.calling_aet, instances=self.instances,
+                    at=datetime.fromtimestamp(self.at, timezone.utc).isoformat())
+        return body
+
+
+@dataclass(frozen=True)
+class _Kind:
+    name: str  # "study" | "series"
+    seconds: float
+    command: str
+
+    @property
+    def throttle(self) -> float:
+        """Coalescing window for arrival writes; the poller waits this much
+        longer than ``seconds`` so a skipped write never makes it fire early."""
+        return min(0.5, self.seconds / 4)
+
+
+class Automation:
+    """The stable-study/series tracker and its poller for one ``serve`` process."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        s = node.settings
+        self.webhooks = [str(u) for u in s.webhooks if str(u).strip()]
+        kinds = [_Kind("study", float(s.stable_study_seconds), s.on_stable_study.strip()),
+                 _Kind("series", float(s.stable_series_seconds), s.on_stable_series.strip())]
+        self.kinds = {k.name: k for k in kinds if k.command or self.webhooks}
+        self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.poll_interval = max(0.05, min([1.0] + [k.seconds / 4 for k in self.kinds.values()]))
+        self._stop = threading.Event()
+        self._written: dict[tuple[str, str], float] = {}  # (kind, uid) -> monotonic time
+        self._written_lock = threading.Lock()
+        self._inflight: dict[tuple[str, str, int], threading.Event] = {}
+        self._inflight_lock = threading.Lock()
+        self._commands = threading.BoundedSemaphore(MAX_COMMANDS)
+        self._deliveries = threading.BoundedSemaphore(MAX_DELIVERIES)
+        self._http: Any = None
+        self._thread: threading.Thread | None = None
+        self._last_heartbeat = 0.0
+        self._last_prune = 0.0
+        for kind in self.kinds.values():
+            bad = unknown_placeholders(kind.command)
+            if bad:
+                log.warning("on_stable_%s: unknown placeholder(s) %s left as written "
+                            "(known: %s)", kind.name, ", ".join("{%s}" % b for b in bad),
+                            ", ".join("{%s}" % p for p in PLACEHOLDERS))
+            if kind.command:
+                shlex.split(kind.command)  # a broken template fails at start, not later
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.kinds)
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        if self.webhooks:
+            import httpx
+            self._http = httpx.Client(timeout=WEBHOOK_TIMEOUT, follow_redirects=False)
+        self.node.bus.subscribe(self.on_event)
+        self._thread = threading.Thread(target=self._run, name="pacsnode-automation",
+                                        daemon=True)
+        self._thread.start()
+        log.info("arrival automation: %s; polling every %.2fs",
+                 ", ".join(f"{k.name} stable after {k.seconds:g}s" for k in self.kinds.values()),
+                 self.poll_interval)
+
+    def stop(self) -> None:
+        """Stop polling; give running commands/webhooks ``STOP_GRACE`` seconds.
+        Those still running keep their claim, which lapses after the lease."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        deadline = time.monotonic() + STOP_GRACE
+        with self._inflight_lock:
+            waiting = list(self._inflight.values())
+        for done in waiting:
+            done.wait(max(0.0, deadline - time.monotonic()))
+        if self._http is not None:
+            self._http.close()
+
+    # -- arrivals and deletions (event bus, the ingesting thread)
+
+    def on_event(self, event: Event) -> None:
+        if event.action in ("stored", "replaced"):
+            self.record_arrival(event)
+        elif event.action == "deleted":
+            self.forget_deleted(event.study_uid, event.series_uid)
+
+    def record_arrival(self, event: Event) -> None:
+        now_mono = time.monotonic()
+        keys: list[tuple[_Kind, str]] = []
+        if "study" in self.kinds:
+            keys.append((self.kinds["study"], event.study_uid))
+        if "series" in self.kinds and event.series_uid:
+            keys.append((self.kinds["series"], event.series_uid))
+        with self._written_lock:
+            due = [(k, uid) for k, uid in keys
+                   if now_mono - self._written.get((k.name, uid), -1e18) >= k.throttle]
+        if not due:
+            return
+        calling_aet = event.origin.peer_aet if event.origin is not None else ""
+        now = time.time()
+        with self.node.db.write() as conn:
+            for kind, uid in due:
+                _upsert_arrival(conn, self.node.db.is_sqlite, kind.name, uid, event.study_uid,
+                                event.patient_id or "", calling_aet, now)
+        with self._written_lock:
+            for kind, uid in due:
+                self._written[(kind.name, uid)] = now_mono
+            if len(self._written) > 10000:
+                horizon = now_mono - 5.0
+                self._written = {k: t for k, t in self._written.items() if t > horizon}
+
+    def forget_deleted(self, study_uid: str, series_uid: str = "") -> None:
+        """Drop the pending rows of a study (or series) that no longer exists."""
+        db = self.node.db
+        with db.read() as conn:
+            rows = conn.execute(select(pending.c.kind, pending.c.uid)
+                                .where(pending.c.study_uid == study_uid)).all()
+            if not rows:
+                return
+            study_left = conn.execute(select(studies.c.id).where(
+                studies.c.studyinstanceuid == study_uid)).first() is not None
+            series_left = bool(series_uid) and conn.execute(select(series.c.id).where(
+                series.c.seriesinstanceuid == series_uid)).first() is not None
+        if study_left and (series_left or not series_uid):
+            return
+        cond = pending.c.study_uid == study_uid
+        if study_left:
+            cond = and_(pending.c.kind == "series", pending.c.uid == series_uid)
+        with db.write() as conn:
+            gone = conn.execute(delete(pending).where(cond)).rowcount
+        with self._written_lock:
+            for kind, uid in rows:
+                self._written.pop((kind, uid), None)
+        if gone:
+            log.info("dropped %d pending stable trigger(s) of deleted %s %s", gone,
+                     "study" if not study_left else "series",
+                     study_uid if not study_left else series_uid)
+
+    # -- the poller
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.poll_once()
+            except Exception:  # the database may be away for a moment: try again
+                log.exception("automation poll failed")
+
+    def poll_once(self) -> int:
+        """Claim and fire every trigger that is due; returns how many fired."""
+        now = time.time()
+        fired = 0
+        with self.node.db.read() as conn:
+            due = []
+            for kind in self.kinds.values():
+                cutoff = now - kind.seconds - kind.throttle
+                due += conn.execute(
+                    select(pending).where(pending.c.kind == kind.name,
+                                          pending.c.fired.is_(False),
+                                          pending.c.last_arrival <= cutoff)
+                    .order_by(pending.c.last_arrival).limit(100)).all()
+            stale = conn.execute(
+                select(pending).where(pending.c.kind.in_(list(self.kinds)),
+                                      pending.c.fired.is_(True), pending.c.done.is_(False),
+                                      pending.c.claimed_at < now - LEASE_SECONDS)
+                .limit(100)).all()
+        for row in due:
+            if self._stop.is_set():
+                break
+            if self._claim(row, now, takeover=False):
+                fired += self._fire(row)
+        for row in stale:
+            if self._stop.is_set():
+                break
+            if self._claim(row, now, takeover=True):
+                log.warning("taking over the stable %s trigger of %s from %s (claim lapsed)",
+                            row.kind, row.uid, row.claimed_by)
+                fired += self._fire(row)
+        self._housekeeping(now)
+        return fired
+
+    def _claim(self, row: Any, now: float, *, takeover: bool) -> bool:
+        where = [pending.c.kind == row.kind, pending.c.uid == row.uid,
+                 pending.c.generation == row.generation]
+        if takeover:
+            where += [pending.c.fired.is_(True), pending.c.done.is_(False),
+                      pending.c.claimed_at == row.claimed_at]
+        else:
+            where += [pending.c.fired.is_(False)]
+        with self.node.db.write() as conn:
+            result = conn.execute(update(pending).where(*where)
+                                  .values(fired=True, claimed_by=self.me, claimed_at=now))
+        return bool(result.rowcount == 1)
+
+    def _housekeeping(self, now: float) -> None:
+        mine = [(k, u, g) for (k, u, g) in list(self._inflight)]
+        if mine and now - self._last_heartbeat >= LEASE_SECONDS / 4:
+            self._last_heartbeat = now
+            with self.node.db.write() as conn:
+                for kind, uid, generation in mine:
+                    conn.execute(update(pending).where(
+                        pending.c.kind == kind, pending.c.uid == uid,
+                        pending.c.generation == generation, pending.c.claimed_by == self.me)
+                        .values(claimed_at=now))
+        if now - self._last_prune >= 3600:
+            self._last_prune = now
+            with self.node.db.write() as conn:
+                conn.execute(delete(pending).where(pending.c.done.is_(True),
+                                                   pending.c.last_arrival < now - DONE_RETENTION))
+
+    # -- firing
+
+    def _fire(self, row: Any) -> int:
+        root = self.node.store.root / "studies"
+        study_path = root / row.study_uid
+        if row.kind == "study":
+            series_uid, path = "", study_path
+        else:
+            series_uid, path = row.uid, study_path / row.uid
+        count = self._count_instances(row.kind, row.uid)
+        if count == 0:  # deleted meanwhile (perhaps by another process)
+            with self.node.db.write() as conn:
+                conn.execute(delete(pending).where(pending.c.kind == row.kind,
+                                                   pending.c.uid == row.uid,
+                                                   pending.c.generation == row.generation))
+            return 0
+        trigger = Trigger(row.kind, row.uid, row.study_uid, series_uid, row.patient_id or "",
+                          row.calling_aet or "", int(row.generation), str(path),
+                          str(study_path), count, time.time())
+        log.info("%s %s is stable (%d instance(s), quiet for %.1fs)", trigger.kind, trigger.uid,
+                 count, trigger.at - row.last_arrival)
+        actions: list[Callable[[], None]] = []
+        command = self.kinds[row.kind].command
+        if command:
+            actions.append(lambda: self._run_command(command, trigger))
+        for url in self.webhooks:
+            actions.append(lambda url=url: self._deliver(url, trigger))
+        key = (trigger.kind, trigger.uid, trigger.generation)
+        finished = threading.Event()
+        remaining = [len(actions)]
+        lock = threading.Lock()
+        with self._inflight_lock:
+            self._inflight[key] = finished
+
+        def one(action: Callable[[], None]) -> None:
+            try:
+                action()
+            except Exception:
+                log.exception("stable %s action for %s failed", trigger.kind, trigger.uid)
+            finally:
+                with lock:
+                    remaining[0] -= 1
+                    last = remaining[0] == 0
+                if last:
+                    self._mark_done(trigger)
+                    with self._inflight_lock:
+                        self._inflight.pop(key, None)
+                    finished.set()
+
+        if not actions:
+            self._mark_done(trigger)
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+            finished.set()
+        for action in actions:
+            threading.Thread(target=one, args=(action,), daemon=True,
+                             name=f"pacsnode-stable-{trigger.kind}").start()
+        return 1
+
+    def _count_instances(self, kind: str, uid: str) -> int:
+        with self.node.db.read() as conn:
+            if kind == "study":
+                stmt = (select(func.count()).select_from(instances)
+                        .join(studies, studies.c.id == instances.c.study_fk)
+                        .where(studies.c.studyinstanceuid == uid))
+            else:
+                stmt = (select(func.count()).select_from(instances)
+                        .join(series, series.c.id == instances.c.series_fk)
+                        .where(series.c.seriesinstanceuid == uid))
+            return int(conn.execute(stmt).scalar_one())
+
+    def _mark_done(self, trigger: Trigger) -> None:
+        try:
+            with self.node.db.write() as conn:
+                conn.execute(update(pending).where(
+                    pending.c.kind == trigger.kind, pending.c.uid == trigger.uid,
+                    pending.c.generation == trigger.generation,
+                    pending.c.claimed_by == self.me).values(done=True, claimed_at=time.time()))
+        except Exception:  # the claim lapses and another process repeats it
+            log.exception("could not record the stable %s trigger of %s as done",
+                          trigger.kind, trigger.uid)
+
+    def _run_command(self, template: str, trigger: Trigger) -> None:
+        argv = build_command(template, trigger.placeholders())
+        env = dict(os.environ)
+        env.update({f"PACSNODE_{k.upper()}": v for k, v in trigger.placeholders().items()})
+        env["PACSNODE_EVENT"] = trigger.event_name
+        env["PACSNODE_INSTANCES"] = str(trigger.instances)
+        label = f"on_stable_{trigger.kind} for {trigger.kind} {trigger.uid}"
+        log.debug("%s: running %r", label, argv)
+        with self._commands, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            started = time.monotonic()
+            try:
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                      env=env, timeout=COMMAND_TIMEOUT, check=False)
+                code: int | str = proc.returncode
+            except FileNotFoundError as exc:
+                log.error("%s: cannot run %r: %s", label, argv[0] if argv else "", exc)
+                return
+            except PermissionError as exc:
+                log.error("%s: cannot run %r: %s", label, argv[0] if argv else "", exc)
+                return
+            except subprocess.TimeoutExpired:
+                code = f"killed after {COMMAND_TIMEOUT:g}s"
+            elapsed = time.monotonic() - started
+            stderr_tail = _tail(err)
+            stdout_tail = _tail(out)
+        if code == 0:
+            log.info("%s: exit 0 in %.1fs%s", label, elapsed,
+                     f"; stderr: {stderr_tail}" if stderr_tail else "")
+        else:
+            log.warning("%s: exit %s in %.1fs; stderr: %s", label, code, elapsed,
+                        stderr_tail or "(empty)")
+        if stdout_tail:
+            log.debug("%s: stdout: %s", label, stdout_tail)
+
+    def _deliver(self, url: str, trigger: Trigger) -> None:
+        """POST the event, retrying transport errors, 408, 429 and 5xx with
+        exponential back-off; other answers are final."""
+        import httpx
+        body = trigger.payload()
+        delay = WEBHOOK_FIRST_DELAY
+        with self._deliveries:
+            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+                try:
+                    response = self._http.post(url, json=body)
+                except httpx.HTTPError as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                else:
+                    if 200 <= response.status_code < 300:
+                        log.info("webhook %s: %s %s delivered (attempt %d)", url,
+                                 trigger.event_name, trigger.uid, attempt)
+                        return
+                    problem = f"HTTP {response.status_code}"
+                    if response.status_code not in (408, 429) and response.status_code < 500:
+                        log.error("webhook %s refused %s %s: %s (not retried)", url,
+                                  trigger.event_name, trigger.uid, problem)
+                        return
+                if attempt == WEBHOOK_ATTEMPTS:
+                    break
+                log.warning("webhook %s: %s %s attempt %d failed (%s); retrying in %.1fs",
+                            url, trigger.event_name, trigger.uid, attempt, problem, delay)
+                self._stop.wait(delay)  # shutting down: no more waiting, still bounded
+                delay *= 2
+        log.error("webhook %s: giving up on %s %s after %d attempt(s): %s", url,
+                  trigger.event_name, trigger.uid, attempt, problem)
+
+
+def _upsert_arrival(conn: Connection, is_sqlite: bool, kind: str, uid: str, study_uid: str,
+                    patient_id: str, calling_aet: str, now: float) -> None:
+    if is_sqlite:
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    stmt = insert(pending).values(kind=kind, uid=uid, study_uid=study_uid,
+                                  patient_id=patient_id, calling_aet=calling_aet,
+                                  first_arrival=now, last_arrival=now, generation=1,
+                                  fired=False, done=False, claimed_by=None, claimed_at=None)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[pending.c.kind, pending.c.uid],
+        set_=dict(last_arrival=stmt.excluded.last_arrival, study_uid=stmt.excluded.study_uid,
+                  patient_id=stmt.excluded.patient_id, calling_aet=stmt.excluded.calling_aet,
+                  generation=pending.c.generation + 1, fired=False, done=False,
+                  claimed_by=None, claimed_at=None))
+    conn.execute(stmt)
+
+
+def _tail(fh: Any) -> str:
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    fh.seek(max(0, size - _TAIL))
+    text = fh.read().decode("utf-8", "replace").strip()
+    return ("…" if size > _TAIL else "") + " | ".join(text.splitlines())
+
+
+def start(node: Node) -> Callable[[], None]:
+    """Start the automation of a ``serve`` process; returns its stop function.
+    Nothing runs (and nothing is recorded) when no command or webhook is set."""
+    automation = Automation(node)
+    automation.start()
+    return automation.stop
