@@ -39,6 +39,7 @@ from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndia
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000,
                          JPEG2000Lossless, JPEGBaseline8Bit, RLELossless)
 
+from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .errors import PacsnodeError
 
 __all__ = ["TranscodeError", "UNCOMPRESSED", "PRODUCIBLE", "can_decode", "can_transcode",
@@ -248,7 +249,6 @@ def transcode_dataset(ds: Dataset, dst: str) -> Dataset:
 
 def part10_bytes(ds: Dataset) -> bytes:
     """``ds`` as a Part 10 file with our implementation in the file meta."""
-    from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
     ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if "SOPInstanceUID" in ds:
