@@ -490,7 +490,7 @@ class JobRunner:
         except RemoteError as exc:
             if isinstance(exc.result, Progress):
                 attempt.last = exc.result
-            state, error = "failed", self._explain(exc)
+            state, error = "failed", self._explain(exc, attempt)
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
             log.exception("job %s failed", job.id)
             state, error = "failed", f"internal error: {exc}"
@@ -501,11 +501,17 @@ class JobRunner:
             self._active.pop(job.id, None)
         log.info("job %s: %s%s", job.id, state, f" ({error})" if error else "")
 
-    def _explain(self, exc: RemoteError) -> str:
+    def _explain(self, exc: RemoteError, attempt: _Attempt) -> str:
         text = str(exc)
+        aet = self.node.settings.ae_title
         if exc.status == 0xA801:
-            text += (f" — does the peer know our AE title {self.node.settings.ae_title!r} "
-                     "(its modality list)?")
+            text += f" — the peer does not know our AE title {aet!r} as a destination"
+        elif attempt.job.method == "move" and exc.status is not None and \
+                attempt.last.completed == 0:
+            # Some peers (Orthanc) answer an unknown destination with 0xC000.
+            text += (f" — if the peer does not know our AE title {aet!r} as a destination "
+                     "(its modality list), it cannot send to us; method 'get' needs no "
+                     "such set-up")
         return text
 
     def _peer(self, job: Job) -> Peer:
