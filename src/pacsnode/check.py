@@ -1,9 +1,12 @@
 """`pacsnode check`: reconcile the blob store with the index.
 
-A crash can leave (a) a blob renamed into place whose index transaction never
-committed — it was never acknowledged, but it is a valid instance, so repair
-indexes it — and (b) temp files in ``incoming/``.  An index row whose file
-is gone (deleted by hand, lost disk) is reported and, on repair, dropped."""
+A crash can leave (a) a blob renamed into place whose index row is missing —
+the transaction never committed, or a power failure took the last commits
+of the WAL — and (b) temp files in ``incoming/``: partial uploads, or
+complete fsynced instances whose rename a power failure lost.  Repair
+indexes (a), ingests every complete instance of (b) and deletes the rest.
+An index row whose file is gone (deleted by hand, lost disk) is reported
+and, on repair, dropped."""
 
 from __future__ import annotations
 
@@ -79,6 +82,8 @@ def reconcile(node: Node, repair: bool = False) -> CheckReport:
             delete_entities(node, study, se, sop, Origin("check"))
             report.repaired += 1
     for temp in node.store.temp_files():
-        temp.unlink(missing_ok=True)
+        # ingest_temp consumes the file: stored if it is a complete instance,
+        # removed if it is a partial upload.
+        node.ingestor.ingest_temp(temp, Origin("check", address=str(temp)))
         report.repaired += 1
     return report

@@ -29,7 +29,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .dicom.catalogue import Level
@@ -48,6 +48,24 @@ __all__ = ["Outcome", "IngestResult", "Ingestor", "IMPLEMENTATION_CLASS_UID",
            "IMPLEMENTATION_VERSION"]
 
 IMPLEMENTATION_VERSION = IMPLEMENTATION_VERSION_NAME
+
+
+# Statements built once: SQLAlchemy then only binds parameters per instance
+# (building an INSERT with ~50 values per call cost more than SQLite's work).
+_EXISTING = (select(instances.c.id, instances.c.blob_key, studies.c.studyinstanceuid,
+                    series.c.seriesinstanceuid)
+             .join(series, series.c.id == instances.c.series_fk)
+             .join(studies, studies.c.id == instances.c.study_fk)
+             .where(instances.c.sopinstanceuid == bindparam("uid")))
+_SERIES = (select(series.c.id, series.c.study_fk, studies.c.studyinstanceuid)
+           .join(studies, studies.c.id == series.c.study_fk)
+           .where(series.c.seriesinstanceuid == bindparam("uid")))
+_STUDY = select(studies.c.id).where(studies.c.studyinstanceuid == bindparam("uid"))
+_PATIENT = select(patients.c.id).where(patients.c.patientid == bindparam("pid"),
+                                       patients.c.issuerofpatientid == bindparam("issuer"))
+_INSERT_INSTANCE = insert(instances)
+_INSERT_ITEMS = insert(item_attrs)
+_INSERT_CHANGE = insert(changes)
 
 
 class Outcome(enum.Enum):
@@ -222,12 +240,7 @@ class Ingestor:
 
     def _commit(self, temp: Path, p: ParsedHeader, origin: Origin) -> IngestResult:
         key = blob_key(p.study_uid, p.series_uid, p.sop_instance_uid)
-        if self.store.fsync:
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self.store.sync_temp(temp)  # outside any lock
         size = temp.stat().st_size
         uids = dict(sop_class_uid=p.sop_class_uid, sop_instance_uid=p.sop_instance_uid,
                     study_uid=p.study_uid, series_uid=p.series_uid)
@@ -257,12 +270,7 @@ class Ingestor:
         renamed = False
         try:
             with self.db.write() as conn:
-                existing = conn.execute(
-                    select(instances.c.id, instances.c.blob_key, studies.c.studyinstanceuid,
-                           series.c.seriesinstanceuid)
-                    .join(series, series.c.id == instances.c.series_fk)
-                    .join(studies, studies.c.id == instances.c.study_fk)
-                    .where(instances.c.sopinstanceuid == p.sop_instance_uid)).first()
+                existing = conn.execute(_EXISTING, {"uid": p.sop_instance_uid}).first()
                 outcome = Outcome.STORED
                 if existing is not None:
                     if (existing.studyinstanceuid, existing.seriesinstanceuid) != \
@@ -292,13 +300,12 @@ class Ingestor:
                            transfer_syntax=p.transfer_syntax, blob_key=key, size=size,
                            stored_at=time.time(), origin=origin.describe(),
                            meta_json=p.meta_json)
-                instance_id = conn.execute(insert(instances).values(**row)) \
-                    .inserted_primary_key[0]
+                instance_id = conn.execute(_INSERT_INSTANCE, row).inserted_primary_key[0]
                 if p.items:
-                    conn.execute(insert(item_attrs), [
+                    conn.execute(_INSERT_ITEMS, [
                         dict(instance_fk=instance_id, seq=s, item=n, keyword=k, value=v,
                              value_ci=ci) for s, n, k, v, ci in p.items])
-                seq = conn.execute(insert(changes).values(
+                seq = conn.execute(_INSERT_CHANGE, dict(
                     action=outcome.name.lower(), level="instance", study_uid=p.study_uid,
                     series_uid=p.series_uid, instance_uid=p.sop_instance_uid, at=time.time(),
                     detail=origin.describe())).inserted_primary_key[0]
@@ -314,22 +321,18 @@ class Ingestor:
     def _parents(self, conn: Any, p: ParsedHeader) -> tuple[int, int]:
         """Ids of the instance's series and study, creating patient, study and
         series rows as needed."""
-        se = conn.execute(select(series.c.id, series.c.study_fk, studies.c.studyinstanceuid)
-                          .join(studies, studies.c.id == series.c.study_fk)
-                          .where(series.c.seriesinstanceuid == p.series_uid)).first()
+        se = conn.execute(_SERIES, {"uid": p.series_uid}).first()
         if se is not None:
             if se.studyinstanceuid != p.study_uid:
                 raise ConflictingInstance(
                     f"series {p.series_uid} already belongs to study {se.studyinstanceuid}, "
                     f"not {p.study_uid}")
             return int(se.id), int(se.study_fk)
-        st = conn.execute(select(studies.c.id).where(
-            studies.c.studyinstanceuid == p.study_uid)).first()
+        st = conn.execute(_STUDY, {"uid": p.study_uid}).first()
         if st is None:
             prow = p.rows[Level.PATIENT]
-            pt = conn.execute(select(patients.c.id).where(
-                patients.c.patientid == prow["patientid"],
-                patients.c.issuerofpatientid == prow["issuerofpatientid"])).first()
+            pt = conn.execute(_PATIENT, {"pid": prow["patientid"],
+                                         "issuer": prow["issuerofpatientid"]}).first()
             patient_id = pt.id if pt is not None else \
                 conn.execute(insert(patients).values(**prow)).inserted_primary_key[0]
             study_id = conn.execute(insert(studies).values(

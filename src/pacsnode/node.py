@@ -34,7 +34,7 @@ class Node:
         data_dir = Path(self.settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = FileStore(data_dir, fsync=self.settings.fsync)
-        self.db = Database(self.settings.index_url, durable=self.settings.fsync)
+        self.db = Database(self.settings.index_url)
         self.bus = EventBus()
         self.ingestor = Ingestor(self.db, self.store, self.bus, self.settings.duplicate_policy)
         self.engine = QueryEngine(self.db)

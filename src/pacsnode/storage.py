@@ -35,9 +35,11 @@ class FileStore:
     """Files under a root folder, written atomically.
 
     New data goes to a temporary file under ``<root>/incoming`` (the same
-    filesystem as its destination), is fsynced, then renamed into place and
-    the destination folder fsynced.  A crash leaves either the old file, the
-    new file, or an orphan temp file that ``pacsnode check`` clears.
+    filesystem as its destination), is fsynced (by the ingest path, before
+    any lock), then renamed into place.  The folders are not fsynced: the
+    blob's bytes are durable before the rename, and a rename lost to a power
+    failure leaves a complete file in ``incoming/`` that ``pacsnode check
+    --repair`` ingests (see docs/ARCHITECTURE.md, "Durability").
     """
 
     def __init__(self, root: Path, fsync: bool = True) -> None:
@@ -51,22 +53,25 @@ class FileStore:
         fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=self.incoming)
         return os.fdopen(fd, "w+b"), Path(name)
 
-    def commit_temp(self, temp: Path, key: str) -> None:
-        dest = self.path(key)
-        folder = dest.parent
-        if not folder.is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            if self.fsync:
-                _fsync_dir(folder.parent)
+    def sync_temp(self, temp: Path) -> None:
+        """Make a temp file's bytes durable (before it is renamed into place)."""
         if self.fsync:
             fd = os.open(temp, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(temp, dest)
-        if self.fsync:
-            _fsync_dir(folder)
+
+    def commit_temp(self, temp: Path, key: str) -> None:
+        """Rename a (synced) temp file to its key, atomically."""
+        dest = self.path(key)
+        try:
+            os.replace(temp, dest)
+        except FileNotFoundError:
+            if not temp.exists():
+                raise
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, dest)
 
     def open(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")
@@ -100,10 +105,3 @@ class FileStore:
     def temp_files(self) -> list[Path]:
         return sorted(self.incoming.glob("in-*.part"))
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

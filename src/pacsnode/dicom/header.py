@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from .catalogue import Level
-from .values import fold, row_values, text_value
+from .values import fold, row_values_from_json, text_value
 
 __all__ = ["UID_RE", "valid_uid", "ParsedHeader", "read_header", "header_json",
            "INDEXED_SEQUENCES", "BULK_URI_PREFIX"]
@@ -65,14 +65,24 @@ def _bulk_handler(elem: DataElement) -> str:
     return f"{BULK_URI_PREFIX}{elem.tag:08X}"
 
 
-def header_json(ds: Dataset, has_pixel_data: bool) -> str:
+def header_json_dict(ds: Dataset, has_pixel_data: bool) -> dict[str, Any]:
     """The header as DICOM JSON (PS3.18 F.2) with bulk data as BulkDataURI
-    markers; compact, so series metadata can be concatenated from rows."""
+    markers."""
     body = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=_bulk_handler,
                            suppress_invalid_tags=True)
     if has_pixel_data:
         vr = "OB" if ds.get("BitsAllocated", 16) == 8 else "OW"
         body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{BULK_URI_PREFIX}7FE00010"}
+    return body
+
+
+def header_json(ds: Dataset, has_pixel_data: bool) -> str:
+    """``header_json_dict`` serialised compactly, so series metadata can be
+    concatenated from rows."""
+    return _dumps(header_json_dict(ds, has_pixel_data))
+
+
+def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -110,8 +120,11 @@ def describe(ds: Dataset, has_pixel_data: bool) -> ParsedHeader:
         transfer_syntax=str(meta.get("TransferSyntaxUID", "")),
         has_pixel_data=has_pixel_data,
     )
+    # Element values are converted once, by the JSON model; the index
+    # columns are read from it.
+    body = header_json_dict(ds, has_pixel_data)
     for level in Level:
-        parsed.rows[level] = row_values(ds, level)
+        parsed.rows[level] = row_values_from_json(body, level)
     parsed.items = sequence_items(ds)
-    parsed.meta_json = header_json(ds, has_pixel_data)
+    parsed.meta_json = _dumps(body)
     return parsed

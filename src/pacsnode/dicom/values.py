@@ -109,6 +109,8 @@ def text_value(value: Any) -> str:
     """The stored text of an element value: multi-values joined with ``\\``."""
     if value is None:
         return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     if isinstance(value, (list, MultiValue)):
         return "\\".join(text_value(v) for v in value)
     if isinstance(value, bytes):
@@ -165,6 +167,33 @@ def row_values(ds: Dataset, level: Level) -> dict[str, Any]:
         elem = ds.get(attr.tag)
         value = None if elem is None else elem.value
         out.update(attribute_columns(attr, value))
+    return out
+
+
+_BY_LEVEL: dict[Level, list[tuple[str, Attribute]]] = {
+    level: [(f"{a.tag:08X}", a) for a in ATTRIBUTES if a.level == level] for level in Level}
+
+
+def _json_value(entry: dict[str, Any] | None, vr: str) -> Any:
+    """A DICOM JSON element's value in the form pydicom would give: PN as
+    ``Alphabetic=Ideographic=Phonetic``, several values as a list."""
+    if not entry:
+        return None
+    values = entry.get("Value")
+    if not values:
+        return None
+    if vr == "PN":
+        values = ["=".join(v.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic"))
+                  .rstrip("=") if isinstance(v, dict) else str(v) for v in values]
+    return values[0] if len(values) == 1 else values
+
+
+def row_values_from_json(body: dict[str, Any], level: Level) -> dict[str, Any]:
+    """Column values of ``level``'s catalogue attributes, read from the
+    header's DICOM JSON (so element values are decoded only once)."""
+    out: dict[str, Any] = {}
+    for key, attr in _BY_LEVEL[level]:
+        out.update(attribute_columns(attr, _json_value(body.get(key), attr.vr)))
     return out
 
 

@@ -23,7 +23,7 @@ class Database:
     half-way.  PostgreSQL needs neither.
     """
 
-    def __init__(self, url: str, durable: bool = True) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"future": True}
@@ -33,12 +33,16 @@ class Database:
             kwargs.update(pool_size=8, max_overflow=24, pool_pre_ping=True)
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
-            self._setup_sqlite(durable)
+            self._setup_sqlite()
         self._write_lock = threading.Lock() if self.is_sqlite else None
         metadata.create_all(self.engine)
 
-    def _setup_sqlite(self, durable: bool) -> None:
-        sync = "FULL" if durable else "NORMAL"
+    def _setup_sqlite(self) -> None:
+        # WAL with synchronous=NORMAL: a commit survives a crash of the
+        # process; a power failure may lose the last commits, but never a
+        # blob (each is fsynced before its row is written), and `pacsnode
+        # check --repair` re-indexes blobs without rows.
+        sync = "NORMAL"
 
         @event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
