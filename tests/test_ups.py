@@ -350,6 +350,11 @@ def test_not_found_and_bad_uids(client: Client) -> None:
     refused(r, 406)
     r = client.http.post(f"/workitems/{unknown}/subscribers/MYAE")
     refused(r, 501, "Watch")
+    r = client.http.get(f"/workitems/{unknown}/state")
+    refused(r, 405, "allowed: PUT")
+    assert r.headers["allow"] == "PUT"
+    refused(client.http.delete(f"/workitems/{unknown}"), 405)
+    refused(client.http.get(f"/workitems/{unknown}/nothing"), 404)
 
 
 # -- the state machine, every legal and illegal transition ------------------------------

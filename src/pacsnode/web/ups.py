@@ -265,3 +265,34 @@ def subscribe(request: Request, uid: str, aet: str) -> Response:
              summary="UPS-RS Suspend Global Subscription (not implemented)")
 def suspend(request: Request, uid: str, aet: str) -> Response:
     return _refusal(request, _HTTPRefusal(501, _NO_WATCH))
+
+
+# -- anything else under /workitems: refused with a reason, like the rest ---------
+
+_ALLOWED = {"": "GET, POST", "state": "PUT", "cancelrequest": "POST"}
+
+
+def _not_allowed(request: Request, what: str, allow: str) -> JSONResponse:
+    response = _refusal(request, _HTTPRefusal(
+        405, f"{request.method} is not a UPS-RS transaction on {what}; allowed: {allow}"))
+    response.headers["Allow"] = allow
+    return response
+
+
+@router.api_route("/workitems", methods=["PUT", "DELETE", "PATCH"], include_in_schema=False)
+def worklist_other(request: Request) -> Response:
+    return _not_allowed(request, "the Worklist", "GET, POST")
+
+
+@router.api_route("/workitems/{uid}", methods=["PUT", "DELETE", "PATCH"],
+                  include_in_schema=False)
+def workitem_other(request: Request, uid: str) -> Response:
+    return _not_allowed(request, "a Workitem", _ALLOWED[""])
+
+
+@router.api_route("/workitems/{uid}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+                  include_in_schema=False)
+def workitem_unknown(request: Request, uid: str, rest: str) -> Response:
+    if rest in _ALLOWED:
+        return _not_allowed(request, f"/workitems/{{workitem}}/{rest}", _ALLOWED[rest])
+    return _refusal(request, _HTTPRefusal(404, f"no UPS-RS resource /workitems/{uid}/{rest}"))
