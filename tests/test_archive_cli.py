@@ -97,3 +97,27 @@ def test_every_setting_is_documented_in_readme_and_serve_help():
         assert f"`{setting.name}`" in readme, setting.name
         if setting.cli:
             assert "--" + setting.name.replace("_", "-") in help_text, setting.name
+
+
+def test_check_removes_files_of_committed_deletes(tmp_path):
+    """A DELETE that committed but died before unlinking leaves a file the
+    change feed says is deleted: repair removes it rather than re-indexing."""
+    from pacsnode.delete import delete_entities
+    from pacsnode.events import Origin
+    from pacsnode.node import Node
+
+    data = tmp_path / "data"
+    ds = make_ct(tmp_path / "in" / "a.dcm")
+    assert pacsnode("import", str(tmp_path / "in"), "--data-dir", str(data)).returncode == 0
+    blob = data / "studies" / ds.StudyInstanceUID / ds.SeriesInstanceUID / \
+        f"{ds.SOPInstanceUID}.dcm"
+    saved = blob.read_bytes()
+    node = Node(load_settings(overrides={"data_dir": data}, environ={}))
+    delete_entities(node, ds.StudyInstanceUID, origin=Origin("test"))
+    node.close()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(saved)  # as if the unlink never happened
+    assert pacsnode("check", "--repair", "--data-dir", str(data)).returncode == 0
+    assert not blob.exists()
+    after = pacsnode("check", "--data-dir", str(data))
+    assert after.returncode == 0 and after.stdout.startswith("0 instances indexed")

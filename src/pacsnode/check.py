@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .events import Origin
-from .index.schema import instances, series, studies
+from .index.schema import changes, instances, series, studies
 from .node import Node
 
 __all__ = ["CheckReport", "reconcile"]
@@ -52,6 +52,20 @@ class CheckReport:
         return out
 
 
+def _deleted_instances(node: Node, keys: list[str]) -> set[str]:
+    """SOP Instance UIDs among ``keys`` whose last change was a delete."""
+    uids = [k.rsplit("/", 1)[-1].removesuffix(".dcm") for k in keys]
+    if not uids:
+        return set()
+    last = select(changes.c.instance_uid, func.max(changes.c.seq).label("seq")) \
+        .where(changes.c.instance_uid.in_(uids), changes.c.level == "instance") \
+        .group_by(changes.c.instance_uid).subquery()
+    with node.db.read() as conn:
+        rows = conn.execute(select(changes.c.instance_uid).join(
+            last, (changes.c.seq == last.c.seq)).where(changes.c.action == "deleted")).all()
+    return {r[0] for r in rows}
+
+
 def reconcile(node: Node, repair: bool = False) -> CheckReport:
     report = CheckReport()
     with node.db.read() as conn:
@@ -70,7 +84,13 @@ def reconcile(node: Node, repair: bool = False) -> CheckReport:
     report.temp_files = [str(p) for p in node.store.temp_files()]
     if not repair:
         return report
+    deleted = _deleted_instances(node, report.files_without_rows)
     for key in report.files_without_rows:
+        if key.rsplit("/", 1)[-1].removesuffix(".dcm") in deleted:
+            # A DELETE committed but the process died before removing the file.
+            node.store.delete(key)
+            report.repaired += 1
+            continue
         result = node.ingestor.ingest_path(node.store.path(key), Origin("check", address=key))
         if result.outcome.ok:
             report.repaired += 1

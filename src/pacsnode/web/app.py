@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PacsnodeError
 from ..node import Node
@@ -23,6 +24,12 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(node.settings.cors_origins),
                            allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["Warning", "Location", "Content-Location", "ETag"])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown routes, wrong methods: the same {"error": why} body as ours.
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(PacsnodeError)
     async def _pacsnode_error(_request: Request, exc: PacsnodeError) -> JSONResponse:
