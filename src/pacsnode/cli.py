@@ -17,18 +17,9 @@ def main() -> None:
 def _add_commands() -> None:
     # Each feature module exposes COMMANDS: a list of click commands.
     from .archive_commands import COMMANDS as archive_commands
-    main_commands = list(archive_commands)
-    try:
-        from .tools.commands import COMMANDS as tool_commands
-        main_commands += tool_commands
-    except ImportError:  # feature not built yet
-        pass
-    try:
-        from .remote.commands import COMMANDS as remote_commands
-        main_commands += remote_commands
-    except ImportError:
-        pass
-    for command in main_commands:
+    from .remote.commands import COMMANDS as remote_commands
+    from .tools.commands import COMMANDS as tool_commands
+    for command in (*archive_commands, *remote_commands, *tool_commands):
         main.add_command(command)
 
 
