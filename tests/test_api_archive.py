@@ -330,7 +330,7 @@ def test_claims_are_atomic_across_processes(database_url: str, tmp_path: Path) -
         start = threading.Barrier(4)
 
         def claimer(k: int) -> None:
-            db = Database(node.settings.index_url, durable=False)
+            db = Database(node.settings.index_url)
             owner = f"test:{k}:x"
             start.wait()
             try:
