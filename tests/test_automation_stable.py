@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -108,16 +109,29 @@ def expected_files(layout: dict[str, list[str]]) -> list[str]:
 # -- one trigger per stable study / series -------------------------------------
 
 def test_one_trigger_per_study_under_concurrent_load(tmp_path: Path, pacsnode_factory) -> None:
+    """Five modalities send at once; each study and each series fires once,
+    with the right arguments.  One study carries shell metacharacters in its
+    patient data and calling AE title: nothing may execute them."""
+    marker = f"/tmp/pwned-{secrets.token_hex(4)}"
+    evil_id = f"$(touch {marker});`touch {marker}`|&"
+    assert len(evil_id) <= 64
     script, log = recording_script(tmp_path)
+    # Placeholders alone, inside a larger argument, and inside quotes.
     config = write_config(
         tmp_path, stable_study_seconds=2, stable_series_seconds=1,
-        on_stable_study=f"{script} {{study_uid}} {{path}} {{patient_id}} {{calling_aet}}",
+        on_stable_study=f"{script} {{study_uid}} {{path}} {{patient_id}} --id={{patient_id}} "
+                        f"'{{patient_id}} x' \"{{calling_aet}}\"",
         on_stable_series=f"{script} {{study_uid}} {{series_uid}} {{path}} {{study_path}}")
     server = pacsnode_factory(config=config)
-    studies = [make_study(tmp_path / "in", patient_id=f"PAT{i}") for i in range(5)]
+    patients = [evil_id] + [f"PAT{i}" for i in range(1, 5)]
+    aets = ["A;B$(X)"] + [f"MOD{i}" for i in range(1, 5)]
+    studies = [make_study(tmp_path / "in", patient_id=patients[0],
+                          patient_name=f"Evil^`touch {marker}`;$(touch {marker})",
+                          description=f"; touch {marker}")]
+    studies += [make_study(tmp_path / "in", patient_id=p) for p in patients[1:]]
     with ThreadPoolExecutor(5) as pool:
-        for f in [pool.submit(storescu, server, files, f"MOD{i}")
-                  for i, (_s, _l, files) in enumerate(studies)]:
+        for f in [pool.submit(storescu, server, files, aet)
+                  for aet, (_s, _l, files) in zip(aets, studies)]:
             f.result()
 
     def study_runs() -> list[list[str]]:
@@ -127,11 +141,11 @@ def test_one_trigger_per_study_under_concurrent_load(tmp_path: Path, pacsnode_fa
     by_study = {r[2]: r for r in study_runs()}
     assert len(study_runs()) == 5 and len(by_study) == 5, runs(log)
     root = (server.data_dir / "studies").resolve()
-    for i, (study, layout, _files) in enumerate(studies):
-        event, count, uid, path, patient_id, calling_aet = by_study[study]
-        assert (uid, count, patient_id, calling_aet) == (study, "6", f"PAT{i}", f"MOD{i}")
-        assert Path(path) == root / study
-        assert study_files(Path(path)) == expected_files(layout)
+    for (study, layout, _files), patient_id, aet in zip(studies, patients, aets):
+        assert by_study[study] == ["stable_study", "6", study, str(root / study), patient_id,
+                                   f"--id={patient_id}", f"{patient_id} x", aet]
+        assert study_files(root / study) == expected_files(layout)
+    assert not os.path.exists(marker)
     series_runs = [r for r in runs(log) if r[0] == "stable_series"]
     expected_series = {(study, se) for study, layout, _ in studies for se in layout}
     assert sorted((r[2], r[3]) for r in series_runs) == sorted(expected_series)
@@ -151,7 +165,7 @@ def test_busy_study_waits_until_quiet_and_fires_again_after_late_instance(
     # A trickle longer than the quiet period, each gap shorter than it.
     for f in files[:5]:
         storescu(server, [f])
-        time.sleep(0.6)
+        time.sleep(0.4)
         assert runs(log) == [], "fired while instances were still arriving"
     first = wait_until(lambda: runs(log), 10, "the first trigger")
     assert first == [["stable_study", "5", study, str((server.data_dir / "studies" / study)
@@ -163,58 +177,51 @@ def test_busy_study_waits_until_quiet_and_fires_again_after_late_instance(
     assert len(runs(log)) == 2, runs(log)
 
 
-def test_dicom_values_never_reach_a_shell(tmp_path: Path, pacsnode_factory) -> None:
-    marker = f"/tmp/pwned-{secrets.token_hex(4)}"
-    patient_id = f"$(touch {marker});`touch {marker}`|&"
-    assert len(patient_id) <= 64
-    script, log = recording_script(tmp_path)
-    # Placeholders alone, inside a larger argument, and inside quotes.
-    config = write_config(
-        tmp_path, stable_study_seconds=1,
-        on_stable_study=f"{script} {{patient_id}} --id={{patient_id}} '{{patient_id}} x' "
-                        f"\"{{calling_aet}}\"")
-    server = pacsnode_factory(config=config)
-    _study, _layout, files = make_study(
-        tmp_path / "in", series_count=1, per_series=1, patient_id=patient_id,
-        patient_name=f"Evil^`touch {marker}`;$(touch {marker})", description=f"; touch {marker}")
-    storescu(server, files, aet="A;B$(X)")
-    got = wait_until(lambda: runs(log), 10, "the trigger")
-    assert got == [["stable_study", "1", patient_id, f"--id={patient_id}", f"{patient_id} x",
-                    "A;B$(X)"]]
-    assert not os.path.exists(marker)
-
-
-def test_deleting_a_pending_study_drops_its_trigger(tmp_path: Path, pacsnode_factory) -> None:
+def test_imports_count_and_deleted_studies_do_not(tmp_path: Path, pacsnode_factory) -> None:
+    """`pacsnode import` beside serve (with no trigger settings of its own)
+    triggers; a study deleted before it is quiet does not."""
     script, log = recording_script(tmp_path)
     config = write_config(tmp_path, stable_study_seconds=2,
-                          on_stable_study=f"{script} {{study_uid}}")
+                          on_stable_study=f"{script} {{study_uid}} {{calling_aet}}")
     server = pacsnode_factory(config=config)
-    doomed, _l, doomed_files = make_study(tmp_path / "in", series_count=1, per_series=2)
-    kept, _l2, kept_files = make_study(tmp_path / "in", series_count=1, per_series=2)
-    storescu(server, doomed_files + kept_files)
+    doomed, _l, doomed_files = make_study(tmp_path / "doomed", series_count=1, per_series=2)
+    imported, _l2, imported_files = make_study(tmp_path / "imported", series_count=1,
+                                               per_series=3)
+    storescu(server, doomed_files)
     r = httpx.delete(f"{server.base_url}/dicomweb/studies/{doomed}", timeout=10)
     assert r.status_code == 204, r.text
-    wait_until(lambda: runs(log), 10, "the kept study's trigger")
-    time.sleep(1)
-    assert [row[2] for row in runs(log)] == [kept]
+    result = subprocess.run([sys.executable, "-m", "pacsnode", "import",
+                             str(imported_files[0].parent), "--data-dir", str(server.data_dir),
+                             "--no-fsync"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: runs(log), 10, "the imported study's trigger")
+    time.sleep(1.5)
+    assert runs(log) == [["stable_study", "3", imported, ""]]
 
 
-@pytest.mark.parametrize("how", ["kill", "terminate"])
-def test_pending_trigger_survives_a_restart(tmp_path: Path, pacsnode_factory, how: str) -> None:
+def test_pending_triggers_survive_kill_and_restart(tmp_path: Path, pacsnode_factory) -> None:
     script, log = recording_script(tmp_path)
     config = write_config(tmp_path, stable_study_seconds=2,
                           on_stable_study=f"{script} {{study_uid}} {{patient_id}}")
     data = tmp_path / "shared-data"
+    killed, _l, files = make_study(tmp_path / "in", series_count=2, per_series=2,
+                                   patient_id="KILLED")
+    stopped, _l2, files2 = make_study(tmp_path / "in", series_count=1, per_series=2,
+                                      patient_id="STOPPED")
     first = pacsnode_factory(config=config, data_dir=data)
-    study, _layout, files = make_study(tmp_path / "in", series_count=2, per_series=2,
-                                       patient_id="RESTART")
     storescu(first, files)
-    getattr(first, "kill" if how == "kill" else "stop")()  # within the quiet period
+    first.kill()  # kill -9 within the quiet period
     assert runs(log) == []
+    second = pacsnode_factory(config=config, data_dir=data)
+    wait_until(lambda: runs(log), 10, "the trigger after kill -9")
+    storescu(second, files2)
+    second.stop()  # SIGTERM within the quiet period
+    assert runs(log) == [["stable_study", "4", killed, "KILLED"]]
     pacsnode_factory(config=config, data_dir=data)
-    got = wait_until(lambda: runs(log), 10, "the trigger after the restart")
+    wait_until(lambda: runs(log)[1:], 10, "the trigger after SIGTERM")
     time.sleep(1)
-    assert runs(log) == got == [["stable_study", "4", study, "RESTART"]]
+    assert runs(log) == [["stable_study", "4", killed, "KILLED"],
+                         ["stable_study", "2", stopped, "STOPPED"]]
 
 
 # -- webhooks --------------------------------------------------------------------
@@ -287,6 +294,7 @@ def test_webhooks_retry_and_deliver_each_event_once(tmp_path: Path, pacsnode_fac
 
 
 # -- several serve processes on one PostgreSQL ------------------------------------
+# -- several serve processes on one PostgreSQL ------------------------------------
 
 def test_two_processes_on_postgres_fire_each_study_once(tmp_path: Path, pacsnode_factory,
                                                         postgres) -> None:
@@ -314,3 +322,5 @@ def test_two_processes_on_postgres_fire_each_study_once(tmp_path: Path, pacsnode
         sorted(se for _s, layout, _f in made for se in layout)
     assert all(r[1] == "6" for r in got if r[0] == "stable_study")
     assert all(r[1] == "3" for r in got if r[0] == "stable_series")
+
+

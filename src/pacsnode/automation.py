@@ -55,7 +55,7 @@ from .index.schema import instances, series, studies
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["start", "Automation", "Trigger", "build_command", "PLACEHOLDERS",
+__all__ = ["start", "record_arrivals", "Automation", "Trigger", "build_command", "PLACEHOLDERS",
            "LEASE_SECONDS", "WEBHOOK_ATTEMPTS"]
 
 log = logging.getLogger("pacsnode.automation")
@@ -151,13 +151,15 @@ class _Kind:
 class Automation:
     """The stable-study/series tracker and its poller for one ``serve`` process."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, record_all: bool = False) -> None:
+        """``record_all``: track both kinds even when nothing is configured
+        here (an importing process, whose settings may not name the commands)."""
         self.node = node
         s = node.settings
         self.webhooks = [str(u) for u in s.webhooks if str(u).strip()]
         kinds = [_Kind("study", float(s.stable_study_seconds), s.on_stable_study.strip()),
                  _Kind("series", float(s.stable_series_seconds), s.on_stable_series.strip())]
-        self.kinds = {k.name: k for k in kinds if k.command or self.webhooks}
+        self.kinds = {k.name: k for k in kinds if k.command or self.webhooks or record_all}
         self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.poll_interval = max(0.05, min([1.0] + [k.seconds / 4 for k in self.kinds.values()]))
         self._stop = threading.Event()
@@ -330,7 +332,8 @@ class Automation:
         return bool(result.rowcount == 1)
 
     def _housekeeping(self, now: float) -> None:
-        mine = [(k, u, g) for (k, u, g) in list(self._inflight)]
+        with self._inflight_lock:
+            mine = list(self._inflight)
         if mine and now - self._last_heartbeat >= LEASE_SECONDS / 4:
             self._last_heartbeat = now
             with self.node.db.write() as conn:
@@ -526,3 +529,13 @@ def start(node: Node) -> Callable[[], None]:
     automation = Automation(node)
     automation.start()
     return automation.stop
+
+
+def record_arrivals(node: Node) -> None:
+    """Record arrivals without polling, for a process that ingests but does
+    not serve (``pacsnode import`` beside a running ``serve``): the ``serve``
+    processes on the same index fire the triggers.  Both kinds are recorded
+    whatever this process's settings say; a ``serve`` without triggers
+    configured leaves the rows alone."""
+    node.bus.subscribe(Automation(node, record_all=True).on_event)
+

@@ -1,6 +1,6 @@
 """The change feed under ``/api/v1/changes``: every store, replacement and
-deletion, in commit order, from the ``changes`` table that ingest and delete
-write in the same transaction as the index rows.
+deletion (and UPS workitem change), in commit order, from the ``changes``
+table that ingest, delete and UPS write in the same transaction as their rows.
 
 * ``GET /api/v1/changes?since=N&limit=M`` — a page of changes with
   ``seq > N``; continue with ``since=<last>``.  Pages neither repeat nor skip.
@@ -57,14 +57,16 @@ GAP_GRACE_SECONDS = 5.0
 
 
 class Change(BaseModel):
-    """One store, replacement or deletion of an instance."""
+    """One change: an instance stored, replaced or deleted, or a UPS workitem
+    created or updated."""
 
     seq: int = Field(description="Sequence number: increasing in commit order, never reused.")
-    action: str = Field(description="'stored', 'replaced' or 'deleted'.")
-    level: str = Field(description="Level of the entity changed (currently always 'instance').")
+    action: str = Field(description="Instances: 'stored', 'replaced' or 'deleted'; "
+                                    "workitems: 'created' and the like.")
+    level: str = Field(description="What changed: 'instance' or 'workitem'.")
     study_uid: str
-    series_uid: str
-    instance_uid: str
+    series_uid: str = Field(description="Empty for workitems.")
+    instance_uid: str = Field(description="SOP Instance UID (of the workitem, for workitems).")
     at: datetime = Field(description="When the change was committed (UTC).")
 
 
@@ -78,7 +80,7 @@ class LatestChange(BaseModel):
     seq: int = Field(description="Newest sequence number; 0 when nothing has changed yet.")
 
 
-class ErrorBody(BaseModel):
+class ChangeFeedError(BaseModel):
     error: str
 
 
@@ -95,7 +97,7 @@ _STREAM_SINCE_PARAM = {
                    "Last-Event-ID header of a reconnecting EventSource).",
     "schema": {"type": "integer", "minimum": 0}}
 _BAD_REQUEST: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "A parameter is not a valid integer or is "
+    400: {"model": ChangeFeedError, "description": "A parameter is not a valid integer or is "
                                              "out of range."}}
 
 
