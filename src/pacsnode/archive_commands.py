@@ -173,6 +173,12 @@ def import_(paths: tuple[str, ...], config_file: str | None, **options: Any) -> 
     settings = _load(config_file, options)
     _setup_logging("WARNING")
     node = Node(settings)
+    try:  # stable-study triggers for what we import (serve fires them)
+        from .automation import record_arrivals
+    except ImportError:
+        pass
+    else:
+        record_arrivals(node)
     sources = list(_iter_sources(paths))
     counts: dict[Outcome, int] = {o: 0 for o in Outcome}
     problems: list[tuple[str, str]] = []
