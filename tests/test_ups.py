@@ -216,8 +216,9 @@ class Client:
 
 
 @pytest.fixture
-def ups(tmp_path: Path) -> Iterator[UPSNode]:
-    node = UPSNode(tmp_path / "data")
+def ups(tmp_path: Path, database_url: str) -> Iterator[UPSNode]:
+    """A node on SQLite, then on PostgreSQL (conftest's ``database_url``)."""
+    node = UPSNode(tmp_path / "data", database_url=database_url)
     yield node
     node.stop()
 
@@ -666,3 +667,12 @@ def test_dicomweb_client_session_reads_workitems(client: Client, ups: UPSNode) -
     assert response.status_code == 200
     [item] = dw._http_get_application_json(f"{ups.base}/workitems/{UID1}")
     assert TRANSACTION not in item and tx not in json.dumps(item)
+
+
+def test_cancel_request_with_a_bad_reason_code_is_refused(client: Client) -> None:
+    assert client.create(workitem(UID1)).status_code == 201
+    info = Dataset()
+    info.ProcedureStepDiscontinuationReasonCodeSequence = [Dataset()]
+    info.ProcedureStepDiscontinuationReasonCodeSequence[0].CodeValue = "110513"
+    refused(client.cancel(UID1, info.to_json_dict()), 400, "CodeMeaning")
+    assert value(client.get(UID1).json()[0], STATE) == "SCHEDULED"

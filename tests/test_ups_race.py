@@ -1,8 +1,10 @@
 """Claiming a Workitem is atomic: ten clients race to move one SCHEDULED
-Workitem to IN PROGRESS, each with its own Transaction UID, against
-`pacsnode serve` on SQLite and on PostgreSQL.  Exactly one wins; the others
-are told the Transaction UID is incorrect (PS3.4 CC.2.1.2 note 2); the change
-feed holds exactly one claim; only the winner can go on."""
+Workitem to IN PROGRESS, each with its own Transaction UID.  On SQLite they
+talk to one node; on PostgreSQL they are split between a `pacsnode serve`
+process and a second node in this process, both on one database (the
+scale-out of DESIGN §2).  Exactly one wins; the others are told the
+Transaction UID is incorrect (PS3.4 CC.2.1.2 note 2); the change feed holds
+exactly one claim; only the winner can go on."""
 
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from pacsnode.index.schema import changes
-from test_ups import DICOM_JSON, STATE, TRANSACTION, performed_info, state_body, value, workitem
+from test_ups import (DICOM_JSON, STATE, TRANSACTION, UPSNode, performed_info, state_body, value,
+                      workitem)
 
 CLIENTS = 10
 ROUNDS = 3
 
 
-def _claim_race(base: str, uid: str) -> tuple[list[int], list[str], dict[str, str]]:
+def _claim_race(bases: list[str], uid: str) -> tuple[list[int], list[str], dict[str, str]]:
     barrier = threading.Barrier(CLIENTS)
     results: dict[int, httpx.Response] = {}
     txs = {i: f"1.2.826.0.1.3680043.8.498.77{uid.rsplit('.', 1)[1]}.{i + 1}"
@@ -31,6 +34,7 @@ def _claim_race(base: str, uid: str) -> tuple[list[int], list[str], dict[str, st
         with httpx.Client(timeout=60) as c:
             body = json.dumps(state_body("IN PROGRESS", txs[i]))
             barrier.wait()
+            base = bases[i % len(bases)]
             results[i] = c.put(f"{base}/workitems/{uid}/state", content=body,
                                headers=DICOM_JSON)
 
@@ -51,14 +55,14 @@ def _claim_race(base: str, uid: str) -> tuple[list[int], list[str], dict[str, st
     return statuses, winners, {str(i): txs[i] for i in range(CLIENTS)}
 
 
-def _run(base: str, database_url: str) -> None:
-    with httpx.Client(base_url=base, timeout=30) as c:
+def _run(bases: list[str], database_url: str) -> None:
+    with httpx.Client(base_url=bases[0], timeout=30) as c:
         uids = [f"1.2.826.0.1.3680043.8.498.5{n}" for n in range(ROUNDS)]
         for uid in uids:
             r = c.post(f"/workitems?{uid}", content=json.dumps(workitem()), headers=DICOM_JSON)
             assert r.status_code == 201, r.text
         for uid in uids:
-            statuses, winners, txs = _claim_race(base, uid)
+            statuses, winners, txs = _claim_race(bases, uid)
             assert sorted(statuses) == [200] + [400] * (CLIENTS - 1), statuses
             [owner] = winners
             item = c.get(f"/workitems/{uid}").json()[0]
@@ -88,14 +92,20 @@ def _run(base: str, database_url: str) -> None:
             "created", "state:IN PROGRESS", "updated", "state:COMPLETED"]
 
 
-def test_claim_race_sqlite(pacsnode_factory, tmp_path: Path) -> None:
-    data = tmp_path / "sqlite-node"
-    server = pacsnode_factory(data_dir=data, extra_env={"PACSNODE_FSYNC": "false"})
-    _run(server.base_url + "/dicomweb", f"sqlite:///{data / 'index.sqlite'}")
+def test_claim_race_sqlite(tmp_path: Path) -> None:
+    node = UPSNode(tmp_path / "data")
+    try:
+        _run([node.base], f"sqlite:///{tmp_path / 'data' / 'index.sqlite'}")
+    finally:
+        node.stop()
 
 
 @pytest.mark.timeout(120)
-def test_claim_race_postgresql(pacsnode_factory, postgres) -> None:
+def test_claim_race_postgresql_two_nodes(pacsnode_factory, postgres, tmp_path: Path) -> None:
     url = postgres.new_database()
     server = pacsnode_factory(database_url=url, extra_env={"PACSNODE_FSYNC": "false"})
-    _run(server.base_url + "/dicomweb", url)
+    other = UPSNode(tmp_path / "other", database_url=url)
+    try:
+        _run([server.base_url + "/dicomweb", other.base], url)
+    finally:
+        other.stop()

@@ -38,7 +38,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
-from sqlalchemy import ColumnElement, Connection, delete, exists, insert, literal, select, true
+from sqlalchemy import (ColumnElement, Connection, delete, exists, func, insert, literal, select,
+                        true)
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 
@@ -49,7 +50,8 @@ from .errors import BadQuery, NotFound, PacsnodeError
 from .events import Event, Origin
 from .index.db import Database
 from .index.schema import changes
-from .index.workitems import WORKITEM_ATTRIBUTES, WORKITEM_BY_KEYWORD, workitem_item_attrs, workitems
+from .index.workitems import (WORKITEM_ATTRIBUTES, WORKITEM_BY_KEYWORD, workitem_item_attrs,
+                              workitems)
 from .query.model import Constraint, Query, ReturnKey, Sequence
 from .query.parse import constraint_for
 from .query.sql import _item_value_condition, attribute_condition
@@ -375,7 +377,8 @@ def _check_code_item(item: Dataset, where: str, problems: list[str]) -> None:
     Code Value or Long Code Value."""
     if not _has_value(_el(item, "CodeMeaning")):
         problems.append(f"{where} > CodeMeaning has no value")
-    values = [k for k in ("CodeValue", "LongCodeValue", "URNCodeValue") if _has_value(_el(item, k))]
+    values = [k for k in ("CodeValue", "LongCodeValue", "URNCodeValue")
+              if _has_value(_el(item, k))]
     if not values:
         problems.append(f"{where} has no CodeValue (or LongCodeValue / URNCodeValue)")
     elif values[0] != "URNCodeValue" and not _has_value(_el(item, "CodingSchemeDesignator")):
@@ -451,8 +454,7 @@ def check_create(ds: Dataset) -> list[str]:
             problems.append(f"{req.keyword} must be empty when a Workitem is created")
         if elem is None:
             continue
-        if elem.VR != dictionary_VR(req.keyword) and not (elem.VR in ("US", "SS") and
-                                                          req.keyword == "PregnancyStatus"):
+        if elem.VR != dictionary_VR(req.keyword):
             problems.append(f"{req.keyword} has VR {elem.VR}, expected "
                             f"{dictionary_VR(req.keyword)}")
             continue
@@ -619,8 +621,7 @@ class Worklist:
         if body_tx and transaction_uid and body_tx != transaction_uid:
             raise InvalidWorkitem("the Transaction UID in the query and in the body differ")
         transaction_uid = transaction_uid or body_tx or None
-        if _STATE_TAG in changes_ds:
-            new_state = _text(changes_ds, "ProcedureStepState")
+        new_state = _text(changes_ds, "ProcedureStepState") if _STATE_TAG in changes_ds else None
 
         def plan(row: Any, current: Dataset) -> _Plan:
             state = row.procedurestepstate
@@ -643,7 +644,7 @@ class Worklist:
                     raise TransactionUIDIncorrect(
                         "The Transaction UID is incorrect: the Workitem is IN PROGRESS and "
                         "owned by another transaction")
-            if _STATE_TAG in changes_ds and new_state != state:
+            if new_state is not None and new_state != state:
                 raise InvalidWorkitem(
                     "The submitted request is inconsistent with the current state of the "
                     "Workitem: ProcedureStepState cannot be changed by an update; use the "
@@ -737,6 +738,14 @@ class Worklist:
         to be told through the UPS Watch/Event SOP classes, which this server
         does not implement (0xC312)."""
         info = info if info is not None else Dataset()
+        problems: list[str] = []
+        reasons = _el(info, "ProcedureStepDiscontinuationReasonCodeSequence")
+        if reasons is not None and reasons.VR == "SQ":
+            for number, item in enumerate(reasons.value or [], start=1):
+                _check_code_item(item, f"ProcedureStepDiscontinuationReasonCodeSequence[{number}]",
+                                 problems)
+        if problems:
+            raise InvalidWorkitem("The cancel request is invalid: " + "; ".join(problems))
 
         def plan(row: Any, current: Dataset) -> _Plan:
             state = row.procedurestepstate
@@ -782,7 +791,6 @@ class Worklist:
         return [_project(json.loads(raw), query) for raw in rows]
 
     def count(self, params: Iterable[tuple[str, str]]) -> int:
-        from sqlalchemy import func
         query = parse_search(params, 0)
         stmt = select(func.count(workitems.c.id)).where(*search_conditions(query))
         with self.db.read() as conn:

@@ -4,7 +4,8 @@
 Transaction UID that locks it while IN PROGRESS (a column of its own, never
 part of the JSON, so no response can leak it), a version counter for
 optimistic concurrency, the searchable attributes (Procedure Step State among
-them) in columns built exactly as the instance index builds them (``<col>_ci`` / ``<col>_fz`` for names, ``<col>_n`` for date-times, see
+them) in columns built exactly as the instance index builds them
+(``<col>_ci`` / ``<col>_fz`` for names, ``<col>_n`` for date-times, see
 ``index.schema``), and the whole Workitem as DICOM JSON.
 
 ``workitem_item_attrs`` holds the string attributes of the items of every

@@ -290,8 +290,8 @@ def workitem_other(request: Request, uid: str) -> Response:
     return _not_allowed(request, "a Workitem", _ALLOWED[""])
 
 
-@router.api_route("/workitems/{uid}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-                  include_in_schema=False)
+@router.api_route("/workitems/{uid}/{rest:path}",
+                  methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
 def workitem_unknown(request: Request, uid: str, rest: str) -> Response:
     if rest in _ALLOWED:
         return _not_allowed(request, f"/workitems/{{workitem}}/{rest}", _ALLOWED[rest])
