@@ -96,6 +96,26 @@ def unknown_placeholders(template: str) -> list[str]:
     return sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - set(PLACEHOLDERS))
 
 
+def _checked(kind: str, template: str) -> str:
+    """The template, or "" (disabled, with an error logged) when it cannot be
+    split into arguments; unknown placeholders are only warned about."""
+    template = template.strip()
+    if not template:
+        return ""
+    try:
+        shlex.split(template)
+    except ValueError as exc:
+        log.error("on_stable_%s %r cannot be split into arguments (%s): command disabled",
+                  kind, template, exc)
+        return ""
+    bad = unknown_placeholders(template)
+    if bad:
+        log.warning("on_stable_%s: unknown placeholder(s) %s left as written (known: %s)",
+                    kind, ", ".join("{%s}" % b for b in bad),
+                    ", ".join("{%s}" % p for p in PLACEHOLDERS))
+    return template
+
+
 @dataclass(frozen=True)
 class Trigger:
     """A claimed stable study or series: what its command and webhook get."""
@@ -157,8 +177,10 @@ class Automation:
         self.node = node
         s = node.settings
         self.webhooks = [str(u) for u in s.webhooks if str(u).strip()]
-        kinds = [_Kind("study", float(s.stable_study_seconds), s.on_stable_study.strip()),
-                 _Kind("series", float(s.stable_series_seconds), s.on_stable_series.strip())]
+        kinds = [_Kind("study", float(s.stable_study_seconds),
+                       _checked("study", s.on_stable_study)),
+                 _Kind("series", float(s.stable_series_seconds),
+                       _checked("series", s.on_stable_series))]
         self.kinds = {k.name: k for k in kinds if k.command or self.webhooks or record_all}
         self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.poll_interval = max(0.05, min([1.0] + [k.seconds / 4 for k in self.kinds.values()]))
@@ -173,14 +195,6 @@ class Automation:
         self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
         self._last_prune = 0.0
-        for kind in self.kinds.values():
-            bad = unknown_placeholders(kind.command)
-            if bad:
-                log.warning("on_stable_%s: unknown placeholder(s) %s left as written "
-                            "(known: %s)", kind.name, ", ".join("{%s}" % b for b in bad),
-                            ", ".join("{%s}" % p for p in PLACEHOLDERS))
-            if kind.command:
-                shlex.split(kind.command)  # a broken template fails at start, not later
 
     @property
     def enabled(self) -> bool:
@@ -219,6 +233,8 @@ class Automation:
     # -- arrivals and deletions (event bus, the ingesting thread)
 
     def on_event(self, event: Event) -> None:
+        if event.level != "instance":  # e.g. UPS workitems
+            return
         if event.action in ("stored", "replaced"):
             self.record_arrival(event)
         elif event.action == "deleted":
@@ -437,6 +453,9 @@ class Automation:
         env["PACSNODE_EVENT"] = trigger.event_name
         env["PACSNODE_INSTANCES"] = str(trigger.instances)
         label = f"on_stable_{trigger.kind} for {trigger.kind} {trigger.uid}"
+        if not argv:
+            log.error("%s: the command is empty", label)
+            return
         log.debug("%s: running %r", label, argv)
         with self._commands, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             started = time.monotonic()
@@ -444,14 +463,11 @@ class Automation:
                 proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                       env=env, timeout=COMMAND_TIMEOUT, check=False)
                 code: int | str = proc.returncode
-            except FileNotFoundError as exc:
-                log.error("%s: cannot run %r: %s", label, argv[0] if argv else "", exc)
-                return
-            except PermissionError as exc:
-                log.error("%s: cannot run %r: %s", label, argv[0] if argv else "", exc)
-                return
             except subprocess.TimeoutExpired:
                 code = f"killed after {COMMAND_TIMEOUT:g}s"
+            except (OSError, ValueError) as exc:  # not found, not executable, empty …
+                log.error("%s: cannot run %r: %s", label, argv[0] if argv else "", exc)
+                return
             elapsed = time.monotonic() - started
             stderr_tail = _tail(err)
             stdout_tail = _tail(out)
@@ -474,7 +490,7 @@ class Automation:
             for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
                 try:
                     response = self._http.post(url, json=body)
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: closed at stop
                     problem = f"{type(exc).__name__}: {exc}"
                 else:
                     if 200 <= response.status_code < 300:

@@ -27,7 +27,7 @@ metadata = MetaData()
 _ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
-def _columns_for(attr: Attribute) -> list[Column]:
+def columns_for(attr: Attribute) -> list[Column]:
     name = attr.column
     kind = attr.kind
     if kind == "int":
@@ -53,7 +53,7 @@ def _level_columns(level: Level) -> list[Column]:
     cols: list[Column] = []
     for attr in ATTRIBUTES:
         if attr.level == level:
-            cols.extend(_columns_for(attr))
+            cols.extend(columns_for(attr))
     return cols
 
 
@@ -116,7 +116,7 @@ item_attrs = Table(
 changes = Table(
     "changes", metadata,
     Column("seq", _ID, primary_key=True, autoincrement=True),
-    Column("action", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
     Column("level", String(16), nullable=False),
     Column("study_uid", String(64), nullable=False, default=""),
     Column("series_uid", String(64), nullable=False, default=""),
