@@ -38,8 +38,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
-from sqlalchemy import (ColumnElement, Connection, delete, exists, func, insert, literal, select,
-                        true)
+from sqlalchemy import ColumnElement, Connection, delete, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 
@@ -52,9 +51,9 @@ from .index.db import Database
 from .index.schema import changes
 from .index.workitems import (WORKITEM_ATTRIBUTES, WORKITEM_BY_KEYWORD, workitem_item_attrs,
                               workitems)
-from .query.model import Constraint, Query, ReturnKey, Sequence
-from .query.parse import constraint_for
-from .query.sql import _item_value_condition, attribute_condition
+from .query.model import Query, ReturnKey, Sequence
+from .query.parse import match_constraints, search_params
+from .query.sql import attribute_condition, sequence_exists
 
 __all__ = ["UPS_PUSH_SOP_CLASS", "SCHEDULED", "IN_PROGRESS", "COMPLETED", "CANCELED", "STATES",
            "Req", "UPS_ATTRIBUTES", "UPSRefusal", "InvalidWorkitem", "WorkitemExists",
@@ -696,7 +695,7 @@ class Worklist:
                     return _Plan(ds, IN_PROGRESS, transaction_uid, f"state:{IN_PROGRESS}")
                 raise StateConflict(
                     "The submitted request is inconsistent with the state of the UPS "
-                    f"Instance: it is SCHEDULED, not yet IN PROGRESS; claim it first (0xC310)",
+                    "Instance: it is SCHEDULED, not yet IN PROGRESS; claim it first (0xC310)",
                     dimse_status=0xC310)
             if transaction_uid != owner:
                 raise TransactionUIDIncorrect(
@@ -1002,33 +1001,10 @@ def _record(conn: Connection, action: str, ds: Dataset, origin: Origin | None) -
 # -- search -----------------------------------------------------------------------
 
 def parse_search(params: Iterable[tuple[str, str]], max_limit: int) -> Query:
-    """UPS-RS search parameters (PS3.18 8.3.4, 11.9.1.2) → Query, with the
-    same value rules as QIDO-RS and C-FIND (``constraint_for``).  Item
-    constraints on one sequence hold in one item (C.2.2.2.6)."""
+    """UPS-RS search parameters (PS3.18 8.3.4, 11.9.1.2) → Query, through the
+    same parameter and value rules as QIDO-RS (``query.parse``)."""
     query = Query(Level.IMAGE)  # the level is unused for workitems
-    fuzzy = False
-    includes: list[str] = []
-    matches: list[tuple[str, str]] = []
-    for name, value in params:
-        if name == "fuzzymatching":
-            if value.lower() not in ("true", "false"):
-                raise BadQuery(f"fuzzymatching must be true or false, not {value!r}")
-            fuzzy = value.lower() == "true"
-        elif name == "includefield":
-            includes.extend(v.strip() for v in value.split(",") if v.strip())
-        elif name in ("limit", "offset"):
-            try:
-                number = int(value)
-            except ValueError:
-                raise BadQuery(f"{name} must be a non-negative integer, not {value!r}") from None
-            if number < 0:
-                raise BadQuery(f"{name} must be a non-negative integer, not {value!r}")
-            if name == "limit":
-                query.limit = number
-            else:
-                query.offset = number
-        else:
-            matches.append((name, value))
+    fuzzy, includes, matches = search_params(params, query)
     seen: set[int] = set()
 
     def add_return(tag: int, keyword: str) -> None:
@@ -1044,47 +1020,11 @@ def parse_search(params: Iterable[tuple[str, str]], max_limit: int) -> Query:
             continue
         tag, keyword = _resolve(name.split(".")[0])
         add_return(tag, keyword)
-    items: dict[str, list[Constraint]] = {}
-    for name, value in matches:
-        if "." in name:
-            seq_name, _, item_name = name.partition(".")
-            seq_tag, seq_kw = _resolve(seq_name)
-            item_tag, item_kw = _resolve(item_name)
-            if _vr(seq_tag) != "SQ":
-                raise BadQuery(f"{seq_kw} is not a sequence")
-            if "." in item_name:
-                raise BadQuery(f"{name}: nested sequence matching is not supported")
-            add_return(seq_tag, seq_kw)
-            vr = _vr(item_tag)
-            if vr == "SQ":
-                raise BadQuery(f"{name}: nested sequence matching is not supported")
-            if vr == "UI":
-                value = value.replace(",", "\\")
-            c = constraint_for(item_kw, vr, value, fuzzy)
-            if c is not None:
-                items.setdefault(seq_kw, []).append(c)
-            continue
-        tag, keyword = _resolve(name)
-        if tag == _TRANSACTION_UID:
+    for name, _value in matches:
+        if _resolve(name.split(".")[0])[0] == _TRANSACTION_UID:
             raise BadQuery("TransactionUID cannot be queried (PS3.4 Table CC.2.5-3)")
-        add_return(tag, keyword)
-        vr = _vr(tag)
-        if vr == "SQ":
-            if value.strip():
-                raise BadQuery(f"{keyword} is a sequence: match on its items "
-                               f"({keyword}.<Attribute>=...)")
-            continue
-        if vr == "UI":
-            value = value.replace(",", "\\")
-        c = constraint_for(keyword, vr, value, fuzzy)
-        if c is None:
-            continue
-        if keyword not in WORKITEM_BY_KEYWORD:
-            raise BadQuery(f"matching on {keyword} is not supported for Workitems (see "
-                           "docs/UPS.md for the searchable attributes)")
-        query.constraints.append(c)
-    for seq_kw, item_cs in items.items():
-        query.constraints.append(Sequence(seq_kw, tuple(item_cs)))
+    query.constraints = match_constraints(matches, fuzzy, WORKITEM_BY_KEYWORD.__contains__,
+                                          add_return, what=" for Workitems")
     if max_limit and (query.limit is None or query.limit > max_limit):
         query.limit = max_limit
     return query
@@ -1118,24 +1058,9 @@ def search_conditions(query: Query) -> list[ColumnElement]:
 
 
 def _sequence_condition(c: Sequence) -> ColumnElement:
-    """All item constraints hold in one item of the sequence (C.2.2.2.6); the
-    per-value conditions are the shared ones of ``query.sql``."""
-    if not c.items:
-        return true()
-    aliases = [workitem_item_attrs.alias(f"wia{i}") for i in range(len(c.items))]
-    first = aliases[0]
-    conds: list[ColumnElement] = []
-    for alias, item_c in zip(aliases, c.items):
-        conds.append(alias.c.seq == c.keyword)
-        conds.append(alias.c.keyword == item_c.keyword)
-        conds.append(_item_value_condition(alias, item_c))
-        if alias is not first:
-            conds.append(alias.c.workitem_fk == first.c.workitem_fk)
-            conds.append(alias.c.item == first.c.item)
-    sub = select(literal(1)).select_from(first)
-    for alias in aliases[1:]:
-        sub = sub.join(alias, true())
-    return exists(sub.where(first.c.workitem_fk == workitems.c.id, *conds))
+    """Item matching through the shared ``query.sql.sequence_exists``."""
+    return sequence_exists(workitem_item_attrs, "workitem_fk", c,
+                           lambda first, sub: (sub, first.c.workitem_fk == workitems.c.id))
 
 
 def _project(body: dict[str, Any], query: Query) -> dict[str, Any]:

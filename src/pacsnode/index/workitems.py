@@ -19,7 +19,7 @@ from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, Integer, S
                         Text, UniqueConstraint)
 
 from ..dicom.catalogue import Attribute, Level
-from .schema import _columns_for, metadata
+from .schema import columns_for, metadata
 
 __all__ = ["WORKITEM_ATTRIBUTES", "WORKITEM_BY_KEYWORD", "workitems", "workitem_item_attrs"]
 
@@ -63,7 +63,7 @@ WORKITEM_BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in WORKITEM_ATTR
 def _attribute_columns() -> list[Column]:
     cols: list[Column] = []
     for attr in WORKITEM_ATTRIBUTES:
-        cols.extend(_columns_for(attr))
+        cols.extend(columns_for(attr))
     return cols
 
 

@@ -5,7 +5,7 @@ protocols (PS3.4 C.2.2.2; PS3.18 8.3.4)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -17,7 +17,8 @@ from ..errors import BadQuery
 from .model import (Constraint, Fuzzy, ListOfUID, Query, Range, ReturnKey, Sequence,
                     SingleValue, Wildcard)
 
-__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "QIDO_DEFAULTS"]
+__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "QIDO_DEFAULTS",
+           "search_params", "match_constraints"]
 
 # Elements of an identifier that steer the query rather than match.
 _CONTROL = {0x00080052, 0x00080005, 0x00080056, 0x00080054, 0x00088000}
@@ -137,11 +138,11 @@ QIDO_DEFAULTS: dict[Level, tuple[str, ...]] = {
 }
 
 
-def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
-                    scope: dict[str, str] | None = None, max_limit: int = 1000) -> Query:
-    """QIDO-RS query parameters → Query.  ``scope`` holds the UIDs from the
-    URL path (e.g. ``/studies/{StudyInstanceUID}/series``)."""
-    query = Query(level)
+def search_params(params: Iterable[tuple[str, str]], query: Query) -> tuple[bool, list[str],
+                                                                            list[tuple[str, str]]]:
+    """The parameters every DICOMweb search shares (PS3.18 8.3.4):
+    ``limit``/``offset`` go into ``query``; returns (fuzzymatching,
+    includefield values, the remaining attribute=value pairs)."""
     fuzzy = False
     includes: list[str] = []
     matches: list[tuple[str, str]] = []
@@ -165,6 +166,60 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
                 query.offset = number
         else:
             matches.append((name, value))
+    return fuzzy, includes, matches
+
+
+def match_constraints(matches: Iterable[tuple[str, str]], fuzzy: bool,
+                      searchable: Callable[[str], bool], add_return: Callable[[int, str], None],
+                      what: str = "") -> list[Constraint]:
+    """``Attribute=value`` and ``Sequence.Attribute=value`` pairs → constraints.
+    Item constraints on one sequence must hold in one item (C.2.2.2.6); a UID
+    list may be comma separated (PS3.18 8.3.4.1: a comma is never in a UID).
+    ``searchable(keyword)`` says whether an attribute may be matched on."""
+    constraints: list[Constraint] = []
+    items: dict[str, list[Constraint]] = {}
+    for name, value in matches:
+        if "." in name:
+            seq_name, _, item_name = name.partition(".")
+            seq_tag, seq_kw = _resolve(seq_name)
+            item_tag, item_kw = _resolve(item_name)
+            if _vr_of(seq_tag, seq_kw) != "SQ":
+                raise BadQuery(f"{seq_kw} is not a sequence")
+            item_vr = _vr_of(item_tag, item_kw)
+            if item_vr == "SQ":
+                raise BadQuery(f"{name}: nested sequence matching is not supported")
+            add_return(seq_tag, seq_kw)
+            c = constraint_for(item_kw, item_vr,
+                               value.replace(",", "\\") if item_vr == "UI" else value, fuzzy)
+            if c is not None:
+                items.setdefault(seq_kw, []).append(c)
+            continue
+        tag, keyword = _resolve(name)
+        add_return(tag, keyword)
+        vr = _vr_of(tag, keyword)
+        if vr == "SQ":
+            if value.strip():
+                raise BadQuery(f"{keyword} is a sequence: match on its items "
+                               f"({keyword}.<Attribute>=...)")
+            continue
+        c = constraint_for(keyword, vr, value.replace(",", "\\") if vr == "UI" else value,
+                           fuzzy)
+        if c is None:
+            continue
+        if not searchable(keyword):
+            raise BadQuery(f"matching on {keyword} is not supported{what} "
+                           "(see docs/CONFORMANCE.md for the searchable attributes)")
+        constraints.append(c)
+    constraints.extend(Sequence(kw, tuple(cs)) for kw, cs in items.items())
+    return constraints
+
+
+def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
+                    scope: dict[str, str] | None = None, max_limit: int = 1000) -> Query:
+    """QIDO-RS query parameters → Query.  ``scope`` holds the UIDs from the
+    URL path (e.g. ``/studies/{StudyInstanceUID}/series``)."""
+    query = Query(level)
+    fuzzy, includes, matches = search_params(params, query)
     seen: set[int] = set()
 
     def add_return(tag: int, keyword: str) -> None:
@@ -175,8 +230,7 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
     for lvl in (Level.STUDY, Level.SERIES, Level.IMAGE):
         if lvl <= level and (lvl == level or scope is None or _scope_level(scope) < lvl):
             for kw in QIDO_DEFAULTS[lvl]:
-                tag, _ = resolve_key(kw) if kw not in COMPUTED else (_computed_tag(kw), kw)
-                add_return(tag, kw)
+                add_return(resolve_key(kw)[0], kw)
     for field in includes:
         if field == "all":
             query.include_all = True
@@ -185,33 +239,8 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
         add_return(tag, keyword)
     for key, uid in (scope or {}).items():
         query.constraints.append(SingleValue(key, uid))
-    for name, value in matches:
-        if "." in name and not name.replace(".", "").isalnum():
-            raise BadQuery(f"unknown attribute {name!r}")
-        if "." in name:
-            # Sequence item matching: Seq.Attr=value
-            seq_name, _, item_name = name.partition(".")
-            seq_tag, seq_kw = _resolve(seq_name)
-            item_tag, item_kw = _resolve(item_name)
-            c = constraint_for(item_kw, _vr_of(item_tag, item_kw), value, fuzzy)
-            if c is not None:
-                query.constraints.append(Sequence(seq_kw, (c,)))
-            add_return(seq_tag, seq_kw)
-            continue
-        tag, keyword = _resolve(name)
-        add_return(tag, keyword)
-        vr = _vr_of(tag, keyword)
-        if vr == "UI":
-            # PS3.18 8.3.4.1: a QIDO UID list may be comma separated (a
-            # comma is never part of a UID).
-            value = value.replace(",", "\\")
-        c = constraint_for(keyword, vr, value, fuzzy)
-        if c is None:
-            continue
-        if keyword not in BY_KEYWORD and keyword not in COMPUTED:
-            raise BadQuery(f"matching on {keyword} is not supported "
-                           "(see docs/CONFORMANCE.md for the searchable attributes)")
-        query.constraints.append(c)
+    query.constraints += match_constraints(
+        matches, fuzzy, lambda kw: kw in BY_KEYWORD or kw in COMPUTED, add_return)
     if query.limit is None or query.limit > max_limit:
         query.limit = max_limit
     return query
@@ -225,14 +254,11 @@ def _scope_level(scope: dict[str, str]) -> Level:
     return Level.PATIENT
 
 
-def _computed_tag(keyword: str) -> int:
-    tag, _ = resolve_key(keyword)
-    return tag
-
-
 def _resolve(name: str) -> tuple[int, str]:
     try:
         tag, keyword = resolve_key(name)
     except UnknownAttribute as exc:
         raise BadQuery(str(exc)) from None
+    if not keyword:
+        raise BadQuery(f"{name}: private attributes cannot be searched")
     return tag, keyword

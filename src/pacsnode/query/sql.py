@@ -9,6 +9,7 @@ for the size of the archive).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, literal, or_, select, true
@@ -20,7 +21,8 @@ from ..errors import BadQuery
 from ..index.schema import LEVEL_TABLES, instances, item_attrs, patients, series, studies
 from .model import Constraint, Fuzzy, ListOfUID, Query, Range, Sequence, SingleValue, Wildcard
 
-__all__ = ["compile_query", "like_pattern", "where_for", "base_select", "level_id_column"]
+__all__ = ["compile_query", "like_pattern", "where_for", "base_select", "level_id_column",
+           "attribute_condition", "item_value_condition", "sequence_exists"]
 
 ESCAPE = "\\"
 
@@ -175,37 +177,49 @@ def _split_values(c: Constraint) -> list[Constraint]:
     return [c]
 
 
-def _sequence_condition(query_level: Level, c: Sequence) -> ColumnElement:
-    """All item constraints must hold in one item of the sequence (C.2.2.2.6)."""
+def sequence_exists(items: Any, owner_fk: str, c: Sequence,
+                    link: Callable[[Any, Select], tuple[Select, ColumnElement]]) -> ColumnElement:
+    """EXISTS over an item-attributes table (``seq``, ``item``, ``keyword``,
+    ``value``, ``value_ci`` and an owner column ``owner_fk``): all item
+    constraints must hold in one item of the sequence (PS3.4 C.2.2.2.6).
+    ``link(first_alias, subquery)`` ties the item rows to the searched row."""
     if not c.items:
         return true()
-    aliases = [item_attrs.alias(f"ia{i}") for i in range(len(c.items))]
+    aliases = [items.alias(f"ia{i}") for i in range(len(c.items))]
     first = aliases[0]
     conds: list[ColumnElement] = []
     for alias, item_c in zip(aliases, c.items):
         conds.append(alias.c.seq == c.keyword)
         conds.append(alias.c.keyword == item_c.keyword)
-        conds.append(_item_value_condition(alias, item_c))
+        conds.append(item_value_condition(alias, item_c))
         if alias is not first:
-            conds.append(alias.c.instance_fk == first.c.instance_fk)
+            conds.append(alias.c[owner_fk] == first.c[owner_fk])
             conds.append(alias.c.item == first.c.item)
     sub = select(literal(1)).select_from(first)
     for alias in aliases[1:]:
         sub = sub.join(alias, true())
-    if query_level == Level.IMAGE:
-        owner = first.c.instance_fk == instances.c.id
-    else:
-        inst = instances.alias("seq_inst")
-        sub = sub.join(inst, inst.c.id == first.c.instance_fk)
-        owner_col = {Level.SERIES: inst.c.series_fk, Level.STUDY: inst.c.study_fk}.get(
-            query_level)
-        if owner_col is None:
-            raise BadQuery("sequence matching is not supported at PATIENT level")
-        owner = owner_col == LEVEL_TABLES[query_level].c.id
+    sub, owner = link(first, sub)
     return exists(sub.where(owner, *conds))
 
 
-def _item_value_condition(alias: Any, c: Constraint) -> ColumnElement:
+def _sequence_condition(query_level: Level, c: Sequence) -> ColumnElement:
+    """Sequence matching on the archive: item rows belong to instances; at
+    SERIES/STUDY level any instance of the entity may hold the item."""
+    if query_level == Level.PATIENT:
+        raise BadQuery("sequence matching is not supported at PATIENT level")
+
+    def link(first: Any, sub: Select) -> tuple[Select, ColumnElement]:
+        if query_level == Level.IMAGE:
+            return sub, first.c.instance_fk == instances.c.id
+        inst = instances.alias("seq_inst")
+        owner_col = inst.c.series_fk if query_level == Level.SERIES else inst.c.study_fk
+        return (sub.join(inst, inst.c.id == first.c.instance_fk),
+                owner_col == LEVEL_TABLES[query_level].c.id)
+
+    return sequence_exists(item_attrs, "instance_fk", c, link)
+
+
+def item_value_condition(alias: Any, c: Constraint) -> ColumnElement:
     from pydicom.datadict import dictionary_VR
     try:
         is_pn = dictionary_VR(c.keyword) == "PN"
