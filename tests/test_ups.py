@@ -301,9 +301,11 @@ def test_create_refusals(client: Client) -> None:
     refused(client.create(body, f"?{uid}"), 400, "ScheduledProcedureStepPriority",
             "type 1")
     body = workitem()
-    del body["00404025"]  # Scheduled Station Name Code Sequence, type 2
-    refused(client.create(body, f"?{uid}"), 400, "ScheduledStationNameCodeSequence",
-            "type 2")
+    del body["00404025"]  # Scheduled Station Name Code Sequence, type 2: created empty
+    lenient = "1.2.826.0.1.3680043.8.498.1011"
+    assert client.create(body, f"?{lenient}").status_code == 201
+    got = client.get(lenient).json()[0]
+    assert got["00404025"] == {"vr": "SQ"} or got["00404025"].get("Value") == []
     body = workitem()
     body[LABEL] = {"vr": "LO"}  # present but empty: type 1 wants a value
     refused(client.create(body, f"?{uid}"), 400, "ProcedureStepLabel")

@@ -437,6 +437,20 @@ def _check_items(req: Req, elem: DataElement, where: str, column: str,
                     _check_items(sub, sub_elem, sub_where, column, problems)
 
 
+def _add_missing_type2(ds: Dataset, reqs: tuple[Req, ...] | list[Req]) -> None:
+    """Type 2 attributes the client left out are created empty, as PS3.4
+    allows the SCP to (a zero-length value means "unknown"); type 1
+    attributes are still required.  Applied to present sequence items too."""
+    for req in reqs:
+        elem = _el(ds, req.keyword)
+        if elem is None and req.scu_create == "2" and not req.server_fills:
+            ds.add_new(req.keyword, dictionary_VR(req.keyword),
+                       [] if dictionary_VR(req.keyword) == "SQ" else None)
+        elif elem is not None and elem.VR == "SQ" and req.items:
+            for item in elem.value or []:
+                _add_missing_type2(item, req.items)
+
+
 def check_create(ds: Dataset) -> list[str]:
     """Problems of ``ds`` against the N-CREATE column of Table CC.2.5-3
     (empty when it may be created)."""
@@ -551,11 +565,12 @@ class Worklist:
         if not valid_uid(uid):
             raise InvalidWorkitem(f"the Workitem UID {uid[:80]!r} is not a valid UID "
                                   "(1-64 characters of digits and dots)")
+        ds = _copy(ds)
+        _add_missing_type2(ds, UPS_ATTRIBUTES)
         problems = check_create(ds)
         if problems:
             raise InvalidWorkitem("The Workitem does not meet the N-CREATE requirements of "
                                   "PS3.4 Table CC.2.5-3: " + "; ".join(problems))
-        ds = _copy(ds)
         if _TRANSACTION_UID in ds:
             del ds[_TRANSACTION_UID]
         # What the SCP fills (Table CC.2.5-3 N-CREATE SCP column).
