@@ -178,8 +178,8 @@ def test_busy_study_waits_until_quiet_and_fires_again_after_late_instance(
 
 
 def test_imports_count_and_deleted_studies_do_not(tmp_path: Path, pacsnode_factory) -> None:
-    """`pacsnode import` beside serve (with no trigger settings of its own)
-    triggers; a study deleted before it is quiet does not."""
+    """`pacsnode import` beside serve (same config) triggers; a study deleted
+    before it is quiet does not."""
     script, log = recording_script(tmp_path)
     config = write_config(tmp_path, stable_study_seconds=2,
                           on_stable_study=f"{script} {{study_uid}} {{calling_aet}}")
@@ -191,8 +191,9 @@ def test_imports_count_and_deleted_studies_do_not(tmp_path: Path, pacsnode_facto
     r = httpx.delete(f"{server.base_url}/dicomweb/studies/{doomed}", timeout=10)
     assert r.status_code == 204, r.text
     result = subprocess.run([sys.executable, "-m", "pacsnode", "import",
-                             str(imported_files[0].parent), "--data-dir", str(server.data_dir),
-                             "--no-fsync"], capture_output=True, text=True, timeout=60)
+                             str(imported_files[0].parent), "--config", config,
+                             "--data-dir", str(server.data_dir)],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     wait_until(lambda: runs(log), 10, "the imported study's trigger")
     time.sleep(1.5)

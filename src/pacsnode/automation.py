@@ -171,9 +171,7 @@ class _Kind:
 class Automation:
     """The stable-study/series tracker and its poller for one ``serve`` process."""
 
-    def __init__(self, node: Node, *, record_all: bool = False) -> None:
-        """``record_all``: track both kinds even when nothing is configured
-        here (an importing process, whose settings may not name the commands)."""
+    def __init__(self, node: Node) -> None:
         self.node = node
         s = node.settings
         self.webhooks = [str(u) for u in s.webhooks if str(u).strip()]
@@ -181,7 +179,7 @@ class Automation:
                        _checked("study", s.on_stable_study)),
                  _Kind("series", float(s.stable_series_seconds),
                        _checked("series", s.on_stable_series))]
-        self.kinds = {k.name: k for k in kinds if k.command or self.webhooks or record_all}
+        self.kinds = {k.name: k for k in kinds if k.command or self.webhooks}
         self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.poll_interval = max(0.05, min([1.0] + [k.seconds / 4 for k in self.kinds.values()]))
         self._stop = threading.Event()
@@ -504,8 +502,9 @@ class Automation:
                         return
                 if attempt == WEBHOOK_ATTEMPTS:
                     break
-                log.warning("webhook %s: %s %s attempt %d failed (%s); retrying in %.1fs",
-                            url, trigger.event_name, trigger.uid, attempt, problem, delay)
+                log.warning("webhook %s: %s %s attempt %d failed (%s); retrying %s", url,
+                            trigger.event_name, trigger.uid, attempt, problem,
+                            "now (shutting down)" if self._stop.is_set() else f"in {delay:g}s")
                 self._stop.wait(delay)  # shutting down: no more waiting, still bounded
                 delay *= 2
         log.error("webhook %s: giving up on %s %s after %d attempt(s): %s", url,
@@ -550,8 +549,9 @@ def start(node: Node) -> Callable[[], None]:
 def record_arrivals(node: Node) -> None:
     """Record arrivals without polling, for a process that ingests but does
     not serve (``pacsnode import`` beside a running ``serve``): the ``serve``
-    processes on the same index fire the triggers.  Both kinds are recorded
-    whatever this process's settings say; a ``serve`` without triggers
-    configured leaves the rows alone."""
-    node.bus.subscribe(Automation(node, record_all=True).on_event)
-
+    processes on the same index fire the triggers.  Like ``start``, it does
+    nothing unless this process's settings configure a trigger (give it the
+    same ``--config`` as ``serve``)."""
+    automation = Automation(node)
+    if automation.enabled:
+        node.bus.subscribe(automation.on_event)
