@@ -56,10 +56,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stable_study_seconds", 60, "Quiet period before a study counts as stable.", int),
     Setting("stable_series_seconds", 30, "Quiet period before a series counts as stable.",
             int),
-    Setting("on_stable_study", "", "Command run once per stable study; placeholders "
-            "{study_uid} {path} {patient_id} {calling_aet} become separate arguments."),
+    Setting("on_stable_study", "", "Command run once per stable study, without a shell: the "
+            "template is split into arguments first, then {study_uid} {path} {study_path} "
+            "{patient_id} {calling_aet} are replaced inside each argument."),
     Setting("on_stable_series", "", "Command run once per stable series (as on_stable_study, "
-            "plus {series_uid})."),
+            "plus {series_uid}; {path} is the series folder)."),
     Setting("webhooks", [], "URLs that get a JSON POST for each stable study/series.",
             list, cli=False),
     Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING)."),

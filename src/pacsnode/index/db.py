@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 
 from .schema import metadata
 
@@ -35,7 +37,19 @@ class Database:
         if self.is_sqlite:
             self._setup_sqlite()
         self._write_lock = threading.Lock() if self.is_sqlite else None
-        metadata.create_all(self.engine)
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        """CREATE … IF NOT EXISTS; two processes starting together on a fresh
+        PostgreSQL database can collide in its catalogue, so try again."""
+        for attempt in range(5):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def _setup_sqlite(self) -> None:
         # WAL with synchronous=NORMAL: a commit survives a crash of the
