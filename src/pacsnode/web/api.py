@@ -29,6 +29,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from pydicom.datadict import keyword_for_tag
 from sqlalchemy import func, select
 
@@ -101,6 +102,8 @@ class ApiRoute(APIRoute):
                 return JSONResponse({"error": _validation_reason(list(exc.errors()))}, 400)
             except PacsnodeError as exc:
                 return JSONResponse({"error": exc.reason}, exc.http_status)
+            except HTTPException:
+                raise  # already an HTTP answer (the app renders it as {"error": …})
             except Exception as exc:  # noqa: BLE001 - a reason, never a stack trace
                 log.exception("%s %s failed", request.method, request.url.path)
                 return JSONResponse({"error": f"internal error: {exc}"}, 500)
@@ -526,6 +529,8 @@ class CmdRoute(APIRoute):
                 return _cmd_error(exc)
             except PacsnodeError as exc:
                 return _cmd_error(CmdError(exc.http_status, exc.reason))
+            except HTTPException as exc:
+                return _cmd_error(CmdError(exc.status_code, str(exc.detail)))
             except Exception as exc:  # noqa: BLE001
                 log.exception("pfdcm command failed")
                 return _cmd_error(CmdError(500, f"internal error: {exc}"))
