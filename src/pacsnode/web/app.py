@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PacsnodeError
 from ..node import Node
 
 __all__ = ["create_app"]
+
+
+class Health(BaseModel):
+    """``ok`` once both the DIMSE and the HTTP listeners accept connections."""
+
+    status: Literal["ok", "starting"]
 
 
 def create_app(node: Node, ready: Any = None) -> FastAPI:
@@ -35,7 +42,9 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
     async def _pacsnode_error(_request: Request, exc: PacsnodeError) -> JSONResponse:
         return JSONResponse({"error": exc.reason}, status_code=exc.http_status)
 
-    @app.get("/api/v1/health", tags=["node"], summary="Liveness of both listeners")
+    @app.get("/api/v1/health", tags=["node"], summary="Liveness of both listeners",
+             response_model=Health,
+             responses={503: {"model": Health, "description": "a listener is not up yet"}})
     def health() -> JSONResponse:
         ok = ready() if ready is not None else True
         if not ok:

@@ -255,9 +255,15 @@ _NO_WATCH = ("Subscriptions are not implemented: this server has no UPS Watch or
              "SOP class (no event reports, no WebSocket notifications)")
 
 
-@router.api_route("/workitems/{uid}/subscribers/{aet}", methods=["POST", "DELETE"],
-                  summary="UPS-RS Subscribe/Unsubscribe (not implemented)")
+@router.post("/workitems/{uid}/subscribers/{aet}",
+             summary="UPS-RS Subscribe (not implemented)")
 def subscribe(request: Request, uid: str, aet: str) -> Response:
+    return _refusal(request, _HTTPRefusal(501, _NO_WATCH))
+
+
+@router.delete("/workitems/{uid}/subscribers/{aet}",
+               summary="UPS-RS Unsubscribe (not implemented)")
+def unsubscribe(request: Request, uid: str, aet: str) -> Response:
     return _refusal(request, _HTTPRefusal(501, _NO_WATCH))
 
 
