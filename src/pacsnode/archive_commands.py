@@ -72,6 +72,7 @@ def serve(config_file: str | None, **options: Any) -> None:
         dimse.start()
     except OSError as exc:
         raise click.ClickException(f"cannot listen on DICOM port {settings.dicom_port}: {exc}")
+    workers = _DimseWorkers(settings, dimse)
     extras = _start_services(node)
     app = create_app(node, ready=lambda: dimse.listening)
     config = uvicorn.Config(app, host=settings.host, port=settings.http_port,
@@ -84,11 +85,59 @@ def serve(config_file: str | None, **options: Any) -> None:
         server.run()
     finally:
         log.info("shutting down: no new associations; waiting for running ones")
+        workers.terminate()  # they drain alongside us
         for stop in extras:
             stop()
         dimse.stop(grace=10.0)
+        workers.wait(timeout=15.0)
         node.close()
         log.info("stopped")
+
+
+class _DimseWorkers:
+    """The extra DIMSE processes of ``serve`` (``dimse_processes`` > 1, see
+    dimse/worker.py): started after the main process holds the port,
+    restarted if one dies, sent SIGTERM and waited for at shutdown."""
+
+    def __init__(self, settings: Settings, dimse: Any) -> None:
+        import threading
+
+        from .dimse.worker import spawn
+        self._spawn = lambda slot: spawn(settings, slot, dimse.processes, dimse.limit_fd)
+        self.procs = {slot: self._spawn(slot) for slot in range(1, dimse.processes)}
+        self._stopping = threading.Event()
+        self._log = logging.getLogger("pacsnode.dimse")
+        if self.procs:
+            self._log.info("DIMSE served by %d processes", dimse.processes)
+            threading.Thread(target=self._watch, name="pacsnode-dimse-workers",
+                             daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(2.0):
+            for slot, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self._stopping.is_set():
+                    self._log.error("DIMSE worker %d (pid %d) exited with %s: restarting",
+                                    slot, proc.pid, proc.returncode)
+                    self.procs[slot] = self._spawn(slot)
+
+    def terminate(self) -> None:
+        self._stopping.set()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+
+    def wait(self, timeout: float) -> None:
+        import subprocess
+        import time
+        deadline = time.monotonic() + timeout
+        for slot, proc in self.procs.items():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._log.warning("DIMSE worker %d (pid %d) did not stop: killing it", slot,
+                                  proc.pid)
+                proc.kill()
+                proc.wait(5)
 
 
 def _http_server(config: Any) -> Any:

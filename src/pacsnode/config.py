@@ -46,6 +46,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_associations", 32, "Most DIMSE associations served at once.", int),
     Setting("dimse_timeout", 60, "Seconds of silence before a DIMSE association is aborted.",
             int),
+    Setting("dimse_processes", 0, "Processes accepting DIMSE associations on dicom_port "
+            "(SO_REUSEPORT: the kernel spreads associations over them); 0 means one per CPU "
+            "core, at most 4; 1 serves DIMSE in the main process only.", int),
     Setting("max_stow_bytes", 4 * 1024**3, "Largest STOW-RS request body accepted (bytes).",
             int),
     Setting("qido_max_limit", 1000, "Most results one QIDO-RS/C-FIND page returns.", int),
@@ -89,6 +92,7 @@ class Settings:
     fsync: bool = True
     max_associations: int = 32
     dimse_timeout: int = 60
+    dimse_processes: int = 0
     max_stow_bytes: int = 4 * 1024**3
     qido_max_limit: int = 1000
     cors_origins: list[str] = field(default_factory=list)

@@ -1,0 +1,275 @@
+"""DIMSE messages on the wire (PS3.7 Chapter 9 and Annex E, PS3.8 9.3.5).
+
+A message is a command set — always Implicit VR Little Endian, group 0000
+only — optionally followed by a data set in the presentation context's
+transfer syntax.  Both travel as fragments (PDVs) in P-DATA-TF PDUs; the
+message control header of each PDV says command or data set, and last or
+not.
+
+The command set is small and flat, so it is encoded and decoded here by hand
+(a dict of element number → raw value) instead of through pydicom: a C-STORE
+costs one pass over ~200 bytes each way.  Data sets (C-FIND identifiers,
+N-ACTION information, Failed SOP Instance UID lists) go through pydicom.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
+
+__all__ = ["Command", "decode_command", "encode_command", "pdata", "pdata_header",
+           "decode_dataset", "encode_dataset", "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
+           "C_GET_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "C_ECHO_RQ",
+           "C_ECHO_RSP", "C_CANCEL_RQ", "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP",
+           "N_ACTION_RQ", "N_ACTION_RSP", "NO_DATASET", "FRAGMENT"]
+
+# Command Field values (PS3.7 E.1).
+C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
+C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
+C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
+C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+C_CANCEL_RQ = 0x0FFF
+N_EVENT_REPORT_RQ, N_EVENT_REPORT_RSP = 0x0100, 0x8100
+N_ACTION_RQ, N_ACTION_RSP = 0x0130, 0x8130
+
+#: Command Data Set Type when no data set follows (PS3.7 E.1).
+NO_DATASET = 0x0101
+
+#: Data bytes per PDV when the peer sets no limit (max PDU length 0).
+FRAGMENT = 1 << 20
+
+# Element numbers of group 0000 and how their values are encoded.
+AFFECTED_SOP_CLASS = 0x0002
+REQUESTED_SOP_CLASS = 0x0003
+COMMAND_FIELD = 0x0100
+MESSAGE_ID = 0x0110
+RESPONDED_TO = 0x0120
+MOVE_DESTINATION = 0x0600
+PRIORITY = 0x0700
+DATASET_TYPE = 0x0800
+STATUS = 0x0900
+OFFENDING_ELEMENT = 0x0901
+ERROR_COMMENT = 0x0902
+AFFECTED_SOP_INSTANCE = 0x1000
+REQUESTED_SOP_INSTANCE = 0x1001
+EVENT_TYPE = 0x1002
+ACTION_TYPE = 0x1008
+REMAINING = 0x1020
+COMPLETED = 0x1021
+FAILED = 0x1022
+WARNING = 0x1023
+MOVE_ORIGINATOR_AET = 0x1030
+MOVE_ORIGINATOR_ID = 0x1031
+
+_US = {COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO, PRIORITY, DATASET_TYPE, STATUS, EVENT_TYPE,
+       ACTION_TYPE, REMAINING, COMPLETED, FAILED, WARNING, MOVE_ORIGINATOR_ID}
+_UI = {AFFECTED_SOP_CLASS, REQUESTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, REQUESTED_SOP_INSTANCE}
+_TEXT = {MOVE_DESTINATION, ERROR_COMMENT, MOVE_ORIGINATOR_AET}  # AE, LO: space padded
+
+_ELEMENT = struct.Struct("<HHI")
+_USHORT = struct.Struct("<H")
+_PDATA = struct.Struct(">BBIIBB")
+
+
+class Command:
+    """A decoded command set: raw values by element number (group 0000)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: dict[int, bytes]) -> None:
+        self.values = values
+
+    def us(self, element: int, default: int = 0) -> int:
+        raw = self.values.get(element)
+        if raw is None or len(raw) < 2:
+            return default
+        return int(_USHORT.unpack_from(raw)[0])
+
+    def text(self, element: int) -> str:
+        raw = self.values.get(element, b"")
+        return raw.decode("ascii", "replace").rstrip("\x00 ").lstrip(" ")
+
+    @property
+    def field(self) -> int:
+        return self.us(COMMAND_FIELD)
+
+    @property
+    def message_id(self) -> int:
+        return self.us(MESSAGE_ID)
+
+    @property
+    def responded_to(self) -> int:
+        return self.us(RESPONDED_TO)
+
+    @property
+    def has_dataset(self) -> bool:
+        return self.us(DATASET_TYPE, NO_DATASET) != NO_DATASET
+
+    @property
+    def status(self) -> int:
+        return self.us(STATUS)
+
+    @property
+    def priority(self) -> int:
+        return self.us(PRIORITY)
+
+    @property
+    def affected_sop_class(self) -> str:
+        return self.text(AFFECTED_SOP_CLASS)
+
+    @property
+    def affected_sop_instance(self) -> str:
+        return self.text(AFFECTED_SOP_INSTANCE)
+
+    @property
+    def requested_sop_class(self) -> str:
+        return self.text(REQUESTED_SOP_CLASS)
+
+    @property
+    def requested_sop_instance(self) -> str:
+        return self.text(REQUESTED_SOP_INSTANCE)
+
+    @property
+    def move_destination(self) -> str:
+        return self.text(MOVE_DESTINATION)
+
+    @property
+    def action_type(self) -> int:
+        return self.us(ACTION_TYPE)
+
+    def __repr__(self) -> str:
+        return f"Command(0x{self.field:04X}, id={self.message_id})"
+
+
+def decode_command(data: bytes) -> Command:
+    """Parse an Implicit VR Little Endian command set.  Raises ValueError
+    when it is not one (an element runs past the end, another group)."""
+    values: dict[int, bytes] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 8 > end:
+            raise ValueError("command set ends inside an element header")
+        group, element, length = _ELEMENT.unpack_from(data, pos)
+        pos += 8
+        if group != 0 or pos + length > end:
+            raise ValueError(f"not a command set element: ({group:04X},{element:04X}) "
+                             f"length {length}")
+        values[element] = data[pos:pos + length]
+        pos += length
+    if COMMAND_FIELD not in values:
+        raise ValueError("command set without Command Field")
+    return Command(values)
+
+
+def _value(element: int, value: Any) -> bytes:
+    if element in _US:
+        return _USHORT.pack(int(value))
+    if element in _UI:
+        raw = str(value).encode("ascii")
+        return raw + b"\x00" if len(raw) % 2 else raw
+    if element in _TEXT:
+        raw = str(value).encode("ascii", "replace")
+        return raw + b" " if len(raw) % 2 else raw
+    if element == OFFENDING_ELEMENT:
+        return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in value)
+    raise KeyError(f"no encoding for command element (0000,{element:04X})")
+
+
+def encode_command(**fields: Any) -> bytes:
+    """Encode a command set from keyword arguments (see ``_NAMES``); values
+    that are None are left out.  The group length comes first."""
+    body = []
+    for element, value in sorted((_NAMES[name], value) for name, value in fields.items()
+                                 if value is not None):
+        raw = _value(element, value)
+        body.append(_ELEMENT.pack(0, element, len(raw)) + raw)
+    data = b"".join(body)
+    return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(data)) + data
+
+
+_NAMES = {
+    "affected_sop_class": AFFECTED_SOP_CLASS, "requested_sop_class": REQUESTED_SOP_CLASS,
+    "field": COMMAND_FIELD, "message_id": MESSAGE_ID, "responded_to": RESPONDED_TO,
+    "move_destination": MOVE_DESTINATION, "priority": PRIORITY,
+    "dataset_type": DATASET_TYPE, "status": STATUS, "offending_element": OFFENDING_ELEMENT,
+    "error_comment": ERROR_COMMENT, "affected_sop_instance": AFFECTED_SOP_INSTANCE,
+    "requested_sop_instance": REQUESTED_SOP_INSTANCE, "event_type": EVENT_TYPE,
+    "action_type": ACTION_TYPE, "remaining": REMAINING, "completed": COMPLETED,
+    "failed": FAILED, "warning": WARNING, "move_originator_aet": MOVE_ORIGINATOR_AET,
+    "move_originator_id": MOVE_ORIGINATOR_ID,
+}
+
+
+def response(field: int, request: Command, status: int, *, dataset: bool = False,
+             error_comment: str | None = None, **fields: Any) -> bytes:
+    """A response command set to ``request`` (PS3.7 9.3 / 10.3)."""
+    if error_comment is not None:
+        # LO: at most 64 characters, no backslash or control characters.
+        error_comment = "".join(c if " " <= c <= "~" and c != "\\" else " "
+                                for c in error_comment)[:64]
+    return encode_command(field=field, responded_to=request.message_id,
+                          dataset_type=0x0000 if dataset else NO_DATASET, status=status,
+                          error_comment=error_comment, **fields)
+
+
+def pdata_header(context_id: int, size: int, is_command: bool, last: bool) -> bytes:
+    """Header of a P-DATA-TF PDU carrying one PDV of ``size`` bytes."""
+    return _PDATA.pack(0x04, 0, size + 6, size + 2, context_id,
+                       (1 if is_command else 0) | (2 if last else 0))
+
+
+def fragment_size(max_pdu: int) -> int:
+    """Data bytes per PDV for a peer whose Maximum Length Received is
+    ``max_pdu`` (the P-DATA-TF variable field: PDV item length 4 + context 1
+    + control header 1 + data; 0 means no limit)."""
+    return max(1, max_pdu - 6) if max_pdu else FRAGMENT
+
+
+def pdata(context_id: int, payload: bytes | memoryview, is_command: bool, max_pdu: int,
+          last: bool = True) -> Iterator[bytes]:
+    """P-DATA-TF PDUs (header and data, alternately) carrying ``payload``,
+    split so that no PDU exceeds the peer's maximum.  ``last`` False leaves
+    the final fragment's last bit clear (more of the data set follows)."""
+    size = fragment_size(max_pdu)
+    view = memoryview(payload)
+    total = len(view)
+    if total == 0:
+        yield pdata_header(context_id, 0, is_command, last)
+        return
+    for start in range(0, total, size):
+        chunk = view[start:start + size]
+        yield pdata_header(context_id, len(chunk), is_command,
+                           last and start + size >= total)
+        yield bytes(chunk)
+
+
+def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
+    """A data set (identifier, event information) in a context's syntax."""
+    ts = UID(transfer_syntax)
+    fp = DicomBytesIO()
+    fp.is_little_endian = ts.is_little_endian
+    fp.is_implicit_VR = ts.is_implicit_VR
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    if ts.is_deflated:
+        import zlib
+        deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = deflate.compress(data) + deflate.flush()
+    return data
+
+
+def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    ts = UID(transfer_syntax)
+    if ts.is_deflated:
+        import zlib
+        data = zlib.decompress(data, -zlib.MAX_WBITS)
+    return read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)

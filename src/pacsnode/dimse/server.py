@@ -1,0 +1,1096 @@
+"""The DICOM upper layer (PS3.8) on asyncio: one event loop, one coroutine
+per association, PDUs read straight off the socket.
+
+Why not pynetdicom's acceptor: it polls (a DUL thread that sleeps between
+reactor loops, an association thread, queues with timeouts) and flushes per
+fragment, so one association tops out near 155 C-STOREs/s whatever the disk
+does.  Here a C-STORE's data set fragments go from the socket buffer into a
+temp file as they arrive, the ingest runs on a thread pool (the event loop
+stays free for other associations while one fsyncs), and the response is
+one write.
+
+pynetdicom is still used for what it does well and where speed does not
+matter: decoding the A-ASSOCIATE-RQ and encoding the -AC (``pynetdicom.pdu``),
+presentation context and role negotiation (``negotiate_as_acceptor``), and
+as the *requestor* of the associations we open ourselves (C-MOVE
+destinations, storage commitment reports; see ``services.py``).
+
+Association life (PS3.8 9.2): A-ASSOCIATE-RQ → -AC (or -RJ: bad request,
+no acceptable presentation context, too many associations); then P-DATA-TF
+carrying DIMSE messages until A-RELEASE-RQ → -RP, or an A-ABORT either way.
+Anything malformed — bytes that are no PDU, a PDV for a context that was not
+accepted, an undecodable command set — gets an A-ABORT and the connection
+is closed, with a log line.  A silent peer is aborted after
+``dimse_timeout`` seconds (the ARTIM timer before association).
+
+Operations are synchronous (no Asynchronous Operations Window is
+negotiated): a C-STORE is read, ingested and answered before the next PDU is
+read.  C-FIND, C-MOVE, C-GET and N-ACTION run as tasks while the reader keeps
+reading, so a C-CANCEL, or the C-STORE responses of a C-GET's
+sub-operations, are seen while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import mmap
+import os
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+                         ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000,
+                         JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless,
+                         JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
+from pynetdicom import build_context
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
+                                       ImplementationVersionNameNotification,
+                                       MaximumLengthNotification,
+                                       SCP_SCU_RoleSelectionNegotiation)
+from pynetdicom.presentation import (AllStoragePresentationContexts, PresentationContext,
+                                     negotiate_as_acceptor)
+
+from ..config import Settings
+from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
+from ..errors import PacsnodeError
+from ..events import Origin
+from . import messages as m
+from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
+                       SubOperations, prepare_outgoing)
+
+log = logging.getLogger("pacsnode.dimse")
+
+__all__ = ["AssociationServer", "AssociationLimit", "TRANSFER_SYNTAXES", "supported_contexts", "set_nodelay",
+           "listen_socket", "MAX_PDU_RECEIVE"]
+
+#: Accepted for storage and stored as received (PS3.5 Section 10).
+TRANSFER_SYNTAXES: list[str] = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
+]
+
+VERIFICATION = "1.2.840.10008.1.1"
+FIND_MODELS = {"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"}
+MOVE_MODELS = {"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"}
+GET_MODELS = {"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"}
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+_NOT_STORAGE = FIND_MODELS | MOVE_MODELS | GET_MODELS | {VERIFICATION, STORAGE_COMMITMENT}
+
+#: Our Maximum Length Received: 0, no limit (PS3.8 D.1).  Fewer, larger
+#: P-DATA-TF PDUs; the reader streams PDVs, so a large PDU is never held
+#: whole in memory.
+MAX_PDU_RECEIVE = 0
+#: Longest A-ASSOCIATE-RQ we read (128 contexts of many syntaxes fit in 64 KiB).
+MAX_ASSOCIATE_RQ = 1 << 20
+#: Largest command set, and largest data set kept in memory (identifiers,
+#: N-ACTION information); C-STORE data sets go to disk whatever their size.
+MAX_COMMAND = 1 << 16
+MAX_DATASET_IN_MEMORY = 64 << 20
+#: Bytes read from the socket buffer per file write.
+CHUNK = 1 << 20
+#: Seconds we wait for the A-ASSOCIATE-RQ (the ARTIM timer) at most.
+ARTIM = 30.0
+
+_PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ",
+              0x04: "P-DATA-TF", 0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP",
+              0x07: "A-ABORT"}
+A_RELEASE_RP = bytes.fromhex("06000000000400000000")
+_ABORT_SOURCES = {0: "service user", 1: "reserved", 2: "service provider"}
+_ABORT_REASONS = {0: "not specified", 1: "unrecognized PDU", 2: "unexpected PDU",
+                  4: "unrecognized PDU parameter", 5: "unexpected PDU parameter",
+                  6: "invalid PDU parameter value"}
+
+
+def a_abort(source: int, reason: int) -> bytes:
+    return struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, reason)
+
+
+def a_associate_rj(result: int, source: int, reason: int) -> bytes:
+    return struct.pack(">BBIBBBB", 0x03, 0, 4, 0, result, source, reason)
+
+
+def set_nodelay(sock: Any) -> None:
+    """Nagle's algorithm plus delayed ACKs costs ~40 ms per small exchange."""
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """What we accept: Verification; every storage SOP class in any of
+    TRANSFER_SYNTAXES, in both roles (a C-GET SCU is the storage SCP on its
+    own association); Patient/Study Root FIND, MOVE, GET; Storage Commitment
+    Push Model (either role: the report may go either way)."""
+    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    contexts = [build_context(VERIFICATION, uncompressed)]
+    for cx in AllStoragePresentationContexts:
+        storage = build_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        storage.scu_role = storage.scp_role = True
+        contexts.append(storage)
+    for model in sorted(FIND_MODELS | MOVE_MODELS | GET_MODELS):
+        contexts.append(build_context(model, uncompressed))
+    commitment = build_context(STORAGE_COMMITMENT, uncompressed)
+    commitment.scu_role = commitment.scp_role = True
+    contexts.append(commitment)
+    return contexts
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool = False,
+                  exclusive: bool = True) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket with TCP_NODELAY.
+
+    ``reuse_port`` lets worker processes bind the same port (SO_REUSEPORT:
+    the kernel spreads connections over them).  ``exclusive`` first checks
+    that nobody else listens there, so two unrelated servers never share a
+    port by accident."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    if reuse_port and exclusive:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)  # raises EADDRINUSE when the port is taken
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        set_nodelay(sock)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class AssociationLimit:
+    """Established associations against ``max_associations``.
+
+    With several DIMSE processes the count is shared: a small unlinked file
+    that every process maps (one 8-byte slot each, inherited as a file
+    descriptor), summed under a POSIX record lock when an association is
+    accepted, so the limit holds for the node as a whole."""
+
+    def __init__(self, limit: int, fd: int | None = None, slot: int = 0,
+                 slots: int = 1) -> None:
+        self.limit = limit
+        self.fd, self.slot, self.slots = fd, slot, slots
+        self.local = 0
+        self._map = mmap.mmap(fd, slots * 8) if fd is not None else None
+        if self._map is not None:  # a restarted worker: its predecessor's count is gone
+            struct.pack_into("<q", self._map, slot * 8, 0)
+
+    @staticmethod
+    def shared_file(slots: int) -> int:
+        """A file descriptor for ``slots`` processes to share (no name on disk)."""
+        fd, name = tempfile.mkstemp(prefix="pacsnode-dimse-")
+        os.unlink(name)
+        os.ftruncate(fd, slots * 8)
+        return fd
+
+    def acquire(self) -> bool:
+        if self._map is None:
+            if self.local >= self.limit:
+                return False
+            self.local += 1
+            return True
+        assert self.fd is not None
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            if sum(struct.unpack_from(f"<{self.slots}q", self._map)) >= self.limit:
+                return False
+            self.local += 1
+            struct.pack_into("<q", self._map, self.slot * 8, self.local)
+            return True
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        self.local -= 1
+        if self._map is not None:  # only this process writes its slot
+            struct.pack_into("<q", self._map, self.slot * 8, self.local)
+
+
+class ProtocolError(Exception):
+    """The peer broke PS3.8/PS3.7: abort with this reason (PS3.8 9.3.8)."""
+
+    def __init__(self, message: str, reason: int = 6) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Operation:
+    command: m.Command
+    context_id: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class AssociationServer:
+    """The DIMSE listener: its own event loop in a thread, so ``start()``
+    returns at once and ``serve`` can run the HTTP side in the main thread."""
+
+    def __init__(self, services: Services, settings: Settings, *, reuse_port: bool = False,
+                 exclusive: bool = True, limit: AssociationLimit | None = None) -> None:
+        self.services = services
+        self.limit = limit or AssociationLimit(settings.max_associations)
+        self.settings = settings
+        self.reuse_port = reuse_port
+        self.exclusive = exclusive
+        self.contexts = supported_contexts()
+        self.timeout = float(settings.dimse_timeout)
+        # Ingests overlap their fsyncs; C-FIND/MOVE/GET hold one thread each.
+        self.pool = ThreadPoolExecutor(max_workers=max(4, min(64, settings.max_associations + 4)),
+                                       thread_name_prefix="pacsnode-dimse")
+        self.associations: set[Association] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self.listening = False
+
+    # -- lifecycle (called from other threads)
+
+    def start(self) -> None:
+        s = self.settings
+        sock = listen_socket(s.host, s.dicom_port, reuse_port=self.reuse_port,
+                             exclusive=self.exclusive)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            assert self.loop is not None
+            asyncio.set_event_loop(self.loop)
+            try:
+                self._server = self.loop.run_until_complete(
+                    asyncio.start_server(self._accept, sock=sock, limit=4 * CHUNK))
+                watchdog = self.loop.create_task(self._watchdog())
+            except BaseException as exc:  # pragma: no cover - start-up failure
+                failed.append(exc)
+                ready.set()
+                return
+            ready.set()
+            try:
+                self.loop.run_forever()
+            finally:
+                watchdog.cancel()
+                self.loop.run_until_complete(asyncio.sleep(0))
+                self.loop.close()
+
+        self._thread = threading.Thread(target=run, name="pacsnode-dimse-loop", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failed:
+            raise failed[0]
+        self.listening = True
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let running associations finish for up to
+        ``grace`` seconds, then abort the rest.  Nothing acknowledged is
+        lost (ingest is atomic); an instance whose ingest is under way is
+        finished before we return."""
+        if not self.listening or self.loop is None:
+            return
+        self.listening = False
+        done = asyncio.run_coroutine_threadsafe(self._shutdown(grace), self.loop)
+        try:
+            done.result(grace + 15)
+        except Exception:
+            log.exception("DIMSE shutdown")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self.pool.shutdown(wait=True)
+
+    async def _shutdown(self, grace: float) -> None:
+        assert self._server is not None and self.loop is not None
+        self._server.close()
+        deadline = self.loop.time() + grace
+        while self.associations and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for assoc in list(self.associations):
+            log.warning("aborting association with %s at shutdown", assoc.describe())
+            assoc.abort(0, 0, "server shutting down")
+        tasks = [a.task for a in self.associations if a.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+    # -- inside the loop
+
+    async def _accept(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        set_nodelay(writer.get_extra_info("socket"))
+        assoc = Association(self, reader, writer)
+        assoc.task = asyncio.current_task()
+        self.associations.add(assoc)
+        try:
+            await assoc.run()
+        finally:
+            self.associations.discard(assoc)
+
+    async def _watchdog(self) -> None:
+        """The ARTIM timer and the idle timeout, for every association at once
+        (cheaper than a timer per read)."""
+        assert self.loop is not None
+        period = max(0.2, min(1.0, self.timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = self.loop.time()
+            for assoc in list(self.associations):
+                assoc.check_timeout(now)
+
+    def background(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func`` on the pool, outliving the association that asked."""
+        assert self.loop is not None
+        future = self.loop.run_in_executor(self.pool, func, *args)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+
+class Association:
+    """One association, from the A-ASSOCIATE-RQ to the release or abort."""
+
+    def __init__(self, server: AssociationServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.services = server.services
+        self.reader = reader
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.address, self.port = str(peer[0]), int(peer[1])
+        self.peer_aet = ""
+        self.called_aet = ""
+        self.origin = Origin("dimse", address=self.address)
+        self.contexts: dict[int, PresentationContext] = {}
+        self.max_pdu = 0  # the peer's Maximum Length Received
+        self.is_established = False
+        self.closed = False
+        self.task: asyncio.Task[Any] | None = None
+        self.ops: dict[int, Operation] = {}
+        self.op_tasks: set[asyncio.Task[Any]] = set()
+        self.waiting: dict[int, asyncio.Future[tuple[m.Command, bytes | None]]] = {}
+        self.send_lock = asyncio.Lock()
+        self.op_lock = asyncio.Lock()
+        self.busy = 0
+        self.outcome = ""  # how it ended, for the log line
+        self.last_rx = self.loop.time()
+        self._next_id = 0
+        # The message being received.
+        self._command_parts: list[bytes] = []
+        self._command_size = 0
+        self._command: m.Command | None = None  # waiting for its data set
+        self._context_id = 0
+        self._sink: BinaryIO | None = None
+        self._temp: Path | None = None
+        self._refusal: tuple[int, str] | None = None  # a C-STORE we will not ingest
+        self._data: bytearray | None = None
+
+    def describe(self) -> str:
+        return f"{self.peer_aet or '?'} from {self.address}:{self.port}"
+
+    # -- the association's life
+
+    async def run(self) -> None:
+        try:
+            if not await self._associate():
+                return
+            self.outcome = await self._serve()
+        except asyncio.IncompleteReadError:
+            self.outcome = self.outcome or "aborted (connection closed by the peer)"
+        except (ConnectionError, OSError) as exc:
+            self.outcome = self.outcome or f"aborted ({exc.__class__.__name__}: {exc})"
+        except ProtocolError as exc:
+            self.abort(2, exc.reason, str(exc))
+        except asyncio.CancelledError:  # abort() from the watchdog or at shutdown
+            self.outcome = self.outcome or "aborted"
+        except Exception as exc:  # a bug here must not take the server down
+            log.exception("association with %s failed", self.describe())
+            self.abort(2, 0, f"internal error {exc.__class__.__name__}")
+        finally:
+            self._close()
+            if self.is_established:
+                self.server.limit.release()
+                log.info("association %s: %s", self.outcome or "closed", self.describe())
+            elif self.outcome:
+                log.warning("connection from %s:%s %s", self.address, self.port, self.outcome)
+
+    def _close(self) -> None:
+        self.closed = True
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError("association closed"))
+        self.waiting.clear()
+        for op in self.ops.values():
+            op.cancel.set()
+        for task in self.op_tasks:
+            task.cancel()
+        if self._sink is not None:  # a C-STORE cut short: nothing to keep
+            self._sink.close()
+            self._sink = None
+        if self._temp is not None:
+            self._temp.unlink(missing_ok=True)
+            self._temp = None
+        if not self.writer.is_closing():
+            self.writer.close()
+
+    def abort(self, source: int, reason: int, why: str = "") -> None:
+        """Send an A-ABORT and close (PS3.8 9.3.8)."""
+        if not self.outcome:
+            self.outcome = f"aborted by us ({why})" if why else "aborted by us"
+        if not self.writer.is_closing():
+            try:
+                self.writer.write(a_abort(source, reason))
+            except Exception:
+                pass
+            self.writer.close()
+        self.closed = True
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+
+    def check_timeout(self, now: float) -> None:
+        limit = self.server.timeout if self.is_established else min(ARTIM, self.server.timeout)
+        if self.closed or self.busy or now - self.last_rx <= limit:
+            return
+        what = "no PDU" if self.is_established else "no A-ASSOCIATE-RQ"
+        self.abort(2, 0, f"{what} for {limit:.0f} s")
+
+    async def _header(self) -> tuple[int, int]:
+        head = await self.reader.readexactly(6)
+        self.last_rx = self.loop.time()
+        return head[0], int.from_bytes(head[2:6], "big")
+
+    # -- association establishment (PS3.8 9.3.2-9.3.4, PS3.7 D.3.3)
+
+    async def _associate(self) -> bool:
+        try:
+            pdu_type, length = await self._header()
+        except asyncio.IncompleteReadError:
+            log.info("connection from %s:%s closed before an A-ASSOCIATE-RQ", self.address,
+                     self.port)
+            return False
+        if pdu_type != 0x01:
+            name = _PDU_NAMES.get(pdu_type)
+            if pdu_type == 0x07:
+                log.info("A-ABORT from %s:%s before association", self.address, self.port)
+                return False
+            self.abort(2, 2 if name else 1, f"{name} instead of an A-ASSOCIATE-RQ" if name
+                       else f"unknown PDU type 0x{pdu_type:02X}: not DICOM?")
+            return False
+        if length > MAX_ASSOCIATE_RQ or length < 68:
+            log.warning("A-ASSOCIATE-RQ from %s:%s with an impossible length %d: rejecting",
+                        self.address, self.port, length)
+            self._reject(1, 2, 1)
+            return False
+        body = await self.reader.readexactly(length)
+        try:
+            pdu = A_ASSOCIATE_RQ()
+            pdu.decode(struct.pack(">BBI", 0x01, 0, length) + body)
+            request = pdu.to_primitive()
+            calling = str(request.calling_ae_title).strip()
+            called = str(request.called_ae_title).strip()
+            proposed = request.presentation_context_definition_list
+        except Exception as exc:
+            log.warning("malformed A-ASSOCIATE-RQ from %s:%s (%s): rejecting", self.address,
+                        self.port, exc)
+            self._reject(1, 2, 1)
+            return False
+        self.peer_aet, self.called_aet = calling, called
+        self.origin = Origin("dimse", peer_aet=calling, address=self.address, called_aet=called)
+        if not pdu.protocol_version & 1:
+            return self._rejected(1, 2, 2, f"protocol version {pdu.protocol_version} "
+                                  "not supported")
+        if str(request.application_context_name) != APPLICATION_CONTEXT:
+            return self._rejected(1, 1, 2, "application context "
+                                  f"{request.application_context_name} not supported")
+        roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
+                 for item in request.user_information
+                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+        result, reply_roles = negotiate_as_acceptor(proposed, self.server.contexts, roles)
+        self.contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
+        if not self.contexts:
+            offered = sorted({str(cx.abstract_syntax) for cx in proposed})
+            return self._rejected(1, 1, 1, "no acceptable presentation context (proposed "
+                                  f"{', '.join(offered[:5])}{' …' if len(offered) > 5 else ''})")
+        self.max_pdu = int(request.maximum_length_received or 0)
+        if not self.server.limit.acquire():
+            return self._rejected(2, 3, 2, "local limit exceeded (max_associations "
+                                  f"{self.server.limit.limit})")
+        reply = A_ASSOCIATE()
+        reply.application_context_name = APPLICATION_CONTEXT
+        reply.calling_ae_title = request.calling_ae_title
+        reply.called_ae_title = request.called_ae_title
+        reply.result = 0x00
+        reply.result_source = 0x01
+        reply.presentation_context_definition_results_list = result
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = MAX_PDU_RECEIVE
+        class_uid = ImplementationClassUIDNotification()
+        class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        version = ImplementationVersionNameNotification()
+        version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        reply.user_information = [max_length, class_uid, version, *reply_roles]
+        ac = A_ASSOCIATE_AC()
+        ac.from_primitive(reply)
+        self.writer.write(ac.encode())
+        self.is_established = True
+        log.info("association accepted: %s (%d of %d contexts, max PDU %s, pid %d)",
+                 self.describe(), len(self.contexts), len(proposed), self.max_pdu or "unlimited",
+                 os.getpid())
+        return True
+
+    def _reject(self, result: int, source: int, reason: int) -> None:
+        self.writer.write(a_associate_rj(result, source, reason))
+        self.writer.close()
+
+    def _rejected(self, result: int, source: int, reason: int, why: str) -> bool:
+        log.warning("association rejected: %s: %s", self.describe(), why)
+        self._reject(result, source, reason)
+        return False
+
+    # -- established: PDUs until release or abort
+
+    async def _serve(self) -> str:
+        while True:
+            pdu_type, length = await self._header()
+            if pdu_type == 0x04:
+                await self._p_data(length)
+            elif pdu_type == 0x05:
+                if length != 4:
+                    raise ProtocolError(f"A-RELEASE-RQ of length {length}")
+                await self.reader.readexactly(4)
+                await self._release()
+                return "released"
+            elif pdu_type == 0x07:
+                body = await self.reader.readexactly(4) if length == 4 else b"\0\0\0\0"
+                return (f"aborted by the peer (source {_ABORT_SOURCES.get(body[2], body[2])}, "
+                        f"reason {_ABORT_REASONS.get(body[3], body[3])})")
+            elif pdu_type in _PDU_NAMES:
+                raise ProtocolError(f"unexpected {_PDU_NAMES[pdu_type]}", reason=2)
+            else:
+                raise ProtocolError(f"unrecognized PDU type 0x{pdu_type:02X}", reason=1)
+
+    async def _release(self) -> None:
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the peer released the association"))
+        self.waiting.clear()
+        if self.op_tasks:
+            for op in self.ops.values():
+                op.cancel.set()
+            await asyncio.wait(self.op_tasks, timeout=5)
+        async with self.send_lock:
+            self.writer.write(A_RELEASE_RP)
+            await self.writer.drain()
+        self.writer.close()
+
+    async def _p_data(self, length: int) -> None:
+        """The PDVs of one P-DATA-TF, each read as it comes (PS3.8 9.3.5)."""
+        remaining = length
+        if remaining < 6:
+            raise ProtocolError(f"P-DATA-TF of length {length}")
+        reader = self.reader
+        while remaining:
+            if remaining < 6:
+                raise ProtocolError("P-DATA-TF ends inside a PDV item header")
+            head = await reader.readexactly(6)
+            item_length = int.from_bytes(head[:4], "big")
+            context_id, control = head[4], head[5]
+            if item_length < 2 or item_length + 4 > remaining:
+                raise ProtocolError(f"PDV item length {item_length} in a P-DATA-TF of "
+                                    f"length {length}")
+            remaining -= 4 + item_length
+            size = item_length - 2
+            if context_id not in self.contexts:
+                raise ProtocolError(f"PDV for presentation context {context_id}, which "
+                                    "was not accepted")
+            last = bool(control & 0x02)
+            if control & 0x01:
+                await self._command_fragment(context_id, size, last)
+            else:
+                await self._data_fragment(context_id, size, last)
+            self.last_rx = self.loop.time()
+
+    async def _command_fragment(self, context_id: int, size: int, last: bool) -> None:
+        if self._command is not None:
+            raise ProtocolError("command fragment while a data set was expected")
+        self._command_size += size
+        if self._command_size > MAX_COMMAND:
+            raise ProtocolError(f"command set longer than {MAX_COMMAND} bytes")
+        self._command_parts.append(await self.reader.readexactly(size))
+        if not last:
+            return
+        raw = b"".join(self._command_parts)
+        self._command_parts, self._command_size = [], 0
+        try:
+            command = m.decode_command(raw)
+        except ValueError as exc:
+            raise ProtocolError(f"undecodable command set: {exc}") from None
+        await self._on_command(context_id, command)
+
+    async def _data_fragment(self, context_id: int, size: int, last: bool) -> None:
+        if self._command is None:
+            raise ProtocolError("data set fragment with no command expecting one")
+        if context_id != self._context_id:
+            raise ProtocolError(f"data set fragment on context {context_id}, its command "
+                                f"came on {self._context_id}")
+        reader = self.reader
+        if self._sink is not None:
+            sink = self._sink
+            while size:
+                chunk = await reader.read(min(size, CHUNK))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", size)
+                sink.write(chunk)
+                size -= len(chunk)
+        elif self._data is not None:
+            if len(self._data) + size > MAX_DATASET_IN_MEMORY:
+                raise ProtocolError(f"data set longer than {MAX_DATASET_IN_MEMORY} bytes "
+                                    "for a command that is not C-STORE")
+            self._data += await reader.readexactly(size)
+        else:  # a C-STORE we could not open a file for: read and drop
+            while size:
+                chunk = await reader.read(min(size, CHUNK))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", size)
+                size -= len(chunk)
+        if last:
+            await self._on_message()
+
+    # -- messages
+
+    async def _on_command(self, context_id: int, command: m.Command) -> None:
+        field = command.field
+        if field == m.C_CANCEL_RQ:
+            op = self.ops.get(command.responded_to)
+            if op is not None:
+                op.cancel.set()
+            return
+        if command.has_dataset:
+            self._command, self._context_id = command, context_id
+            if field == m.C_STORE_RQ:
+                self._refusal = None
+                syntax = str(self.contexts[context_id].abstract_syntax)
+                if syntax in _NOT_STORAGE:
+                    self._refusal = (0x0122, f"C-STORE on a {syntax} context")
+                else:
+                    self._open_sink(context_id, command)
+            else:
+                self._data = bytearray()
+            return
+        if field & 0x8000:
+            self._response(command, None)
+        else:
+            await self._dispatch(context_id, command, None)
+
+    def _open_sink(self, context_id: int, command: m.Command) -> None:
+        """The temp file a C-STORE's data set is written into: Part 10 meta
+        header first, then the fragments as received."""
+        try:
+            fh, temp = self.services.node.store.new_temp()
+        except OSError as exc:
+            self._refusal = (0xA700, f"cannot write: {exc}")
+            return
+        self._sink, self._temp = fh, temp
+        try:
+            fh.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(fh, file_meta(
+                command.affected_sop_class, command.affected_sop_instance,
+                self.contexts[context_id].transfer_syntax[0]), enforce_standard=True)
+        except Exception as exc:
+            fh.close()
+            temp.unlink(missing_ok=True)
+            self._sink = self._temp = None
+            self._refusal = (0xC000, f"bad C-STORE command: {exc}")
+
+    async def _on_message(self) -> None:
+        command, context_id = self._command, self._context_id
+        assert command is not None
+        self._command = None
+        if command.field == m.C_STORE_RQ:
+            sink, temp = self._sink, self._temp
+            self._sink = self._temp = None
+            if sink is not None:
+                sink.close()
+            await self._c_store(context_id, command, temp)
+            return
+        data = bytes(self._data or b"")
+        self._data = None
+        if command.field & 0x8000:
+            self._response(command, data)
+        else:
+            await self._dispatch(context_id, command, data)
+
+    def _response(self, command: m.Command, data: bytes | None) -> None:
+        future = self.waiting.pop(command.responded_to, None)
+        if future is None or future.done():
+            log.info("unexpected response 0x%04X to message %d from %s", command.field,
+                     command.responded_to, self.describe())
+            return
+        future.set_result((command, data))
+
+    async def _dispatch(self, context_id: int, command: m.Command, data: bytes | None) -> None:
+        field = command.field
+        syntax = str(self.contexts[context_id].abstract_syntax)
+        allowed = {m.C_ECHO_RQ: None, m.C_STORE_RQ: "storage", m.C_FIND_RQ: FIND_MODELS,
+                   m.C_MOVE_RQ: MOVE_MODELS, m.C_GET_RQ: GET_MODELS,
+                   m.N_ACTION_RQ: {STORAGE_COMMITMENT}}
+        if field not in allowed:
+            log.warning("unsupported DIMSE command 0x%04X from %s", field, self.describe())
+            await self.send(context_id, m.response(
+                field | 0x8000, command, 0x0211, error_comment="unrecognized operation",
+                affected_sop_class=command.affected_sop_class or None))
+            return
+        classes = allowed[field]
+        if classes == "storage":
+            ok = syntax not in _NOT_STORAGE
+        else:
+            ok = classes is None or syntax in classes
+        if not ok:
+            await self.send(context_id, m.response(
+                field | 0x8000, command, 0x0122,
+                error_comment=f"operation not supported on {syntax}",
+                affected_sop_class=command.affected_sop_class or None))
+            return
+        if field == m.C_ECHO_RQ:
+            log.info("C-ECHO from %s", self.origin.describe())
+            await self.send(context_id, m.response(
+                m.C_ECHO_RSP, command, 0x0000,
+                affected_sop_class=command.affected_sop_class or VERIFICATION))
+        elif field == m.C_STORE_RQ:  # without a data set
+            await self.send(context_id, m.response(
+                m.C_STORE_RSP, command, 0xC000, error_comment="C-STORE without a data set",
+                affected_sop_class=command.affected_sop_class,
+                affected_sop_instance=command.affected_sop_instance))
+        else:
+            op = Operation(command, context_id)
+            self.ops[command.message_id] = op
+            task = self.loop.create_task(self._operation(op, data or b""))
+            self.op_tasks.add(task)
+            task.add_done_callback(self.op_tasks.discard)
+
+    async def send(self, context_id: int, command: bytes, dataset: bytes | None = None) -> None:
+        """One DIMSE message, fragmented to the peer's maximum PDU length."""
+        if self.writer.is_closing():
+            raise ConnectionError("association closed")
+        pdus = list(m.pdata(context_id, command, True, self.max_pdu))
+        if dataset is not None:
+            pdus.extend(m.pdata(context_id, dataset, False, self.max_pdu))
+        async with self.send_lock:
+            self.writer.write(b"".join(pdus))
+            await self.writer.drain()
+
+    async def _send_file(self, context_id: int, command: bytes, out: Outgoing) -> None:
+        """A C-STORE-RQ whose data set is a stored file's bytes from
+        ``out.offset`` on, read and sent a block at a time."""
+        if self.writer.is_closing():
+            raise ConnectionError("association closed")
+        async with self.send_lock:
+            self.writer.write(b"".join(m.pdata(context_id, command, True, self.max_pdu)))
+            with open(out.path, "rb") as fh:
+                fh.seek(0, 2)
+                left = fh.tell() - out.offset
+                fh.seek(out.offset)
+                if left <= 0:
+                    self.writer.write(b"".join(m.pdata(context_id, b"", False, self.max_pdu)))
+                while left > 0:
+                    block = fh.read(min(left, CHUNK))
+                    if not block:
+                        raise OSError(f"{out.path} shrank while being sent")
+                    left -= len(block)
+                    self.writer.writelines(m.pdata(context_id, block, False, self.max_pdu,
+                                                   last=left <= 0))
+                    await self.writer.drain()
+            await self.writer.drain()
+
+    async def request(self, context_id: int, command_fields: dict[str, Any],
+                      dataset: bytes | None = None,
+                      out: Outgoing | None = None) -> tuple[m.Command, bytes | None]:
+        """Send a request of ours and wait for its response."""
+        self._next_id = self._next_id % 0xFFFF + 1
+        message_id = self._next_id
+        future: asyncio.Future[tuple[m.Command, bytes | None]] = self.loop.create_future()
+        self.waiting[message_id] = future
+        has_data = dataset is not None or out is not None
+        command = m.encode_command(message_id=message_id,
+                                   dataset_type=0x0000 if has_data else m.NO_DATASET,
+                                   **command_fields)
+        try:
+            if out is not None:
+                await self._send_file(context_id, command, out)
+            else:
+                await self.send(context_id, command, dataset)
+            return await asyncio.wait_for(future, self.server.timeout)
+        finally:
+            self.waiting.pop(message_id, None)
+
+    # -- the services
+
+    async def _c_store(self, context_id: int, command: m.Command, temp: Path | None) -> None:
+        sop_class, sop_uid = command.affected_sop_class, command.affected_sop_instance
+        if temp is None:
+            status, comment = self._refusal or (0xA700, "cannot write")
+            log.warning("C-STORE %s from %s failed: %s", sop_uid, self.origin.describe(),
+                        comment)
+        else:
+            self.busy += 1
+            try:
+                status, comment = await self.loop.run_in_executor(
+                    self.server.pool, self.services.store, temp, self.origin, sop_class,
+                    sop_uid)
+            except Exception as exc:  # ingest_temp reports its failures; this is a bug
+                log.exception("C-STORE %s from %s", sop_uid, self.origin.describe())
+                temp.unlink(missing_ok=True)
+                status, comment = 0xA700, f"storage failed: {exc}"
+            finally:
+                self.busy -= 1
+        await self.send(context_id, m.response(
+            m.C_STORE_RSP, command, status, error_comment=comment,
+            affected_sop_class=sop_class, affected_sop_instance=sop_uid))
+
+    async def _operation(self, op: Operation, data: bytes) -> None:
+        field = op.command.field
+        handler = {m.C_FIND_RQ: self._c_find, m.C_MOVE_RQ: self._c_move,
+                   m.C_GET_RQ: self._c_get, m.N_ACTION_RQ: self._n_action}[field]
+        async with self.op_lock:
+            self.busy += 1
+            try:
+                await handler(op, data)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            except Exception as exc:
+                log.exception("DIMSE 0x%04X from %s failed", field, self.describe())
+                try:
+                    await self._final(op, field | 0x8000, 0xC000, f"failed: {exc}")
+                except Exception:
+                    pass
+            finally:
+                self.busy -= 1
+                self.ops.pop(op.command.message_id, None)
+
+    def _syntax(self, op: Operation) -> str:
+        return str(self.contexts[op.context_id].transfer_syntax[0])
+
+    async def _final(self, op: Operation, field: int, status: int, comment: str | None = None,
+                     ops: SubOperations | None = None, with_remaining: bool = False) -> None:
+        """A C-FIND/MOVE/GET response carrying sub-operation counts and, when
+        some failed, the Failed SOP Instance UID List (PS3.4 C.4.2.1.5)."""
+        counts: dict[str, Any] = {}
+        dataset = None
+        if ops is not None:
+            counts = dict(completed=ops.completed, failed=ops.failed, warning=ops.warning)
+            if with_remaining:
+                counts["remaining"] = ops.remaining
+            if ops.failed_uids and status != 0xFF00:
+                ds = Dataset()
+                ds.FailedSOPInstanceUIDList = ops.failed_uids
+                dataset = m.encode_dataset(ds, self._syntax(op))
+        await self.send(op.context_id, m.response(
+            field, op.command, status, dataset=dataset is not None, error_comment=comment,
+            affected_sop_class=op.command.affected_sop_class or None, **counts), dataset)
+
+    def _identifier(self, op: Operation, data: bytes) -> Dataset:
+        return m.decode_dataset(data, self._syntax(op))
+
+    async def _c_find(self, op: Operation, data: bytes) -> None:
+        try:
+            identifier = self._identifier(op, data)
+        except Exception as exc:
+            log.warning("C-FIND from %s: cannot decode identifier: %s", self.origin.describe(),
+                        exc)
+            await self._final(op, m.C_FIND_RSP, 0xC000, f"cannot decode identifier: {exc}")
+            return
+        syntax, loop, command = self._syntax(op), self.loop, op.command
+
+        def run() -> None:
+            for status, match, comment in self.services.find(identifier, self.origin,
+                                                             op.cancel.is_set):
+                encoded = None
+                if match is not None:
+                    try:
+                        encoded = m.encode_dataset(match, syntax)
+                    except Exception as exc:
+                        log.warning("C-FIND from %s: cannot encode a match: %s",
+                                    self.origin.describe(), exc)
+                        status, comment = 0xC000, f"cannot encode a match: {exc}"
+                rsp = m.response(m.C_FIND_RSP, command, status, dataset=encoded is not None,
+                                 error_comment=comment,
+                                 affected_sop_class=command.affected_sop_class or None)
+                asyncio.run_coroutine_threadsafe(
+                    self.send(op.context_id, rsp, encoded), loop).result()
+                if status != 0xFF00:
+                    return
+
+        await loop.run_in_executor(self.server.pool, run)
+
+    async def _refs(self, op: Operation, data: bytes, verb: str) -> list[Any] | None:
+        field = op.command.field | 0x8000
+        try:
+            identifier = self._identifier(op, data)
+        except Exception as exc:
+            log.warning("%s from %s: cannot decode identifier: %s", verb,
+                        self.origin.describe(), exc)
+            await self._final(op, field, 0xC000, f"cannot decode identifier: {exc}")
+            return None
+        try:
+            return await self.loop.run_in_executor(self.server.pool, self.services.locate,
+                                                   identifier)
+        except PacsnodeError as exc:
+            log.warning("%s from %s refused: %s", verb, self.origin.describe(), exc.reason)
+            await self._final(op, field, exc.dimse_status, exc.reason)
+            return None
+
+    async def _c_move(self, op: Operation, data: bytes) -> None:
+        command = op.command
+        dest_aet = command.move_destination
+        dest = await self.loop.run_in_executor(self.server.pool,
+                                               self.services.move_destination, dest_aet)
+        if dest is None:
+            log.warning("C-MOVE from %s: unknown destination %r", self.origin.describe(),
+                        dest_aet)
+            await self._final(op, m.C_MOVE_RSP, 0xA801, f"unknown destination {dest_aet}")
+            return
+        refs = await self._refs(op, data, "C-MOVE")
+        if refs is None:
+            return
+        log.info("C-MOVE from %s to %s: %d instances", self.origin.describe(), dest_aet,
+                 len(refs))
+        loop = self.loop
+
+        def progress(ops: SubOperations) -> None:
+            asyncio.run_coroutine_threadsafe(self._final(
+                op, m.C_MOVE_RSP, 0xFF00, ops=ops, with_remaining=True), loop).result()
+
+        if not refs:
+            await self._final(op, m.C_MOVE_RSP, 0x0000, ops=SubOperations(0))
+            return
+        result = await self.loop.run_in_executor(
+            self.server.pool, self.services.move, refs, dest, self.origin,
+            command.message_id, op.cancel.is_set, progress)
+        if result is None:
+            await self._final(op, m.C_MOVE_RSP, 0xA801,
+                              f"cannot associate with {dest_aet} at {dest.host}:{dest.port}")
+            return
+        ops, cancelled = result
+        log.info("C-MOVE from %s to %s: %d completed, %d failed, %d warning%s",
+                 self.origin.describe(), dest_aet, ops.completed, ops.failed, ops.warning,
+                 " (cancelled)" if cancelled else "")
+        await self._final(op, m.C_MOVE_RSP, ops.final_status(cancelled), ops=ops,
+                          with_remaining=cancelled)
+
+    async def _c_get(self, op: Operation, data: bytes) -> None:
+        refs = await self._refs(op, data, "C-GET")
+        if refs is None:
+            return
+        log.info("C-GET from %s: %d instances", self.origin.describe(), len(refs))
+        ops = SubOperations(len(refs))
+        cancelled = False
+        for ref in refs:
+            if op.cancel.is_set():
+                cancelled = True
+                break
+            status = await self._get_one(ref)
+            ops.count(status, ref.sop_instance_uid)
+            await self._final(op, m.C_GET_RSP, 0xFF00, ops=ops, with_remaining=True)
+        if cancelled:
+            log.info("C-GET from %s cancelled after %d instances", self.origin.describe(),
+                     ops.completed + ops.failed + ops.warning)
+        await self._final(op, m.C_GET_RSP, ops.final_status(cancelled), ops=ops,
+                          with_remaining=cancelled)
+
+    async def _get_one(self, ref: Any) -> int | None:
+        """One C-GET sub-operation: C-STORE the instance to the SCU on this
+        association (we are the storage SCU on a context it accepted with
+        role selection), as stored when it accepted that syntax."""
+        usable = {str(cx.transfer_syntax[0]): cid for cid, cx in self.contexts.items()
+                  if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu}
+        try:
+            out = await self.loop.run_in_executor(self.server.pool, prepare_outgoing, ref,
+                                                  list(usable))
+        except Exception as exc:
+            log.warning("C-GET from %s: cannot send %s: %s", self.origin.describe(),
+                        ref.sop_instance_uid, exc)
+            return None
+        try:
+            rsp, _ = await self.request(
+                usable[out.transfer_syntax],
+                dict(field=m.C_STORE_RQ, affected_sop_class=ref.sop_class_uid,
+                     affected_sop_instance=ref.sop_instance_uid, priority=0), out=out)
+        except asyncio.TimeoutError:
+            log.warning("C-GET from %s: no C-STORE response for %s in %.0f s: aborting",
+                        self.origin.describe(), ref.sop_instance_uid, self.server.timeout)
+            self.abort(2, 0)
+            raise ConnectionError("no C-STORE response") from None
+        finally:
+            out.close()
+        return rsp.status
+
+    async def _n_action(self, op: Operation, data: bytes) -> None:
+        """Storage Commitment Push Model (PS3.4 J.3): answer the N-ACTION, then
+        report in an N-EVENT-REPORT which instances the archive durably
+        holds — on this association, or, when the peer does not take it
+        here, on a new one to the configured node."""
+        command = op.command
+        status, comment = 0x0000, None
+        info = None
+        if command.requested_sop_class != STORAGE_COMMITMENT:
+            status, comment = 0x0118, "no such SOP class"
+        elif command.action_type != 1:
+            status, comment = 0x0123, f"no such action type {command.action_type}"
+        else:
+            try:
+                info = self._identifier(op, data)
+                transaction = str(info.get("TransactionUID", ""))
+                wanted = [(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
+                          for i in info.get("ReferencedSOPSequence", [])]
+            except Exception as exc:
+                status, comment = 0x0110, f"cannot decode action information: {exc}"
+        await self.send(op.context_id, m.response(
+            m.N_ACTION_RSP, command, status, error_comment=comment,
+            affected_sop_class=STORAGE_COMMITMENT,
+            affected_sop_instance=command.requested_sop_instance or COMMITMENT_INSTANCE,
+            action_type=command.action_type if status == 0 else None))
+        if status != 0:
+            log.warning("storage commitment from %s refused: %s", self.origin.describe(),
+                        comment)
+            return
+        log.info("storage commitment %s from %s for %d instances", transaction,
+                 self.origin.describe(), len(wanted))
+        report = await self.loop.run_in_executor(self.server.pool,
+                                                 self.services.commitment_report,
+                                                 transaction, wanted)
+        event_type, ds = report
+        try:
+            rsp, _ = await self.request(op.context_id, dict(
+                field=m.N_EVENT_REPORT_RQ, affected_sop_class=STORAGE_COMMITMENT,
+                affected_sop_instance=COMMITMENT_INSTANCE, event_type=event_type),
+                dataset=m.encode_dataset(ds, self._syntax(op)))
+            if rsp.status == 0x0000:
+                log.info("storage commitment %s reported to %s (event type %d)", transaction,
+                         self.origin.describe(), event_type)
+                return
+            log.info("storage commitment report refused by %s (0x%04X)",
+                     self.origin.describe(), rsp.status)
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            log.info("storage commitment report on the same association failed: %s", exc)
+        self.server.background(self.services.send_commitment, self.peer_aet, report)

@@ -1,0 +1,384 @@
+"""What the DIMSE services do, with plain arguments: no sockets, no PDUs.
+
+``dimse/server.py`` decodes a request and calls one of these (from a worker
+thread: they block on the disk, the index or a peer), then encodes what they
+return.  Each only translates to the node's one path per verb: C-STORE →
+``Ingestor.ingest_temp``, C-FIND → query parser + ``QueryEngine``,
+C-MOVE/C-GET → ``retrieve.locate_query`` and the stored files, Storage
+Commitment → ``retrieve.locate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ..config import NodeConfig
+from ..errors import PacsnodeError
+from ..events import Origin
+from ..node import Node
+from ..query.parse import query_from_identifier
+from ..retrieve import InstanceRef, locate, locate_query
+
+log = logging.getLogger("pacsnode.dimse")
+
+__all__ = ["Services", "SubOperations", "Outgoing", "prepare_outgoing", "dataset_offset",
+           "store_contexts", "storage_status_kind", "COMMITMENT_INSTANCE"]
+
+#: The well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
+COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+
+
+@dataclass
+class SubOperations:
+    """Counts of a C-MOVE/C-GET's C-STORE sub-operations (PS3.4 C.4.2.1.5)."""
+
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+    def count(self, status: int | None, sop_uid: str) -> None:
+        kind = storage_status_kind(status)
+        self.remaining -= 1
+        if kind == "success":
+            self.completed += 1
+        elif kind == "warning":
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(sop_uid)
+
+    def final_status(self, cancelled: bool) -> int:
+        """PS3.4 C.4.2.1.5 / C.4.3.1.4: cancel 0xFE00; all failed 0xA702;
+        some failed or warned 0xB000; otherwise 0x0000."""
+        if cancelled:
+            return 0xFE00
+        if not self.failed and not self.warning:
+            return 0x0000
+        if self.failed and not self.completed and not self.warning:
+            return 0xA702
+        return 0xB000
+
+
+def storage_status_kind(status: int | None) -> str:
+    """success, warning or failure for a C-STORE response status (PS3.4 B.2.3)."""
+    if status == 0x0000:
+        return "success"
+    if status is not None and (0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107,
+                                                                         0x0116)):
+        return "warning"
+    return "failure"
+
+
+# -- stored files on their way out
+
+@dataclass
+class Outgoing:
+    """A stored instance ready to send: the data set is the bytes of
+    ``path`` from ``offset`` on, in ``transfer_syntax``."""
+
+    path: Path
+    offset: int
+    transfer_syntax: str
+    temporary: bool = False
+
+    def close(self) -> None:
+        if self.temporary:
+            self.path.unlink(missing_ok=True)
+
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+
+
+def dataset_offset(path: Path) -> tuple[int, str]:
+    """Where the data set of a Part 10 file starts (after the File Meta
+    Information, which is always Explicit VR Little Endian) and its transfer
+    syntax.  Does not trust the group length."""
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    if head[128:132] != b"DICM":
+        raise ValueError(f"{path} is not a Part 10 file")
+    pos, syntax = 132, ""
+    while pos + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            length = struct.unpack_from("<I", head, pos + 8)[0]
+            start = pos + 12
+        else:
+            length = struct.unpack_from("<H", head, pos + 6)[0]
+            start = pos + 8
+        if element == 0x0010:
+            syntax = head[start:start + length].decode("ascii").rstrip("\x00 ")
+        pos = start + length
+    if not syntax:
+        raise ValueError(f"{path} has no Transfer Syntax UID in its file meta")
+    return pos, syntax
+
+
+def prepare_outgoing(ref: InstanceRef, accepted: list[str]) -> Outgoing:
+    """The stored file as it is when the peer accepted its transfer syntax;
+    otherwise decoded (decompressed if need be) and re-encoded into a temp
+    file in the first uncompressed syntax the peer accepted.  Raises
+    ValueError when the peer accepted nothing we can produce (or the stored
+    syntax has no decoder here)."""
+    if ref.transfer_syntax in accepted:
+        offset, _ = dataset_offset(ref.path)
+        return Outgoing(ref.path, offset, ref.transfer_syntax)
+    targets = [UID(ts) for ts in accepted if not UID(ts).is_compressed]
+    if not targets:
+        raise ValueError(f"the peer accepts {ref.sop_class_uid} only in "
+                         f"{', '.join(accepted) or 'no syntax'}, not in the stored "
+                         f"{ref.transfer_syntax}")
+    target = targets[0]
+    ds = dcmread(ref.path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress(generate_instance_uid=False)
+    ds.file_meta.TransferSyntaxUID = target
+    fd, name = tempfile.mkstemp(prefix="out-", suffix=".dcm")
+    os.close(fd)
+    try:
+        ds.preamble = b"\x00" * 128
+        dcmwrite(name, ds, implicit_vr=target.is_implicit_VR,
+                 little_endian=target.is_little_endian, force_encoding=True)
+        offset, _ = dataset_offset(Path(name))
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Outgoing(Path(name), offset, str(target), temporary=True)
+
+
+def store_contexts(refs: list[InstanceRef]) -> list[Any]:
+    """Presentation contexts for sending these instances on a new
+    association: one per (SOP class, stored syntax) so the peer can accept
+    each syntax, plus one per SOP class with the uncompressed syntaxes to
+    fall back on (at most 128)."""
+    from pynetdicom import build_context
+    pairs: dict[tuple[str, str], None] = {}
+    classes: dict[str, None] = {}
+    for ref in refs:
+        pairs[(ref.sop_class_uid, ref.transfer_syntax)] = None
+        classes[ref.sop_class_uid] = None
+    contexts = [build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+                for sop_class in classes]
+    contexts += [build_context(sop_class, [ts]) for sop_class, ts in pairs
+                 if ts != ExplicitVRLittleEndian]
+    return contexts[:128]
+
+
+def _nodelay(event: Any) -> None:
+    from .scp import set_nodelay
+    set_nodelay(getattr(event.assoc.dul.socket, "socket", None))
+
+
+def _requestor(node: Node) -> Any:
+    """A pynetdicom AE for the associations *we* open (C-MOVE destinations,
+    storage commitment reports): one per use, not the hot path."""
+    from pynetdicom import AE, _config
+    _config.STORE_SEND_CHUNKED_DATASET = True  # a Path is sent as its stored bytes
+    ae = AE(ae_title=node.settings.ae_title)
+    ae.acse_timeout = 30
+    ae.dimse_timeout = node.settings.dimse_timeout
+    ae.network_timeout = node.settings.dimse_timeout
+    return ae
+
+
+def send_stored(assoc: Any, ref: InstanceRef, **kwargs: Any) -> int | None:
+    """C-STORE a stored instance on a pynetdicom association we requested:
+    the stored bytes when the peer accepted the stored syntax, otherwise
+    transcoded.  Returns the response status (None: no response)."""
+    accepted = [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
+                if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu]
+    try:
+        out = prepare_outgoing(ref, accepted)
+    except Exception as exc:
+        log.warning("cannot send %s: %s", ref.sop_instance_uid, exc)
+        return None
+    try:
+        rsp = assoc.send_c_store(out.path, **kwargs)
+    finally:
+        out.close()
+    status = getattr(rsp, "Status", None)
+    return int(status) if status is not None else None
+
+
+class Services:
+    """The DIMSE services of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    # -- C-STORE
+
+    def store(self, temp: Path, origin: Origin, sop_class: str,
+              sop_uid: str) -> tuple[int, str | None]:
+        """Ingest a received instance (a Part 10 temp file in the store's
+        incoming folder); the C-STORE response status and Error Comment."""
+        result = self.node.ingestor.ingest_temp(temp, origin,
+                                                expected_sop=(sop_class, sop_uid))
+        if result.outcome.ok:
+            if result.kept_existing:
+                log.info("C-STORE %s: kept the stored copy (duplicate_policy=keep)",
+                         result.sop_instance_uid)
+            return 0x0000, None
+        status = result.error.dimse_status if result.error else 0xA700
+        log.warning("C-STORE %s from %s failed 0x%04X: %s", sop_uid, origin.describe(),
+                    status, result.reason)
+        return status, result.reason
+
+    # -- C-FIND
+
+    def find(self, identifier: Dataset, origin: Origin,
+             cancelled: Callable[[], bool]) -> Iterator[tuple[int, Dataset | None, str | None]]:
+        """(status, identifier, error comment) for each response: pending
+        0xFF00 with a match, then the final one."""
+        try:
+            query = query_from_identifier(identifier)
+        except PacsnodeError as exc:
+            log.warning("C-FIND from %s refused: %s", origin.describe(), exc.reason)
+            yield exc.dimse_status, None, exc.reason
+            return
+        except Exception as exc:
+            log.warning("C-FIND from %s: cannot decode identifier: %s", origin.describe(), exc)
+            yield 0xC000, None, f"cannot decode identifier: {exc}"
+            return
+        count = 0
+        try:
+            for match in self.node.engine.iter(query):
+                if cancelled():
+                    log.info("C-FIND from %s cancelled after %d matches", origin.describe(),
+                             count)
+                    yield 0xFE00, None, None
+                    return
+                match.QueryRetrieveLevel = identifier.QueryRetrieveLevel
+                if "SpecificCharacterSet" in identifier and "SpecificCharacterSet" not in match:
+                    match.SpecificCharacterSet = identifier.SpecificCharacterSet
+                count += 1
+                yield 0xFF00, match, None
+        except PacsnodeError as exc:
+            log.warning("C-FIND from %s refused: %s", origin.describe(), exc.reason)
+            yield exc.dimse_status, None, exc.reason
+            return
+        log.info("C-FIND %s from %s: %d matches", query.level.name, origin.describe(), count)
+        yield 0x0000, None, None
+
+    # -- C-MOVE / C-GET
+
+    def locate(self, identifier: Dataset) -> list[InstanceRef]:
+        """Every stored instance under what the identifier matches (raises
+        PacsnodeError for a bad identifier)."""
+        return locate_query(self.node, query_from_identifier(identifier))
+
+    def move_destination(self, aet: str) -> NodeConfig | None:
+        return self.node.node_by_aet(aet)
+
+    def move(self, refs: list[InstanceRef], dest: NodeConfig, origin: Origin,
+             message_id: int, cancelled: Callable[[], bool],
+             progress: Callable[[SubOperations], None]) -> tuple[SubOperations, bool] | None:
+        """Send ``refs`` to a C-MOVE destination on a new association
+        (pynetdicom as the requestor).  ``progress`` is called after each
+        sub-operation.  Returns the counts and whether it was cancelled, or
+        None when the destination cannot be reached."""
+        from pynetdicom import evt
+        ae = _requestor(self.node)
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet,
+                             contexts=store_contexts(refs),
+                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+        if not assoc.is_established:
+            log.warning("C-MOVE from %s: cannot associate with %s at %s:%s",
+                        origin.describe(), dest.aet, dest.host, dest.port)
+            return None
+        ops = SubOperations(remaining=len(refs))
+        stopped = False
+        try:
+            for ref in refs:
+                if cancelled():
+                    stopped = True
+                    break
+                if not assoc.is_established:
+                    ops.count(None, ref.sop_instance_uid)
+                    progress(ops)
+                    continue
+                try:
+                    status = send_stored(assoc, ref, originator_aet=origin.peer_aet,
+                                         originator_id=message_id)
+                except Exception as exc:
+                    log.warning("C-MOVE sub-operation %s to %s failed: %s",
+                                ref.sop_instance_uid, dest.aet, exc)
+                    status = None
+                ops.count(status, ref.sop_instance_uid)
+                progress(ops)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return ops, stopped
+
+    # -- Storage Commitment Push Model (PS3.4 J.3)
+
+    def commitment_report(self, transaction: str,
+                          wanted: list[tuple[str, str]]) -> tuple[int, Dataset]:
+        """Event type (1 all committed, 2 some failed) and Event Information."""
+        ok, failed = [], []
+        for sop_class, sop_uid in wanted:
+            refs = locate(self.node, sop_uid=sop_uid)
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop_uid
+            if refs and refs[0].path.is_file() and refs[0].sop_class_uid == sop_class:
+                ok.append(item)
+            else:
+                item.FailureReason = 0x0112 if not refs else 0x0119
+                failed.append(item)
+        ds = Dataset()
+        ds.TransactionUID = transaction
+        if ok:
+            ds.ReferencedSOPSequence = ok
+        if failed:
+            ds.FailedSOPSequence = failed
+        return (1 if not failed else 2), ds
+
+    def send_commitment(self, peer_aet: str, report: tuple[int, Dataset]) -> bool:
+        """The N-EVENT-REPORT on a new association to the configured node
+        whose AE title is ``peer_aet`` (PS3.4 J.3.3)."""
+        from pynetdicom import evt
+        node = self.node.node_by_aet(peer_aet)
+        if node is None:
+            log.warning("storage commitment: cannot report to %s (not a configured node)",
+                        peer_aet)
+            return False
+        event_type, ds = report
+        ae = _requestor(self.node)
+        ae.add_requested_context(STORAGE_COMMITMENT)
+        from pynetdicom import build_role
+        assoc = ae.associate(node.host, node.port, ae_title=node.aet,
+                             ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True)],
+                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+        if not assoc.is_established:
+            log.warning("storage commitment: cannot associate with %s at %s:%s", node.aet,
+                        node.host, node.port)
+            return False
+        try:
+            rsp = assoc.send_n_event_report(ds, event_type, STORAGE_COMMITMENT,
+                                            COMMITMENT_INSTANCE)
+            ok = getattr(rsp, "Status", None) == 0
+        finally:
+            assoc.release()
+        log.info("storage commitment %s reported to %s on a new association: %s",
+                 ds.TransactionUID, node.aet, "ok" if ok else "no success response")
+        return ok

@@ -1,0 +1,440 @@
+"""The asyncio DICOM upper layer of `pacsnode serve`: association
+negotiation and rejection, the association limit, malformed PDUs of each
+kind, fragmentation to a small maximum PDU length, a 200 MB instance
+received in little memory, and associations spread over several processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (CTImageStorage, ModalityWorklistInformationFind,
+                                  StudyRootQueryRetrieveInformationModelFind, Verification)
+
+from conftest import dcmtk
+from dicomfiles import dataset_bytes, make_ct
+from test_dimse import findscu, run
+from test_robustness import echo_ok
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+# -- raw PDUs
+
+def associate_rq(calling: str = "RAWSCU", called: str = "PACSNODE",
+                 abstract: str = VERIFICATION, app_context: str = "1.2.840.10008.3.1.1.1",
+                 version: int = 1) -> bytes:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = app_context
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    cx = build_context(abstract, [ImplicitVRLittleEndian])
+    cx.context_id = 1
+    primitive.presentation_context_definition_list = [cx]
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    pdu.protocol_version = version
+    return pdu.encode()
+
+
+def recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """(type, body) of the next PDU; (0, b"") when the server closed."""
+    head = b""
+    while len(head) < 6:
+        part = sock.recv(6 - len(head))
+        if not part:
+            return 0, b""
+        head += part
+    length = struct.unpack(">I", head[2:6])[0]
+    body = b""
+    while len(body) < length:
+        part = sock.recv(length - len(body))
+        if not part:
+            break
+        body += part
+    return head[0], body
+
+
+def closed(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def pdv(context: int, control: int, data: bytes) -> bytes:
+    return struct.pack(">IBB", len(data) + 2, context, control) + data
+
+
+def p_data(*pdvs: bytes) -> bytes:
+    body = b"".join(pdvs)
+    return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+
+def echo_command(message_id: int = 1) -> bytes:
+    from pacsnode.dimse.messages import encode_command
+    return encode_command(field=0x0030, message_id=message_id, affected_sop_class=VERIFICATION,
+                          dataset_type=0x0101)
+
+
+def established(node) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", node.dicom_port), timeout=5)
+    sock.sendall(associate_rq())
+    kind, _ = recv_pdu(sock)
+    assert kind == 0x02  # A-ASSOCIATE-AC
+    return sock
+
+
+@pytest.fixture
+def node(pacsnode_server):
+    return pacsnode_server
+
+
+def test_no_acceptable_presentation_context_is_rejected(node):
+    """PS3.8 9.3.4: A-ASSOCIATE-RJ, permanent, service user, no reason given."""
+    ae = AE(ae_title="WORKLIST")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 1)
+    assert "no acceptable presentation context" in node.log()
+    assert echo_ok(node)
+
+
+def test_association_rejections_at_pdu_level(node):
+    def reject(rq: bytes) -> tuple[int, bytes]:
+        with socket.create_connection(("127.0.0.1", node.dicom_port), timeout=5) as s:
+            s.sendall(rq)
+            kind, body = recv_pdu(s)
+            assert closed(s)
+            return kind, body
+
+    # wrong application context: permanent, service user, context name not supported
+    kind, body = reject(associate_rq(app_context="1.2.3.4"))
+    assert kind == 0x03 and tuple(body[1:4]) == (1, 1, 2)
+    # protocol version without bit 0: service provider (ACSE), version not supported
+    kind, body = reject(associate_rq(version=2))
+    assert kind == 0x03 and tuple(body[1:4]) == (1, 2, 2)
+    # an A-ASSOCIATE-RQ whose items are garbage
+    rq = bytearray(associate_rq())
+    rq[74:] = os.urandom(len(rq) - 74)
+    kind, body = reject(bytes(rq))
+    assert kind == 0x03 and tuple(body[1:4]) == (1, 2, 1)
+    # an impossible length
+    kind, body = reject(b"\x01\x00\x7f\xff\xff\xff" + b"\x00" * 64)
+    assert kind == 0x03
+    log = node.log()
+    assert "application context 1.2.3.4 not supported" in log
+    assert "protocol version 2 not supported" in log
+    assert "malformed A-ASSOCIATE-RQ" in log
+    assert echo_ok(node)
+
+
+@pytest.mark.parametrize("what, payload, reason", [
+    ("not DICOM", b"GET / HTTP/1.0\r\n\r\n", 1),
+    ("unexpected P-DATA-TF", p_data(pdv(1, 3, echo_command())), 2),
+    ("unexpected A-RELEASE-RQ", bytes.fromhex("05000000000400000000"), 2),
+])
+def test_anything_but_an_associate_request_is_aborted(node, what, payload, reason):
+    with socket.create_connection(("127.0.0.1", node.dicom_port), timeout=5) as s:
+        s.sendall(payload)
+        kind, body = recv_pdu(s)
+        assert kind == 0x07, what  # A-ABORT
+        assert body[2:4] == bytes([2, reason]), what  # service provider
+        assert closed(s)
+    assert echo_ok(node)
+
+
+@pytest.mark.parametrize("what, payload, reason", [
+    ("PDV longer than its PDU", struct.pack(">BBI", 4, 0, 10) + struct.pack(">IBB", 40, 1, 3)
+     + b"\0\0\0\0", 6),
+    ("PDV on a context not accepted", p_data(pdv(3, 3, echo_command())), 6),
+    ("undecodable command set", p_data(pdv(1, 3, b"\x08\x00\x10\x00\xff\xff\xff\x7f")), 6),
+    ("data set with no command", p_data(pdv(1, 2, b"\x08\x00\x05\x00\x00\x00\x00\x00")), 6),
+    ("P-DATA-TF too short", struct.pack(">BBI", 4, 0, 2) + b"\0\0", 6),
+    ("A-ASSOCIATE-AC after association", bytes.fromhex("02000000000400000000"), 2),
+    ("unknown PDU type", bytes.fromhex("09000000000400000000"), 1),
+    ("A-RELEASE-RQ of the wrong length", bytes.fromhex("0500000000020000"), 6),
+])
+def test_malformed_pdus_in_an_association_are_aborted(node, what, payload, reason):
+    sock = established(node)
+    with sock:
+        sock.sendall(p_data(pdv(1, 3, echo_command(7))))  # a good message first
+        kind, _ = recv_pdu(sock)
+        assert kind == 0x04, what
+        sock.sendall(payload)
+        kind, body = recv_pdu(sock)
+        assert kind == 0x07, what
+        assert body[2:4] == bytes([2, reason]), what
+        assert closed(sock)
+    assert "aborted by us" in node.log()
+    assert echo_ok(node)
+
+
+def test_release_and_peer_abort_are_logged(node):
+    with established(node) as sock:
+        sock.sendall(bytes.fromhex("05000000000400000000"))
+        assert recv_pdu(sock)[0] == 0x06  # A-RELEASE-RP
+        assert closed(sock)
+    with established(node) as sock:
+        sock.sendall(bytes.fromhex("07000000000400000000"))
+        assert closed(sock)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "aborted by the peer" not in node.log():
+        time.sleep(0.05)
+    log = node.log()
+    assert re.search(r"association released: RAWSCU from 127\.0\.0\.1:\d+", log)
+    assert re.search(r"association aborted by the peer .*: RAWSCU from", log)
+
+
+def test_silent_peer_is_aborted_after_dimse_timeout(pacsnode_factory):
+    node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_TIMEOUT": "1"})
+    with established(node) as sock:
+        sock.settimeout(10)
+        kind, body = recv_pdu(sock)
+        assert kind == 0x07
+    with socket.create_connection(("127.0.0.1", node.dicom_port), timeout=10) as sock:
+        sock.sendall(b"\x01\x00")  # half a PDU header, then silence: the ARTIM timer
+        assert recv_pdu(sock)[0] == 0x07
+    deadline = time.monotonic() + 5
+    while "no A-ASSOCIATE-RQ for 1 s" not in node.log():
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.05)
+    assert "no PDU for 1 s" in node.log()
+
+
+def test_max_associations_across_processes(pacsnode_factory):
+    """The limit is for the node, whichever process an association lands in:
+    the next one is rejected transient, presentation layer, local limit
+    exceeded (PS3.8 Table 9-21)."""
+    node = pacsnode_factory(extra_env={"PACSNODE_MAX_ASSOCIATIONS": "3",
+                                       "PACSNODE_DIMSE_PROCESSES": "2"})
+    time.sleep(2)  # the worker process is listening too
+    ae = AE(ae_title="MANY")
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet) for _ in range(3)]
+    assert all(a.is_established for a in held)
+    extra = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
+    assert extra.is_rejected
+    rj = extra.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
+    assert "local limit exceeded (max_associations 3)" in node.log()
+    held.pop().release()
+    time.sleep(0.2)
+    again = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
+    assert again.is_established and again.send_c_echo().Status == 0
+    again.release()
+    for a in held:
+        a.release()
+
+
+def test_small_max_pdu_both_ways(node, tmp_path):
+    """storescu sending 4 KiB PDUs; getscu and findscu receiving at most
+    4 KiB PDUs: a 512×512 CT goes through fragmented, byte for byte."""
+    ds = make_ct(tmp_path / "ct.dcm", size=512)
+    run(dcmtk("storescu"), "--max-send-pdu", "4096", "-aec", node.aet, "127.0.0.1",
+        str(node.dicom_port), str(tmp_path / "ct.dcm"))
+    blob = node.data_dir / "studies" / ds.StudyInstanceUID / ds.SeriesInstanceUID / \
+        f"{ds.SOPInstanceUID}.dcm"
+    assert dataset_bytes(blob) == dataset_bytes(tmp_path / "ct.dcm")
+    out = tmp_path / "get"
+    out.mkdir()
+    run(dcmtk("getscu"), "-S", "--max-pdu", "4096", "-aec", node.aet,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}",
+        "-od", str(out), "127.0.0.1", str(node.dicom_port))
+    got = [p for p in out.iterdir() if p.is_file()]
+    assert len(got) == 1
+    assert dcmread(got[0]).PixelData == ds.PixelData
+    rs = findscu(node, "QueryRetrieveLevel=IMAGE", f"SOPInstanceUID={ds.SOPInstanceUID}",
+                 "PatientName")
+    assert rs[0]["PatientName"] == "Doe^John"
+    assert "max PDU 4096" in node.log()
+
+
+def test_pynetdicom_peer_with_small_max_pdu(node, tmp_path):
+    """Our P-DATA-TF PDUs respect the peer's Maximum Length Received."""
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+    ds = make_ct(tmp_path / "ct.dcm", size=128)
+    run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
+        str(tmp_path / "ct.dcm"))
+    sizes: list[int] = []
+    received: list[bytes] = []
+
+    def on_pdu(event):
+        if event.pdu.pdu_type == 0x04:
+            sizes.append(len(event.pdu.encode()))
+
+    def on_store(event):
+        received.append(event.request.DataSet.getvalue())
+        return 0x0000
+
+    ae = AE(ae_title="SMALLPDU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet, max_pdu=4096,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store),
+                                       (evt.EVT_PDU_RECV, on_pdu)])
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ds.StudyInstanceUID
+    statuses = [s.Status for s, _ in assoc.send_c_get(query,
+                                                       StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    assert statuses[-1] == 0
+    assert received == [dataset_bytes(tmp_path / "ct.dcm")]
+    assert len(sizes) > 8 and max(sizes) == 4096 + 6  # the 6-byte PDU header is not counted
+
+
+def _serve_pids(node) -> list[int]:
+    """The serve process and its DIMSE workers."""
+    pids = [node.proc.pid]
+    children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children")
+    pids += [int(p) for p in children.read_text().split()]
+    return pids
+
+
+def _kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_200_mb_instance_received_in_little_memory(node, tmp_path):
+    """The data set goes from the socket into the temp file as it comes: no
+    server process grows by more than a few tens of MB."""
+    frames, rows = 100, 1024
+    ds = make_ct(tmp_path / "head.dcm", size=16)
+    ds.Rows = ds.Columns = rows
+    ds.NumberOfFrames = frames
+    del ds.PixelData
+    ds.save_as(tmp_path / "head.dcm", enforce_file_format=True)
+    big = tmp_path / "big.dcm"
+    size = frames * rows * rows * 2
+    with open(tmp_path / "head.dcm", "rb") as src, open(big, "wb") as fh:
+        fh.write(src.read())
+        element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, size)
+        fh.write(element)
+        block = bytes(range(256)) * 4096
+        for _ in range(size // len(block)):
+            fh.write(block)
+    time.sleep(1.5)  # workers up
+    pids = _serve_pids(node)
+    before = {pid: _kib(pid, "VmRSS") for pid in pids}
+    peak: dict[int, int] = dict(before)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            for pid in pids:
+                try:
+                    peak[pid] = max(peak[pid], _kib(pid, "VmRSS"))
+                except OSError:
+                    pass
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port), str(big))
+    finally:
+        stop.set()
+        sampler.join()
+    growth = {pid: (peak[pid] - before[pid]) // 1024 for pid in pids}
+    assert max(growth.values()) < 48, growth  # MB
+    blob = node.data_dir / "studies" / ds.StudyInstanceUID / ds.SeriesInstanceUID / \
+        f"{ds.SOPInstanceUID}.dcm"
+    with open(big, "rb") as sent, open(blob, "rb") as stored:
+        assert dataset_bytes_stream(sent) == dataset_bytes_stream(stored)
+
+
+def dataset_bytes_stream(fh) -> str:
+    """SHA-256 of what follows a Part 10 file's meta header, read in blocks."""
+    head = fh.read(144)
+    assert head[128:132] == b"DICM"
+    fh.seek(144 + int.from_bytes(head[140:144], "little"))
+    h = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
+def test_associations_spread_over_processes(pacsnode_factory, tmp_path):
+    """With dimse_processes = 2 the kernel spreads associations over both
+    processes; what each stores is in the one index, and killing the node
+    with -9 leaves no worker holding the port."""
+    node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_PROCESSES": "2"})
+    deadline = time.monotonic() + 20
+    while len(_serve_pids(node)) < 2 or node.log().count("DIMSE listening") < 2:
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.1)
+    files = []
+    study = "1.2.826.0.1.3680043.10.1466.99"
+    for n in range(24):
+        path = tmp_path / f"{n:02d}.dcm"
+        make_ct(path, study_uid=study, series_uid=f"{study}.{n}", instance=1)
+        files.append(path)
+    procs = [subprocess.Popen([dcmtk("storescu"), "-aec", node.aet, "127.0.0.1",
+                               str(node.dicom_port), str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for path in files]
+    for p in procs:
+        assert p.wait(60) == 0, p.stderr.read() if p.stderr else ""
+    pids = set(re.findall(r"association accepted: STORESCU .* pid (\d+)\)", node.log()))
+    assert len(pids) == 2, node.log()
+    rs = findscu(node, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study}",
+                 "SOPInstanceUID")
+    assert len(rs) == 24
+    workers = _serve_pids(node)[1:]
+    node.kill()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and
+              "zombie" not in Path(f"/proc/{pid}/status").read_text() for pid in workers):
+        assert time.monotonic() < deadline, "a DIMSE worker outlived kill -9 of serve"
+        time.sleep(0.05)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", node.dicom_port)) != 0
+
+
+def test_c_find_cancel(node, tmp_path):
+    """C-CANCEL during a C-FIND: the final response is 0xFE00."""
+    for n in range(30):
+        make_ct(tmp_path / f"{n}.dcm", patient_id=f"P{n:02d}")
+    run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
+        *[str(tmp_path / f"{n}.dcm") for n in range(30)])
+    ae = AE(ae_title="CANCELLER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = ""
+    statuses = []
+    for n, (status, _) in enumerate(assoc.send_c_find(
+            query, StudyRootQueryRetrieveInformationModelFind, msg_id=5)):
+        statuses.append(status.Status)
+        if n == 1:
+            assoc.send_c_cancel(5, query_model=StudyRootQueryRetrieveInformationModelFind)
+    assoc.release()
+    assert statuses[-1] == 0xFE00, statuses
+    assert len(statuses) < 31
