@@ -438,3 +438,40 @@ def test_c_find_cancel(node, tmp_path):
     assoc.release()
     assert statuses[-1] == 0xFE00, statuses
     assert len(statuses) < 31
+
+
+def test_command_sets_and_meta_header_match_pydicom():
+    """The hand-written encoders produce what pydicom produces."""
+    from io import BytesIO
+
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import decode, encode
+
+    from pacsnode.dicom.uids import file_meta
+    from pacsnode.dimse import messages as m
+
+    for args in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.44", "1.2.840.10008.1.2.1"),
+                 ("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", "1.2.840.10008.1.2")):
+        fh = BytesIO()
+        fh.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(fh, file_meta(*args), enforce_standard=True)
+        assert m.part10_header(*args) == fh.getvalue()
+    raw = m.encode_command(field=0x0001, message_id=7, priority=0, dataset_type=0,
+                           affected_sop_class=CTImageStorage, affected_sop_instance="1.2.3",
+                           move_originator_aet="ABC", move_originator_id=3)
+    ds = decode(BytesIO(raw), True, True)
+    assert (ds.CommandField, ds.MessageID, ds.AffectedSOPInstanceUID,
+            ds.MoveOriginatorApplicationEntityTitle) == (1, 7, "1.2.3", "ABC")
+    assert encode(ds, True, True) == raw
+    command = m.decode_command(raw[12:])
+    assert (command.field, command.message_id, command.affected_sop_class,
+            command.has_dataset) == (1, 7, CTImageStorage, True)
+    rsp = m.decode_command(m.response(m.C_STORE_RSP, command, 0xA900,
+                                      error_comment="bad\\thing" + "x" * 80)[12:])
+    assert rsp.responded_to == 7 and rsp.status == 0xA900 and not rsp.has_dataset
+    assert rsp.text(m.ERROR_COMMENT) == ("bad thing" + "x" * 80)[:64]
+    with pytest.raises(ValueError):
+        m.decode_command(b"\x08\x00\x10\x00\x02\x00\x00\x00ab")
+    pdus = list(m.pdata(3, b"x" * 10, False, 10))
+    assert [len(p) for p in pdus] == [12, 4, 12, 4, 12, 2]
+    assert pdus[-2][-1] == 0x02 and pdus[0][-1] == 0x00  # last bit only on the last PDV

@@ -25,7 +25,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
-__all__ = ["Command", "decode_command", "encode_command", "pdata", "pdata_header",
+__all__ = ["Command", "part10_header", "decode_command", "encode_command", "pdata", "pdata_header",
            "decode_dataset", "encode_dataset", "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
            "C_GET_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "C_ECHO_RQ",
            "C_ECHO_RSP", "C_CANCEL_RQ", "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP",
@@ -250,6 +250,35 @@ def pdata(context_id: int, payload: bytes | memoryview, is_command: bool, max_pd
         yield pdata_header(context_id, len(chunk), is_command,
                            last and start + size >= total)
         yield bytes(chunk)
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 2, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+
+def _padded(uid: str, pad: bytes = b"\x00") -> bytes:
+    raw = uid.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, "DICM" and File Meta Information (PS3.10 7.1) for a received
+    data set: byte for byte what pydicom's ``write_file_meta_info`` writes for
+    ``pacsnode.dicom.uids.file_meta(...)``, without building a Dataset for
+    each C-STORE.  Raises UnicodeEncodeError for a UID that is not ASCII."""
+    from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+    body = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _padded(sop_class)),
+        _meta_element(0x0003, b"UI", _padded(sop_instance)),
+        _meta_element(0x0010, b"UI", _padded(transfer_syntax)),
+        _meta_element(0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID)),
+        _meta_element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
+    ))
+    return (b"\x00" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body)))
+            + body)
 
 
 def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:

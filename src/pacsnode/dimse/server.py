@@ -37,18 +37,17 @@ import fcntl
 import logging
 import mmap
 import os
+import queue
 import socket
 import struct
 import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000,
                          JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless,
@@ -63,7 +62,7 @@ from pynetdicom.presentation import (AllStoragePresentationContexts, Presentatio
                                      negotiate_as_acceptor)
 
 from ..config import Settings
-from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
+from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..errors import PacsnodeError
 from ..events import Origin
 from . import messages as m
@@ -228,6 +227,73 @@ class AssociationLimit:
             struct.pack_into("<q", self._map, self.slot * 8, self.local)
 
 
+class Workers:
+    """Threads for the blocking work (ingest, index queries, peers we call),
+    each result handed back to the event loop with one
+    ``call_soon_threadsafe`` — on the C-STORE path this is leaner than
+    ``run_in_executor`` (no concurrent Future, no future chaining).  Grows
+    to ``size`` threads so that many ingests can wait for their fsync at
+    once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    async def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.submit(loop, future, func, args)
+        return await future
+
+    def submit(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+               func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.size:
+                thread = threading.Thread(target=self._work, daemon=True,
+                                          name=f"pacsnode-dimse-{len(self._threads)}")
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put((loop, future, func, args))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, future, func, args = item
+            try:
+                result, error = func(*args), None
+            except BaseException as exc:
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_deliver, future, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        """Let queued and running work finish, then end the threads."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _deliver(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class ProtocolError(Exception):
     """The peer broke PS3.8/PS3.7: abort with this reason (PS3.8 9.3.8)."""
 
@@ -257,8 +323,7 @@ class AssociationServer:
         self.contexts = supported_contexts()
         self.timeout = float(settings.dimse_timeout)
         # Ingests overlap their fsyncs; C-FIND/MOVE/GET hold one thread each.
-        self.pool = ThreadPoolExecutor(max_workers=max(4, min(64, settings.max_associations + 4)),
-                                       thread_name_prefix="pacsnode-dimse")
+        self.pool = Workers(max(4, min(64, settings.max_associations + 4)))
         self.associations: set[Association] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -318,7 +383,7 @@ class AssociationServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         if self._thread is not None:
             self._thread.join(10)
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown()
 
     async def _shutdown(self, grace: float) -> None:
         assert self._server is not None and self.loop is not None
@@ -362,7 +427,8 @@ class AssociationServer:
     def background(self, func: Callable[..., Any], *args: Any) -> None:
         """Run ``func`` on the pool, outliving the association that asked."""
         assert self.loop is not None
-        future = self.loop.run_in_executor(self.pool, func, *args)
+        future = self.loop.create_future()
+        self.pool.submit(self.loop, future, func, args)
         self._background.add(future)
         future.add_done_callback(self._background.discard)
 
@@ -713,10 +779,8 @@ class Association:
             return
         self._sink, self._temp = fh, temp
         try:
-            fh.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(fh, file_meta(
-                command.affected_sop_class, command.affected_sop_instance,
-                self.contexts[context_id].transfer_syntax[0]), enforce_standard=True)
+            fh.write(m.part10_header(command.affected_sop_class, command.affected_sop_instance,
+                                     self.contexts[context_id].transfer_syntax[0]))
         except Exception as exc:
             fh.close()
             temp.unlink(missing_ok=True)
@@ -855,8 +919,8 @@ class Association:
         else:
             self.busy += 1
             try:
-                status, comment = await self.loop.run_in_executor(
-                    self.server.pool, self.services.store, temp, self.origin, sop_class,
+                status, comment = await self.server.pool.run(
+                    self.services.store, temp, self.origin, sop_class,
                     sop_uid)
             except Exception as exc:  # ingest_temp reports its failures; this is a bug
                 log.exception("C-STORE %s from %s", sop_uid, self.origin.describe())
@@ -941,7 +1005,7 @@ class Association:
                 if status != 0xFF00:
                     return
 
-        await loop.run_in_executor(self.server.pool, run)
+        await self.server.pool.run(run)
 
     async def _refs(self, op: Operation, data: bytes, verb: str) -> list[Any] | None:
         field = op.command.field | 0x8000
@@ -953,7 +1017,7 @@ class Association:
             await self._final(op, field, 0xC000, f"cannot decode identifier: {exc}")
             return None
         try:
-            return await self.loop.run_in_executor(self.server.pool, self.services.locate,
+            return await self.server.pool.run(self.services.locate,
                                                    identifier)
         except PacsnodeError as exc:
             log.warning("%s from %s refused: %s", verb, self.origin.describe(), exc.reason)
@@ -963,8 +1027,7 @@ class Association:
     async def _c_move(self, op: Operation, data: bytes) -> None:
         command = op.command
         dest_aet = command.move_destination
-        dest = await self.loop.run_in_executor(self.server.pool,
-                                               self.services.move_destination, dest_aet)
+        dest = await self.server.pool.run(self.services.move_destination, dest_aet)
         if dest is None:
             log.warning("C-MOVE from %s: unknown destination %r", self.origin.describe(),
                         dest_aet)
@@ -984,8 +1047,7 @@ class Association:
         if not refs:
             await self._final(op, m.C_MOVE_RSP, 0x0000, ops=SubOperations(0))
             return
-        result = await self.loop.run_in_executor(
-            self.server.pool, self.services.move, refs, dest, self.origin,
+        result = await self.server.pool.run(self.services.move, refs, dest, self.origin,
             command.message_id, op.cancel.is_set, progress)
         if result is None:
             await self._final(op, m.C_MOVE_RSP, 0xA801,
@@ -1025,7 +1087,7 @@ class Association:
         usable = {str(cx.transfer_syntax[0]): cid for cid, cx in self.contexts.items()
                   if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu}
         try:
-            out = await self.loop.run_in_executor(self.server.pool, prepare_outgoing, ref,
+            out = await self.server.pool.run(prepare_outgoing, ref,
                                                   list(usable))
         except Exception as exc:
             log.warning("C-GET from %s: cannot send %s: %s", self.origin.describe(),
@@ -1076,8 +1138,7 @@ class Association:
             return
         log.info("storage commitment %s from %s for %d instances", transaction,
                  self.origin.describe(), len(wanted))
-        report = await self.loop.run_in_executor(self.server.pool,
-                                                 self.services.commitment_report,
+        report = await self.server.pool.run(self.services.commitment_report,
                                                  transaction, wanted)
         event_type, ds = report
         try:
