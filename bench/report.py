@@ -1,0 +1,305 @@
+"""Results: rows of samples per server, their summary, and the three outputs
+(a terminal table, ``bench/results/<timestamp>.json``, ``bench/RESULTS.md``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Target", "Row", "Results", "machine_info", "write_outputs", "print_table",
+           "summary", "SERVERS"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+SERVERS = ("pacsnode", "orthanc", "storescp")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What pacsnode should reach, as a ratio of its median to another
+    server's: at least ``x`` when higher is better, at most ``x`` when lower is."""
+
+    orthanc: float | None = None
+    storescp: float | None = None
+    #: How the issue words it, for the table ("≥1.5× Orthanc").
+    text: str = ""
+
+
+@dataclass
+class Row:
+    key: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    target: Target | None = None
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    #: Free-form facts: result counts, loaded scale, errors.
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def median(self, server: str) -> float | None:
+        values = self.samples.get(server)
+        return statistics.median(values) if values else None
+
+    def spread(self, server: str) -> float | None:
+        """Half the interquartile range (the half range for fewer than four
+        samples), as a fraction of the median."""
+        values = sorted(self.samples.get(server) or [])
+        med = self.median(server)
+        if len(values) < 2 or not med:
+            return None
+        if len(values) < 4:
+            low, high = values[0], values[-1]
+        else:
+            q = statistics.quantiles(values, n=4, method="inclusive")
+            low, high = q[0], q[2]
+        return (high - low) / 2 / abs(med)
+
+    def ratio(self, other: str) -> float | None:
+        ours, theirs = self.median("pacsnode"), self.median(other)
+        if ours is None or not theirs:
+            return None
+        return ours / theirs
+
+    def verdict(self) -> bool | None:
+        """True when every target this row has is met, None when unknown."""
+        if self.target is None:
+            return None
+        checks: list[bool] = []
+        for other, want in (("orthanc", self.target.orthanc), ("storescp", self.target.storescp)):
+            if want is None:
+                continue
+            got = self.ratio(other)
+            if got is None:
+                return None
+            checks.append(got >= want if self.higher_is_better else got <= want)
+        return all(checks) if checks else None
+
+
+class Results:
+    """Rows in the order they were first declared."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Row] = {}
+        self.notes: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    def row(self, key: str, title: str, unit: str, *, higher_is_better: bool,
+            target: Target | None = None) -> Row:
+        if key not in self.rows:
+            self.rows[key] = Row(key, title, unit, higher_is_better, target)
+        return self.rows[key]
+
+    def add(self, key: str, server: str, value: float) -> None:
+        self.rows[key].samples.setdefault(server, []).append(value)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+# ------------------------------------------------------------------ machine
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=BENCH_DIR.parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def machine_info(versions: dict[str, str]) -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem_kib = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
+                    if line.startswith("MemTotal:")), 0)
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit and _git("status", "--porcelain", "--untracked-files=no", "src"):
+        commit += " (+ uncommitted changes in src/)"
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count() or 0,
+        "cpu": cpu,
+        "memory_gib": round(mem_kib / 1024**2, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pacsnode_commit": commit,
+        **versions,
+    }
+
+
+# ------------------------------------------------------------------ summary
+
+def _fmt_value(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _cell(row: Row, server: str) -> str:
+    med = row.median(server)
+    if med is None:
+        return "—"
+    spread = row.spread(server)
+    return _fmt_value(med) + (f" ±{spread * 100:.0f}%" if spread is not None else "")
+
+
+def _ratio(row: Row, other: str) -> str:
+    got = row.ratio(other)
+    return "—" if got is None else f"{got:.2f}"
+
+
+def summary(results: Results) -> list[dict[str, str]]:
+    """One dict of display strings per row (the table's cells)."""
+    out = []
+    for row in results.rows.values():
+        verdict = row.verdict()
+        out.append({
+            "Measurement": row.title,
+            "Unit": row.unit,
+            "pacsnode": _cell(row, "pacsnode"),
+            "Orthanc": _cell(row, "orthanc"),
+            "storescp": _cell(row, "storescp"),
+            "pacsnode/Orthanc": _ratio(row, "orthanc"),
+            "pacsnode/storescp": _ratio(row, "storescp") if "storescp" in row.samples else "",
+            "Target": row.target.text if row.target else "",
+            "Met": {True: "✓", False: "✗", None: ""}[verdict],
+        })
+    return out
+
+
+def print_table(results: Results, info: dict[str, Any]) -> None:
+    cells = summary(results)
+    header = (f"pacsnode bench — {info['date']} — {info['nproc']} CPU × {info['cpu']}, "
+              f"{info['memory_gib']} GiB")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(header)
+        print(_markdown_table(cells))
+        return
+    table = Table(title=header, show_lines=False)
+    for name in cells[0] if cells else ():
+        table.add_column(name, justify="left" if name in ("Measurement", "Unit", "Target")
+                         else "right")
+    for c in cells:
+        style = {"✓": "green", "✗": "red"}.get(c["Met"], "")
+        table.add_row(*c.values(), style=style or None)
+    table.caption = LEGEND
+    Console(width=200).print(table)
+
+
+def _markdown_table(cells: list[dict[str, str]]) -> str:
+    if not cells:
+        return "(no rows)\n"
+    names = list(cells[0])
+    lines = ["| " + " | ".join(names) + " |",
+             "| " + " | ".join("---" if n in ("Measurement", "Unit", "Target") else "---:"
+                               for n in names) + " |"]
+    for c in cells:
+        lines.append("| " + " | ".join(c[n].replace("|", "\\|") for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ outputs
+
+def _json(results: Results, info: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for row in results.rows.values():
+        data = asdict(row)
+        data["target"] = asdict(row.target) if row.target else None
+        data["median"] = {s: row.median(s) for s in row.samples}
+        data["spread"] = {s: row.spread(s) for s in row.samples}
+        data["ratio_orthanc"] = row.ratio("orthanc")
+        data["ratio_storescp"] = row.ratio("storescp")
+        data["met"] = row.verdict()
+        rows.append(data)
+    return {"machine": info, "plan": plan, "rows": rows, "notes": results.notes,
+            "phase_seconds": results.timings}
+
+
+LEGEND = ("Ratios divide pacsnode's median by the other server's. inst/s and MB/s: "
+          "higher is better; ms and MiB: lower is better. ✓/✗: the issue's target met or not.")
+
+METHOD = """\
+How the figures are made (see `bench/rows.py`): every server runs on
+127.0.0.1 with default settings in fresh temp folders; DCMTK tools run with
+`TCP_NODELAY=1`. Each cell is the median of the runs (throughput) or of the
+repeated requests (latency), ± half the interquartile range (half the range
+below four samples) as a percentage of the median.
+
+- **C-STORE**: a fresh server per run; one `storescu` sending every file, or
+  4 `storescu` at once each sending a contiguous quarter; wall time from the
+  first launch to the last exit. MB/s counts file bytes.
+- **Peak RSS**: `VmHWM` of the server process after each 4-parallel ingestion run.
+- **C-FIND**: `findscu -S` (process start and association included), Study
+  Root, at STUDY and SERIES level, returning a handful of keys. **QIDO-RS**:
+  the same queries over one kept-alive HTTP connection. The index is filled
+  by a bulk SQL loader for pacsnode (`bench/loader.py`) and by `POST
+  /instances` (4 in parallel) for Orthanc, with identical attribute values
+  (10 instances per study); the number of matches is checked against the
+  generator. Orthanc gets fewer instances than the row's scale only when
+  uploading more would overrun the run's time budget, and the row says so.
+- **WADO-RS**: one series of 50 CT instances as `multipart/related`
+  (`transfer-syntax=*`), body streamed and counted. **Metadata**: the same
+  series' `/metadata`. **STOW-RS**: one study (2 series × 50 CT instances),
+  one request per series; the study is deleted between runs.
+- **C-MOVE**: `movescu` of that study to a `storescp` declared on both
+  servers; **C-GET**: `getscu` of it into a temp folder.
+"""
+
+
+def _markdown(results: Results, info: dict[str, Any], plan: dict[str, Any]) -> str:
+    lines = [
+        "# pacsnode benchmarks",
+        "",
+        "Generated by `make bench` (`python -m bench`); do not edit by hand.",
+        "",
+        f"- Date: {info['date']}",
+        f"- Machine: {info['nproc']} CPU ({info['cpu']}), {info['memory_gib']} GiB RAM, "
+        f"Linux {info['kernel']}, Python {info['python']}",
+        f"- pacsnode: commit {info.get('pacsnode_commit') or 'unknown'}",
+        f"- Orthanc: {info.get('orthanc', '?')} (DICOMweb plugin {info.get('dicomweb', '?')}), "
+        f"DCMTK: {info.get('dcmtk', '?')}",
+        f"- Plan: {', '.join(f'{k}={v}' for k, v in plan.items())}",
+        "",
+        LEGEND,
+        "",
+        _markdown_table(summary(results)),
+    ]
+    if results.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
+    lines += ["## Method", "", METHOD]
+    return "\n".join(lines)
+
+
+def write_outputs(results: Results, info: dict[str, Any], plan: dict[str, Any], *,
+                  markdown: bool = True) -> tuple[Path, Path | None]:
+    out_dir = BENCH_DIR / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    json_path = out_dir / f"{stamp}.json"
+    json_path.write_text(json.dumps(_json(results, info, plan), indent=2))
+    md_path = None
+    if markdown:
+        md_path = BENCH_DIR / "RESULTS.md"
+        md_path.write_text(_markdown(results, info, plan))
+    return json_path, md_path

@@ -1,0 +1,595 @@
+"""The measurements: one function per kind of row.
+
+Each function gets the ``Bench`` context (plan, data, temp root, results)
+and adds samples to its rows.  Servers are started through a ``Fleet`` so
+they are stopped by PID whatever happens.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+from .data import (
+    SCALE_QUERIES,
+    ImageSet,
+    ScaleTemplate,
+    expected_matches,
+    image_set,
+    scale_record,
+    split,
+)
+from .loader import IndexLoader
+from .report import Results, Target
+from .servers import BENCH_AET, Fleet, Server, dcmtk_env
+
+__all__ = ["Plan", "Bench", "GROUPS", "run_groups"]
+
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repetition counts of one bench run."""
+
+    ct_count: int = 2000
+    small_count: int = 2000
+    scales: tuple[int, ...] = (1000, 10_000, 100_000)
+    #: Orthanc is filled through its REST API, which is slow: it gets at most
+    #: this many scale instances (None: all), and fewer when uploading more
+    #: would overrun ``total_budget_s``; its rows then say what it held.
+    orthanc_scale_cap: int | None = None
+    #: The whole run should end within this many seconds (make bench: < 20 min).
+    total_budget_s: float = 1140.0
+    #: Runs of each throughput measurement.
+    runs: int = 3
+    #: C-STORE rounds beyond the second stop once this many seconds are spent.
+    store_budget_s: float = 660.0
+    #: Timed repetitions of each latency measurement (after one warm-up).
+    latency_reps: int = 9
+    parallel: int = 4
+
+    @classmethod
+    def quick(cls) -> "Plan":
+        # 200 CT instances = two studies: one to retrieve, one to STOW.
+        return cls(ct_count=200, small_count=100, scales=(1000, 2000), runs=1,
+                   latency_reps=3, total_budget_s=240.0)
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    root: Path
+    results: Results = field(default_factory=Results)
+    started: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        """Seconds left of the run's time budget."""
+        return self.started + self.plan.total_budget_s - time.monotonic()
+
+    @cached_property
+    def ct(self) -> ImageSet:
+        return image_set("ct", self.plan.ct_count)
+
+    @cached_property
+    def small(self) -> ImageSet:
+        return image_set("small", self.plan.small_count)
+
+    def fleet(self) -> Fleet:
+        return Fleet(self.root)
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# ------------------------------------------------------------ DCMTK helpers
+
+def _run_dcmtk(cmd: list[str], timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(cmd, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0 or "\nE: " in "\n" + out.stderr:
+        raise RuntimeError(f"{cmd[0]} failed ({out.returncode}): {out.stderr[-1500:]}")
+    return out
+
+
+def _scu(tool: str, server: Server, *args: str) -> list[str]:
+    return [tool, "-aet", BENCH_AET, "-aec", server.aet, "127.0.0.1", str(server.dicom_port),
+            *args]
+
+
+def _storescu_parallel(server: Server, chunks: list[list[Path]], scratch: Path) -> float:
+    """Send each chunk with its own ``storescu`` at once; seconds from the
+    first launch to the last exit."""
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    start = time.perf_counter()
+    for n, chunk in enumerate(chunks):
+        err = scratch / f"storescu-{n}.err"
+        with open(err, "wb") as fh:
+            procs.append((subprocess.Popen(_scu("storescu", server, *map(str, chunk)),
+                                           env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                                           stderr=fh), err))
+    failures = []
+    for proc, err in procs:
+        proc.wait(1800)
+        text = err.read_text(errors="replace")
+        if proc.returncode != 0 or "\nE: " in "\n" + text:
+            failures.append(f"storescu exit {proc.returncode}: {text[-800:]}")
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError("; ".join(failures))
+    return elapsed
+
+
+def _stored_count(server: Server) -> int:
+    """How many instances a server holds (to check nothing was dropped)."""
+    if server.name == "storescp":
+        assert server.output is not None
+        return sum(1 for p in server.output.rglob("*") if p.is_file())
+    if server.name == "orthanc":
+        return int(httpx.get(server.http + "/statistics", timeout=60).json()["CountInstances"])
+    index = server.workdir / "data" / "index.sqlite"
+    with sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=30) as conn:
+        return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
+
+
+def _start(fleet: Fleet, name: str, **kw: object) -> Server:
+    starter: Callable[..., Server] = getattr(fleet, name)
+    return starter(**kw)
+
+
+# ------------------------------------------------------------------ C-STORE
+
+STORE_TARGET = Target(orthanc=1.5, storescp=0.6, text="≥1.5× Orthanc, ≥0.6× storescp")
+RSS_TARGET = Target(orthanc=0.5, text="≤0.5× Orthanc")
+
+
+def cstore(bench: Bench) -> None:
+    """C-STORE ingestion (1 and 4 parallel storescu) and peak RSS.
+
+    Runs go in rounds (every set × mode × server once per round); after two
+    rounds, another starts only if, at the last round's pace, it ends within
+    ``plan.store_budget_s``."""
+    res = bench.results
+    plan = bench.plan
+    sets = (bench.ct, bench.small)
+    for data in sets:
+        label = "CT 512²" if data.kind == "ct" else "small 64²"
+        for parallel in (1, plan.parallel):
+            how = "1 storescu" if parallel == 1 else f"{parallel} storescu in parallel"
+            res.row(f"cstore.{data.kind}.{parallel}",
+                    f"C-STORE {label}, {how} ({data.count} inst.)", "inst/s",
+                    higher_is_better=True, target=STORE_TARGET)
+            res.row(f"cstore.{data.kind}.{parallel}.mb", f"C-STORE {label}, {how}", "MB/s",
+                    higher_is_better=True, target=STORE_TARGET)
+        res.row(f"rss.{data.kind}", f"Peak RSS, {label} ingestion ({plan.parallel} parallel)",
+                "MiB", higher_is_better=False, target=RSS_TARGET)
+    began = time.perf_counter()
+    last_round = 0.0
+    for run in range(plan.runs):
+        elapsed = time.perf_counter() - began
+        if run >= 2 and elapsed + last_round > plan.store_budget_s:
+            res.note(f"C-STORE: {run} runs instead of {plan.runs}, to stay within "
+                     f"{plan.store_budget_s / 60:.0f} min")
+            break
+        round_start = time.perf_counter()
+        for data in sets:
+            for parallel in (1, plan.parallel):
+                chunks = split(data.files, parallel)
+                for name in ("storescp", "pacsnode", "orthanc"):
+                    _one_ingestion(bench, data, chunks, name, run)
+        last_round = time.perf_counter() - round_start
+
+
+def _one_ingestion(bench: Bench, data: ImageSet, chunks: list[list[Path]], name: str,
+                   run: int) -> None:
+    """One fresh server, the set sent in ``len(chunks)`` parallel storescu."""
+    res = bench.results
+    parallel = len(chunks)
+    with bench.fleet() as fleet:
+        server = _start(fleet, name)
+        seconds = _storescu_parallel(server, chunks, server.workdir)
+        peak = server.peak_rss_mib()
+        stored = _stored_count(server)
+    if stored != data.count:
+        res.note(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} holds {stored} "
+                 f"of {data.count} instances")
+    res.add(f"cstore.{data.kind}.{parallel}", name, data.count / seconds)
+    res.add(f"cstore.{data.kind}.{parallel}.mb", name, data.total_bytes / MB / seconds)
+    if parallel == bench.plan.parallel:
+        res.add(f"rss.{data.kind}", name, peak)
+    bench.log(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} "
+              f"{data.count / seconds:.1f} inst/s, peak RSS {peak:.0f} MiB")
+
+
+# --------------------------------------------------------- C-FIND and QIDO
+
+LATENCY_TARGET = Target(orthanc=0.5, text="≤0.5× Orthanc")
+
+#: Return keys of the C-FIND identifiers, per level.
+RETURN_KEYS = {
+    "STUDY": ["PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber",
+              "StudyDescription", "StudyInstanceUID"],
+    "SERIES": ["PatientName", "PatientID", "StudyDate", "StudyInstanceUID",
+               "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"],
+}
+QUERY_LABELS = {"PatientID": "PatientID exact", "PatientName": "PatientName DOE*",
+                "StudyDate": "StudyDate range"}
+
+
+def _scale_label(n: int) -> str:
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
+
+
+def _findscu(server: Server, level: str, query: dict[str, str]) -> tuple[float, int]:
+    keys = [f"QueryRetrieveLevel={level}"]
+    keys += [f"{k}={v}" for k, v in query.items()]
+    keys += [k for k in RETURN_KEYS[level] if k not in query]
+    cmd = _scu("findscu", server, "-S", *[a for k in keys for a in ("-k", k)])
+    start = time.perf_counter()
+    out = _run_dcmtk(cmd, timeout=300)
+    elapsed = time.perf_counter() - start
+    return elapsed, out.stderr.count("(Pending)")
+
+
+def _qido(client: httpx.Client, base: str, level: str, query: dict[str, str]) -> tuple[float, int]:
+    path = "/studies" if level == "STUDY" else "/series"
+    # Written out by hand: httpx would send '*' as %2A, which Orthanc's
+    # DICOMweb plugin does not take for a wildcard.
+    url = base + path + "?" + "&".join(f"{k}={quote(v, safe='*^')}" for k, v in query.items())
+    start = time.perf_counter()
+    response = client.get(url, headers={"Accept": "application/dicom+json"})
+    elapsed = time.perf_counter() - start
+    if response.status_code == 204:
+        return elapsed, 0
+    response.raise_for_status()
+    return elapsed, len(response.json())
+
+
+def _scale_rows(bench: Bench, do_find: bool, do_qido: bool) -> None:
+    """Declare the C-FIND rows, then the QIDO-RS rows, scale by scale."""
+    plan, res = bench.plan, bench.results
+    for kind, label, enabled in (("cfind", "C-FIND", do_find), ("qido", "QIDO-RS", do_qido)):
+        if not enabled:
+            continue
+        for n in plan.scales:
+            suffix = _scale_label(n)
+            for level in ("STUDY", "SERIES"):
+                for qname in SCALE_QUERIES:
+                    res.row(f"{kind}.{level}.{qname}.{n}",
+                            f"{label} {level} {QUERY_LABELS[qname]} @{suffix}", "ms",
+                            higher_is_better=False, target=LATENCY_TARGET)
+
+
+def _measure_queries(bench: Bench, server: Server, n: int, loaded: int,
+                     do_find: bool, do_qido: bool) -> None:
+    """All scale queries against one server holding ``loaded`` scale instances
+    (the row of scale ``n``)."""
+    res, reps = bench.results, bench.plan.latency_reps
+    client = httpx.Client(timeout=300)
+    try:
+        for level in ("STUDY", "SERIES"):
+            for qname, query in SCALE_QUERIES.items():
+                expected = expected_matches(loaded, query, level)
+                for kind, enabled in (("cfind", do_find), ("qido", do_qido)):
+                    if not enabled:
+                        continue
+                    key = f"{kind}.{level}.{qname}.{n}"
+                    once: Callable[[], tuple[float, int]] = (
+                        partial(_findscu, server, level, query) if kind == "cfind"
+                        else partial(_qido, client, server.dicomweb, level, query))
+                    _, count = once()  # warm-up, and the answer checked
+                    res.rows[key].extra.setdefault("matches", {})[server.name] = count
+                    res.rows[key].extra.setdefault("loaded", {})[server.name] = loaded
+                    res.rows[key].extra["expected_" + server.name] = expected
+                    if count != expected:
+                        res.note(f"{res.rows[key].title}: {server.name} answered {count} "
+                                 f"matches, expected {expected}")
+                    for _ in range(reps):
+                        elapsed, _count = once()
+                        res.add(key, server.name, elapsed * 1000)
+    finally:
+        client.close()
+
+
+def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True) -> None:
+    """C-FIND and QIDO-RS latency at each index scale, pacsnode then Orthanc
+    (one server at a time, so they do not compete for the CPU)."""
+    plan, res = bench.plan, bench.results
+    _scale_rows(bench, do_find, do_qido)
+    # pacsnode: bulk-load the index with the server stopped, then query.
+    data_dir = bench.root / f"pacsnode-scale-{uuid.uuid4().hex[:8]}"
+    data_dir.mkdir()
+    loader = IndexLoader(f"sqlite:///{data_dir / 'index.sqlite'}")
+    try:
+        for n in plan.scales:
+            seconds = loader.load_until(n)
+            bench.log(f"pacsnode index: {n} scale instances (+{seconds:.1f}s loading)")
+            res.timings[f"pacsnode_load_{n}"] = seconds
+            with bench.fleet() as fleet:
+                server = fleet.pacsnode(data_dir=data_dir)
+                _measure_queries(bench, server, n, n, do_find, do_qido)
+                fleet.stop(server, remove=False)
+    finally:
+        loader.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    # Orthanc: fill through its REST API, in parallel, as far as time allows.
+    template = loader.template
+    with bench.fleet() as fleet:
+        server = fleet.orthanc()
+        loaded, uploading, query_seconds = 0, 0.0, 0.0
+        for n in plan.scales:
+            target = min(n, plan.orthanc_scale_cap or n)
+            before = loaded
+            while loaded < target:
+                end = min(target, loaded + ORTHANC_CHUNK)
+                if loaded:
+                    chunk_seconds = (end - loaded) * uploading / loaded
+                    # Keep time for this scale's queries (the last ones took
+                    # query_seconds at a smaller scale) and a margin.
+                    if bench.remaining() - chunk_seconds < 60 + 2 * query_seconds:
+                        break
+                uploading += _orthanc_upload(server, template, loaded, end, plan.parallel)
+                loaded = end
+            if loaded > before:
+                bench.log(f"Orthanc: {loaded} scale instances ({loaded / uploading:.0f} inst/s "
+                          "through POST /instances)")
+            res.timings["orthanc_upload"] = round(uploading, 1)
+            if loaded < n:
+                _mark_orthanc_scale(res, n, loaded)
+            began = time.perf_counter()
+            _measure_queries(bench, server, n, loaded, do_find, do_qido)
+            query_seconds = time.perf_counter() - began
+
+
+ORTHANC_CHUNK = 2500
+
+
+def _mark_orthanc_scale(res: Results, n: int, loaded: int) -> None:
+    """Say in the rows of scale ``n`` that Orthanc held only ``loaded``."""
+    for row in res.rows.values():
+        if row.key.startswith(("cfind.", "qido.")) and row.key.endswith(f".{n}"):
+            row.title += f"; Orthanc at {_scale_label(loaded)}"
+    res.note(f"Orthanc's @{_scale_label(n)} rows are measured with {loaded} instances loaded "
+             "(uploading more through its REST API would not fit the time budget), so its "
+             "latency there is, if anything, flattered.")
+
+
+def _orthanc_upload(server: Server, template: ScaleTemplate, start: int, stop: int,
+                    workers: int) -> float:
+    def upload(indexes: range) -> None:
+        with httpx.Client(base_url=server.http, timeout=120) as client:
+            for i in indexes:
+                response = client.post("/instances", content=template.instance_bytes(
+                    scale_record(i)), headers={"Content-Type": "application/dicom"})
+                response.raise_for_status()
+
+    step = max(1, (stop - start + workers - 1) // workers)
+    ranges = [range(a, min(a + step, stop)) for a in range(start, stop, step)]
+    began = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(upload, r) for r in ranges]:
+            future.result()
+    elapsed = time.perf_counter() - began
+    count = _stored_count(server)
+    if count != stop:
+        raise RuntimeError(f"Orthanc holds {count} instances after uploading {stop}")
+    return elapsed
+
+
+# ------------------------------------------- DICOMweb and retrieve (a study)
+
+WADO_TARGET = Target(orthanc=1.5, text="≥1.5× Orthanc")
+METADATA_TARGET = Target(orthanc=0.2, text="≥5× faster (≤0.2× Orthanc)")
+STOW_TARGET = Target(orthanc=1.5, text="≥1.5× Orthanc")
+MOVE_TARGET = Target(orthanc=2.0, text="≥2× Orthanc")
+GET_TARGET = Target(orthanc=1.0, text="≥1× Orthanc")
+
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+
+
+def _multipart(files: list[Path]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for path in files:
+        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+        parts.append(path.read_bytes())
+        parts.append(b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f'{MULTIPART_DICOM}; boundary="{boundary}"'
+
+
+def _delete_study(server: Server, study_uid: str) -> None:
+    if server.name == "pacsnode":
+        response = httpx.delete(f"{server.dicomweb}/studies/{study_uid}", timeout=120)
+        if response.status_code not in (200, 202, 204):
+            raise RuntimeError(f"pacsnode DELETE study answered {response.status_code}")
+        return
+    found = httpx.post(server.http + "/tools/lookup", content=study_uid, timeout=60).json()
+    for item in found:
+        if item.get("Type") == "Study":
+            httpx.delete(f"{server.http}/studies/{item['ID']}", timeout=120).raise_for_status()
+
+
+def _clear(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+@contextmanager
+def _study_servers(bench: Bench) -> Iterator[tuple[Server, Server, Server]]:
+    """pacsnode and Orthanc holding the retrieve study (study 0 of the CT set),
+    both knowing a storescp as C-MOVE destination STORESCP."""
+    with bench.fleet() as fleet:
+        dest = fleet.storescp(aet="STORESCP")
+        nodes = {"STORESCP": ("STORESCP", dest.dicom_port)}
+        pacsnode = fleet.pacsnode(nodes=nodes)
+        orthanc = fleet.orthanc(modalities=nodes)
+        study = next(iter(bench.ct.studies()))
+        files = bench.ct.study_files(study)
+        for server in (pacsnode, orthanc):
+            _storescu_parallel(server, [files], server.workdir)
+        yield pacsnode, orthanc, dest
+
+
+def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
+    """STOW-RS, WADO-RS, metadata, C-MOVE and C-GET around one CT study."""
+    res, plan = bench.results, bench.plan
+    studies = bench.ct.studies()
+    if len(studies) < 2 and "stow" in groups:
+        raise RuntimeError("STOW needs a CT set of at least two studies (200 instances)")
+    retrieve_uid = next(iter(studies))
+    series = studies[retrieve_uid][0]
+    n_series = len(series.files)
+    study_count = len(bench.ct.study_files(retrieve_uid))
+    if "wado" in groups:
+        res.row("wado.series", f"WADO-RS series ({n_series} CT inst., multipart)", "MB/s",
+                higher_is_better=True, target=WADO_TARGET)
+    if "metadata" in groups:
+        res.row("metadata.series", f"WADO-RS series metadata ({n_series} inst.)", "ms",
+                higher_is_better=False, target=METADATA_TARGET)
+    if "stow" in groups:
+        res.row("stow.study", "STOW-RS CT study (2 requests × 50 inst.)", "inst/s",
+                higher_is_better=True, target=STOW_TARGET)
+    if "cmove" in groups:
+        res.row("cmove.study", f"C-MOVE study ({study_count} CT inst.) to storescp", "inst/s",
+                higher_is_better=True, target=MOVE_TARGET)
+    if "cget" in groups:
+        res.row("cget.study", f"C-GET study ({study_count} CT inst.)", "inst/s",
+                higher_is_better=True, target=GET_TARGET)
+
+    with _study_servers(bench) as (pacsnode, orthanc, dest):
+        servers = (pacsnode, orthanc)
+        url_of = {s.name: f"{s.dicomweb}/studies/{retrieve_uid}/series/{series.series_uid}"
+                  for s in servers}
+        if "wado" in groups:
+            for run in range(max(plan.runs, plan.latency_reps) + 1):
+                for server in servers:
+                    size, seconds = _wado(url_of[server.name])
+                    if run:  # the first round warms caches
+                        res.add("wado.series", server.name, size / MB / seconds)
+            bench.log("WADO-RS series measured")
+        if "metadata" in groups:
+            for server in servers:
+                with httpx.Client(timeout=120) as client:
+                    for rep in range(plan.latency_reps + 1):
+                        start = time.perf_counter()
+                        response = client.get(url_of[server.name] + "/metadata",
+                                              headers={"Accept": "application/dicom+json"})
+                        elapsed = time.perf_counter() - start
+                        response.raise_for_status()
+                        if rep == 0:
+                            count = len(response.json())
+                            if count != n_series:
+                                res.note(f"series metadata: {server.name} answered {count} "
+                                         f"instances, expected {n_series}")
+                        else:
+                            res.add("metadata.series", server.name, elapsed * 1000)
+            bench.log("series metadata measured")
+        if "cmove" in groups:
+            for run in range(plan.runs):
+                for server in servers:
+                    assert dest.output is not None
+                    _clear(dest.output)
+                    start = time.perf_counter()
+                    _run_dcmtk(_scu("movescu", server, "-S", "-aem", "STORESCP",
+                                    "-k", "QueryRetrieveLevel=STUDY",
+                                    "-k", f"StudyInstanceUID={retrieve_uid}"))
+                    elapsed = time.perf_counter() - start
+                    got = _stored_count(dest)
+                    if got != study_count:
+                        res.note(f"C-MOVE run {run + 1}: storescp got {got} of {study_count} "
+                                 f"from {server.name}")
+                    res.add("cmove.study", server.name, study_count / elapsed)
+            bench.log("C-MOVE measured")
+        if "cget" in groups:
+            for run in range(plan.runs):
+                for server in servers:
+                    with tempfile.TemporaryDirectory(dir=bench.root) as out:
+                        start = time.perf_counter()
+                        _run_dcmtk(_scu("getscu", server, "-S", "-od", out,
+                                        "-k", "QueryRetrieveLevel=STUDY",
+                                        "-k", f"StudyInstanceUID={retrieve_uid}"))
+                        elapsed = time.perf_counter() - start
+                        got = sum(1 for _ in Path(out).iterdir())
+                    if got != study_count:
+                        res.note(f"C-GET run {run + 1}: got {got} of {study_count} "
+                                 f"from {server.name}")
+                    res.add("cget.study", server.name, study_count / elapsed)
+            bench.log("C-GET measured")
+        if "stow" in groups:
+            stow_uid = list(studies)[1]
+            bodies = [_multipart(list(s.files)) for s in studies[stow_uid]]
+            count = sum(len(s.files) for s in studies[stow_uid])
+            for _run in range(plan.runs):
+                for server in servers:
+                    with httpx.Client(timeout=600) as client:
+                        start = time.perf_counter()
+                        for body, content_type in bodies:
+                            response = client.post(f"{server.dicomweb}/studies", content=body,
+                                                   headers={"Content-Type": content_type,
+                                                            "Accept": "application/dicom+json"})
+                            if response.status_code != 200:
+                                raise RuntimeError(f"STOW to {server.name} answered "
+                                                   f"{response.status_code}: "
+                                                   f"{response.text[:500]}")
+                        elapsed = time.perf_counter() - start
+                    res.add("stow.study", server.name, count / elapsed)
+                    _delete_study(server, stow_uid)
+            bench.log("STOW-RS measured")
+
+
+def _wado(url: str) -> tuple[int, float]:
+    """Bytes of a multipart series retrieval and the seconds it took."""
+    size = 0
+    with httpx.Client(timeout=300) as client:
+        start = time.perf_counter()
+        with client.stream("GET", url, headers={
+                "Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"}) as response:
+            response.raise_for_status()
+            for chunk in response.iter_raw(1024 * 1024):
+                size += len(chunk)
+        return size, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------ groups
+
+#: Row groups selectable with ``--only``.
+GROUPS = ("cstore", "cfind", "qido", "wado", "metadata", "stow", "cmove", "cget")
+WEB_GROUPS = {"wado", "metadata", "stow", "cmove", "cget"}
+
+
+def run_groups(bench: Bench, groups: list[str]) -> None:
+    """Run the selected groups; a failing phase is noted and the rest go on."""
+    selected = set(groups)
+    phases: list[tuple[str, Callable[[], None]]] = []
+    if "cstore" in selected:
+        phases.append(("C-STORE ingestion", lambda: cstore(bench)))
+    if selected & WEB_GROUPS:
+        phases.append(("DICOMweb and retrieve", lambda: web_and_retrieve(bench, selected)))
+    if selected & {"cfind", "qido"}:
+        phases.append(("C-FIND/QIDO scale", lambda: scale_queries(
+            bench, "cfind" in selected, "qido" in selected)))
+    for name, phase in phases:
+        bench.log(f"— {name}")
+        start = time.perf_counter()
+        try:
+            phase()
+        except Exception as exc:
+            bench.results.note(f"{name} failed: {type(exc).__name__}: {exc}"[:2000])
+            bench.log(f"{name} FAILED: {exc}")
+        bench.results.timings[name] = round(time.perf_counter() - start, 1)
