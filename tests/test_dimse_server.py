@@ -310,9 +310,19 @@ def test_pynetdicom_peer_with_small_max_pdu(node, tmp_path):
 def _serve_pids(node) -> list[int]:
     """The serve process and its DIMSE workers."""
     pids = [node.proc.pid]
-    children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children")
-    pids += [int(p) for p in children.read_text().split()]
+    for children in Path(f"/proc/{node.proc.pid}/task").glob("*/children"):
+        try:
+            pids += [int(p) for p in children.read_text().split()]
+        except OSError:  # a thread that just ended
+            pass
     return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
 
 
 def _kib(pid: int, field: str) -> int:
@@ -409,12 +419,41 @@ def test_associations_spread_over_processes(pacsnode_factory, tmp_path):
     workers = _serve_pids(node)[1:]
     node.kill()
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() and
-              "zombie" not in Path(f"/proc/{pid}/status").read_text() for pid in workers):
+    while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "a DIMSE worker outlived kill -9 of serve"
         time.sleep(0.05)
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", node.dicom_port)) != 0
+
+
+def test_a_dead_worker_is_replaced(pacsnode_factory):
+    import signal
+    node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_PROCESSES": "2"})
+    deadline = time.monotonic() + 20
+    while len(_serve_pids(node)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    worker = _serve_pids(node)[1]
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:
+        pids = _serve_pids(node)[1:]
+        if pids and worker not in pids:
+            break
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.1)
+    assert f"DIMSE worker 1 (pid {worker}) exited with -9" in node.log()
+    for _ in range(6):
+        assert echo_ok(node)
+    # SIGTERM stops the replacement too, cleanly.
+    replacement = pids[0]
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(30) == 0
+    node.proc = None
+    deadline = time.monotonic() + 10
+    while _alive(replacement):
+        assert time.monotonic() < deadline, "the replacement worker outlived serve"
+        time.sleep(0.05)
 
 
 def test_c_find_cancel(node, tmp_path):

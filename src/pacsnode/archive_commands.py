@@ -106,6 +106,8 @@ class _DimseWorkers:
         self._spawn = lambda slot: spawn(settings, slot, dimse.processes, dimse.limit_fd)
         self.procs = {slot: self._spawn(slot) for slot in range(1, dimse.processes)}
         self._stopping = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
         self._log = logging.getLogger("pacsnode.dimse")
         if self.procs:
             self._log.info("DIMSE served by %d processes", dimse.processes)
@@ -113,15 +115,33 @@ class _DimseWorkers:
                              daemon=True).start()
 
     def _watch(self) -> None:
-        while not self._stopping.wait(2.0):
+        import time
+        started = {slot: time.monotonic() for slot in self.procs}
+        delay = {slot: 1.0 for slot in self.procs}
+        dead_since: dict[int, float] = {}
+        # This thread lives until the workers are gone: a worker it restarted
+        # gets PR_SET_PDEATHSIG for *this thread*'s exit.
+        while not self._done.wait(1.0):
             for slot, proc in list(self.procs.items()):
-                if proc.poll() is not None and not self._stopping.is_set():
-                    self._log.error("DIMSE worker %d (pid %d) exited with %s: restarting",
-                                    slot, proc.pid, proc.returncode)
-                    self.procs[slot] = self._spawn(slot)
+                if proc.poll() is None or self._stopping.is_set():
+                    continue
+                now = time.monotonic()
+                if slot not in dead_since:  # one that dies young again waits longer
+                    dead_since[slot] = now
+                    young = now - started[slot] < 60
+                    delay[slot] = min(delay[slot] * 2, 120.0) if young else 1.0
+                    self._log.error("DIMSE worker %d (pid %d) exited with %s: restarting it "
+                                    "in %.0f s", slot, proc.pid, proc.returncode, delay[slot])
+                if now - dead_since[slot] >= delay[slot]:
+                    with self._lock:
+                        if not self._stopping.is_set():
+                            self.procs[slot] = self._spawn(slot)
+                    started[slot] = now
+                    del dead_since[slot]
 
     def terminate(self) -> None:
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -138,6 +158,7 @@ class _DimseWorkers:
                                   proc.pid)
                 proc.kill()
                 proc.wait(5)
+        self._done.set()
 
 
 def _http_server(config: Any) -> Any:

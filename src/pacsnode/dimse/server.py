@@ -103,6 +103,8 @@ MAX_DATASET_IN_MEMORY = 64 << 20
 CHUNK = 1 << 20
 #: Seconds we wait for the A-ASSOCIATE-RQ (the ARTIM timer) at most.
 ARTIM = 30.0
+#: Seconds we wait for the peer to close after our last PDU.
+LINGER = 2.0
 
 _PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ",
               0x04: "P-DATA-TF", 0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP",
@@ -518,18 +520,32 @@ class Association:
             self._temp.unlink(missing_ok=True)
             self._temp = None
         if not self.writer.is_closing():
+            linger = self.loop.create_task(self._linger())
+            self.server._background.add(linger)
+            linger.add_done_callback(self.server._background.discard)
+
+    async def _linger(self) -> None:
+        """PS3.8 Sta13: after our A-ASSOCIATE-RJ, A-ABORT or A-RELEASE-RP the
+        peer closes the connection; give it a moment to read that PDU (a peer
+        seeing the close first may take a rejection for an abort), then close."""
+        try:
+            async with asyncio.timeout(LINGER):
+                while await self.reader.read(CHUNK):
+                    pass
+        except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
             self.writer.close()
 
     def abort(self, source: int, reason: int, why: str = "") -> None:
         """Send an A-ABORT and close (PS3.8 9.3.8)."""
         if not self.outcome:
             self.outcome = f"aborted by us ({why})" if why else "aborted by us"
-        if not self.writer.is_closing():
+        if not self.closed and not self.writer.is_closing():
             try:
                 self.writer.write(a_abort(source, reason))
             except Exception:
                 pass
-            self.writer.close()
         self.closed = True
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
@@ -627,7 +643,7 @@ class Association:
 
     def _reject(self, result: int, source: int, reason: int) -> None:
         self.writer.write(a_associate_rj(result, source, reason))
-        self.writer.close()
+        self.closed = True
 
     def _rejected(self, result: int, source: int, reason: int, why: str) -> bool:
         log.warning("association rejected: %s: %s", self.describe(), why)
@@ -668,7 +684,7 @@ class Association:
         async with self.send_lock:
             self.writer.write(A_RELEASE_RP)
             await self.writer.drain()
-        self.writer.close()
+        self.closed = True
 
     async def _p_data(self, length: int) -> None:
         """The PDVs of one P-DATA-TF, each read as it comes (PS3.8 9.3.5)."""
@@ -855,7 +871,7 @@ class Association:
 
     async def send(self, context_id: int, command: bytes, dataset: bytes | None = None) -> None:
         """One DIMSE message, fragmented to the peer's maximum PDU length."""
-        if self.writer.is_closing():
+        if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
         pdus = list(m.pdata(context_id, command, True, self.max_pdu))
         if dataset is not None:
@@ -867,7 +883,7 @@ class Association:
     async def _send_file(self, context_id: int, command: bytes, out: Outgoing) -> None:
         """A C-STORE-RQ whose data set is a stored file's bytes from
         ``out.offset`` on, read and sent a block at a time."""
-        if self.writer.is_closing():
+        if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
         async with self.send_lock:
             self.writer.write(b"".join(m.pdata(context_id, command, True, self.max_pdu)))
@@ -1001,7 +1017,7 @@ class Association:
                                  error_comment=comment,
                                  affected_sop_class=command.affected_sop_class or None)
                 asyncio.run_coroutine_threadsafe(
-                    self.send(op.context_id, rsp, encoded), loop).result()
+                    self.send(op.context_id, rsp, encoded), loop).result(self.server.timeout)
                 if status != 0xFF00:
                     return
 
@@ -1042,7 +1058,8 @@ class Association:
 
         def progress(ops: SubOperations) -> None:
             asyncio.run_coroutine_threadsafe(self._final(
-                op, m.C_MOVE_RSP, 0xFF00, ops=ops, with_remaining=True), loop).result()
+                op, m.C_MOVE_RSP, 0xFF00, ops=ops, with_remaining=True), loop).result(
+                    self.server.timeout)
 
         if not refs:
             await self._final(op, m.C_MOVE_RSP, 0x0000, ops=SubOperations(0))
