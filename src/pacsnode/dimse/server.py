@@ -10,10 +10,12 @@ stays free for other associations while one fsyncs), and the response is
 one write.
 
 pynetdicom is still used for what it does well and where speed does not
-matter: decoding the A-ASSOCIATE-RQ and encoding the -AC (``pynetdicom.pdu``),
-presentation context and role negotiation (``negotiate_as_acceptor``), and
-as the *requestor* of the associations we open ourselves (C-MOVE
-destinations, storage commitment reports; see ``services.py``).
+matter: the A-ASSOCIATE PDUs (``pynetdicom.pdu``), presentation context and
+role negotiation (``negotiate_as_acceptor`` / ``_as_requestor``), and as the
+requestor of a storage commitment report that cannot go back on the
+requesting association (``services.py``).  The associations a C-MOVE opens
+to its destination are ours (``connect``): the same reader and writer, so
+the stored bytes go out as fast as on a C-GET.
 
 Association life (PS3.8 9.2): A-ASSOCIATE-RQ → -AC (or -RJ: bad request,
 no acceptable presentation context, too many associations); then P-DATA-TF
@@ -59,7 +61,7 @@ from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotifi
                                        MaximumLengthNotification,
                                        SCP_SCU_RoleSelectionNegotiation)
 from pynetdicom.presentation import (AllStoragePresentationContexts, PresentationContext,
-                                     negotiate_as_acceptor)
+                                     negotiate_as_acceptor, negotiate_as_requestor)
 
 from ..config import Settings
 from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -67,7 +69,7 @@ from ..errors import PacsnodeError
 from ..events import Origin
 from . import messages as m
 from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
-                       SubOperations, prepare_outgoing)
+                       SubOperations, dataset_offset, prepare_outgoing, store_contexts)
 
 log = logging.getLogger("pacsnode.dimse")
 
@@ -454,6 +456,9 @@ class Association:
         self.max_pdu = 0  # the peer's Maximum Length Received
         self.is_established = False
         self.closed = False
+        self.requestor = False  # True on the associations we open (C-MOVE)
+        self._counted = False  # holds a place under max_associations
+        self._release_requested = False
         self.task: asyncio.Task[Any] | None = None
         self.ops: dict[int, Operation] = {}
         self.op_tasks: set[asyncio.Task[Any]] = set()
@@ -475,13 +480,17 @@ class Association:
         self._data: bytearray | None = None
 
     def describe(self) -> str:
+        if self.requestor:
+            return f"{self.peer_aet} at {self.address}:{self.port}"
         return f"{self.peer_aet or '?'} from {self.address}:{self.port}"
 
     # -- the association's life
 
     async def run(self) -> None:
+        """The association's reader, from its first PDU (or, when we are the
+        requestor, from the A-ASSOCIATE-AC) to its end."""
         try:
-            if not await self._associate():
+            if not self.requestor and not await self._associate():
                 return
             self.outcome = await self._serve()
         except asyncio.IncompleteReadError:
@@ -497,8 +506,9 @@ class Association:
             self.abort(2, 0, f"internal error {exc.__class__.__name__}")
         finally:
             self._close()
-            if self.is_established:
+            if self._counted:
                 self.server.limit.release()
+            if self.is_established:
                 log.info("association %s: %s", self.outcome or "closed", self.describe())
             elif self.outcome:
                 log.warning("connection from %s:%s %s", self.address, self.port, self.outcome)
@@ -519,7 +529,9 @@ class Association:
         if self._temp is not None:
             self._temp.unlink(missing_ok=True)
             self._temp = None
-        if not self.writer.is_closing():
+        if self.requestor and self.outcome == "released":
+            self.writer.close()  # PS3.8 AR-3: the requestor closes after A-RELEASE-RP
+        elif not self.writer.is_closing():
             linger = self.loop.create_task(self._linger())
             self.server._background.add(linger)
             linger.add_done_callback(self.server._background.discard)
@@ -618,6 +630,7 @@ class Association:
         if not self.server.limit.acquire():
             return self._rejected(2, 3, 2, "local limit exceeded (max_associations "
                                   f"{self.server.limit.limit})")
+        self._counted = True
         reply = A_ASSOCIATE()
         reply.application_context_name = APPLICATION_CONTEXT
         reply.calling_ae_title = request.calling_ae_title
@@ -663,6 +676,9 @@ class Association:
                 await self.reader.readexactly(4)
                 await self._release()
                 return "released"
+            elif pdu_type == 0x06 and self._release_requested:
+                await self.reader.readexactly(min(length, 64))
+                return "released"
             elif pdu_type == 0x07:
                 body = await self.reader.readexactly(4) if length == 4 else b"\0\0\0\0"
                 return (f"aborted by the peer (source {_ABORT_SOURCES.get(body[2], body[2])}, "
@@ -671,6 +687,20 @@ class Association:
                 raise ProtocolError(f"unexpected {_PDU_NAMES[pdu_type]}", reason=2)
             else:
                 raise ProtocolError(f"unrecognized PDU type 0x{pdu_type:02X}", reason=1)
+
+    async def release(self) -> None:
+        """Release an association we requested (A-RELEASE-RQ, wait for the
+        -RP), or abort it when the peer does not answer."""
+        if self.closed or self.task is None:
+            return
+        self._release_requested = True
+        try:
+            async with self.send_lock:
+                self.writer.write(bytes.fromhex("05000000000400000000"))
+                await self.writer.drain()
+            await asyncio.wait_for(asyncio.shield(self.task), min(self.server.timeout, 10.0))
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            self.abort(0, 0, "no A-RELEASE-RP")
 
     async def _release(self) -> None:
         for future in self.waiting.values():
@@ -1041,6 +1071,8 @@ class Association:
             return None
 
     async def _c_move(self, op: Operation, data: bytes) -> None:
+        """C-MOVE: the instances go to the destination on a new association
+        we request (one per C-MOVE), a pending response after each."""
         command = op.command
         dest_aet = command.move_destination
         dest = await self.server.pool.run(self.services.move_destination, dest_aet)
@@ -1054,23 +1086,36 @@ class Association:
             return
         log.info("C-MOVE from %s to %s: %d instances", self.origin.describe(), dest_aet,
                  len(refs))
-        loop = self.loop
-
-        def progress(ops: SubOperations) -> None:
-            asyncio.run_coroutine_threadsafe(self._final(
-                op, m.C_MOVE_RSP, 0xFF00, ops=ops, with_remaining=True), loop).result(
-                    self.server.timeout)
-
         if not refs:
             await self._final(op, m.C_MOVE_RSP, 0x0000, ops=SubOperations(0))
             return
-        result = await self.server.pool.run(self.services.move, refs, dest, self.origin,
-            command.message_id, op.cancel.is_set, progress)
-        if result is None:
+        try:
+            sub = await connect(self.server, dest.host, dest.port, dest.aet,
+                                store_contexts(refs))
+        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            log.warning("C-MOVE from %s: cannot associate with %s at %s:%s: %s",
+                        self.origin.describe(), dest_aet, dest.host, dest.port, exc)
             await self._final(op, m.C_MOVE_RSP, 0xA801,
                               f"cannot associate with {dest_aet} at {dest.host}:{dest.port}")
             return
-        ops, cancelled = result
+        ops = SubOperations(len(refs))
+        cancelled = False
+        try:
+            for ref in refs:
+                if op.cancel.is_set():
+                    cancelled = True
+                    break
+                status = None
+                if not sub.closed:
+                    try:
+                        status = await sub.store_instance(
+                            ref, originator=(self.peer_aet, command.message_id))
+                    except ConnectionError as exc:
+                        log.warning("C-MOVE to %s: association lost: %s", dest_aet, exc)
+                ops.count(status, ref.sop_instance_uid)
+                await self._final(op, m.C_MOVE_RSP, 0xFF00, ops=ops, with_remaining=True)
+        finally:
+            await sub.release()
         log.info("C-MOVE from %s to %s: %d completed, %d failed, %d warning%s",
                  self.origin.describe(), dest_aet, ops.completed, ops.failed, ops.warning,
                  " (cancelled)" if cancelled else "")
@@ -1078,6 +1123,8 @@ class Association:
                           with_remaining=cancelled)
 
     async def _c_get(self, op: Operation, data: bytes) -> None:
+        """C-GET: the instances come back on this association, a pending
+        response after each."""
         refs = await self._refs(op, data, "C-GET")
         if refs is None:
             return
@@ -1088,7 +1135,7 @@ class Association:
             if op.cancel.is_set():
                 cancelled = True
                 break
-            status = await self._get_one(ref)
+            status = await self.store_instance(ref)
             ops.count(status, ref.sop_instance_uid)
             await self._final(op, m.C_GET_RSP, 0xFF00, ops=ops, with_remaining=True)
         if cancelled:
@@ -1097,28 +1144,34 @@ class Association:
         await self._final(op, m.C_GET_RSP, ops.final_status(cancelled), ops=ops,
                           with_remaining=cancelled)
 
-    async def _get_one(self, ref: Any) -> int | None:
-        """One C-GET sub-operation: C-STORE the instance to the SCU on this
-        association (we are the storage SCU on a context it accepted with
-        role selection), as stored when it accepted that syntax."""
+    async def store_instance(self, ref: Any,
+                             originator: tuple[str, int] | None = None) -> int | None:
+        """One C-STORE sub-operation on this association, where we are the
+        storage SCU (a C-MOVE association we requested, or a C-GET SCU's
+        association with role selection): the stored bytes when the peer
+        accepted that syntax, otherwise transcoded.  The response status, or
+        None when it could not be sent."""
         usable = {str(cx.transfer_syntax[0]): cid for cid, cx in self.contexts.items()
                   if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu}
         try:
-            out = await self.server.pool.run(prepare_outgoing, ref,
-                                                  list(usable))
+            if ref.transfer_syntax in usable:  # a read of the file's first block
+                offset, _ = dataset_offset(ref.path)
+                out = Outgoing(ref.path, offset, ref.transfer_syntax)
+            else:
+                out = await self.server.pool.run(prepare_outgoing, ref, list(usable))
         except Exception as exc:
-            log.warning("C-GET from %s: cannot send %s: %s", self.origin.describe(),
-                        ref.sop_instance_uid, exc)
+            log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, self.describe(), exc)
             return None
+        fields: dict[str, Any] = dict(field=m.C_STORE_RQ, affected_sop_class=ref.sop_class_uid,
+                                      affected_sop_instance=ref.sop_instance_uid, priority=0)
+        if originator is not None:
+            fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
         try:
-            rsp, _ = await self.request(
-                usable[out.transfer_syntax],
-                dict(field=m.C_STORE_RQ, affected_sop_class=ref.sop_class_uid,
-                     affected_sop_instance=ref.sop_instance_uid, priority=0), out=out)
+            rsp, _ = await self.request(usable[out.transfer_syntax], fields, out=out)
         except asyncio.TimeoutError:
-            log.warning("C-GET from %s: no C-STORE response for %s in %.0f s: aborting",
-                        self.origin.describe(), ref.sop_instance_uid, self.server.timeout)
-            self.abort(2, 0)
+            log.warning("no C-STORE response for %s from %s in %.0f s: aborting",
+                        ref.sop_instance_uid, self.describe(), self.server.timeout)
+            self.abort(2, 0, "no C-STORE response")
             raise ConnectionError("no C-STORE response") from None
         finally:
             out.close()
@@ -1172,3 +1225,79 @@ class Association:
         except (ConnectionError, asyncio.TimeoutError) as exc:
             log.info("storage commitment report on the same association failed: %s", exc)
         self.server.background(self.services.send_commitment, self.peer_aet, report)
+
+
+async def connect(server: AssociationServer, host: str, port: int, called_aet: str,
+                  contexts: list[PresentationContext]) -> Association:
+    """Open an association as the requestor (the destination of a C-MOVE),
+    served by the same machinery as the ones we accept.  Raises
+    ConnectionError when the peer rejects or aborts it, or accepts no
+    presentation context."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, limit=4 * CHUNK), ARTIM)
+    set_nodelay(writer.get_extra_info("socket"))
+    assoc = Association(server, reader, writer)
+    assoc.requestor = True
+    assoc.peer_aet = called_aet
+    assoc.origin = Origin("dimse", peer_aet=called_aet, address=assoc.address,
+                          called_aet=called_aet)
+    proposed = []
+    for n, cx in enumerate(contexts[:128]):
+        cx.context_id = 2 * n + 1
+        proposed.append(cx)
+    request = A_ASSOCIATE()
+    request.application_context_name = APPLICATION_CONTEXT
+    request.calling_ae_title = server.settings.ae_title
+    request.called_ae_title = called_aet
+    request.presentation_context_definition_list = proposed
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = MAX_PDU_RECEIVE
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    request.user_information = [max_length, class_uid, version]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(request)
+    writer.write(rq.encode())
+    try:
+        pdu_type, length = await asyncio.wait_for(assoc._header(), ARTIM)
+        if length > MAX_ASSOCIATE_RQ:
+            raise ProtocolError(f"{_PDU_NAMES.get(pdu_type, 'PDU')} of length {length}")
+        body = await asyncio.wait_for(reader.readexactly(length), ARTIM)
+        if pdu_type == 0x03 and length >= 4:
+            raise ConnectionError(f"{called_aet} rejected the association (result {body[1]}, "
+                                  f"source {body[2]}, reason {body[3]})")
+        if pdu_type == 0x07:
+            raise ConnectionError(f"{called_aet} aborted the association")
+        if pdu_type != 0x02:
+            raise ProtocolError(f"{_PDU_NAMES.get(pdu_type, 'unknown PDU')} instead of "
+                                "A-ASSOCIATE-AC", reason=2)
+        ac = A_ASSOCIATE_AC()
+        try:
+            ac.decode(struct.pack(">BBI", 0x02, 0, length) + body)
+            reply = ac.to_primitive()
+        except Exception as exc:
+            raise ProtocolError(f"malformed A-ASSOCIATE-AC: {exc}") from None
+        roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
+                 for item in reply.user_information
+                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+        result = negotiate_as_requestor(proposed,
+                                        reply.presentation_context_definition_results_list,
+                                        roles)
+        assoc.contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
+        assoc.max_pdu = int(reply.maximum_length_received or 0)
+        if not assoc.contexts:
+            raise ProtocolError(f"{called_aet} accepted no presentation context", reason=0)
+    except ProtocolError as exc:
+        writer.write(a_abort(0, 0))
+        writer.close()
+        raise ConnectionError(str(exc)) from None
+    except BaseException:
+        writer.close()
+        raise
+    assoc.is_established = True
+    assoc.task = assoc.loop.create_task(assoc.run())
+    log.info("association requested: %s (%d of %d contexts accepted, max PDU %s)",
+             assoc.describe(), len(assoc.contexts), len(proposed), assoc.max_pdu or "unlimited")
+    return assoc

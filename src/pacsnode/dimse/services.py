@@ -183,39 +183,19 @@ def store_contexts(refs: list[InstanceRef]) -> list[Any]:
 
 
 def _nodelay(event: Any) -> None:
-    from .scp import set_nodelay
+    from .server import set_nodelay
     set_nodelay(getattr(event.assoc.dul.socket, "socket", None))
 
 
 def _requestor(node: Node) -> Any:
-    """A pynetdicom AE for the associations *we* open (C-MOVE destinations,
-    storage commitment reports): one per use, not the hot path."""
-    from pynetdicom import AE, _config
-    _config.STORE_SEND_CHUNKED_DATASET = True  # a Path is sent as its stored bytes
+    """A pynetdicom AE for a storage commitment report that could not go back
+    on the requesting association: rare, so pynetdicom's requestor will do."""
+    from pynetdicom import AE
     ae = AE(ae_title=node.settings.ae_title)
     ae.acse_timeout = 30
     ae.dimse_timeout = node.settings.dimse_timeout
     ae.network_timeout = node.settings.dimse_timeout
     return ae
-
-
-def send_stored(assoc: Any, ref: InstanceRef, **kwargs: Any) -> int | None:
-    """C-STORE a stored instance on a pynetdicom association we requested:
-    the stored bytes when the peer accepted the stored syntax, otherwise
-    transcoded.  Returns the response status (None: no response)."""
-    accepted = [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
-                if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu]
-    try:
-        out = prepare_outgoing(ref, accepted)
-    except Exception as exc:
-        log.warning("cannot send %s: %s", ref.sop_instance_uid, exc)
-        return None
-    try:
-        rsp = assoc.send_c_store(out.path, **kwargs)
-    finally:
-        out.close()
-    status = getattr(rsp, "Status", None)
-    return int(status) if status is not None else None
 
 
 class Services:
@@ -287,47 +267,6 @@ class Services:
 
     def move_destination(self, aet: str) -> NodeConfig | None:
         return self.node.node_by_aet(aet)
-
-    def move(self, refs: list[InstanceRef], dest: NodeConfig, origin: Origin,
-             message_id: int, cancelled: Callable[[], bool],
-             progress: Callable[[SubOperations], None]) -> tuple[SubOperations, bool] | None:
-        """Send ``refs`` to a C-MOVE destination on a new association
-        (pynetdicom as the requestor).  ``progress`` is called after each
-        sub-operation.  Returns the counts and whether it was cancelled, or
-        None when the destination cannot be reached."""
-        from pynetdicom import evt
-        ae = _requestor(self.node)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet,
-                             contexts=store_contexts(refs),
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
-        if not assoc.is_established:
-            log.warning("C-MOVE from %s: cannot associate with %s at %s:%s",
-                        origin.describe(), dest.aet, dest.host, dest.port)
-            return None
-        ops = SubOperations(remaining=len(refs))
-        stopped = False
-        try:
-            for ref in refs:
-                if cancelled():
-                    stopped = True
-                    break
-                if not assoc.is_established:
-                    ops.count(None, ref.sop_instance_uid)
-                    progress(ops)
-                    continue
-                try:
-                    status = send_stored(assoc, ref, originator_aet=origin.peer_aet,
-                                         originator_id=message_id)
-                except Exception as exc:
-                    log.warning("C-MOVE sub-operation %s to %s failed: %s",
-                                ref.sop_instance_uid, dest.aet, exc)
-                    status = None
-                ops.count(status, ref.sop_instance_uid)
-                progress(ops)
-        finally:
-            if assoc.is_established:
-                assoc.release()
-        return ops, stopped
 
     # -- Storage Commitment Push Model (PS3.4 J.3)
 
