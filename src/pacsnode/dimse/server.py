@@ -103,6 +103,8 @@ MAX_COMMAND = 1 << 16
 MAX_DATASET_IN_MEMORY = 64 << 20
 #: Bytes read from the socket buffer per file write.
 CHUNK = 1 << 20
+#: Bytes of a received data set after which their writeback to disk starts.
+WRITEBACK = 256 << 10
 #: Seconds we wait for the A-ASSOCIATE-RQ (the ARTIM timer) at most.
 ARTIM = 30.0
 #: Seconds we wait for the peer to close after our last PDU.
@@ -477,6 +479,8 @@ class Association:
         self._sink: BinaryIO | None = None
         self._temp: Path | None = None
         self._refusal: tuple[int, str] | None = None  # a C-STORE we will not ingest
+        self._written = self._synced = 0  # temp file: end, start of unflushed writeback
+        self._writeback = server.services.node.store.fsync and hasattr(os, "posix_fadvise")
         self._data: bytearray | None = None
 
     def describe(self) -> str:
@@ -775,6 +779,15 @@ class Association:
                     raise asyncio.IncompleteReadError(b"", size)
                 sink.write(chunk)
                 size -= len(chunk)
+                self._written += len(chunk)
+            if self._written - self._synced >= WRITEBACK and self._writeback:
+                # Start writing back what we have (POSIX_FADV_DONTNEED starts
+                # the writeback of dirty pages and leaves them cached), so the
+                # fsync before the acknowledgement finds less left to do.
+                sink.flush()
+                os.posix_fadvise(sink.fileno(), self._synced, self._written - self._synced,
+                                 os.POSIX_FADV_DONTNEED)
+                self._synced = self._written
         elif self._data is not None:
             if len(self._data) + size > MAX_DATASET_IN_MEMORY:
                 raise ProtocolError(f"data set longer than {MAX_DATASET_IN_MEMORY} bytes "
@@ -825,8 +838,10 @@ class Association:
             return
         self._sink, self._temp = fh, temp
         try:
-            fh.write(m.part10_header(command.affected_sop_class, command.affected_sop_instance,
-                                     self.contexts[context_id].transfer_syntax[0]))
+            header = m.part10_header(command.affected_sop_class, command.affected_sop_instance,
+                                     self.contexts[context_id].transfer_syntax[0])
+            fh.write(header)
+            self._written = self._synced = len(header)
         except Exception as exc:
             fh.close()
             temp.unlink(missing_ok=True)
