@@ -42,9 +42,9 @@ from sqlalchemy import ColumnElement, Connection, delete, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 
-from .dicom.catalogue import Level, UnknownAttribute, resolve_key
-from .dicom.header import valid_uid
-from .dicom.values import attribute_columns, fold, norm_date, norm_datetime, norm_time, text_value
+from .dicom.catalogue import Level
+from .dicom.header import sequence_items, valid_uid
+from .dicom.values import attribute_columns, norm_date, norm_datetime, norm_time, text_value
 from .errors import BadQuery, NotFound, PacsnodeError
 from .events import Event, Origin
 from .index.db import Database
@@ -52,7 +52,7 @@ from .index.schema import changes
 from .index.workitems import (WORKITEM_ATTRIBUTES, WORKITEM_BY_KEYWORD, workitem_item_attrs,
                               workitems)
 from .query.model import Query, ReturnKey, Sequence
-from .query.parse import match_constraints, search_params
+from .query.parse import match_constraints, resolve_attribute as _resolve, search_params
 from .query.sql import attribute_condition, sequence_exists
 
 __all__ = ["UPS_PUSH_SOP_CLASS", "SCHEDULED", "IN_PROGRESS", "COMPLETED", "CANCELED", "STATES",
@@ -969,30 +969,10 @@ def _row_values(ds: Dataset) -> dict[str, Any]:
 
 
 def _item_rows(row_id: int, ds: Dataset) -> list[dict[str, Any]]:
-    """String attributes of the items of every top-level sequence, for
-    sequence matching.  Times and date-times are kept in the normal form the
-    range constraints use."""
-    rows: list[dict[str, Any]] = []
-    for elem in ds:
-        if elem.VR != "SQ" or not elem.keyword:
-            continue
-        for number, item in enumerate(elem.value or []):
-            for sub in item:
-                if sub.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN") or not sub.keyword:
-                    continue
-                value = text_value(sub.value)
-                if len(value) > 256:
-                    continue
-                try:
-                    if sub.VR == "DT" and value:
-                        value = norm_datetime(value)
-                    elif sub.VR == "TM" and value:
-                        value = norm_time(value)
-                except ValueError:
-                    pass
-                rows.append({"workitem_fk": row_id, "seq": elem.keyword, "item": number,
-                             "keyword": sub.keyword, "value": value, "value_ci": fold(value)})
-    return rows
+    """Item attributes of every top-level sequence, for sequence matching."""
+    return [{"workitem_fk": row_id, "seq": seq, "item": number, "keyword": keyword,
+             "value": value, "value_ci": folded}
+            for seq, number, keyword, value, folded in sequence_items(ds, sequences=None)]
 
 
 def _write_items(conn: Connection, row_id: int, ds: Dataset, *, replace: bool) -> None:
@@ -1043,16 +1023,6 @@ def parse_search(params: Iterable[tuple[str, str]], max_limit: int) -> Query:
     if max_limit and (query.limit is None or query.limit > max_limit):
         query.limit = max_limit
     return query
-
-
-def _resolve(name: str) -> tuple[int, str]:
-    try:
-        tag, keyword = resolve_key(name)
-    except UnknownAttribute as exc:
-        raise BadQuery(str(exc)) from None
-    if not keyword:
-        raise BadQuery(f"{name}: private attributes cannot be searched")
-    return tag, keyword
 
 
 def _vr(tag: int) -> str:

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from .catalogue import Level
-from .values import fold, row_values_from_json, text_value
+from .values import fold, norm_datetime, norm_time, row_values_from_json, text_value
 
 __all__ = ["UID_RE", "valid_uid", "ParsedHeader", "read_header", "header_json",
            "INDEXED_SEQUENCES", "BULK_URI_PREFIX"]
@@ -86,24 +86,32 @@ def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
-def sequence_items(ds: Dataset) -> list[tuple[str, int, str, str, str]]:
+def sequence_items(ds: Dataset, sequences: frozenset[str] | None = INDEXED_SEQUENCES
+                   ) -> list[tuple[str, int, str, str, str]]:
     """(sequence keyword, item number, keyword, value, folded value) for the
-    string attributes of the items of INDEXED_SEQUENCES."""
+    string attributes of the items of ``sequences`` (None: every top-level
+    sequence), for sequence matching (PS3.4 C.2.2.2.6).  Times and date-times
+    are kept in the normal form the range constraints use."""
     out: list[tuple[str, int, str, str, str]] = []
-    for keyword in INDEXED_SEQUENCES:
-        if keyword not in ds:
+    for elem in ds:
+        if elem.VR != "SQ" or not elem.keyword or \
+                (sequences is not None and elem.keyword not in sequences):
             continue
-        elem = ds[keyword]
-        if elem.VR != "SQ":
-            continue
-        for number, item in enumerate(elem.value):
+        for number, item in enumerate(elem.value or []):
             for sub in item:
                 if sub.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN") or not sub.keyword:
                     continue
                 value = text_value(sub.value)
                 if len(value) > 256:
                     continue
-                out.append((keyword, number, sub.keyword, value, fold(value)))
+                try:
+                    if sub.VR == "DT" and value:
+                        value = norm_datetime(value)
+                    elif sub.VR == "TM" and value:
+                        value = norm_time(value)
+                except ValueError:
+                    pass
+                out.append((elem.keyword, number, sub.keyword, value, fold(value)))
     return out
 
 

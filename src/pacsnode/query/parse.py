@@ -18,7 +18,7 @@ from .model import (Constraint, Fuzzy, ListOfUID, Query, Range, ReturnKey, Seque
                     SingleValue, Wildcard)
 
 __all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "QIDO_DEFAULTS",
-           "search_params", "match_constraints"]
+           "search_params", "match_constraints", "resolve_attribute"]
 
 # Elements of an identifier that steer the query rather than match.
 _CONTROL = {0x00080052, 0x00080005, 0x00080056, 0x00080054, 0x00088000}
@@ -181,8 +181,8 @@ def match_constraints(matches: Iterable[tuple[str, str]], fuzzy: bool,
     for name, value in matches:
         if "." in name:
             seq_name, _, item_name = name.partition(".")
-            seq_tag, seq_kw = _resolve(seq_name)
-            item_tag, item_kw = _resolve(item_name)
+            seq_tag, seq_kw = resolve_attribute(seq_name)
+            item_tag, item_kw = resolve_attribute(item_name)
             if _vr_of(seq_tag, seq_kw) != "SQ":
                 raise BadQuery(f"{seq_kw} is not a sequence")
             item_vr = _vr_of(item_tag, item_kw)
@@ -194,7 +194,7 @@ def match_constraints(matches: Iterable[tuple[str, str]], fuzzy: bool,
             if c is not None:
                 items.setdefault(seq_kw, []).append(c)
             continue
-        tag, keyword = _resolve(name)
+        tag, keyword = resolve_attribute(name)
         add_return(tag, keyword)
         vr = _vr_of(tag, keyword)
         if vr == "SQ":
@@ -235,7 +235,7 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
         if field == "all":
             query.include_all = True
             continue
-        tag, keyword = _resolve(field)
+        tag, keyword = resolve_attribute(field)
         add_return(tag, keyword)
     for key, uid in (scope or {}).items():
         query.constraints.append(SingleValue(key, uid))
@@ -254,7 +254,8 @@ def _scope_level(scope: dict[str, str]) -> Level:
     return Level.PATIENT
 
 
-def _resolve(name: str) -> tuple[int, str]:
+def resolve_attribute(name: str) -> tuple[int, str]:
+    """Keyword or tag → (tag, keyword); BadQuery for unknown or private ones."""
     try:
         tag, keyword = resolve_key(name)
     except UnknownAttribute as exc:
