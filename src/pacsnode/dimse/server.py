@@ -1105,6 +1105,8 @@ class Association:
                         log.warning("C-FIND from %s: cannot encode a match: %s",
                                     self.origin.describe(), exc)
                         status, comment = 0xC000, f"cannot encode a match: {exc}"
+                if self.closed:  # aborted: nobody to answer (and the loop may be gone)
+                    return
                 rsp = m.response(m.C_FIND_RSP, command, status, dataset=encoded is not None,
                                  error_comment=comment,
                                  affected_sop_class=command.affected_sop_class or None)
