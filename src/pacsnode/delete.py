@@ -24,6 +24,7 @@ from sqlalchemy import Connection, delete, func, select
 from .events import Event, Origin
 from .index.schema import changes, instances, item_attrs, patients, series, studies
 from .node import Node
+from .retrieve import select_instances
 
 __all__ = ["delete_entities", "DeletedInstance"]
 
@@ -52,18 +53,12 @@ def delete_entities(node: Node, study_uid: str, series_uid: str | None = None,
     Returns how many instances were deleted (0: nothing matched)."""
     deleted: list[DeletedInstance] = []
     with node.db.write() as conn:
-        stmt = (select(instances.c.id, instances.c.sopinstanceuid, instances.c.blob_key,
-                       instances.c.series_fk, instances.c.study_fk,
-                       series.c.seriesinstanceuid, studies.c.studyinstanceuid,
-                       studies.c.patient_fk, patients.c.patientid)
-                .join(series, series.c.id == instances.c.series_fk)
-                .join(studies, studies.c.id == instances.c.study_fk)
-                .join(patients, patients.c.id == studies.c.patient_fk)
-                .where(studies.c.studyinstanceuid == study_uid))
-        if series_uid:
-            stmt = stmt.where(series.c.seriesinstanceuid == series_uid)
-        if sop_uid:
-            stmt = stmt.where(instances.c.sopinstanceuid == sop_uid)
+        stmt = select_instances(
+            instances.c.id, instances.c.sopinstanceuid, instances.c.blob_key,
+            instances.c.series_fk, instances.c.study_fk, series.c.seriesinstanceuid,
+            studies.c.studyinstanceuid, studies.c.patient_fk, patients.c.patientid,
+            study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+        ).join(patients, patients.c.id == studies.c.patient_fk)
         rows = conn.execute(stmt.order_by(instances.c.id)).all()
         if not rows:
             # A study or series row may exist without instances (left over
@@ -99,27 +94,16 @@ def delete_entities(node: Node, study_uid: str, series_uid: str | None = None,
 
 def _delete_childless(c: Connection, series_ids: set[int], study_ids: set[int],
                       patient_ids: set[int]) -> None:
-    for part in _chunks(sorted(series_ids)):
-        still = {int(x) for x in c.execute(
-            select(instances.c.series_fk).where(instances.c.series_fk.in_(part))
-            .group_by(instances.c.series_fk)).scalars()}
-        empty = [s for s in part if s not in still]
-        if empty:
-            c.execute(delete(series).where(series.c.id.in_(empty)))
-    for part in _chunks(sorted(study_ids)):
-        still = {int(x) for x in c.execute(
-            select(series.c.study_fk).where(series.c.study_fk.in_(part))
-            .group_by(series.c.study_fk)).scalars()}
-        empty = [s for s in part if s not in still]
-        if empty:
-            c.execute(delete(studies).where(studies.c.id.in_(empty)))
-    for part in _chunks(sorted(patient_ids)):
-        still = {int(x) for x in c.execute(
-            select(studies.c.patient_fk).where(studies.c.patient_fk.in_(part))
-            .group_by(studies.c.patient_fk)).scalars()}
-        empty = [p for p in part if p not in still]
-        if empty:
-            c.execute(delete(patients).where(patients.c.id.in_(empty)))
+    """Drop the series, then studies, then patients left without children."""
+    for ids, parent, child_fk in ((series_ids, series, instances.c.series_fk),
+                                  (study_ids, studies, series.c.study_fk),
+                                  (patient_ids, patients, studies.c.patient_fk)):
+        for part in _chunks(sorted(ids)):
+            still = {int(x) for x in c.execute(
+                select(child_fk).where(child_fk.in_(part)).group_by(child_fk)).scalars()}
+            empty = [i for i in part if i not in still]
+            if empty:
+                c.execute(delete(parent).where(parent.c.id.in_(empty)))
 
 
 def _drop_empty_parents(c: Connection, series_uid: str | None, study_uid: str) -> None:

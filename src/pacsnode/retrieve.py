@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import Select, select
 
 from .dicom.catalogue import Level
 from .index.schema import instances, series, studies
@@ -15,7 +17,7 @@ from .node import Node
 from .query.model import Query
 from .query.sql import compile_query
 
-__all__ = ["InstanceRef", "locate", "locate_query"]
+__all__ = ["InstanceRef", "locate", "locate_query", "select_instances"]
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,11 @@ def _ordered(stmt: object) -> object:
                          instances.c.id)
 
 
-def locate(node: Node, study_uid: str | None = None, series_uid: str | None = None,
-           sop_uid: str | None = None) -> list[InstanceRef]:
-    """Stored instances of a study / series / instance, in InstanceNumber order."""
-    stmt = select(*_COLUMNS).select_from(instances) \
+def select_instances(*cols: Any, study_uid: str | None = None, series_uid: str | None = None,
+                     sop_uid: str | None = None) -> Select:
+    """SELECT ``cols`` over the instances of a study / series / instance
+    (instances joined with their series and study)."""
+    stmt = select(*cols).select_from(instances) \
         .join(series, series.c.id == instances.c.series_fk) \
         .join(studies, studies.c.id == instances.c.study_fk)
     if study_uid:
@@ -60,7 +63,14 @@ def locate(node: Node, study_uid: str | None = None, series_uid: str | None = No
         stmt = stmt.where(series.c.seriesinstanceuid == series_uid)
     if sop_uid:
         stmt = stmt.where(instances.c.sopinstanceuid == sop_uid)
-    return _refs(node, _ordered(stmt))
+    return stmt
+
+
+def locate(node: Node, study_uid: str | None = None, series_uid: str | None = None,
+           sop_uid: str | None = None) -> list[InstanceRef]:
+    """Stored instances of a study / series / instance, in InstanceNumber order."""
+    return _refs(node, _ordered(select_instances(*_COLUMNS, study_uid=study_uid,
+                                                 series_uid=series_uid, sop_uid=sop_uid)))
 
 
 def locate_query(node: Node, query: Query) -> list[InstanceRef]:

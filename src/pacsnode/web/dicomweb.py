@@ -32,7 +32,7 @@ from ..index.schema import instances, series, studies
 from ..ingest import IngestResult, Outcome
 from ..node import Node
 from ..query.parse import query_from_qido
-from ..retrieve import InstanceRef, locate
+from ..retrieve import InstanceRef, locate, select_instances
 from ..transcode import (FRAME_MEDIA_TYPES, UNCOMPRESSED, PixelInfo, TranscodeError,
                          can_transcode, encode_frame, little_endian_words, media_type_for_syntax,
                          native_frame, pixel_info, stored_frame, transcode_file)
@@ -626,15 +626,9 @@ def _metadata(request: Request, study: str, series_uid: str | None = None,
     node = _node(request)
     _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID=sop)
     _accepts_json(request)
-    stmt = (select(instances.c.id, instances.c.stored_at, series.c.seriesinstanceuid,
-                   instances.c.sopinstanceuid)
-            .join(series, series.c.id == instances.c.series_fk)
-            .join(studies, studies.c.id == instances.c.study_fk)
-            .where(studies.c.studyinstanceuid == study))
-    if series_uid:
-        stmt = stmt.where(series.c.seriesinstanceuid == series_uid)
-    if sop:
-        stmt = stmt.where(instances.c.sopinstanceuid == sop)
+    stmt = select_instances(instances.c.id, instances.c.stored_at, series.c.seriesinstanceuid,
+                            instances.c.sopinstanceuid, study_uid=study, series_uid=series_uid,
+                            sop_uid=sop)
     stmt = stmt.order_by(instances.c.series_fk, instances.c.instancenumber.is_(None),
                          instances.c.instancenumber, instances.c.id)
     with node.db.read() as conn:
