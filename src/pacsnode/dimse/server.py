@@ -1202,9 +1202,9 @@ class Association:
             status = await self.store_instance(ref)
             ops.count(status, ref.sop_instance_uid)
             await self._final(op, m.C_GET_RSP, 0xFF00, ops=ops, with_remaining=True)
-        if cancelled:
-            log.info("C-GET from %s cancelled after %d instances", self.origin.describe(),
-                     ops.completed + ops.failed + ops.warning)
+        log.info("C-GET from %s: %d completed, %d failed, %d warning%s",
+                 self.origin.describe(), ops.completed, ops.failed, ops.warning,
+                 " (cancelled)" if cancelled else "")
         await self._final(op, m.C_GET_RSP, ops.final_status(cancelled), ops=ops,
                           with_remaining=cancelled)
 
