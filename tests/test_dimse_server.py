@@ -514,3 +514,57 @@ def test_command_sets_and_meta_header_match_pydicom():
     pdus = list(m.pdata(3, b"x" * 10, False, 10))
     assert [len(p) for p in pdus] == [12, 4, 12, 4, 12, 2]
     assert pdus[-2][-1] == 0x02 and pdus[0][-1] == 0x00  # last bit only on the last PDV
+
+
+def test_commitment_report_on_a_new_association(pacsnode_factory, tmp_path):
+    """An SCU that releases right after the N-ACTION-RSP gets the
+    N-EVENT-REPORT on a new association to it (a configured node)."""
+    from conftest import free_port
+    from pydicom.uid import generate_uid
+    from pynetdicom import evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    reports: list[Dataset] = []
+    got = threading.Event()
+
+    def on_report(event):
+        reports.append(event.event_information)
+        got.set()
+        return 0x0000, None
+
+    scu_port = free_port()
+    listener = AE(ae_title="COMMITSCU")
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    server = listener.start_server(("127.0.0.1", scu_port), block=False,
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        config = tmp_path / "pacsnode.toml"
+        config.write_text(f'[nodes.COMMITSCU]\naet = "COMMITSCU"\nhost = "127.0.0.1"\n'
+                          f'port = {scu_port}\n')
+        node = pacsnode_factory(config=str(config))
+        ds = make_ct(tmp_path / "a.dcm")
+        run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
+            str(tmp_path / "a.dcm"))
+        ae = AE(ae_title="COMMITSCU")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
+        request = Dataset()
+        request.TransactionUID = generate_uid()
+        item = Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        request.ReferencedSOPSequence = [item]
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
+                                        "1.2.840.10008.1.20.1.1")
+        assoc.release()  # without waiting for the report
+        assert status.Status == 0x0000
+        assert got.wait(20), node.log()
+        assert reports[0].TransactionUID == request.TransactionUID
+        assert [i.ReferencedSOPInstanceUID for i in reports[0].ReferencedSOPSequence] == \
+            [ds.SOPInstanceUID]
+        deadline = time.monotonic() + 10
+        while "reported to COMMITSCU on a new association: ok" not in node.log():
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.05)
+    finally:
+        server.shutdown()

@@ -313,9 +313,9 @@ class Services:
                         node.host, node.port)
             return False
         try:
-            rsp = assoc.send_n_event_report(ds, event_type, STORAGE_COMMITMENT,
-                                            COMMITMENT_INSTANCE)
-            ok = getattr(rsp, "Status", None) == 0
+            status, _reply = assoc.send_n_event_report(ds, event_type, STORAGE_COMMITMENT,
+                                                       COMMITMENT_INSTANCE)
+            ok = getattr(status, "Status", None) == 0
         finally:
             assoc.release()
         log.info("storage commitment %s reported to %s on a new association: %s",
