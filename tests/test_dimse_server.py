@@ -410,12 +410,12 @@ def test_associations_spread_over_processes(pacsnode_factory, tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for path in files]
     for p in procs:
-        assert p.wait(60) == 0, p.stderr.read() if p.stderr else ""
+        assert p.wait(120) == 0, (p.stderr.read() if p.stderr else "") + node.log()
     pids = set(re.findall(r"association accepted: STORESCU .* pid (\d+)\)", node.log()))
     assert len(pids) == 2, node.log()
     rs = findscu(node, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study}",
                  "SOPInstanceUID")
-    assert len(rs) == 24
+    assert len(rs) == 24, node.log()
     workers = _serve_pids(node)[1:]
     node.kill()
     deadline = time.monotonic() + 10
@@ -423,7 +423,8 @@ def test_associations_spread_over_processes(pacsnode_factory, tmp_path):
         assert time.monotonic() < deadline, "a DIMSE worker outlived kill -9 of serve"
         time.sleep(0.05)
     with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", node.dicom_port)) != 0
+        s.settimeout(5)
+        assert s.connect_ex(("127.0.0.1", node.dicom_port)) != 0, "still listening"
 
 
 def test_a_dead_worker_is_replaced(pacsnode_factory):

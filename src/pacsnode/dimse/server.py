@@ -73,8 +73,9 @@ from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Servic
 
 log = logging.getLogger("pacsnode.dimse")
 
-__all__ = ["AssociationServer", "AssociationLimit", "TRANSFER_SYNTAXES", "supported_contexts", "set_nodelay",
-           "listen_socket", "MAX_PDU_RECEIVE"]
+__all__ = ["AssociationServer", "AssociationLimit", "Association", "connect",
+           "TRANSFER_SYNTAXES", "supported_contexts", "set_nodelay", "listen_socket",
+           "MAX_PDU_RECEIVE"]
 
 #: Accepted for storage and stored as received (PS3.5 Section 10).
 TRANSFER_SYNTAXES: list[str] = [
@@ -109,6 +110,8 @@ WRITEBACK = 256 << 10
 ARTIM = 30.0
 #: Seconds we wait for the peer to close after our last PDU.
 LINGER = 2.0
+#: Seconds before an A-ASSOCIATE-RJ goes out (see Association._reject).
+REJECT_DELAY = 0.05
 
 _PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ",
               0x04: "P-DATA-TF", 0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP",
@@ -615,7 +618,7 @@ class Association:
         if length > MAX_ASSOCIATE_RQ or length < 68:
             log.warning("A-ASSOCIATE-RQ from %s:%s with an impossible length %d: rejecting",
                         self.address, self.port, length)
-            self._reject(1, 2, 1)
+            await self._reject(1, 2, 1)
             return False
         body = await self.reader.readexactly(length)
         try:
@@ -628,15 +631,15 @@ class Association:
         except Exception as exc:
             log.warning("malformed A-ASSOCIATE-RQ from %s:%s (%s): rejecting", self.address,
                         self.port, exc)
-            self._reject(1, 2, 1)
+            await self._reject(1, 2, 1)
             return False
         self.peer_aet, self.called_aet = calling, called
         self.origin = Origin("dimse", peer_aet=calling, address=self.address, called_aet=called)
         if not pdu.protocol_version & 1:
-            return self._rejected(1, 2, 2, f"protocol version {pdu.protocol_version} "
+            return await self._rejected(1, 2, 2, f"protocol version {pdu.protocol_version} "
                                   "not supported")
         if str(request.application_context_name) != APPLICATION_CONTEXT:
-            return self._rejected(1, 1, 2, "application context "
+            return await self._rejected(1, 1, 2, "application context "
                                   f"{request.application_context_name} not supported")
         roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
                  for item in request.user_information
@@ -645,11 +648,11 @@ class Association:
         self.contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
         if not self.contexts:
             offered = sorted({str(cx.abstract_syntax) for cx in proposed})
-            return self._rejected(1, 1, 1, "no acceptable presentation context (proposed "
+            return await self._rejected(1, 1, 1, "no acceptable presentation context (proposed "
                                   f"{', '.join(offered[:5])}{' …' if len(offered) > 5 else ''})")
         self.max_pdu = int(request.maximum_length_received or 0)
         if not self.server.limit.acquire():
-            return self._rejected(2, 3, 2, "local limit exceeded (max_associations "
+            return await self._rejected(2, 3, 2, "local limit exceeded (max_associations "
                                   f"{self.server.limit.limit})")
         self._counted = True
         reply = A_ASSOCIATE()
@@ -677,13 +680,17 @@ class Association:
                  os.getpid())
         return True
 
-    def _reject(self, result: int, source: int, reason: int) -> None:
+    async def _reject(self, result: int, source: int, reason: int) -> None:
+        # pynetdicom's requestor takes an A-ASSOCIATE-RJ that arrives before
+        # its ACSE thread has seen the connection open for a failed
+        # connection (and aborts): a rejection may as well take a moment.
+        await asyncio.sleep(REJECT_DELAY)
         self.writer.write(a_associate_rj(result, source, reason))
         self.closed = True
 
-    def _rejected(self, result: int, source: int, reason: int, why: str) -> bool:
+    async def _rejected(self, result: int, source: int, reason: int, why: str) -> bool:
         log.warning("association rejected: %s: %s", self.describe(), why)
-        self._reject(result, source, reason)
+        await self._reject(result, source, reason)
         return False
 
     # -- established: PDUs until release or abort
