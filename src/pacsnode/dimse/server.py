@@ -123,6 +123,17 @@ _ABORT_REASONS = {0: "not specified", 1: "unrecognized PDU", 2: "unexpected PDU"
                   6: "invalid PDU parameter value"}
 
 
+def _our_user_information() -> list[Any]:
+    """The user information items we send in A-ASSOCIATE-AC and -RQ: maximum
+    length received, implementation class UID and version name (PS3.7 D.3.3)."""
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = MAX_PDU_RECEIVE
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return [max_length, class_uid, version]
+
 def a_abort(source: int, reason: int) -> bytes:
     return struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, reason)
 
@@ -662,13 +673,7 @@ class Association:
         reply.result = 0x00
         reply.result_source = 0x01
         reply.presentation_context_definition_results_list = result
-        max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = MAX_PDU_RECEIVE
-        class_uid = ImplementationClassUIDNotification()
-        class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        reply.user_information = [max_length, class_uid, version, *reply_roles]
+        reply.user_information = [*_our_user_information(), *reply_roles]
         ac = A_ASSOCIATE_AC()
         ac.from_primitive(reply)
         self.writer.write(ac.encode())
@@ -1321,13 +1326,7 @@ async def connect(server: AssociationServer, host: str, port: int, called_aet: s
     request.calling_ae_title = server.settings.ae_title
     request.called_ae_title = called_aet
     request.presentation_context_definition_list = proposed
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = MAX_PDU_RECEIVE
-    class_uid = ImplementationClassUIDNotification()
-    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    request.user_information = [max_length, class_uid, version]
+    request.user_information = _our_user_information()
     rq = A_ASSOCIATE_RQ()
     rq.from_primitive(request)
     writer.write(rq.encode())
