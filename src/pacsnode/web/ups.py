@@ -77,6 +77,14 @@ def _refusal(request: Request, exc: PacsnodeError) -> JSONResponse:
                         headers={"Warning": _warning(request, exc.reason)})
 
 
+def _done(request: Request, uid: str, warning: str | None) -> Response:
+    """200 for an update or a state change, with the Workitem's URL and any warning."""
+    headers = {"Content-Location": _url(request, uid)}
+    if warning:
+        headers["Warning"] = _warning(request, warning)
+    return Response(status_code=200, headers=headers)
+
+
 def _check_uid(uid: str) -> None:
     if not valid_uid(uid):
         raise InvalidWorkitem(f"the Workitem UID {uid[:80]!r} is not a valid UID "
@@ -208,10 +216,7 @@ async def update_workitem(request: Request, uid: str) -> Response:
                                           transaction_uid, _origin(request))
     except PacsnodeError as exc:
         return _refusal(request, exc)
-    headers = {"Content-Location": _url(request, uid)}
-    if outcome.warning:
-        headers["Warning"] = _warning(request, outcome.warning)
-    return Response(status_code=200, headers=headers)
+    return _done(request, uid, outcome.warning)
 
 
 # -- Change state ---------------------------------------------------------------
@@ -228,10 +233,7 @@ async def change_workitem_state(request: Request, uid: str) -> Response:
                                           transaction_uid, _origin(request))
     except PacsnodeError as exc:
         return _refusal(request, exc)
-    headers = {"Content-Location": _url(request, uid)}
-    if outcome.warning:
-        headers["Warning"] = _warning(request, outcome.warning)
-    return Response(status_code=200, headers=headers)
+    return _done(request, uid, outcome.warning)
 
 
 # -- Request cancellation -----------------------------------------------------------
