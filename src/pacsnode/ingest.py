@@ -19,6 +19,7 @@ import filecmp
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,15 +31,19 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .dicom.catalogue import Level
 from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
-from .dicom.header import ParsedHeader, describe, read_header, valid_uid
+try:  # TEMP until fastheader lands
+    from .dicom.fastheader import parse_fast
+except ImportError:
+    def parse_fast(*a, **k): return None
+from .dicom.header import (ParsedHeader, describe, describe_json, pixel_data_marker,
+                           read_header, sequence_items, valid_uid)
 from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, InvalidUID,
                      PacsnodeError, SOPMismatch, StorageFailure, StudyMismatch)
 from .events import Event, EventBus, Origin
-from .index.db import Database
+from .index.db import Database, RawStatement
 from .index.schema import changes, instances, item_attrs, patients, series, studies
 from .storage import FileStore, blob_key
 
@@ -50,22 +55,77 @@ __all__ = ["Outcome", "IngestResult", "Ingestor", "IMPLEMENTATION_CLASS_UID",
 IMPLEMENTATION_VERSION = IMPLEMENTATION_VERSION_NAME
 
 
-# Statements built once: SQLAlchemy then only binds parameters per instance
-# (building an INSERT with ~50 values per call cost more than SQLite's work).
-_EXISTING = (select(instances.c.id, instances.c.blob_key, studies.c.studyinstanceuid,
-                    series.c.seriesinstanceuid)
-             .join(series, series.c.id == instances.c.series_fk)
-             .join(studies, studies.c.id == instances.c.study_fk)
-             .where(instances.c.sopinstanceuid == bindparam("uid")))
-_SERIES = (select(series.c.id, series.c.study_fk, studies.c.studyinstanceuid)
-           .join(studies, studies.c.id == series.c.study_fk)
-           .where(series.c.seriesinstanceuid == bindparam("uid")))
-_STUDY = select(studies.c.id).where(studies.c.studyinstanceuid == bindparam("uid"))
-_PATIENT = select(patients.c.id).where(patients.c.patientid == bindparam("pid"),
-                                       patients.c.issuerofpatientid == bindparam("issuer"))
-_INSERT_INSTANCE = insert(instances)
-_INSERT_ITEMS = insert(item_attrs)
-_INSERT_CHANGE = insert(changes)
+#: Bytes of a file read for the fast header walk; a header longer than this
+#: (rare) takes pydicom's path.
+HEAD_BYTES = 128 * 1024
+#: JSON keys of SOP Class, SOP Instance, Study and Series Instance UID.
+_UID_KEYS = ("00080016", "00080018", "0020000D", "0020000E")
+#: Attempts at a batch's transaction before each instance is tried alone.
+ATTEMPTS = 4
+
+
+class _Statements:
+    """The ingest's SQL, compiled once for the database's dialect and run on a
+    DBAPI cursor: building and executing through SQLAlchemy's Connection cost
+    several times SQLite's own work per instance."""
+
+    def __init__(self, db: Database) -> None:
+        engine = db.engine
+        returning = not db.is_sqlite
+
+        def raw(stmt: Any) -> RawStatement:
+            return RawStatement(stmt, engine)
+
+        def inserting(table: Any) -> RawStatement:
+            cols = [c for c in table.c if not (c.primary_key and c.autoincrement)]
+            stmt = insert(table).values({c.name: bindparam(c.name) for c in cols})
+            if returning:
+                stmt = stmt.returning(*[c for c in table.c if c.primary_key])
+            return raw(stmt)
+
+        self.existing = raw(
+            select(instances.c.id, instances.c.blob_key, studies.c.studyinstanceuid,
+                   series.c.seriesinstanceuid)
+            .join(series, series.c.id == instances.c.series_fk)
+            .join(studies, studies.c.id == instances.c.study_fk)
+            .where(instances.c.sopinstanceuid == bindparam("uid")))
+        self.series = raw(
+            select(series.c.id, series.c.study_fk, studies.c.studyinstanceuid)
+            .join(studies, studies.c.id == series.c.study_fk)
+            .where(series.c.seriesinstanceuid == bindparam("uid")))
+        self.study = raw(select(studies.c.id)
+                         .where(studies.c.studyinstanceuid == bindparam("uid")))
+        self.patient = raw(select(patients.c.id).where(
+            patients.c.patientid == bindparam("pid"),
+            patients.c.issuerofpatientid == bindparam("issuer")))
+        self.insert = {t.name: inserting(t) for t in (patients, studies, series, instances,
+                                                      changes)}
+        self.insert_items = inserting(item_attrs)
+        # Column defaults, so a row needs only the values it has.
+        self.defaults = {t.name: {c.name: c.default.arg for c in t.c
+                                  if c.default is not None and not callable(c.default.arg)}
+                         for t in (patients, studies, series, instances, changes)}
+
+    def add(self, cur: Any, table: str, values: dict[str, Any]) -> int:
+        row = dict(self.defaults[table])
+        row.update(values)
+        return self.insert[table].insert(cur, row)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One instance on its way into the index, in a group commit's batch."""
+    temp: Path
+    key: str
+    size: int
+    parsed: ParsedHeader
+    origin: Origin
+    outcome: Outcome | None = None
+    seq: int = 0
+    kept: bool = False
+    renamed: bool = False
+    error: BaseException | None = None
+    done: bool = False
 
 
 class Outcome(enum.Enum):
@@ -103,6 +163,13 @@ class Ingestor:
         self.store = store
         self.bus = bus or EventBus()
         self.duplicate_policy = duplicate_policy
+        self._sql = _Statements(db)
+        # Group commit: instances arriving while a transaction runs wait for
+        # the next one, which writes all of them (one BEGIN/COMMIT, one WAL
+        # write); the first to arrive leads it.
+        self._group = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._leading = False
 
     # -- entry points: each gets the bytes into a temp file, then ingest_temp
 
@@ -153,32 +220,71 @@ class Ingestor:
                     expected_sop: tuple[str, str] | None = None) -> IngestResult:
         """Ingest a Part 10 (or bare data set) file that sits in the store's
         temp area.  The temp file is always consumed."""
+        parsed = None
         try:
-            parsed = self._parse(temp)
+            syncing = self.store.sync_temp(temp)  # outside any lock, beside the parse
+            parsed, size = self._parse(temp)
             self._validate(parsed, expected_study, expected_sop)
-            result = self._commit(temp, parsed, origin)
+            if syncing is not None:
+                syncing.result()
+            pending = _Pending(temp, blob_key(parsed.study_uid, parsed.series_uid,
+                                              parsed.sop_instance_uid), size, parsed, origin)
+            self._index(pending)
+            if pending.error is not None:
+                raise pending.error
         except PacsnodeError as exc:
             temp.unlink(missing_ok=True)
             log.warning("refused instance from %s: %s", origin.describe(), exc.reason)
             return IngestResult(Outcome.REFUSED if not isinstance(exc, StorageFailure)
-                                else Outcome.FAILED, error=exc,
-                                **_uids_or_empty(locals().get("parsed")))
+                                else Outcome.FAILED, error=exc, **_uids_or_empty(parsed))
         except Exception as exc:  # disk, database: never take the caller down
             temp.unlink(missing_ok=True)
             log.exception("failed to store instance from %s", origin.describe())
             return IngestResult(Outcome.FAILED, error=StorageFailure(f"storage failed: {exc}"),
-                                **_uids_or_empty(locals().get("parsed")))
-        return result
+                                **_uids_or_empty(parsed))
+        return self._finish(pending)
 
-    def _parse(self, temp: Path) -> ParsedHeader:
-        size = temp.stat().st_size
+    def _finish(self, pending: _Pending) -> IngestResult:
+        """After the commit: the log line and the event."""
+        p, outcome = pending.parsed, pending.outcome
+        assert outcome is not None
+        uids = _uids_or_empty(p)
+        if outcome is Outcome.ALREADY_STORED:
+            pending.temp.unlink(missing_ok=True)
+            return IngestResult(outcome, kept_existing=pending.kept, **uids)
+        log.info("%s instance %s (study %s) from %s", outcome.value, p.sop_instance_uid,
+                 p.study_uid, pending.origin.describe())
+        self.bus.emit(Event("stored" if outcome is Outcome.STORED else "replaced", "instance",
+                            p.study_uid, p.series_uid, p.sop_instance_uid,
+                            origin=pending.origin,
+                            patient_id=p.rows[Level.PATIENT].get("patientid", ""),
+                            seq=pending.seq))
+        return IngestResult(outcome, **uids)
+
+    def _parse(self, temp: Path) -> tuple[ParsedHeader, int]:
+        """The header, read once, and the file's size."""
         with open(temp, "r+b") as fh:
-            head = fh.read(132)
-            is_part10 = len(head) == 132 and head[128:132] == b"DICM"
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(min(size, HEAD_BYTES))
+            is_part10 = len(head) >= 132 and head[128:132] == b"DICM"
             if is_part10 and head[:128] != b"\x00" * 128:
                 # The preamble is not trusted (PS3.10 7.5): zero it.
                 fh.seek(0)
                 fh.write(b"\x00" * 128)
+                head = b"\x00" * 128 + head[128:]
+            fast = parse_fast(head, complete=len(head) == size) if is_part10 else None
+            # A UID the JSON model left out (invalid, or missing) is named by
+            # pydicom's path.
+            if fast is not None and all(key in fast.body for key in _UID_KEYS):
+                has_pixels = fast.stop < size
+                body = fast.body
+                if has_pixels:
+                    body["7FE00010"] = pixel_data_marker(body)
+                try:
+                    return describe_json(body, fast.meta, has_pixels,
+                                         lambda: sequence_items(read_header(temp))), size
+                except Exception as exc:
+                    raise InvalidInstance(f"cannot understand the data: {exc}") from exc
             fh.seek(0)
             try:
                 ds = read_header(fh)
@@ -191,12 +297,13 @@ class Ingestor:
             has_pixels = "PixelData" in dcmread(temp, force=True, specific_tags=["PixelData"])
         if not is_part10 or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
             ds = self._rewrite_as_part10(temp)
+            size = temp.stat().st_size
             has_pixels = "PixelData" in dcmread(temp, force=True, specific_tags=["PixelData"])
         if "SOPInstanceUID" not in ds:
             raise InvalidInstance("cannot understand the data: no SOP Instance UID "
                                   "(not a DICOM data set?)")
         try:
-            return describe(ds, has_pixels)
+            return describe(ds, has_pixels), size
         except Exception as exc:
             raise InvalidInstance(f"cannot understand the data: {exc}") from exc
 
@@ -238,122 +345,152 @@ class Ingestor:
             raise StudyMismatch(f"instance {p.sop_instance_uid} belongs to study {p.study_uid}, "
                                 f"not to {expected_study}")
 
-    def _commit(self, temp: Path, p: ParsedHeader, origin: Origin) -> IngestResult:
-        key = blob_key(p.study_uid, p.series_uid, p.sop_instance_uid)
-        self.store.sync_temp(temp)  # outside any lock
-        size = temp.stat().st_size
-        uids = dict(sop_class_uid=p.sop_class_uid, sop_instance_uid=p.sop_instance_uid,
-                    study_uid=p.study_uid, series_uid=p.series_uid)
-        for attempt in range(5):
+    # -- group commit
+
+    def _index(self, pending: _Pending) -> None:
+        """Write ``pending``'s rows and move its blob into place, in a
+        transaction shared with whatever other instances are waiting; returns
+        once that transaction has committed (or failed)."""
+        group = self._group
+        with group:
+            self._queue.append(pending)
+            while not pending.done:
+                if self._leading:
+                    group.wait()
+                    continue
+                self._leading = True
+                batch, self._queue = self._queue, []
+                group.release()
+                try:
+                    self._write_batch(batch)
+                finally:
+                    group.acquire()
+                    self._leading = False
+                    for item in batch:
+                        item.done = True
+                    group.notify_all()
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        """One transaction for the batch; if it keeps failing (a concurrent
+        writer on PostgreSQL created the same patient/study/series, a disk
+        error on one rename), each instance is tried in its own."""
+        for attempt in range(ATTEMPTS):
             try:
-                outcome, seq, kept = self._write_index(temp, key, size, p, origin)
-                break
-            except (IntegrityError, OperationalError) as exc:
-                # A concurrent writer (another process or PostgreSQL session)
-                # created the same patient/study/series: look again.
+                self._transaction(batch)
+                return
+            except BaseException as exc:
+                for item in batch:
+                    if item.renamed and item.outcome is Outcome.STORED:
+                        self.store.delete(item.key)  # no file without a row
+                    item.renamed, item.outcome, item.error = False, None, None
+                if not isinstance(exc, Exception):
+                    raise
                 log.debug("index write retry after %s", exc)
-                if attempt == 4:
-                    raise StorageFailure(f"index write failed: {exc.orig}") from exc
+                if len(batch) > 1:
+                    break
+                if attempt == ATTEMPTS - 1:
+                    cause = getattr(exc, "orig", None) or exc
+                    batch[0].error = StorageFailure(f"index write failed: {cause}")
+                    return
                 time.sleep(0.01 * (attempt + 1))
-        if outcome is Outcome.ALREADY_STORED:
-            temp.unlink(missing_ok=True)
-            return IngestResult(outcome, kept_existing=kept, **uids)
-        log.info("%s instance %s (study %s) from %s", outcome.value, p.sop_instance_uid,
-                 p.study_uid, origin.describe())
-        self.bus.emit(Event("stored" if outcome is Outcome.STORED else "replaced", "instance",
-                            p.study_uid, p.series_uid, p.sop_instance_uid, origin=origin,
-                            patient_id=p.rows[Level.PATIENT].get("patientid", ""), seq=seq))
-        return IngestResult(outcome, **uids)
+        for item in batch:
+            self._write_batch([item])
 
-    def _write_index(self, temp: Path, key: str, size: int, p: ParsedHeader,
-                     origin: Origin) -> tuple[Outcome, int, bool]:
-        renamed = False
-        try:
-            with self.db.write() as conn:
-                existing = conn.execute(_EXISTING, {"uid": p.sop_instance_uid}).first()
-                outcome = Outcome.STORED
-                if existing is not None:
-                    if (existing.studyinstanceuid, existing.seriesinstanceuid) != \
-                            (p.study_uid, p.series_uid):
-                        raise ConflictingInstance(
-                            f"SOP Instance {p.sop_instance_uid} is already stored in study "
-                            f"{existing.studyinstanceuid} series {existing.seriesinstanceuid}")
-                    old_path = self.store.path(existing.blob_key)
-                    if old_path.is_file():
-                        if filecmp.cmp(temp, old_path, shallow=False):
-                            return Outcome.ALREADY_STORED, 0, False
-                        if self.duplicate_policy == "keep":
-                            return Outcome.ALREADY_STORED, 0, True
-                        if self.duplicate_policy == "reject":
-                            raise DuplicateRefused(
-                                f"SOP Instance {p.sop_instance_uid} already exists with "
-                                "different content and duplicate_policy is 'reject'")
-                    # Replace (or mend a row whose file went missing).
-                    conn.execute(delete(item_attrs).where(
-                        item_attrs.c.instance_fk == existing.id))
-                    conn.execute(delete(instances).where(instances.c.id == existing.id))
-                    self._update_parents(conn, p)
-                    outcome = Outcome.REPLACED
-                series_id, study_id = self._parents(conn, p)
-                row = dict(p.rows[Level.IMAGE])
-                row.update(series_fk=series_id, study_fk=study_id,
-                           transfer_syntax=p.transfer_syntax, blob_key=key, size=size,
-                           stored_at=time.time(), origin=origin.describe(),
-                           meta_json=p.meta_json)
-                instance_id = conn.execute(_INSERT_INSTANCE, row).inserted_primary_key[0]
-                if p.items:
-                    conn.execute(_INSERT_ITEMS, [
-                        dict(instance_fk=instance_id, seq=s, item=n, keyword=k, value=v,
-                             value_ci=ci) for s, n, k, v, ci in p.items])
-                seq = conn.execute(_INSERT_CHANGE, dict(
-                    action=outcome.name.lower(), level="instance", study_uid=p.study_uid,
-                    series_uid=p.series_uid, instance_uid=p.sop_instance_uid, at=time.time(),
-                    detail=origin.describe())).inserted_primary_key[0]
-                # Last step before commit: the blob goes into place.
-                self.store.commit_temp(temp, key)
-                renamed = True
-        except BaseException:
-            if renamed and outcome is Outcome.STORED:
-                self.store.delete(key)  # the commit failed: no file without a row
-            raise
-        return outcome, int(seq), False
+    def _transaction(self, batch: list[_Pending]) -> None:
+        with self.db.raw_write() as cur:
+            for item in batch:
+                try:
+                    self._write_one(cur, item)
+                except PacsnodeError as exc:
+                    # Refused before this instance wrote anything.
+                    item.error = exc
+                    continue
+                if item.outcome is not Outcome.ALREADY_STORED:
+                    # Last step before commit: the blob goes into place.
+                    self.store.commit_temp(item.temp, item.key)
+                    item.renamed = True
 
-    def _parents(self, conn: Any, p: ParsedHeader) -> tuple[int, int]:
+    def _write_one(self, cur: Any, item: _Pending) -> None:
+        """One instance's rows.  A refusal (PacsnodeError) is raised only
+        before the first write, so the batch's transaction can go on."""
+        sql, p = self._sql, item.parsed
+        existing = sql.existing.execute(cur, {"uid": p.sop_instance_uid}).fetchone()
+        item.outcome = Outcome.STORED
+        if existing is not None:
+            old_id, old_key, old_study, old_series = existing
+            if (old_study, old_series) != (p.study_uid, p.series_uid):
+                raise ConflictingInstance(
+                    f"SOP Instance {p.sop_instance_uid} is already stored in study "
+                    f"{old_study} series {old_series}")
+            old_path = self.store.path(old_key)
+            if old_path.is_file():
+                if filecmp.cmp(item.temp, old_path, shallow=False):
+                    item.outcome = Outcome.ALREADY_STORED
+                    return
+                if self.duplicate_policy == "keep":
+                    item.outcome, item.kept = Outcome.ALREADY_STORED, True
+                    return
+                if self.duplicate_policy == "reject":
+                    raise DuplicateRefused(
+                        f"SOP Instance {p.sop_instance_uid} already exists with "
+                        "different content and duplicate_policy is 'reject'")
+            # Replace (or mend a row whose file went missing).
+            self._replace(cur, old_id, p)
+            item.outcome = Outcome.REPLACED
+        series_id, study_id = self._parents(cur, p)
+        row = dict(p.rows[Level.IMAGE])
+        row.update(series_fk=series_id, study_fk=study_id, transfer_syntax=p.transfer_syntax,
+                   blob_key=item.key, size=item.size, stored_at=time.time(),
+                   origin=item.origin.describe(), meta_json=p.meta_json)
+        instance_id = sql.add(cur, "instances", row)
+        if p.items:
+            sql.insert_items.insert_many(cur, [
+                dict(instance_fk=instance_id, seq=s, item=n, keyword=k, value=v, value_ci=ci)
+                for s, n, k, v, ci in p.items])
+        item.seq = sql.add(cur, "changes", dict(
+            action=item.outcome.name.lower(), level="instance", study_uid=p.study_uid,
+            series_uid=p.series_uid, instance_uid=p.sop_instance_uid, at=time.time(),
+            detail=item.origin.describe()))
+
+    def _parents(self, cur: Any, p: ParsedHeader) -> tuple[int, int]:
         """Ids of the instance's series and study, creating patient, study and
         series rows as needed."""
-        se = conn.execute(_SERIES, {"uid": p.series_uid}).first()
+        sql = self._sql
+        se = sql.series.execute(cur, {"uid": p.series_uid}).fetchone()
         if se is not None:
-            if se.studyinstanceuid != p.study_uid:
+            series_id, study_id, study_uid = se
+            if study_uid != p.study_uid:
                 raise ConflictingInstance(
-                    f"series {p.series_uid} already belongs to study {se.studyinstanceuid}, "
+                    f"series {p.series_uid} already belongs to study {study_uid}, "
                     f"not {p.study_uid}")
-            return int(se.id), int(se.study_fk)
-        st = conn.execute(_STUDY, {"uid": p.study_uid}).first()
+            return int(series_id), int(study_id)
+        st = sql.study.execute(cur, {"uid": p.study_uid}).fetchone()
         if st is None:
             prow = p.rows[Level.PATIENT]
-            pt = conn.execute(_PATIENT, {"pid": prow["patientid"],
-                                         "issuer": prow["issuerofpatientid"]}).first()
-            patient_id = pt.id if pt is not None else \
-                conn.execute(insert(patients).values(**prow)).inserted_primary_key[0]
-            study_id = conn.execute(insert(studies).values(
-                patient_fk=patient_id, **p.rows[Level.STUDY])).inserted_primary_key[0]
+            pt = sql.patient.execute(cur, {"pid": prow["patientid"],
+                                           "issuer": prow["issuerofpatientid"]}).fetchone()
+            patient_id = pt[0] if pt is not None else sql.add(cur, "patients", prow)
+            study_id = sql.add(cur, "studies", dict(p.rows[Level.STUDY], patient_fk=patient_id))
         else:
-            study_id = st.id
-        series_id = conn.execute(insert(series).values(
-            study_fk=study_id, **p.rows[Level.SERIES])).inserted_primary_key[0]
+            study_id = st[0]
+        series_id = sql.add(cur, "series", dict(p.rows[Level.SERIES], study_fk=study_id))
         return int(series_id), int(study_id)
 
-    def _update_parents(self, conn: Any, p: ParsedHeader) -> None:
-        """A replaced instance may carry corrected patient/study/series data."""
-        conn.execute(update(series).where(series.c.seriesinstanceuid == p.series_uid)
-                     .values(**p.rows[Level.SERIES]))
-        conn.execute(update(studies).where(studies.c.studyinstanceuid == p.study_uid)
-                     .values(**p.rows[Level.STUDY]))
+    def _replace(self, cur: Any, old_id: int, p: ParsedHeader) -> None:
+        """Drop the replaced instance's rows; the new one may carry corrected
+        patient/study/series data (a rare path: statements built per call)."""
         patient_fk = select(studies.c.patient_fk).where(
             studies.c.studyinstanceuid == p.study_uid).scalar_subquery()
         prow = {k: v for k, v in p.rows[Level.PATIENT].items()
                 if k not in ("patientid", "issuerofpatientid")}
-        conn.execute(update(patients).where(patients.c.id == patient_fk).values(**prow))
+        for stmt in (delete(item_attrs).where(item_attrs.c.instance_fk == old_id),
+                     delete(instances).where(instances.c.id == old_id),
+                     update(series).where(series.c.seriesinstanceuid == p.series_uid)
+                     .values(**p.rows[Level.SERIES]),
+                     update(studies).where(studies.c.studyinstanceuid == p.study_uid)
+                     .values(**p.rows[Level.STUDY]),
+                     update(patients).where(patients.c.id == patient_fk).values(**prow)):
+            RawStatement(stmt, self.db.engine).execute(cur, {})
 
 
 def _uids_or_empty(parsed: ParsedHeader | None) -> dict[str, str]:

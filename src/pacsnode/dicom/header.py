@@ -6,9 +6,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -17,6 +19,7 @@ from .catalogue import Level
 from .values import fold, norm_datetime, norm_time, row_values_from_json, text_value
 
 __all__ = ["UID_RE", "valid_uid", "ParsedHeader", "read_header", "header_json",
+           "describe", "describe_json", "pixel_data_marker",
            "INDEXED_SEQUENCES", "BULK_URI_PREFIX"]
 
 #: PS3.5 9.1: digits and dots, no empty component, at most 64 characters.
@@ -29,6 +32,7 @@ INDEXED_SEQUENCES = frozenset({
     "RequestedProcedureCodeSequence", "ReferencedPatientSequence",
     "ReferencedPerformedProcedureStepSequence", "OtherPatientIDsSequence",
 })
+_INDEXED_SEQUENCE_TAGS = frozenset(f"{tag_for_keyword(k):08X}" for k in INDEXED_SEQUENCES)
 
 #: BulkDataURI values kept in the index are this prefix + the tag; the web
 #: layer turns them into absolute URLs of the instance's bulk data.
@@ -41,7 +45,6 @@ def valid_uid(uid: Any) -> bool:
 
 @dataclass
 class ParsedHeader:
-    ds: Dataset
     sop_class_uid: str
     sop_instance_uid: str
     study_uid: str
@@ -71,8 +74,7 @@ def header_json_dict(ds: Dataset, has_pixel_data: bool) -> dict[str, Any]:
     body = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=_bulk_handler,
                            suppress_invalid_tags=True)
     if has_pixel_data:
-        vr = "OB" if ds.get("BitsAllocated", 16) == 8 else "OW"
-        body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{BULK_URI_PREFIX}7FE00010"}
+        body["7FE00010"] = pixel_data_marker(body)
     return body
 
 
@@ -116,23 +118,57 @@ def sequence_items(ds: Dataset, sequences: frozenset[str] | None = INDEXED_SEQUE
 
 
 def describe(ds: Dataset, has_pixel_data: bool) -> ParsedHeader:
-    """Everything the index needs from one header, read once."""
+    """Everything the index needs from one header read by pydicom."""
     meta = getattr(ds, "file_meta", None) or Dataset()
+    # The UIDs are read from the data set itself: the JSON model leaves out
+    # an invalid value, which validation must see to name it.
+    uids = {key: str(ds.get(keyword, "") or meta.get(fallback, ""))
+            for key, keyword, fallback in _UIDS}
+    return describe_json(
+        header_json_dict(ds, has_pixel_data),
+        dict(uids, TransferSyntaxUID=str(meta.get("TransferSyntaxUID", ""))),
+        has_pixel_data, lambda: sequence_items(ds))
+
+
+#: (JSON key, keyword, file meta fallback) of the UIDs every instance has.
+_UIDS = (("00080016", "SOPClassUID", "MediaStorageSOPClassUID"),
+         ("00080018", "SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+         ("0020000D", "StudyInstanceUID", ""), ("0020000E", "SeriesInstanceUID", ""))
+
+
+def describe_json(body: dict[str, Any], meta: dict[str, str], has_pixel_data: bool,
+                  items: Callable[[], list[tuple[str, int, str, str, str]]]) -> ParsedHeader:
+    """Everything the index needs from one header, given as DICOM JSON (with
+    the Pixel Data marker ``header_json_dict`` adds) and its file meta UIDs.
+    A UID under its JSON key in ``meta`` (e.g. "00080018") is taken from
+    there rather than from ``body``.  ``items`` reads the indexed sequences'
+    items; it is called only when the header has one of them."""
+    uids = {key: meta.get(key) or _first(body, key) or meta.get(fallback, "")
+            for key, _, fallback in _UIDS}
     parsed = ParsedHeader(
-        ds=ds,
-        sop_class_uid=str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")),
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")
-                             or meta.get("MediaStorageSOPInstanceUID", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        transfer_syntax=str(meta.get("TransferSyntaxUID", "")),
+        sop_class_uid=uids["00080016"],
+        sop_instance_uid=uids["00080018"],
+        study_uid=uids["0020000D"],
+        series_uid=uids["0020000E"],
+        transfer_syntax=meta.get("TransferSyntaxUID", ""),
         has_pixel_data=has_pixel_data,
     )
     # Element values are converted once, by the JSON model; the index
     # columns are read from it.
-    body = header_json_dict(ds, has_pixel_data)
     for level in Level:
         parsed.rows[level] = row_values_from_json(body, level)
-    parsed.items = sequence_items(ds)
+    if not _INDEXED_SEQUENCE_TAGS.isdisjoint(body):
+        parsed.items = items()
     parsed.meta_json = _dumps(body)
     return parsed
+
+
+def pixel_data_marker(body: dict[str, Any]) -> dict[str, str]:
+    """The BulkDataURI entry that stands for Pixel Data in the JSON model."""
+    bits = (body.get("00280100") or {}).get("Value") or [16]
+    return {"vr": "OB" if bits[0] == 8 else "OW", "BulkDataURI": f"{BULK_URI_PREFIX}7FE00010"}
+
+
+def _first(body: dict[str, Any], tag: str) -> str:
+    value = (body.get(tag) or {}).get("Value")
+    return str(value[0]) if value and value[0] is not None else ""

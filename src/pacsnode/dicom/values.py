@@ -191,10 +191,24 @@ def _json_value(entry: dict[str, Any] | None, vr: str) -> Any:
 def row_values_from_json(body: dict[str, Any], level: Level) -> dict[str, Any]:
     """Column values of ``level``'s catalogue attributes, read from the
     header's DICOM JSON (so element values are decoded only once)."""
-    out: dict[str, Any] = {}
+    out = dict(_ABSENT[level])
     for key, attr in _BY_LEVEL[level]:
-        out.update(attribute_columns(attr, _json_value(body.get(key), attr.vr)))
+        entry = body.get(key)
+        if entry:
+            out.update(attribute_columns(attr, _json_value(entry, attr.vr)))
     return out
+
+
+def _absent_columns(level: Level) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for _, attr in _BY_LEVEL[level]:
+        out.update(attribute_columns(attr, None))
+    return out
+
+
+#: Column values of a level whose attributes are all absent: most of a
+#: header's catalogue attributes are, and these need no work per instance.
+_ABSENT = {level: _absent_columns(level) for level in Level}
 
 
 def stored_to_dicom(attr: Attribute, stored: Any) -> Any:

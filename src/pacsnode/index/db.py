@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import ClauseElement
 
 from .schema import metadata
 
-__all__ = ["Database"]
+__all__ = ["Database", "RawStatement"]
+
+log = logging.getLogger("pacsnode.index")
+
+#: Seconds between background WAL checkpoints while there are writes.
+CHECKPOINT_SECONDS = 1.0
+#: WAL pages after which SQLite checkpoints by itself (~40 MB).
+AUTOCHECKPOINT_PAGES = 10000
 
 
 class Database:
     """An engine plus the write discipline of its dialect.
 
-    SQLite allows one writer: writers in this process queue on a lock and
-    start with ``BEGIN IMMEDIATE`` so a writer in another process (``pacsnode
-    import`` beside ``serve``) makes us wait (busy timeout) instead of failing
-    half-way.  PostgreSQL needs neither.
+    SQLite allows one writer: writers in this process queue on a lock, and
+    writers of all processes (``serve``'s DIMSE workers, ``pacsnode import``
+    beside ``serve``) on an exclusive ``flock`` of ``<index>.writelock``:
+    the kernel hands the lock over the moment it is released, where SQLite's
+    busy handler would poll with sleeps of up to 100 ms.  Transactions still
+    start with ``BEGIN IMMEDIATE`` (a writer that does not take the file lock
+    makes us wait on the busy timeout instead of failing half-way).
+    PostgreSQL needs none of this.
     """
 
     def __init__(self, url: str) -> None:
@@ -37,6 +53,11 @@ class Database:
         if self.is_sqlite:
             self._setup_sqlite()
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._lock_path = _sqlite_lock_path(url) if self.is_sqlite else None
+        self._lock_fd: int | None = None
+        self._wrote = threading.Event()
+        self._closing = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._create_tables()
 
     def _create_tables(self) -> None:
@@ -67,6 +88,9 @@ class Database:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.execute("PRAGMA cache_size=-65536")
+            # Checkpoints run on a thread of their own (see _checkpoints);
+            # this is only the backstop of a process that writes without one.
+            cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
             cur.close()
 
         @event.listens_for(self.engine, "begin")
@@ -77,10 +101,67 @@ class Database:
                 conn.exec_driver_sql("BEGIN")
 
     @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Held around every write transaction (SQLite; a no-op on PostgreSQL)."""
+        if self._write_lock is None:
+            yield
+            return
+        with self._write_lock:
+            fd = self._lock_file()
+            if fd is None:
+                yield
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._wrote.set()
+                if self._checkpointer is None or self._lock_pid != self._checkpointer_pid:
+                    self._start_checkpointer()
+
+    def _start_checkpointer(self) -> None:
+        self._checkpointer_pid = os.getpid()
+        self._checkpointer = threading.Thread(target=self._checkpoints, daemon=True,
+                                              name="pacsnode-checkpoint")
+        self._checkpointer.start()
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL back into the database file, off the writers' path.
+
+        With SQLite's automatic checkpoint, every few dozen commits one paid
+        for writing back and fsyncing the pages of all the others; here a
+        passive checkpoint (it never blocks a writer) runs about once a
+        second while there are writes, each page written once however often
+        it changed."""
+        while not self._closing.wait(CHECKPOINT_SECONDS):
+            if not self._wrote.is_set():
+                continue
+            self._wrote.clear()
+            try:
+                raw = self.engine.raw_connection()
+                try:
+                    raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    raw.close()
+            except Exception as exc:  # the next one will try again
+                log.debug("checkpoint: %s", exc)
+
+    def _lock_file(self) -> int | None:
+        """The lock file's descriptor, opened on first use (and again in a
+        forked child, which must not share its parent's lock)."""
+        if self._lock_path is None:
+            return None
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                    0o644)
+            self._lock_pid = os.getpid()
+        return self._lock_fd
+
+    @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction, committed when the block ends without error."""
-        lock = self._write_lock or nullcontext()
-        with lock:
+        with self.write_lock():
             with self.engine.connect() as conn:
                 if self.is_sqlite:
                     conn = conn.execution_options(sqlite_immediate=True)
@@ -88,9 +169,88 @@ class Database:
                     yield conn
 
     @contextmanager
+    def raw_write(self) -> Iterator[Any]:
+        """A DBAPI cursor in a write transaction, for the ingest's hot path
+        (SQLAlchemy's Connection costs more per statement than SQLite's
+        work); committed when the block ends without error."""
+        with self.write_lock():
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                if self.is_sqlite:
+                    cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                except BaseException:
+                    if self.is_sqlite:
+                        cur.execute("ROLLBACK")
+                    else:
+                        raw.rollback()
+                    raise
+                if self.is_sqlite:
+                    cur.execute("COMMIT")
+                else:
+                    raw.commit()
+                cur.close()
+            finally:
+                raw.close()
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None and self._checkpointer_pid == os.getpid():
+            self._checkpointer.join(timeout=30)
         self.engine.dispose()
+        if self._lock_fd is not None and self._lock_pid == os.getpid():
+            os.close(self._lock_fd)
+        self._lock_fd = None
+
+    _lock_pid = 0
+    _checkpointer_pid = 0
+
+
+def _sqlite_lock_path(url: str) -> str | None:
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database + ".writelock"
+
+
+class RawStatement:
+    """A SQLAlchemy statement compiled once for a dialect, executed on a DBAPI
+    cursor with parameters taken from a mapping by name."""
+
+    def __init__(self, stmt: ClauseElement, engine: Engine) -> None:
+        compiled = stmt.compile(dialect=engine.dialect)
+        self.sql = compiled.string
+        self.names: Sequence[str] | None = (list(compiled.positiontup or [])
+                                            if engine.dialect.positional else None)
+        self.returning = bool(getattr(compiled, "returning", None))
+        # Values the statement carries itself (literals in a WHERE or SET).
+        self.fixed = {name: bind.effective_value for name, bind in compiled.binds.items()
+                      if not bind.required}
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        if self.fixed:
+            values = {**self.fixed, **values}
+        if self.names is None:
+            return values
+        return tuple([values[name] for name in self.names])
+
+    def execute(self, cur: Any, values: Mapping[str, Any]) -> Any:
+        cur.execute(self.sql, self.params(values))
+        return cur
+
+    def insert(self, cur: Any, values: Mapping[str, Any]) -> int:
+        """Run an INSERT; the new row's primary key."""
+        cur.execute(self.sql, self.params(values))
+        if self.returning:
+            return int(cur.fetchone()[0])
+        return int(cur.lastrowid)
+
+    def insert_many(self, cur: Any, rows: list[Mapping[str, Any]]) -> None:
+        cur.executemany(self.sql, [self.params(row) for row in rows])
