@@ -34,10 +34,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 
 from .dicom.catalogue import Level
 from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
-try:  # TEMP until fastheader lands
-    from .dicom.fastheader import parse_fast
-except ImportError:
-    def parse_fast(*a, **k): return None
+from .dicom.fastheader import parse_fast
 from .dicom.header import (ParsedHeader, describe, describe_json, pixel_data_marker,
                            read_header, sequence_items, valid_uid)
 from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, InvalidUID,

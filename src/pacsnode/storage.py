@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-__all__ = ["BlobStore", "FileStore", "blob_key"]
+__all__ = ["BlobStore", "FileStore", "blob_key", "start_writeback"]
 
 _TEMP_NUMBERS = itertools.count()
 _SYNCER: ThreadPoolExecutor | None = None
@@ -28,6 +28,26 @@ def _syncer() -> ThreadPoolExecutor:
         _SYNCER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsnode-fsync")
         _SYNCER_PID = os.getpid()
     return _SYNCER
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a file's dirty range back, without
+    waiting (POSIX_FADV_DONTNEED starts the writeback of dirty pages and
+    leaves them cached; it can block on the disk queue, so it runs on the
+    fsync threads, on a duplicate of ``fd`` that the caller may close)."""
+    dup = os.dup(fd)
+    try:
+        _syncer().submit(_writeback_and_close, dup, offset, length)
+    except BaseException:
+        os.close(dup)
+        raise
+
+
+def _writeback_and_close(fd: int, offset: int, length: int) -> None:
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def _fsync_and_close(fd: int) -> None:

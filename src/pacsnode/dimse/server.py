@@ -67,6 +67,7 @@ from ..config import Settings
 from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..errors import PacsnodeError
 from ..events import Origin
+from ..storage import start_writeback
 from . import messages as m
 from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
                        SubOperations, dataset_offset, prepare_outgoing, store_contexts)
@@ -812,12 +813,12 @@ class Association:
                 size -= len(chunk)
                 self._written += len(chunk)
             if self._written - self._synced >= WRITEBACK and self._writeback:
-                # Start writing back what we have (POSIX_FADV_DONTNEED starts
-                # the writeback of dirty pages and leaves them cached), so the
-                # fsync before the acknowledgement finds less left to do.
+                # Start writing back what we have, so the fsync before the
+                # acknowledgement finds less left to do (on a thread: the
+                # call can wait for the disk queue, which stalled every
+                # association of the loop).
                 sink.flush()
-                os.posix_fadvise(sink.fileno(), self._synced, self._written - self._synced,
-                                 os.POSIX_FADV_DONTNEED)
+                start_writeback(sink.fileno(), self._synced, self._written - self._synced)
                 self._synced = self._written
         elif self._data is not None:
             if len(self._data) + size > MAX_DATASET_IN_MEMORY:
