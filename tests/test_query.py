@@ -108,3 +108,38 @@ def test_bad_values_raise_bad_query(node):
 
 def test_like_pattern_escapes():
     assert like_pattern("A%B_C*D?") == ("A\\%B\\_C%D_", "A%B_C")
+
+
+def test_json_projection_equals_the_datasets_json(node, tmp_path):
+    """QIDO-RS renders matches straight from the rows (search_json); it must
+    say exactly what the Datasets C-FIND sends would say in DICOM JSON."""
+    store(node, tmp_path, "a", patient_id="A", patient_name="Doe^John=ドウ^ジョン=どう^じょん",
+          study_date="20200102", study_time="101500.25", accession="X_1%",
+          charset="ISO_IR 192", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"], PatientWeight="70.5",
+          PatientAge="042Y", SliceThickness="1.25", OtherPatientIDs=["O1", "O2"])
+    store(node, tmp_path, "b", patient_id="B", patient_name="Иванов^Иван",
+          study_date="20210315", study_time="1430", accession="", charset="ISO_IR 144",
+          ImageType=["DERIVED", "SECONDARY"], ReferringPhysicianName="Who^Doctor",
+          InstitutionName="Клиника")
+    store(node, tmp_path, "c", patient_id="C", patient_name="", modality="MR",
+          study_date="", charset="ISO_IR 100", StudyComments="ünïcode")
+    cases = [(level, []) for level in Level]
+    cases += [(Level.STUDY, [("includefield", "all")]),
+              (Level.SERIES, [("includefield", "all")]),
+              (Level.IMAGE, [("includefield", "all")]),
+              (Level.STUDY, [("includefield", "StudyComments"), ("includefield", "00081030"),
+                             ("includefield", "ModalitiesInStudy"),
+                             ("includefield", "NumberOfStudyRelatedInstances"),
+                             ("includefield", "SOPClassesInStudy")]),
+              (Level.SERIES, [("includefield", "SliceThickness"),
+                              ("includefield", "RequestAttributesSequence")]),
+              (Level.IMAGE, [("includefield", "SliceThickness"), ("includefield", "PixelData"),
+                             ("PatientName", "doe*")])]
+    compared = 0
+    for level, params in cases:
+        query = query_from_qido(level, params)
+        datasets = [ds.to_json_dict() for ds in node.engine.search(query)]
+        assert datasets, (level, params)
+        assert node.engine.search_json(query) == datasets, (level, params)
+        compared += len(datasets)
+    assert compared == 28  # matches over all the cases: each compared, none left out

@@ -46,6 +46,21 @@ class QueryEngine:
 
     def iter(self, query: Query, batch: int = 500) -> Iterator[Dataset]:
         """Matches in a stable order, ``batch`` rows per SQL round trip."""
+        wanted = self._wanted(query)
+        for row, extras in self._rows(query, batch):
+            yield self._project(query, wanted, row, extras)
+
+    def search_json(self, query: Query) -> list[dict[str, Any]]:
+        """The matches as DICOM JSON (PS3.18 F.2), equal to each ``iter``
+        match's ``to_json_dict()`` — built straight from the rows: through
+        pydicom Datasets, projecting 400 series took ~0.5 ms each."""
+        wanted = self._wanted(query)
+        return [self._project_json(query, wanted, row, extras)
+                for row, extras in self._rows(query)]
+
+    def _rows(self, query: Query, batch: int = 500) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """(row, the page's extras) for each match, ``batch`` rows per SQL
+        round trip."""
         level_table = LEVEL_TABLES[query.level]
         cols = self._columns(query)
         stmt = compile_query(query, level_table.c.id, *cols).order_by(*self._order(query))
@@ -59,7 +74,7 @@ class QueryEngine:
                     return
                 extras = self._extras(conn, query, [r[0] for r in rows])
             for row in rows:
-                yield self._project(query, row, extras)
+                yield row, extras
             if len(rows) < size:
                 return
             offset += len(rows)
@@ -182,7 +197,8 @@ class QueryEngine:
             out["__json__"] = {owner: metas.get(inst) for owner, inst in rep.items()}
         return out
 
-    def _project(self, query: Query, row: Any, extras: dict[str, dict[int, Any]]) -> Dataset:
+    def _project(self, query: Query, wanted: list[tuple[int, str]], row: Any,
+                 extras: dict[str, dict[int, Any]]) -> Dataset:
         row_id = int(row[0])
         mapping = row._mapping
         ds = Match()
@@ -195,7 +211,7 @@ class QueryEngine:
             ds.update(Dataset.from_json({k: v for k, v in header.items()
                                          if "BulkDataURI" not in v and "InlineBinary" not in v}))
         non_ascii = False
-        for tag, kw in self._wanted(query):
+        for tag, kw in wanted:
             attr = BY_KEYWORD.get(kw)
             if attr is not None and attr.level <= query.level:
                 value = stored_to_dicom(attr, mapping[kw])
@@ -228,3 +244,83 @@ class QueryEngine:
         if non_ascii:
             ds.SpecificCharacterSet = "ISO_IR 192"
         return ds
+
+    def _project_json(self, query: Query, wanted: list[tuple[int, str]], row: Any,
+                      extras: dict[str, dict[int, Any]]) -> dict[str, Any]:
+        """``_project(...).to_json_dict()`` without the Dataset."""
+        row_id = int(row[0])
+        mapping = row._mapping
+        out: dict[int, dict[str, Any]] = {}
+        header: dict[str, Any] | None = None
+        raw_json = extras.get("__json__", {}).get(row_id)
+        if raw_json:
+            header = json.loads(raw_json)
+        if query.include_all and query.level == Level.IMAGE and header:
+            out.update((int(k, 16), v) for k, v in header.items()
+                       if "BulkDataURI" not in v and "InlineBinary" not in v)
+        non_ascii = False
+        for tag, kw in wanted:
+            attr = BY_KEYWORD.get(kw)
+            if attr is not None and attr.level <= query.level:
+                value = stored_to_dicom(attr, mapping[kw])
+                vr = attr.vr
+            elif kw in COMPUTED:
+                if COMPUTED[kw][0] != query.level:
+                    continue
+                vr = COMPUTED[kw][1]
+                value = extras.get(kw, {}).get(row_id)
+                if value is None and kw.startswith("Number"):
+                    value = 0
+            elif header is not None and f"{tag:08X}" in header:
+                entry = header[f"{tag:08X}"]
+                # Bulk data has no value in a query answer (pydicom's
+                # from_json leaves it empty without a handler).
+                out[tag] = entry if "BulkDataURI" not in entry else {"vr": entry["vr"]}
+                continue
+            else:
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    vr = "UN"
+                value = None
+            if isinstance(value, str) and not value.isascii():
+                non_ascii = True
+            out[tag] = _json_element(vr, value)
+        if non_ascii:
+            out[0x00080005] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+        return {f"{tag:08X}": out[tag] for tag in sorted(out)}
+
+
+#: VRs whose JSON values are numbers (pydicom's jsonrep).
+_INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
+_FLOAT_VRS = frozenset({"DS", "FD", "FL"})
+
+
+def _json_element(vr: str, value: Any) -> dict[str, Any]:
+    """One element of a match in DICOM JSON, as pydicom writes it for the
+    value ``stored_to_dicom`` gives (a string, a list of them, an int)."""
+    element: dict[str, Any] = {"vr": vr}
+    if vr == "SQ":
+        element["Value"] = []
+        return element
+    if value is None or value == "" or value == []:
+        return element
+    values = value if isinstance(value, list) else [value]
+    if vr == "PN":
+        names = []
+        for name in values:
+            groups = str(name).split("=")
+            comps = {"Alphabetic": groups[0]}
+            if len(groups) > 1:
+                comps["Ideographic"] = groups[1]
+            if len(groups) > 2:
+                comps["Phonetic"] = groups[2]
+            names.append(comps)
+        element["Value"] = names
+    elif vr in _INT_VRS:
+        element["Value"] = [int(v) for v in values]
+    elif vr in _FLOAT_VRS:
+        element["Value"] = [float(v) for v in values]
+    else:
+        element["Value"] = list(values)
+    return element
