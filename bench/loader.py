@@ -1,7 +1,7 @@
 """Bulk loader for the query-scale rows: writes scale records straight into
 pacsnode's index tables with SQLAlchemy Core ``executemany``.
 
-Column values come from pacsnode's own ``row_values`` (for the template
+Column values come from pacsnode's own ``describe`` (for the template
 instance) and ``attribute_columns`` (for each varying attribute), so the
 loader follows the catalogue when columns are added or renamed.  No blobs
 are written: the scale rows only query the index.
@@ -22,7 +22,7 @@ from pydicom import dcmread
 
 from pacsnode.dicom.catalogue import BY_KEYWORD, Level
 from pacsnode.dicom.header import describe
-from pacsnode.dicom.values import attribute_columns, row_values
+from pacsnode.dicom.values import attribute_columns
 from pacsnode.index.db import Database
 from pacsnode.index.schema import instances, patients, series, studies
 from pacsnode.storage import blob_key
@@ -49,7 +49,7 @@ class IndexLoader:
         self.db = Database(url)
         parsed = describe(dcmread(io.BytesIO(self.template.bytes), stop_before_pixels=True),
                           True)
-        self._rows = {level: row_values(parsed.ds, level) for level in Level}
+        self._rows = parsed.rows
         self._meta_json = parsed.meta_json
         self._transfer_syntax = parsed.transfer_syntax
         self._size = len(self.template.bytes)

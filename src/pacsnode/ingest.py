@@ -3,12 +3,13 @@
 
 Order of a store (two phases, events after commit):
   1. the bytes are in a temp file under the blob root (same filesystem);
-  2. the header is read once (up to Pixel Data) and validated;
-  3. the temp file is fsynced (outside any lock);
-  4. under the index's write transaction: duplicate check, rename into
-     ``studies/<Study>/<Series>/<SOP>.dcm`` (+ folder fsync), index rows;
-  5. commit — only now is the instance acknowledged — then the event.
-A crash before 5 leaves at worst a file with no index row, which
+  2. the header is read once (up to Pixel Data; the fast reader, else
+     pydicom) and validated, while the temp file is fsynced beside it;
+  3. the instance joins a group commit: in one write transaction with the
+     instances that arrived meanwhile, duplicate check, index rows, and the
+     rename into ``studies/<Study>/<Series>/<SOP>.dcm`` as the last step;
+  4. commit — only now is the instance acknowledged — then the event.
+A crash before 4 leaves at worst a file with no index row, which
 ``pacsnode check --repair`` indexes; never an index row without its file.
 """
 

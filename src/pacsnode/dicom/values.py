@@ -6,12 +6,11 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from .catalogue import ATTRIBUTES, Attribute, Level
 
-__all__ = ["row_values", "norm_time", "norm_datetime", "fuzzy_tokens", "fold",
+__all__ = ["norm_time", "norm_datetime", "fuzzy_tokens", "fold",
            "text_value", "TIME_LOW", "TIME_HIGH"]
 
 
@@ -156,18 +155,6 @@ def attribute_columns(attr: Attribute, value: Any) -> dict[str, Any]:
             n = ""
         return {col: text, col + "_n": n}
     return {col: text}
-
-
-def row_values(ds: Dataset, level: Level) -> dict[str, Any]:
-    """Column values of ``level``'s catalogue attributes, read from ``ds``."""
-    out: dict[str, Any] = {}
-    for attr in ATTRIBUTES:
-        if attr.level != level:
-            continue
-        elem = ds.get(attr.tag)
-        value = None if elem is None else elem.value
-        out.update(attribute_columns(attr, value))
-    return out
 
 
 _BY_LEVEL: dict[Level, list[tuple[str, Attribute]]] = {
