@@ -197,67 +197,17 @@ class QueryEngine:
             out["__json__"] = {owner: metas.get(inst) for owner, inst in rep.items()}
         return out
 
-    def _project(self, query: Query, wanted: list[tuple[int, str]], row: Any,
-                 extras: dict[str, dict[int, Any]]) -> Dataset:
+    def _fields(self, query: Query, wanted: list[tuple[int, str]], row: Any,
+                extras: dict[str, dict[int, Any]]
+                ) -> tuple[dict[str, Any] | None, list[tuple[int, str, Any, Any]], bool]:
+        """What a match says, for either rendering: the representative
+        instance's header JSON (if loaded); per return key (tag, VR, value,
+        header JSON entry or None); whether a value is not ASCII."""
         row_id = int(row[0])
         mapping = row._mapping
-        ds = Match()
-        ds.row_id = row_id
-        header: dict[str, Any] | None = None
         raw_json = extras.get("__json__", {}).get(row_id)
-        if raw_json:
-            header = json.loads(raw_json)
-        if query.include_all and query.level == Level.IMAGE and header:
-            ds.update(Dataset.from_json({k: v for k, v in header.items()
-                                         if "BulkDataURI" not in v and "InlineBinary" not in v}))
-        non_ascii = False
-        for tag, kw in wanted:
-            attr = BY_KEYWORD.get(kw)
-            if attr is not None and attr.level <= query.level:
-                value = stored_to_dicom(attr, mapping[kw])
-                vr = attr.vr
-            elif kw in COMPUTED:
-                if COMPUTED[kw][0] != query.level:
-                    continue
-                vr = COMPUTED[kw][1]
-                value = extras.get(kw, {}).get(row_id)
-                if value is None and kw.startswith("Number"):
-                    value = 0
-            elif header is not None and f"{tag:08X}" in header:
-                try:
-                    elem = Dataset.from_json({f"{tag:08X}": header[f"{tag:08X}"]})[tag]
-                except Exception:
-                    continue
-                ds[tag] = elem
-                continue
-            else:
-                try:
-                    vr = dictionary_VR(tag)
-                except KeyError:
-                    vr = "UN"
-                value = None
-            if vr == "SQ":
-                value = [] if value is None else value
-            if isinstance(value, str) and not value.isascii():
-                non_ascii = True
-            ds.add_new(tag, vr, value)
-        if non_ascii:
-            ds.SpecificCharacterSet = "ISO_IR 192"
-        return ds
-
-    def _project_json(self, query: Query, wanted: list[tuple[int, str]], row: Any,
-                      extras: dict[str, dict[int, Any]]) -> dict[str, Any]:
-        """``_project(...).to_json_dict()`` without the Dataset."""
-        row_id = int(row[0])
-        mapping = row._mapping
-        out: dict[int, dict[str, Any]] = {}
-        header: dict[str, Any] | None = None
-        raw_json = extras.get("__json__", {}).get(row_id)
-        if raw_json:
-            header = json.loads(raw_json)
-        if query.include_all and query.level == Level.IMAGE and header:
-            out.update((int(k, 16), v) for k, v in header.items()
-                       if "BulkDataURI" not in v and "InlineBinary" not in v)
+        header: dict[str, Any] | None = json.loads(raw_json) if raw_json else None
+        fields: list[tuple[int, str, Any, Any]] = []
         non_ascii = False
         for tag, kw in wanted:
             attr = BY_KEYWORD.get(kw)
@@ -273,9 +223,7 @@ class QueryEngine:
                     value = 0
             elif header is not None and f"{tag:08X}" in header:
                 entry = header[f"{tag:08X}"]
-                # Bulk data has no value in a query answer (pydicom's
-                # from_json leaves it empty without a handler).
-                out[tag] = entry if "BulkDataURI" not in entry else {"vr": entry["vr"]}
+                fields.append((tag, entry.get("vr", "UN"), None, entry))
                 continue
             else:
                 try:
@@ -285,7 +233,46 @@ class QueryEngine:
                 value = None
             if isinstance(value, str) and not value.isascii():
                 non_ascii = True
-            out[tag] = _json_element(vr, value)
+            fields.append((tag, vr, value, None))
+        return header, fields, non_ascii
+
+    def _project(self, query: Query, wanted: list[tuple[int, str]], row: Any,
+                 extras: dict[str, dict[int, Any]]) -> Dataset:
+        header, fields, non_ascii = self._fields(query, wanted, row, extras)
+        ds = Match()
+        ds.row_id = int(row[0])
+        if query.include_all and query.level == Level.IMAGE and header:
+            ds.update(Dataset.from_json({k: v for k, v in header.items()
+                                         if "BulkDataURI" not in v and "InlineBinary" not in v}))
+        for tag, vr, value, entry in fields:
+            if entry is not None:
+                try:
+                    ds[tag] = Dataset.from_json({f"{tag:08X}": entry})[tag]
+                except Exception:
+                    pass
+                continue
+            if vr == "SQ":
+                value = [] if value is None else value
+            ds.add_new(tag, vr, value)
+        if non_ascii:
+            ds.SpecificCharacterSet = "ISO_IR 192"
+        return ds
+
+    def _project_json(self, query: Query, wanted: list[tuple[int, str]], row: Any,
+                      extras: dict[str, dict[int, Any]]) -> dict[str, Any]:
+        """``_project(...).to_json_dict()`` without the Dataset."""
+        header, fields, non_ascii = self._fields(query, wanted, row, extras)
+        out: dict[int, dict[str, Any]] = {}
+        if query.include_all and query.level == Level.IMAGE and header:
+            out.update((int(k, 16), v) for k, v in header.items()
+                       if "BulkDataURI" not in v and "InlineBinary" not in v)
+        for tag, vr, value, entry in fields:
+            if entry is not None:
+                # Bulk data has no value in a query answer (pydicom's
+                # from_json leaves it empty without a handler).
+                out[tag] = entry if "BulkDataURI" not in entry else {"vr": vr}
+            else:
+                out[tag] = _json_element(vr, value)
         if non_ascii:
             out[0x00080005] = {"vr": "CS", "Value": ["ISO_IR 192"]}
         return {f"{tag:08X}": out[tag] for tag in sorted(out)}
