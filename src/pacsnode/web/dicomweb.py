@@ -9,6 +9,7 @@ standard leaves open, is written down in docs/CONFORMANCE.md (DICOMweb).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -48,6 +49,8 @@ router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
 
 DICOM_JSON = "application/dicom+json"
 CHUNK = 512 * 1024
+#: Parts of one STOW-RS request ingested at once.
+STOW_PARALLEL = 8
 #: Bytes of a multipart WADO-RS body handed to the server at a time.
 YIELD_BYTES = 4 * 1024 * 1024
 
@@ -303,16 +306,22 @@ async def _stow(request: Request, study: str | None) -> Response:
         raise PacsnodeError("the multipart body holds no part")
     address = request.client.host if request.client else ""
     origin = Origin("stow", address=address)
-    results: list[IngestResult] = []
-    for temp, error in writer.parts:
+    # The parts are ingested side by side: their fsyncs overlap and the
+    # ingest's group commit writes them in shared transactions (one at a
+    # time, each waited for its own fsync and commit).
+    slots = asyncio.Semaphore(STOW_PARALLEL)
+
+    async def ingest(temp: Path | None, error: PacsnodeError | None) -> IngestResult:
         if error is not None:
-            results.append(IngestResult(Outcome.REFUSED if not isinstance(
-                error, StorageFailure) else Outcome.FAILED, error=error))
-            continue
+            return IngestResult(Outcome.REFUSED if not isinstance(error, StorageFailure)
+                                else Outcome.FAILED, error=error)
         assert temp is not None
-        results.append(await run_in_threadpool(node.ingestor.ingest_temp, temp, origin,
-                                                expected_study=study))
-    return _stow_response(_base(request), study, results)
+        async with slots:
+            return await run_in_threadpool(node.ingestor.ingest_temp, temp, origin,
+                                           expected_study=study)
+
+    results = await asyncio.gather(*(ingest(temp, error) for temp, error in writer.parts))
+    return _stow_response(_base(request), study, list(results))
 
 
 def _stow_response(base: str, study: str | None, results: list[IngestResult]) -> Response:
