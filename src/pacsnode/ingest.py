@@ -19,10 +19,12 @@ import enum
 import filecmp
 import logging
 import os
+import random
 import shutil
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -58,8 +60,10 @@ IMPLEMENTATION_VERSION = IMPLEMENTATION_VERSION_NAME
 HEAD_BYTES = 128 * 1024
 #: JSON keys of SOP Class, SOP Instance, Study and Series Instance UID.
 _UID_KEYS = ("00080016", "00080018", "0020000D", "0020000E")
-#: Attempts at a batch's transaction before each instance is tried alone.
-ATTEMPTS = 4
+#: Attempts at one instance's transaction (on PostgreSQL, writers of other
+#: processes creating the same patient/study/series, or a deadlock between two
+#: batches, make one fail and the next succeed).
+ATTEMPTS = 8
 
 
 class _Statements:
@@ -218,29 +222,61 @@ class Ingestor:
                     expected_sop: tuple[str, str] | None = None) -> IngestResult:
         """Ingest a Part 10 (or bare data set) file that sits in the store's
         temp area.  The temp file is always consumed."""
-        parsed = None
-        try:
-            syncing = self.store.sync_temp(temp)  # outside any lock, beside the parse
-            parsed, size = self._parse(temp)
-            self._validate(parsed, expected_study, expected_sop)
-            if syncing is not None:
-                syncing.result()
-            pending = _Pending(temp, blob_key(parsed.study_uid, parsed.series_uid,
-                                              parsed.sop_instance_uid), size, parsed, origin)
-            self._index(pending)
-            if pending.error is not None:
-                raise pending.error
-        except PacsnodeError as exc:
-            temp.unlink(missing_ok=True)
+        return self.ingest_temps([temp], origin, expected_study=expected_study,
+                                 expected_sop=expected_sop)[0]
+
+    def ingest_temps(self, temps: list[Path], origin: Origin, *,
+                     expected_study: str | None = None,
+                     expected_sop: tuple[str, str] | None = None) -> list[IngestResult]:
+        """Ingest several temp files (a STOW-RS request's parts) together:
+        their fsyncs run side by side while the headers are parsed, and their
+        rows go into the index in the given order, in shared transactions.
+        One result per file, in order; every temp file is consumed."""
+        results: list[IngestResult | None] = [None] * len(temps)
+        prepared: list[tuple[int, _Pending, Future[None] | None]] = []
+        for n, temp in enumerate(temps):
+            parsed = None
+            try:
+                syncing = self.store.sync_temp(temp)  # outside any lock, beside the parse
+                parsed, size = self._parse(temp)
+                self._validate(parsed, expected_study, expected_sop)
+            except Exception as exc:
+                results[n] = self._failed(temp, origin, exc, parsed)
+                continue
+            key = blob_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid)
+            prepared.append((n, _Pending(temp, key, size, parsed, origin), syncing))
+        pendings = []
+        for n, pending, syncing in prepared:
+            try:
+                if syncing is not None:
+                    syncing.result()
+            except Exception as exc:
+                results[n] = self._failed(pending.temp, origin, exc, pending.parsed)
+                continue
+            pendings.append((n, pending))
+        if pendings:
+            try:
+                self._index([pending for _, pending in pendings])
+            except Exception as exc:
+                for _, pending in pendings:
+                    pending.error = pending.error or exc
+        for n, pending in pendings:
+            results[n] = (self._failed(pending.temp, origin, pending.error, pending.parsed)
+                          if pending.error is not None else self._finish(pending))
+        return [r for r in results if r is not None]
+
+    def _failed(self, temp: Path, origin: Origin, exc: BaseException,
+                parsed: ParsedHeader | None) -> IngestResult:
+        """A refusal (PacsnodeError) or a failure (disk, database: never the
+        caller's problem); the temp file is removed."""
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, PacsnodeError):
             log.warning("refused instance from %s: %s", origin.describe(), exc.reason)
             return IngestResult(Outcome.REFUSED if not isinstance(exc, StorageFailure)
                                 else Outcome.FAILED, error=exc, **_uids_or_empty(parsed))
-        except Exception as exc:  # disk, database: never take the caller down
-            temp.unlink(missing_ok=True)
-            log.exception("failed to store instance from %s", origin.describe())
-            return IngestResult(Outcome.FAILED, error=StorageFailure(f"storage failed: {exc}"),
-                                **_uids_or_empty(parsed))
-        return self._finish(pending)
+        log.error("failed to store instance from %s", origin.describe(), exc_info=exc)
+        return IngestResult(Outcome.FAILED, error=StorageFailure(f"storage failed: {exc}"),
+                            **_uids_or_empty(parsed))
 
     def _finish(self, pending: _Pending) -> IngestResult:
         """After the commit: the log line and the event."""
@@ -345,14 +381,14 @@ class Ingestor:
 
     # -- group commit
 
-    def _index(self, pending: _Pending) -> None:
-        """Write ``pending``'s rows and move its blob into place, in a
-        transaction shared with whatever other instances are waiting; returns
-        once that transaction has committed (or failed)."""
+    def _index(self, pendings: list[_Pending]) -> None:
+        """Write the instances' rows and move their blobs into place, in
+        order, in a transaction shared with whatever other instances are
+        waiting; returns once it has committed (or failed)."""
         group = self._group
         with group:
-            self._queue.append(pending)
-            while not pending.done:
+            self._queue.extend(pendings)
+            while not pendings[-1].done:  # a call's instances go in one batch
                 if self._leading:
                     group.wait()
                     continue
@@ -369,9 +405,10 @@ class Ingestor:
                     group.notify_all()
 
     def _write_batch(self, batch: list[_Pending]) -> None:
-        """One transaction for the batch; if it keeps failing (a concurrent
-        writer on PostgreSQL created the same patient/study/series, a disk
-        error on one rename), each instance is tried in its own."""
+        """One transaction for the batch.  If it fails (a concurrent writer on
+        PostgreSQL created the same patient/study/series, a disk error on one
+        rename), each instance is tried in a transaction of its own, up to
+        ``ATTEMPTS`` times."""
         for attempt in range(ATTEMPTS):
             try:
                 self._transaction(batch)
@@ -390,7 +427,7 @@ class Ingestor:
                     cause = getattr(exc, "orig", None) or exc
                     batch[0].error = StorageFailure(f"index write failed: {cause}")
                     return
-                time.sleep(0.01 * (attempt + 1))
+                time.sleep(0.01 * (attempt + 1) * (1 + random.random()))
         for item in batch:
             self._write_batch([item])
 

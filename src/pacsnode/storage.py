@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -19,15 +20,17 @@ __all__ = ["BlobStore", "FileStore", "blob_key", "start_writeback"]
 _TEMP_NUMBERS = itertools.count()
 _SYNCER: ThreadPoolExecutor | None = None
 _SYNCER_PID = 0
+_SYNCER_LOCK = threading.Lock()
 
 
 def _syncer() -> ThreadPoolExecutor:
     """The process's fsync threads (made again in a forked child)."""
     global _SYNCER, _SYNCER_PID
-    if _SYNCER is None or _SYNCER_PID != os.getpid():
-        _SYNCER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsnode-fsync")
-        _SYNCER_PID = os.getpid()
-    return _SYNCER
+    with _SYNCER_LOCK:
+        if _SYNCER is None or _SYNCER_PID != os.getpid():
+            _SYNCER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pacsnode-fsync")
+            _SYNCER_PID = os.getpid()
+        return _SYNCER
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -92,9 +95,9 @@ class FileStore:
         self.fsync = fsync
 
     def new_temp(self) -> tuple[BinaryIO, Path]:
-        # Names from a per-process counter (tempfile's random names cost more
-        # than the file itself); O_EXCL still guards against a name left over
-        # by an earlier process with the same pid.
+        # Names from a per-process counter, cheaper than tempfile's random
+        # ones; O_EXCL still guards against a name left over by an earlier
+        # process with the same pid.
         while True:
             name = str(self.incoming / f"in-{os.getpid()}-{next(_TEMP_NUMBERS)}.part")
             try:

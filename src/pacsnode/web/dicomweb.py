@@ -9,7 +9,6 @@ standard leaves open, is written down in docs/CONFORMANCE.md (DICOMweb).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -49,8 +48,6 @@ router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
 
 DICOM_JSON = "application/dicom+json"
 CHUNK = 512 * 1024
-#: Parts of one STOW-RS request ingested at once.
-STOW_PARALLEL = 8
 #: Bytes of a multipart WADO-RS body handed to the server at a time.
 YIELD_BYTES = 4 * 1024 * 1024
 
@@ -306,22 +303,17 @@ async def _stow(request: Request, study: str | None) -> Response:
         raise PacsnodeError("the multipart body holds no part")
     address = request.client.host if request.client else ""
     origin = Origin("stow", address=address)
-    # The parts are ingested side by side: their fsyncs overlap and the
-    # ingest's group commit writes them in shared transactions (one at a
-    # time, each waited for its own fsync and commit).
-    slots = asyncio.Semaphore(STOW_PARALLEL)
-
-    async def ingest(temp: Path | None, error: PacsnodeError | None) -> IngestResult:
-        if error is not None:
-            return IngestResult(Outcome.REFUSED if not isinstance(error, StorageFailure)
-                                else Outcome.FAILED, error=error)
-        assert temp is not None
-        async with slots:
-            return await run_in_threadpool(node.ingestor.ingest_temp, temp, origin,
-                                           expected_study=study)
-
-    results = await asyncio.gather(*(ingest(temp, error) for temp, error in writer.parts))
-    return _stow_response(_base(request), study, list(results))
+    # The parts are ingested together (their fsyncs overlap, their rows share
+    # transactions), in order.
+    temps = [temp for temp, error in writer.parts if error is None]
+    assert all(temp is not None for temp in temps)
+    stored = iter(await run_in_threadpool(node.ingestor.ingest_temps, temps, origin,
+                                          expected_study=study))
+    results = [next(stored) if error is None else
+               IngestResult(Outcome.REFUSED if not isinstance(error, StorageFailure)
+                            else Outcome.FAILED, error=error)
+               for _temp, error in writer.parts]
+    return _stow_response(_base(request), study, results)
 
 
 def _stow_response(base: str, study: str | None, results: list[IngestResult]) -> Response:
