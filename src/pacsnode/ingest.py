@@ -414,9 +414,11 @@ class Ingestor:
                 self._transaction(batch)
                 return
             except BaseException as exc:
-                for item in batch:
-                    if item.renamed and item.outcome is Outcome.STORED:
-                        self.store.delete(item.key)  # no file without a row
+                # No file without a row: the blobs moved into place go back
+                # to their temp files (latest first), ready for the retry.
+                for item in reversed(batch):
+                    if item.renamed:
+                        self._unrename(item)
                     item.renamed, item.outcome, item.error = False, None, None
                 if not isinstance(exc, Exception):
                     raise
@@ -430,6 +432,14 @@ class Ingestor:
                 time.sleep(0.01 * (attempt + 1) * (1 + random.random()))
         for item in batch:
             self._write_batch([item])
+
+    def _unrename(self, item: _Pending) -> None:
+        try:
+            self.store.uncommit_temp(item.key, item.temp)
+        except OSError as exc:  # e.g. a later instance of the batch replaced it
+            log.debug("cannot move %s back: %s", item.key, exc)
+            if item.outcome is Outcome.STORED:
+                self.store.delete(item.key)
 
     def _transaction(self, batch: list[_Pending]) -> None:
         with self.db.raw_write() as cur:
