@@ -319,10 +319,20 @@ def _serve_pids(node) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Some thread of the process still runs.  A killed process's leader
+    thread turns zombie before its other threads (fsync pool, checkpointer)
+    have exited, and until the last one has, its sockets stay open."""
     try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
+    for task in tasks:
+        try:
+            if "zombie" not in (task / "status").read_text():
+                return True
+        except OSError:  # that thread just ended
+            continue
+    return False
 
 
 def _kib(pid: int, field: str) -> int:
