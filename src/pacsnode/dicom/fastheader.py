@@ -42,12 +42,12 @@ from pydicom.filewriter import (_AMBIGUOUS_OB_OW_TAGS, _AMBIGUOUS_US_SS_TAGS,
 from pydicom.tag import _LUT_DESCRIPTOR_TAGS
 from pydicom.uid import PrivateTransferSyntaxes
 
+from .header import BULK_DATA_THRESHOLD, BULK_URI_PREFIX
+
 __all__ = ["FastHeader", "parse_fast", "BULK_DATA_THRESHOLD", "BULK_URI_PREFIX"]
 
-#: What header.header_json_dict gives to_json_dict: binary values whose
-#: base64 form would exceed the threshold become BulkDataURI markers.
-BULK_DATA_THRESHOLD = 1024
-BULK_URI_PREFIX = "bulk:"
+#: Binary values whose base64 form would exceed header.BULK_DATA_THRESHOLD
+#: become BulkDataURI markers, as in header.header_json_dict.
 _INLINE_MAX = BULK_DATA_THRESHOLD // 4 * 3
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"

@@ -20,7 +20,7 @@ from .values import fold, norm_datetime, norm_time, row_values_from_json, text_v
 
 __all__ = ["UID_RE", "valid_uid", "ParsedHeader", "read_header", "header_json",
            "describe", "describe_json", "pixel_data_marker",
-           "INDEXED_SEQUENCES", "BULK_URI_PREFIX"]
+           "INDEXED_SEQUENCES", "BULK_URI_PREFIX", "BULK_DATA_THRESHOLD"]
 
 #: PS3.5 9.1: digits and dots, no empty component, at most 64 characters.
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -37,6 +37,8 @@ _INDEXED_SEQUENCE_TAGS = frozenset(f"{tag_for_keyword(k):08X}" for k in INDEXED_
 #: BulkDataURI values kept in the index are this prefix + the tag; the web
 #: layer turns them into absolute URLs of the instance's bulk data.
 BULK_URI_PREFIX = "bulk:"
+#: Binary values longer than this (as base64) become BulkDataURIs.
+BULK_DATA_THRESHOLD = 1024
 
 
 def valid_uid(uid: Any) -> bool:
@@ -71,7 +73,8 @@ def _bulk_handler(elem: DataElement) -> str:
 def header_json_dict(ds: Dataset, has_pixel_data: bool) -> dict[str, Any]:
     """The header as DICOM JSON (PS3.18 F.2) with bulk data as BulkDataURI
     markers."""
-    body = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=_bulk_handler,
+    body = ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD,
+                           bulk_data_element_handler=_bulk_handler,
                            suppress_invalid_tags=True)
     if has_pixel_data:
         body["7FE00010"] = pixel_data_marker(body)
