@@ -249,10 +249,16 @@ below four samples) as a percentage of the median.
 - **C-STORE**: a fresh server per run; one `storescu` sending every file, or
   4 `storescu` at once each sending a contiguous quarter; wall time from the
   first launch to the last exit. MB/s counts file bytes.
-- **Peak RSS**: `VmHWM` of the server process after each 4-parallel ingestion run.
-- **C-FIND**: `findscu -S` (process start and association included), Study
-  Root, at STUDY and SERIES level, returning a handful of keys. **QIDO-RS**:
-  the same queries over one kept-alive HTTP connection. The index is filled
+- **Peak RSS**: `VmHWM` after each 4-parallel ingestion run, summed over the
+  server's processes (pacsnode's DIMSE workers included; shared pages count
+  once per process, so this is an upper bound).
+- **C-FIND**: Study Root, at STUDY and SERIES level, returning a handful of
+  keys; one `findscu -S --repeat` association per query and server, each
+  C-FIND timed from findscu's own log (microsecond stamps) between sending
+  the request and receiving the final response, the first one a warm-up.
+  (findscu's process start and association, about 20 ms here, are the same
+  for every server and left out.) **QIDO-RS**: the same queries over one
+  kept-alive HTTP connection. The index is filled
   by a bulk SQL loader for pacsnode (`bench/loader.py`) and by `POST
   /instances` (4 in parallel) for Orthanc, with identical attribute values
   (10 instances per study); the number of matches is checked against the

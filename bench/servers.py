@@ -120,11 +120,14 @@ class Server:
         return f"http://127.0.0.1:{self.http_port}"
 
     def peak_rss_mib(self) -> float:
-        """High-water mark of the resident set (VmHWM) since the process started."""
-        return _status_kib(self.pid, "VmHWM") / 1024
+        """High-water marks of the resident set (VmHWM) since start, summed over
+        the server and the processes it started (pacsnode's DIMSE workers):
+        an upper bound, since pages they share (the interpreter, libraries)
+        count once per process."""
+        return sum(_status_kib(pid, "VmHWM") for pid in _process_tree(self.pid)) / 1024
 
     def rss_mib(self) -> float:
-        return _status_kib(self.pid, "VmRSS") / 1024
+        return sum(_status_kib(pid, "VmRSS") for pid in _process_tree(self.pid)) / 1024
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -146,6 +149,20 @@ class Server:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, read from /proc/<pid>/task/*/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                pass
+    return found
 
 
 def _status_kib(pid: int, field_name: str) -> int:
