@@ -143,3 +143,77 @@ def test_json_projection_equals_the_datasets_json(node, tmp_path):
         assert node.engine.search_json(query) == datasets, (level, params)
         compared += len(datasets)
     assert compared == 28  # matches over all the cases: each compared, none left out
+
+
+def test_identifier_encoding_equals_pydicoms(node, tmp_path):
+    """C-FIND encodes matches by hand (messages.encode_elements); in both
+    syntaxes a match's identifier must be byte for byte what pydicom writes
+    for the same Dataset, and a match that has header JSON values, or a
+    value the hand encoder does not take, goes through pydicom."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from pacsnode.dimse import messages as m
+    from pacsnode.dimse.services import _encode_match
+    store(node, tmp_path, "a", patient_id="A", patient_name="Doe^John=ドウ^ジョン=どう^じょん",
+          study_date="20200102", study_time="101500.25", accession="X_1%",
+          charset="ISO_IR 192", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"], PatientWeight="70.5",
+          PatientAge="042Y", OtherPatientIDs=["O1", "O2"])
+    store(node, tmp_path, "b", patient_id="B", patient_name="Иванов^Иван",
+          study_date="20210315", study_time="1430", accession="", charset="ISO_IR 144",
+          ImageType=["DERIVED", "SECONDARY"], InstitutionName="Клиника")
+    store(node, tmp_path, "c", patient_id="C", patient_name="", modality="MR", study_date="")
+    every = {Level.PATIENT: ["PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs",
+                             "NumberOfPatientRelatedStudies"],
+             Level.STUDY: ["StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+                           "PatientWeight", "PatientAge", "ModalitiesInStudy",
+                           "SOPClassesInStudy", "NumberOfStudyRelatedInstances",
+                           "InstitutionName"],
+             Level.SERIES: ["SeriesInstanceUID", "Modality", "SeriesNumber",
+                            "RequestAttributesSequence", "NumberOfSeriesRelatedInstances"],
+             Level.IMAGE: ["SOPInstanceUID", "SOPClassUID", "InstanceNumber", "ImageType",
+                           "Rows", "Columns"]}
+    from_header = {Level.STUDY: ["StudyComments"], Level.IMAGE: ["SliceThickness"]}
+    plain = header = non_ascii = 0
+    for level in Level:
+        for extra in ([], from_header.get(level, [])):
+            ident = Dataset()
+            ident.QueryRetrieveLevel = level.name
+            for k in [k for lvl in Level if lvl <= level for k in every[lvl]] + extra:
+                ident.add_new(tag_for_keyword(k), dictionary_VR(k), None)
+            for charset in (None, "ISO_IR 100"):
+                if charset:
+                    ident.SpecificCharacterSet = charset
+                for match in node.engine.matches(query_from_identifier(ident)):
+                    expected = match.dataset()
+                    expected.QueryRetrieveLevel = level.name
+                    if charset and "SpecificCharacterSet" not in expected:
+                        expected.SpecificCharacterSet = charset
+                    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+                        got = _encode_match(match, level.name,
+                                            ident.get("SpecificCharacterSet"), syntax)
+                        assert got == m.encode_dataset(expected, syntax), (level, match.fields)
+                    non_ascii += match.non_ascii
+                    if match.plain:
+                        plain += 1
+                    else:
+                        header += 1
+    # Both paths were taken: the StudyComments and SliceThickness keys come
+    # from the header JSON.
+    assert plain > 0 and header > 0, (plain, header)
+    assert non_ascii > 0
+
+
+def test_encode_elements_refuses_what_it_cannot_write():
+    from pacsnode.dimse import messages as m
+    explicit = "1.2.840.10008.1.2.1"
+    with pytest.raises(ValueError):
+        m.encode_elements([(0x00100010, "PN", "Müller")], explicit)  # not ASCII, no utf8
+    with pytest.raises(ValueError):
+        m.encode_elements([(0x00280106, "US or SS", None)], explicit)
+    with pytest.raises(ValueError):
+        m.encode_elements([(0x00081115, "SQ", ["item"])], explicit)
+    with pytest.raises(ValueError):
+        m.encode_elements([(0x00100010, "PN", "A")], "1.2.840.10008.1.2.2")  # big endian
+    assert m.encode_elements([(0x00100010, "PN", "Müller")], explicit, utf8=True) == \
+        b"\x10\x00\x10\x00PN\x08\x00M\xc3\xbcller "

@@ -8,8 +8,10 @@ not.
 
 The command set is small and flat, so it is encoded and decoded here by hand
 (a dict of element number → raw value) instead of through pydicom: a C-STORE
-costs one pass over ~200 bytes each way.  Data sets (C-FIND identifiers,
-N-ACTION information, Failed SOP Instance UID lists) go through pydicom.
+costs one pass over ~200 bytes each way.  C-FIND matches, flat data sets
+of short values, are encoded here too (``encode_elements``): through
+pydicom one took ~0.45 ms.  Other data sets (identifiers received, N-ACTION
+information, Failed SOP Instance UID lists) go through pydicom.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 __all__ = ["Command", "part10_header", "decode_command", "encode_command", "pdata", "pdata_header",
-           "decode_dataset", "encode_dataset", "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
+           "decode_dataset", "encode_dataset", "encode_elements", "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
            "C_GET_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "C_ECHO_RQ",
            "C_ECHO_RSP", "C_CANCEL_RQ", "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP",
            "N_ACTION_RQ", "N_ACTION_RSP", "NO_DATASET", "FRAGMENT"]
@@ -302,3 +304,69 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
         import zlib
         data = zlib.decompress(data, -zlib.MAX_WBITS)
     return read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
+
+
+#: VRs with a 4-byte length (and 2 reserved bytes) in Explicit VR (PS3.5 7.1.2).
+_LONG_LENGTH = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
+                          "UT", "UV"})
+#: VRs whose text may use the data set's character set (PS3.5 6.1.2.3).
+_CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+#: Text VRs written as they are (ASCII).
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"})
+_BINARY = {"US": struct.Struct("<H"), "SS": struct.Struct("<h"), "UL": struct.Struct("<I"),
+           "SL": struct.Struct("<i")}
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")
+_EXPLICIT_LONG = struct.Struct("<HH2s2xI")
+
+
+def encode_elements(elements: Iterator[tuple[int, str, Any]] | list[tuple[int, str, Any]],
+                    transfer_syntax: str, *, utf8: bool = False) -> bytes:
+    """A flat data set of simple values, (tag, VR, value) in tag order, in
+    Implicit or Explicit VR Little Endian — byte for byte what pydicom's
+    ``write_dataset`` makes of the same elements.  A value is None (empty),
+    a string, a list of strings or an int (IS, US, SS, UL, SL); the only
+    sequence is an empty one.  ``utf8``: text in ISO_IR 192.
+
+    Raises ValueError for anything else (another VR, a value that is not
+    ASCII where it must be): the caller takes pydicom's path."""
+    if transfer_syntax == "1.2.840.10008.1.2":
+        implicit = True
+    elif transfer_syntax == "1.2.840.10008.1.2.1":
+        implicit = False
+    else:
+        raise ValueError(f"transfer syntax {transfer_syntax} is not encoded here")
+    out: list[bytes] = []
+    for tag, vr, value in elements:
+        if len(vr) != 2:  # an ambiguous VR ("US or SS"): pydicom resolves it
+            raise ValueError(f"VR {vr} is not encoded here")
+        if value is None or value == "" or value == []:
+            data = b""
+        elif vr in _BINARY:
+            values = value if isinstance(value, list) else [value]
+            data = b"".join(_BINARY[vr].pack(int(v)) for v in values)
+        elif vr in _CHARSET_VRS or vr in _ASCII_VRS:
+            values = value if isinstance(value, list) else [value]
+            text = "\\".join(str(v) for v in values)
+            if vr in _CHARSET_VRS and utf8:
+                data = text.encode("utf-8")
+            elif text.isascii():
+                data = text.encode("ascii")
+            else:
+                raise ValueError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr}: not ASCII")
+            if len(data) & 1:
+                data += b"\x00" if vr == "UI" else b" "
+        elif vr == "SQ" or vr == "UN":
+            raise ValueError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr} with a value")
+        else:
+            raise ValueError(f"VR {vr} is not encoded here")
+        group, element = tag >> 16, tag & 0xFFFF
+        if implicit:
+            out.append(_ELEMENT.pack(group, element, len(data)))
+        elif vr in _LONG_LENGTH:
+            out.append(_EXPLICIT_LONG.pack(group, element, vr.encode(), len(data)))
+        else:
+            if len(data) > 0xFFFF:
+                raise ValueError(f"({group:04X},{element:04X}) {vr}: value too long")
+            out.append(_EXPLICIT_SHORT.pack(group, element, vr.encode(), len(data)))
+        out.append(data)
+    return b"".join(out)

@@ -330,6 +330,99 @@ class Operation:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
+class Outbox:
+    """DIMSE messages a worker thread hands to the event loop for one
+    association without waiting for each to be written (C-FIND's pending
+    responses): the thread encodes the PDUs, the loop writes whatever has
+    gathered in one go.  A round trip to the loop per response cost more
+    than encoding the match.  When the peer reads slower than we answer,
+    ``put`` waits once the transport holds ``HIGH_WATER`` bytes."""
+
+    HIGH_WATER = 1 << 20
+
+    def __init__(self, assoc: "Association", context_id: int) -> None:
+        self.assoc = assoc
+        self.context_id = context_id
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._scheduled = False
+        self._room = threading.Event()
+        self._room.set()
+        self._written = threading.Event()
+        self._error: BaseException | None = None
+
+    def put(self, command: bytes, dataset: bytes | None) -> None:
+        """Queue one message (from a worker thread)."""
+        assoc = self.assoc
+        pdus = b"".join(m.pdata(self.context_id, command, True, assoc.max_pdu))
+        if dataset is not None:
+            pdus += b"".join(m.pdata(self.context_id, dataset, False, assoc.max_pdu))
+        if not self._room.wait(assoc.server.timeout):
+            raise ConnectionError(f"{assoc.describe()} reads no responses")
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            self._pending.append(pdus)
+            schedule, self._scheduled = not self._scheduled, True
+            self._written.clear()
+        if schedule:
+            assoc.loop.call_soon_threadsafe(self._flush)
+
+    def flushed(self) -> None:
+        """Wait until everything queued is handed to the transport."""
+        with self._lock:
+            idle = not self._scheduled
+        if not idle and not self._written.wait(self.assoc.server.timeout):
+            raise ConnectionError(f"responses to {self.assoc.describe()} not written")
+        if self._error is not None:
+            raise self._error
+
+    # -- in the loop
+
+    def _flush(self) -> None:
+        assoc = self.assoc
+        if assoc.send_lock.locked():  # another message is going out in parts
+            assoc.loop.create_task(self._flush_after_lock())
+            return
+        self._write()
+
+    async def _flush_after_lock(self) -> None:
+        async with self.assoc.send_lock:
+            self._write()
+
+    def _write(self) -> None:
+        assoc = self.assoc
+        with self._lock:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._scheduled = False
+        try:
+            if assoc.closed or assoc.writer.is_closing():
+                raise ConnectionError("association closed")
+            assoc.writer.write(data)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        with self._lock:
+            if not self._scheduled:  # nothing queued since
+                self._written.set()
+        if assoc.writer.transport.get_write_buffer_size() > self.HIGH_WATER:
+            self._room.clear()
+            assoc.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self.assoc.writer.drain()
+        except Exception as exc:
+            self._fail(exc)
+        self._room.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
+        self._room.set()
+        self._written.set()
+
+
 class AssociationServer:
     """The DIMSE listener: its own event loop in a thread, so ``start()``
     returns at once and ``serve`` can run the HTTP side in the main thread."""
@@ -1105,28 +1198,21 @@ class Association:
                         exc)
             await self._final(op, m.C_FIND_RSP, 0xC000, f"cannot decode identifier: {exc}")
             return
-        syntax, loop, command = self._syntax(op), self.loop, op.command
+        syntax, command = self._syntax(op), op.command
+        outbox = Outbox(self, op.context_id)
 
         def run() -> None:
-            for status, match, comment in self.services.find(identifier, self.origin,
-                                                             op.cancel.is_set):
-                encoded = None
-                if match is not None:
-                    try:
-                        encoded = m.encode_dataset(match, syntax)
-                    except Exception as exc:
-                        log.warning("C-FIND from %s: cannot encode a match: %s",
-                                    self.origin.describe(), exc)
-                        status, comment = 0xC000, f"cannot encode a match: {exc}"
+            for status, encoded, comment in self.services.find(identifier, self.origin,
+                                                               op.cancel.is_set, syntax):
                 if self.closed:  # aborted: nobody to answer (and the loop may be gone)
                     return
                 rsp = m.response(m.C_FIND_RSP, command, status, dataset=encoded is not None,
                                  error_comment=comment,
                                  affected_sop_class=command.affected_sop_class or None)
-                asyncio.run_coroutine_threadsafe(
-                    self.send(op.context_id, rsp, encoded), loop).result(self.server.timeout)
+                outbox.put(rsp, encoded)
                 if status != 0xFF00:
-                    return
+                    break
+            outbox.flushed()
 
         await self.server.pool.run(run)
 

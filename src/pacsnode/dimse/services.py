@@ -21,14 +21,17 @@ from typing import Any
 
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..config import NodeConfig
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..node import Node
+from ..query.engine import MatchFields
 from ..query.parse import query_from_identifier
 from ..retrieve import InstanceRef, locate, locate_query
+from .messages import encode_dataset, encode_elements
 
 log = logging.getLogger("pacsnode.dimse")
 
@@ -81,6 +84,32 @@ def storage_status_kind(status: int | None) -> str:
                                                                          0x0116)):
         return "warning"
     return "failure"
+
+
+def _encode_match(match: MatchFields, level: Any, charset: Any,
+                  transfer_syntax: str) -> bytes:
+    """A C-FIND match as the identifier of its pending response: its return
+    keys, the Query/Retrieve Level and the Specific Character Set (ISO_IR
+    192 when a value is not ASCII, else the request's).  Encoded by hand
+    when every value came from an index column, through pydicom otherwise."""
+    extra: list[tuple[int, str, Any, Any]] = [(0x00080052, "CS", str(level), None)]
+    if match.non_ascii:
+        extra.append((0x00080005, "CS", "ISO_IR 192", None))
+    elif charset is not None:
+        extra.append((0x00080005, "CS", list(charset) if isinstance(charset, MultiValue)
+                      else charset, None))
+    if match.plain:
+        try:
+            elements = sorted(match.fields + extra, key=lambda f: f[0])
+            return encode_elements([(tag, vr, value) for tag, vr, value, _ in elements],
+                                   transfer_syntax, utf8=match.non_ascii)
+        except ValueError:
+            pass
+    ds = match.dataset()
+    ds.QueryRetrieveLevel = level
+    if charset is not None and "SpecificCharacterSet" not in ds:
+        ds.SpecificCharacterSet = charset
+    return encode_dataset(ds, transfer_syntax)
 
 
 # -- stored files on their way out
@@ -224,10 +253,10 @@ class Services:
 
     # -- C-FIND
 
-    def find(self, identifier: Dataset, origin: Origin,
-             cancelled: Callable[[], bool]) -> Iterator[tuple[int, Dataset | None, str | None]]:
-        """(status, identifier, error comment) for each response: pending
-        0xFF00 with a match, then the final one."""
+    def find(self, identifier: Dataset, origin: Origin, cancelled: Callable[[], bool],
+             transfer_syntax: str) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """(status, encoded identifier, error comment) for each response:
+        pending 0xFF00 with a match in ``transfer_syntax``, then the final one."""
         try:
             query = query_from_identifier(identifier)
         except PacsnodeError as exc:
@@ -238,19 +267,25 @@ class Services:
             log.warning("C-FIND from %s: cannot decode identifier: %s", origin.describe(), exc)
             yield 0xC000, None, f"cannot decode identifier: {exc}"
             return
+        level = identifier.QueryRetrieveLevel
+        charset = identifier.get("SpecificCharacterSet")
         count = 0
         try:
-            for match in self.node.engine.iter(query):
+            for match in self.node.engine.matches(query):
                 if cancelled():
                     log.info("C-FIND from %s cancelled after %d matches", origin.describe(),
                              count)
                     yield 0xFE00, None, None
                     return
-                match.QueryRetrieveLevel = identifier.QueryRetrieveLevel
-                if "SpecificCharacterSet" in identifier and "SpecificCharacterSet" not in match:
-                    match.SpecificCharacterSet = identifier.SpecificCharacterSet
+                try:
+                    encoded = _encode_match(match, level, charset, transfer_syntax)
+                except Exception as exc:
+                    log.warning("C-FIND from %s: cannot encode a match: %s", origin.describe(),
+                                exc)
+                    yield 0xC000, None, f"cannot encode a match: {exc}"
+                    return
                 count += 1
-                yield 0xFF00, match, None
+                yield 0xFF00, encoded, None
         except PacsnodeError as exc:
             log.warning("C-FIND from %s refused: %s", origin.describe(), exc.reason)
             yield exc.dimse_status, None, exc.reason
