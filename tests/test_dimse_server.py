@@ -602,3 +602,36 @@ def test_commitment_report_on_a_new_association(pacsnode_factory, tmp_path):
             time.sleep(0.05)
     finally:
         server.shutdown()
+
+
+def test_c_store_waits_off_the_loop_while_another_writer_holds_the_index(pacsnode_factory,
+                                                                         tmp_path):
+    """C-STOREs are ingested on the event loop only while the index's write
+    lock is free: with another process holding it (as `pacsnode import`
+    would), a C-STORE waits on the pool — not acknowledged until the lock is
+    released — and the loop goes on serving other associations."""
+    import fcntl
+
+    node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_PROCESSES": "1"})
+    files = []
+    for n in range(3):
+        files.append(tmp_path / f"{n}.dcm")
+        make_ct(files[-1], patient_id="LOCKED", study_uid="1.2.826.0.1.3680043.8.498.77",
+                series_uid="1.2.826.0.1.3680043.8.498.77.1", instance=n + 1)
+    lock_fd = os.open(str(node.data_dir / "index.sqlite.writelock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        sender = subprocess.Popen([dcmtk("storescu"), "-aec", node.aet, "127.0.0.1",
+                                   str(node.dicom_port), *map(str, files)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.5)
+        assert sender.poll() is None, "acknowledged while the index was locked"
+        assert echo_ok(node)  # the loop is not the one waiting
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+    out, _ = sender.communicate(timeout=60)
+    assert sender.returncode == 0, out
+    found = findscu(node, "QueryRetrieveLevel=STUDY", "PatientID=LOCKED",
+                    "NumberOfStudyRelatedInstances")
+    assert [r["NumberOfStudyRelatedInstances"] for r in found] == ["3"], found

@@ -56,3 +56,95 @@ def test_failed_batch_is_retried_one_by_one_and_keeps_every_blob(node, tmp_path,
     with node.db.read() as conn:
         assert conn.execute(select(func.count()).select_from(instances)).scalar_one() == 5
     assert list(node.store.incoming.iterdir()) == []
+
+
+def test_stage_then_commit_without_waiting(node, tmp_path):
+    """The two steps the DIMSE loop takes: ``stage`` (fsync started, header
+    read) and ``commit(wait=False)``, which on SQLite gives up at once, with
+    nothing done, while another writer holds the index — and succeeds
+    afterwards; on PostgreSQL it never writes (the loop must not wait on
+    the network) and the waiting commit does."""
+    import threading
+
+    from pacsnode.ingest import Staged
+    path = tmp_path / "a.dcm"
+    make_ct(path, size=8)
+    fh, temp = node.store.new_temp()
+    with fh:
+        fh.write(path.read_bytes())
+    staged = node.ingestor.stage(temp, Origin("test"), fast_only=True)
+    assert isinstance(staged, Staged)
+    staged.wait()
+    if node.db.is_sqlite:
+        held, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with node.db.write_lock():
+                held.set()
+                release.wait(10)
+
+        other = threading.Thread(target=writer)
+        other.start()
+        assert held.wait(10)
+        assert node.ingestor.commit([staged], wait=False) is None
+        assert temp.exists()  # nothing consumed
+        release.set()
+        other.join()
+        results = node.ingestor.commit([staged], wait=False)
+    else:
+        assert node.ingestor.commit([staged], wait=False) is None
+        results = node.ingestor.commit([staged])
+    assert results is not None and results[0].outcome is Outcome.STORED
+    assert not temp.exists()
+    with node.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(instances)).scalar_one() == 1
+
+
+def test_write_lock_is_reentrant_and_can_refuse_to_wait(tmp_path):
+    """Nested write_lock() in one thread takes the lock once; wait=False from
+    another thread, or from another process's flock, raises WriteBusy."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from pacsnode.index.db import Database, WriteBusy
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    try:
+        with db.write_lock():
+            with db.write_lock(wait=False):  # re-entrant
+                refused: list[bool] = []
+
+                def other() -> None:
+                    try:
+                        with db.write_lock(wait=False):
+                            refused.append(False)
+                    except WriteBusy:
+                        refused.append(True)
+
+                t = threading.Thread(target=other)
+                t.start()
+                t.join()
+                assert refused == [True]
+        with db.write_lock(wait=False):  # free again
+            pass
+        # Another process's lock (the file lock every writer takes).
+        fd = os.open(str(tmp_path / "index.sqlite.writelock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            probe = ("import sys\n"
+                     "from pacsnode.index.db import Database, WriteBusy\n"
+                     "db = Database(sys.argv[1])\n"
+                     "try:\n"
+                     "    with db.write_lock(wait=False):\n"
+                     "        sys.exit(1)\n"
+                     "except WriteBusy:\n"
+                     "    sys.exit(0)\n")
+            child = subprocess.run([sys.executable, "-c", probe,
+                                    f"sqlite:///{tmp_path / 'index.sqlite'}"], timeout=60)
+            assert child.returncode == 0
+        finally:
+            os.close(fd)
+    finally:
+        db.dispose()

@@ -206,7 +206,7 @@ class Automation:
         if self.webhooks:
             import httpx
             self._http = httpx.Client(timeout=WEBHOOK_TIMEOUT, follow_redirects=False)
-        self.node.bus.subscribe(self.on_event)
+        self.node.bus.subscribe(self.on_event, blocking=True)  # writes arrivals
         self._thread = threading.Thread(target=self._run, name="pacsnode-automation",
                                         daemon=True)
         self._thread.start()
@@ -554,4 +554,4 @@ def record_arrivals(node: Node) -> None:
     same ``--config`` as ``serve``)."""
     automation = Automation(node)
     if automation.enabled:
-        node.bus.subscribe(automation.on_event)
+        node.bus.subscribe(automation.on_event, blocking=True)

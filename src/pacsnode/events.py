@@ -50,10 +50,14 @@ class EventBus:
     def __init__(self) -> None:
         self._handlers: list[Callable[[Event], None]] = []
         self._lock = threading.Lock()
+        #: Some handler may wait (on the database, the network): an emitter
+        #: that must not wait (the DIMSE event loop) emits on another thread.
+        self.blocking = False
 
-    def subscribe(self, handler: Callable[[Event], None]) -> None:
+    def subscribe(self, handler: Callable[[Event], None], *, blocking: bool = False) -> None:
         with self._lock:
             self._handlers.append(handler)
+            self.blocking = self.blocking or blocking
 
     def emit(self, event: Event) -> None:
         for handler in list(self._handlers):

@@ -23,7 +23,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +43,13 @@ from .dicom.header import (ParsedHeader, describe, describe_json, pixel_data_mar
 from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, InvalidUID,
                      PacsnodeError, SOPMismatch, StorageFailure, StudyMismatch)
 from .events import Event, EventBus, Origin
-from .index.db import Database, RawStatement
+from .index.db import Database, RawStatement, WriteBusy
 from .index.schema import changes, instances, item_attrs, patients, series, studies
 from .storage import FileStore, blob_key
 
 log = logging.getLogger("pacsnode.ingest")
 
-__all__ = ["Outcome", "IngestResult", "Ingestor", "IMPLEMENTATION_CLASS_UID",
+__all__ = ["Outcome", "IngestResult", "Ingestor", "Staged", "IMPLEMENTATION_CLASS_UID",
            "IMPLEMENTATION_VERSION"]
 
 IMPLEMENTATION_VERSION = IMPLEMENTATION_VERSION_NAME
@@ -128,6 +128,29 @@ class _Pending:
     renamed: bool = False
     error: BaseException | None = None
     done: bool = False
+
+
+@dataclass(eq=False)
+class Staged:
+    """An instance parsed and validated with its fsync under way
+    (``Ingestor.stage``): what is left is to wait for the fsync and write
+    the index (``Ingestor.commit``)."""
+    pending: _Pending
+    syncing: Future[None] | None
+    error: BaseException | None = None
+
+    def wait(self) -> None:
+        """Wait for the fsync; a failure is kept for ``commit`` to report."""
+        if self.syncing is not None:
+            try:
+                self.syncing.result()
+            except Exception as exc:
+                self.error = exc
+            self.syncing = None
+
+
+class _NotFast(Exception):
+    """The header needs pydicom's reader (``stage(fast_only=True)``)."""
 
 
 class Outcome(enum.Enum):
@@ -232,37 +255,72 @@ class Ingestor:
         their fsyncs run side by side while the headers are parsed, and their
         rows go into the index in the given order, in shared transactions.
         One result per file, in order; every temp file is consumed."""
-        results: list[IngestResult | None] = [None] * len(temps)
-        prepared: list[tuple[int, _Pending, Future[None] | None]] = []
-        for n, temp in enumerate(temps):
-            parsed = None
-            try:
+        staged = [self.stage(temp, origin, expected_study=expected_study,
+                             expected_sop=expected_sop) for temp in temps]
+        for item in staged:
+            if isinstance(item, Staged):
+                item.wait()
+        results = self.commit(staged)
+        assert results is not None
+        return results
+
+    def stage(self, temp: Path, origin: Origin, *, expected_study: str | None = None,
+              expected_sop: tuple[str, str] | None = None,
+              fast_only: bool = False) -> Staged | IngestResult | None:
+        """Steps 1-2 of a store, which take no lock: start the temp file's
+        fsync and meanwhile read and validate its header.  A refusal comes
+        back as an IngestResult (the temp file removed).  ``fast_only``:
+        None, with nothing done, when the header needs pydicom's reader
+        (which can read a whole file) — the caller's thread must not wait."""
+        parsed = None
+        try:
+            if fast_only:
+                parsed, size = self._parse(temp, fast_only=True)
+                syncing = self.store.sync_temp(temp)
+            else:
                 syncing = self.store.sync_temp(temp)  # outside any lock, beside the parse
                 parsed, size = self._parse(temp)
-                self._validate(parsed, expected_study, expected_sop)
-            except Exception as exc:
-                results[n] = self._failed(temp, origin, exc, parsed)
-                continue
-            key = blob_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid)
-            prepared.append((n, _Pending(temp, key, size, parsed, origin), syncing))
-        pendings = []
-        for n, pending, syncing in prepared:
-            try:
-                if syncing is not None:
-                    syncing.result()
-            except Exception as exc:
-                results[n] = self._failed(pending.temp, origin, exc, pending.parsed)
-                continue
-            pendings.append((n, pending))
+            self._validate(parsed, expected_study, expected_sop)
+        except _NotFast:
+            return None
+        except Exception as exc:
+            return self._failed(temp, origin, exc, parsed)
+        key = blob_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid)
+        return Staged(_Pending(temp, key, size, parsed, origin), syncing)
+
+    def commit(self, staged: list[Staged | IngestResult], *, wait: bool = True,
+               emit: Callable[[Event], None] | None = None) -> list[IngestResult] | None:
+        """Steps 3-4 for instances whose fsync is done (``Staged.wait``):
+        index rows and blobs in place, in order, in a group commit; then the
+        events (through ``emit``, by default the bus's).  One result per
+        item.  ``wait=False``: on SQLite, None with nothing done when the
+        write lock is not free at once (another batch of this process, or
+        another process, is writing)."""
+        results: list[IngestResult | None] = [None] * len(staged)
+        pendings: list[tuple[int, _Pending]] = []
+        for n, item in enumerate(staged):
+            if isinstance(item, IngestResult):
+                results[n] = item
+            elif item.error is not None:
+                results[n] = self._failed(item.pending.temp, item.pending.origin, item.error,
+                                          item.pending.parsed)
+            else:
+                pendings.append((n, item.pending))
         if pendings:
+            batch = [pending for _, pending in pendings]
             try:
-                self._index([pending for _, pending in pendings])
+                if wait:
+                    self._index(batch)
+                elif not self._index_now(batch):
+                    return None
             except Exception as exc:
-                for _, pending in pendings:
+                for pending in batch:
                     pending.error = pending.error or exc
         for n, pending in pendings:
-            results[n] = (self._failed(pending.temp, origin, pending.error, pending.parsed)
-                          if pending.error is not None else self._finish(pending))
+            results[n] = (self._failed(pending.temp, pending.origin, pending.error,
+                                       pending.parsed)
+                          if pending.error is not None else
+                          self._finish(pending, emit or self.bus.emit))
         return [r for r in results if r is not None]
 
     def _failed(self, temp: Path, origin: Origin, exc: BaseException,
@@ -278,7 +336,7 @@ class Ingestor:
         return IngestResult(Outcome.FAILED, error=StorageFailure(f"storage failed: {exc}"),
                             **_uids_or_empty(parsed))
 
-    def _finish(self, pending: _Pending) -> IngestResult:
+    def _finish(self, pending: _Pending, emit: Callable[[Event], None]) -> IngestResult:
         """After the commit: the log line and the event."""
         p, outcome = pending.parsed, pending.outcome
         assert outcome is not None
@@ -288,15 +346,14 @@ class Ingestor:
             return IngestResult(outcome, kept_existing=pending.kept, **uids)
         log.info("%s instance %s (study %s) from %s", outcome.value, p.sop_instance_uid,
                  p.study_uid, pending.origin.describe())
-        self.bus.emit(Event("stored" if outcome is Outcome.STORED else "replaced", "instance",
-                            p.study_uid, p.series_uid, p.sop_instance_uid,
-                            origin=pending.origin,
-                            patient_id=p.rows[Level.PATIENT].get("patientid", ""),
-                            seq=pending.seq))
+        emit(Event("stored" if outcome is Outcome.STORED else "replaced", "instance",
+                   p.study_uid, p.series_uid, p.sop_instance_uid, origin=pending.origin,
+                   patient_id=p.rows[Level.PATIENT].get("patientid", ""), seq=pending.seq))
         return IngestResult(outcome, **uids)
 
-    def _parse(self, temp: Path) -> tuple[ParsedHeader, int]:
-        """The header, read once, and the file's size."""
+    def _parse(self, temp: Path, fast_only: bool = False) -> tuple[ParsedHeader, int]:
+        """The header, read once, and the file's size.  ``fast_only``: raise
+        _NotFast rather than read it with pydicom."""
         with open(temp, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(min(size, HEAD_BYTES))
@@ -319,6 +376,8 @@ class Ingestor:
                                          lambda: sequence_items(read_header(temp))), size
                 except Exception as exc:
                     raise InvalidInstance(f"cannot understand the data: {exc}") from exc
+            if fast_only:
+                raise _NotFast()
             fh.seek(0)
             try:
                 ds = read_header(fh)
@@ -403,6 +462,34 @@ class Ingestor:
                     for item in batch:
                         item.done = True
                     group.notify_all()
+
+    def _index_now(self, batch: list[_Pending]) -> bool:
+        """``_index`` without waiting: False, with nothing done, when another
+        batch of this process is under way or queued, or the database's
+        write lock is held (always False on PostgreSQL, where a transaction
+        waits on the network)."""
+        if not self.db.is_sqlite:
+            return False
+        group = self._group
+        with group:
+            if self._leading or self._queue:
+                return False
+            self._leading = True
+        done = False
+        try:
+            with self.db.write_lock(wait=False):
+                self._write_batch(batch)
+            done = True
+        except WriteBusy:
+            pass
+        finally:
+            with group:
+                self._leading = False
+                if done:
+                    for item in batch:
+                        item.done = True
+                group.notify_all()
+        return done
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         """One transaction for the batch.  If it fails (a concurrent writer on

@@ -105,6 +105,8 @@ MAX_COMMAND = 1 << 16
 MAX_DATASET_IN_MEMORY = 64 << 20
 #: Bytes read from the socket buffer per file write.
 CHUNK = 1 << 20
+#: Largest instance (bytes) ingested on the event loop (see Association._ingest).
+INLINE_INGEST = 4 << 20
 #: Bytes of a received data set after which their writeback to disk starts.
 WRITEBACK = 256 << 10
 #: Seconds we wait for the A-ASSOCIATE-RQ (the ARTIM timer) at most.
@@ -443,6 +445,9 @@ class AssociationServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        #: Ingest on the loop (see Association._ingest): SQLite only, whose
+        #: transactions wait on no network.
+        self.inline_ingest = services.node.db.is_sqlite
         #: Temp files made ahead for C-STOREs and not yet used (see _prepare_spare).
         self.spares: set[Path] = set()
         self.listening = False
@@ -547,6 +552,10 @@ class AssociationServer:
         fh, temp = self.services.node.store.new_temp()
         self.spares.add(temp)
         return fh, temp
+
+    def emit_later(self, event: Any) -> None:
+        """Emit an ingest event on the pool (from the loop: a handler may wait)."""
+        self.background(self.services.node.bus.emit, event)
 
     def background(self, func: Callable[..., Any], *args: Any) -> None:
         """Run ``func`` on the pool, outliving the association that asked."""
@@ -1010,7 +1019,7 @@ class Association:
             self._sink = self._temp = None
             if sink is not None:
                 sink.close()
-            await self._c_store(context_id, command, temp)
+            await self._c_store(context_id, command, temp, self._written)
             return
         data = bytes(self._data or b"")
         self._data = None
@@ -1124,7 +1133,42 @@ class Association:
 
     # -- the services
 
-    async def _c_store(self, context_id: int, command: m.Command, temp: Path | None) -> None:
+    async def _ingest(self, temp: Path, size: int, sop_class: str,
+                      sop_uid: str) -> tuple[int, str | None]:
+        """Ingest a received instance; its C-STORE status and comment.
+
+        On SQLite, an instance up to INLINE_INGEST bytes is ingested here on
+        the event loop, but for its fsync (on the fsync threads, awaited):
+        header walk, validation and the index transaction take well under a
+        millisecond, and handing them to a worker thread and back cost more
+        than that again, in thread switches and in the two threads
+        contending for the GIL.  Whatever could wait goes to the pool: a
+        header that needs pydicom's reader, and the index write when another
+        writer holds the database (``wait=False`` finds out without waiting).
+        Events go out on the pool when a handler may wait (automation)."""
+        services, server = self.services, self.server
+        if server.inline_ingest and size <= INLINE_INGEST:
+            staged = services.stage_store(temp, self.origin, sop_class, sop_uid)
+            if isinstance(staged, tuple):  # refused
+                return staged
+            if staged is not None:
+                if staged.syncing is not None:
+                    try:
+                        await asyncio.wrap_future(staged.syncing)
+                    except Exception:
+                        pass  # staged.wait() keeps the error for the result
+                staged.wait()
+                emit = server.emit_later if services.node.bus.blocking else None
+                done = services.finish_store(staged, sop_uid, wait=False, emit=emit)
+                if done is not None:
+                    return done
+                done = await server.pool.run(services.finish_store, staged, sop_uid)
+                assert done is not None
+                return done
+        return await server.pool.run(services.store, temp, self.origin, sop_class, sop_uid)
+
+    async def _c_store(self, context_id: int, command: m.Command, temp: Path | None,
+                       size: int = 0) -> None:
         sop_class, sop_uid = command.affected_sop_class, command.affected_sop_instance
         if temp is None:
             status, comment = self._refusal or (0xA700, "cannot write")
@@ -1133,9 +1177,7 @@ class Association:
         else:
             self.busy += 1
             try:
-                status, comment = await self.server.pool.run(
-                    self.services.store, temp, self.origin, sop_class,
-                    sop_uid)
+                status, comment = await self._ingest(temp, size, sop_class, sop_uid)
             except Exception as exc:  # ingest_temp reports its failures; this is a bug
                 log.exception("C-STORE %s from %s", sop_uid, self.origin.describe())
                 temp.unlink(missing_ok=True)

@@ -26,7 +26,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..config import NodeConfig
 from ..errors import PacsnodeError
-from ..events import Origin
+from ..events import Event, Origin
+from ..ingest import IngestResult, Staged
 from ..node import Node
 from ..query.engine import MatchFields
 from ..query.parse import query_from_identifier
@@ -241,6 +242,34 @@ class Services:
         incoming folder); the C-STORE response status and Error Comment."""
         result = self.node.ingestor.ingest_temp(temp, origin,
                                                 expected_sop=(sop_class, sop_uid))
+        return self.store_status(result, origin, sop_uid)
+
+    def stage_store(self, temp: Path, origin: Origin, sop_class: str,
+                    sop_uid: str) -> Staged | tuple[int, str | None] | None:
+        """``store`` in steps for a caller that must not wait (the event
+        loop): parse and validate with the fsync started — a Staged to
+        finish with ``finish_store`` once the fsync is done, or the status
+        of a refusal; None when the header needs pydicom's reader (use
+        ``store``)."""
+        staged = self.node.ingestor.stage(temp, origin, expected_sop=(sop_class, sop_uid),
+                                          fast_only=True)
+        if staged is None or isinstance(staged, Staged):
+            return staged
+        return self.store_status(staged, origin, sop_uid)
+
+    def finish_store(self, staged: Staged, sop_uid: str, *, wait: bool = True,
+                     emit: Callable[[Event], None] | None = None
+                     ) -> tuple[int, str | None] | None:
+        """The index write of a staged C-STORE; None when ``wait`` is False
+        and the index is busy (nothing done: call again with ``wait``)."""
+        results = self.node.ingestor.commit([staged], wait=wait, emit=emit)
+        if results is None:
+            return None
+        return self.store_status(results[0], staged.pending.origin, sop_uid)
+
+    @staticmethod
+    def store_status(result: IngestResult, origin: Origin,
+                     sop_uid: str) -> tuple[int, str | None]:
         if result.outcome.ok:
             if result.kept_existing:
                 log.info("C-STORE %s: kept the stored copy (duplicate_policy=keep)",

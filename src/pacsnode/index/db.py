@@ -18,7 +18,7 @@ from sqlalchemy.sql import ClauseElement
 
 from .schema import metadata
 
-__all__ = ["Database", "RawStatement"]
+__all__ = ["Database", "RawStatement", "WriteBusy"]
 
 log = logging.getLogger("pacsnode.index")
 
@@ -26,6 +26,10 @@ log = logging.getLogger("pacsnode.index")
 CHECKPOINT_SECONDS = 1.0
 #: WAL pages after which SQLite checkpoints by itself (~40 MB).
 AUTOCHECKPOINT_PAGES = 10000
+
+
+class WriteBusy(Exception):
+    """The write lock is held by another writer (``write_lock(wait=False)``)."""
 
 
 class Database:
@@ -52,7 +56,8 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             self._setup_sqlite()
-        self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._write_lock = threading.RLock() if self.is_sqlite else None
+        self._write_depth = 0  # nested write_lock() of the thread holding it
         self._lock_path = _sqlite_lock_path(url) if self.is_sqlite else None
         self._lock_fd: int | None = None
         self._wrote = threading.Event()
@@ -101,24 +106,36 @@ class Database:
                 conn.exec_driver_sql("BEGIN")
 
     @contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Held around every write transaction (SQLite; a no-op on PostgreSQL)."""
-        if self._write_lock is None:
+    def write_lock(self, wait: bool = True) -> Iterator[None]:
+        """Held around every write transaction (SQLite; a no-op on PostgreSQL).
+        Re-entrant within a thread.  ``wait=False``: raise WriteBusy at once
+        instead of queueing behind another writer (of this process or any
+        other)."""
+        lock = self._write_lock
+        if lock is None:
             yield
             return
-        with self._write_lock:
-            fd = self._lock_file()
-            if fd is None:
-                yield
-                return
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        if not lock.acquire(blocking=wait):
+            raise WriteBusy("another writer of this process holds the index")
+        try:
+            self._write_depth += 1
+            fd = self._lock_file() if self._write_depth == 1 else None
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise WriteBusy("another process is writing the index") from None
             try:
                 yield
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                self._wrote.set()
-                if self._checkpointer is None or self._lock_pid != self._checkpointer_pid:
-                    self._start_checkpointer()
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    self._wrote.set()
+                    if self._checkpointer is None or self._lock_pid != self._checkpointer_pid:
+                        self._start_checkpointer()
+        finally:
+            self._write_depth -= 1
+            lock.release()
 
     def _start_checkpointer(self) -> None:
         self._checkpointer_pid = os.getpid()
