@@ -150,6 +150,36 @@ def test_association_rejections_at_pdu_level(node):
     assert echo_ok(node)
 
 
+def test_remembered_negotiations_answer_each_request_as_the_first_time(node, tmp_path):
+    """Negotiations are remembered by the bytes of the A-ASSOCIATE-RQ: the
+    same request gets the same A-ASSOCIATE-AC (and a rejection the same
+    A-ASSOCIATE-RJ), another calling AE title or proposal its own answer,
+    and a remembered association works (a real storescu, twice, proposing
+    every storage SOP class)."""
+    def answer(rq: bytes) -> tuple[int, bytes]:
+        with socket.create_connection(("127.0.0.1", node.dicom_port), timeout=5) as sock:
+            sock.sendall(rq)
+            kind, body = recv_pdu(sock)
+            if kind == 0x02:
+                sock.sendall(bytes.fromhex("05000000000400000000"))
+                assert recv_pdu(sock)[0] == 0x06
+            return kind, body
+
+    first = answer(associate_rq(calling="FIRST"))
+    assert first[0] == 0x02 and first[1][20:36].rstrip() == b"FIRST"
+    assert answer(associate_rq(calling="FIRST")) == first
+    other = answer(associate_rq(calling="OTHER"))
+    assert other[0] == 0x02 and other[1][20:36].rstrip() == b"OTHER"
+    refused = associate_rq(abstract=ModalityWorklistInformationFind)
+    assert answer(refused)[0] == 0x03 and answer(refused)[0] == 0x03
+    for n in range(2):
+        make_ct(tmp_path / f"{n}.dcm", patient_id=f"MEMO{n}")
+        run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
+            str(tmp_path / f"{n}.dcm"))
+    found = findscu(node, "QueryRetrieveLevel=PATIENT", "PatientID=MEMO*")
+    assert sorted(r["PatientID"] for r in found) == ["MEMO0", "MEMO1"]
+
+
 @pytest.mark.parametrize("what, payload, reason", [
     ("not DICOM", b"GET / HTTP/1.0\r\n\r\n", 1),
     ("unexpected P-DATA-TF", p_data(pdv(1, 3, echo_command())), 2),

@@ -237,10 +237,11 @@ def fragment_size(max_pdu: int) -> int:
 
 
 def pdata(context_id: int, payload: bytes | memoryview, is_command: bool, max_pdu: int,
-          last: bool = True) -> Iterator[bytes]:
+          last: bool = True) -> Iterator[bytes | memoryview]:
     """P-DATA-TF PDUs (header and data, alternately) carrying ``payload``,
     split so that no PDU exceeds the peer's maximum.  ``last`` False leaves
-    the final fragment's last bit clear (more of the data set follows)."""
+    the final fragment's last bit clear (more of the data set follows).
+    Data fragments are views of ``payload``: join them (one copy) to send."""
     size = fragment_size(max_pdu)
     view = memoryview(payload)
     total = len(view)
@@ -251,7 +252,7 @@ def pdata(context_id: int, payload: bytes | memoryview, is_command: bool, max_pd
         chunk = view[start:start + size]
         yield pdata_header(context_id, len(chunk), is_command,
                            last and start + size >= total)
-        yield bytes(chunk)
+        yield chunk
 
 
 def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:

@@ -35,6 +35,7 @@ sub-operations, are seen while they run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import logging
 import mmap
@@ -70,7 +71,7 @@ from ..events import Origin
 from ..storage import start_writeback
 from . import messages as m
 from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
-                       SubOperations, dataset_offset, prepare_outgoing, store_contexts)
+                       SubOperations, meta_end, prepare_outgoing, store_contexts)
 
 log = logging.getLogger("pacsnode.dimse")
 
@@ -105,6 +106,10 @@ MAX_COMMAND = 1 << 16
 MAX_DATASET_IN_MEMORY = 64 << 20
 #: Bytes read from the socket buffer per file write.
 CHUNK = 1 << 20
+#: Negotiations remembered (AssociationServer.negotiate), and the longest
+#: A-ASSOCIATE-RQ body remembered.
+NEGOTIATION_MEMO_SIZE = 64
+NEGOTIATION_MEMO_BYTES = 64 << 10
 #: Largest instance (bytes) ingested on the event loop (see Association._ingest).
 INLINE_INGEST = 4 << 20
 #: Bytes of a received data set after which their writeback to disk starts.
@@ -200,6 +205,67 @@ def listen_socket(host: str, port: int, *, reuse_port: bool = False,
         sock.close()
         raise
     return sock
+
+
+@dataclass(frozen=True)
+class Negotiation:
+    """What an A-ASSOCIATE-RQ gets (PS3.8 9.3.2-9.3.4, PS3.7 D.3.3): the
+    A-ASSOCIATE-AC to send and the accepted presentation contexts, or why
+    it is rejected (result, source, reason, log text), or why it is
+    malformed."""
+
+    calling: str = ""
+    called: str = ""
+    malformed: str = ""
+    rejection: tuple[int, int, int, str] | None = None
+    contexts: dict[int, PresentationContext] = field(default_factory=dict)
+    max_pdu: int = 0
+    proposed: int = 0
+    ac: bytes = b""
+
+
+def negotiate(body: bytes, supported: list[PresentationContext]) -> Negotiation:
+    """Negotiate an association from the body of its A-ASSOCIATE-RQ with
+    pynetdicom's PDU classes and ``negotiate_as_acceptor``: a pure function
+    of the bytes (AssociationServer.negotiate remembers its answers)."""
+    try:
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(struct.pack(">BBI", 0x01, 0, len(body)) + body)
+        request = pdu.to_primitive()
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        proposed = request.presentation_context_definition_list
+    except Exception as exc:
+        return Negotiation(malformed=str(exc) or exc.__class__.__name__)
+    deal = Negotiation(calling=calling, called=called, proposed=len(proposed))
+    if not pdu.protocol_version & 1:
+        return dataclasses.replace(deal, rejection=(
+            1, 2, 2, f"protocol version {pdu.protocol_version} not supported"))
+    if str(request.application_context_name) != APPLICATION_CONTEXT:
+        return dataclasses.replace(deal, rejection=(
+            1, 1, 2, f"application context {request.application_context_name} not supported"))
+    roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
+             for item in request.user_information
+             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+    result, reply_roles = negotiate_as_acceptor(proposed, supported, roles)
+    contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
+    if not contexts:
+        offered = sorted({str(cx.abstract_syntax) for cx in proposed})
+        return dataclasses.replace(deal, rejection=(
+            1, 1, 1, "no acceptable presentation context (proposed "
+            f"{', '.join(offered[:5])}{' …' if len(offered) > 5 else ''})"))
+    reply = A_ASSOCIATE()
+    reply.application_context_name = APPLICATION_CONTEXT
+    reply.calling_ae_title = request.calling_ae_title
+    reply.called_ae_title = request.called_ae_title
+    reply.result = 0x00
+    reply.result_source = 0x01
+    reply.presentation_context_definition_results_list = result
+    reply.user_information = [*_our_user_information(), *reply_roles]
+    ac = A_ASSOCIATE_AC()
+    ac.from_primitive(reply)
+    return dataclasses.replace(deal, contexts=contexts, ac=ac.encode(),
+                               max_pdu=int(request.maximum_length_received or 0))
 
 
 class AssociationLimit:
@@ -315,6 +381,10 @@ def _deliver(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+class NotSent(Exception):
+    """A stored file could not be read: nothing of its C-STORE-RQ went out."""
 
 
 class ProtocolError(Exception):
@@ -437,6 +507,7 @@ class AssociationServer:
         self.reuse_port = reuse_port
         self.exclusive = exclusive
         self.contexts = supported_contexts()
+        self._negotiated: dict[bytes, Negotiation] = {}
         self.timeout = float(settings.dimse_timeout)
         # Ingests overlap their fsyncs; C-FIND/MOVE/GET hold one thread each.
         self.pool = Workers(max(4, min(64, settings.max_associations + 4)))
@@ -552,6 +623,21 @@ class AssociationServer:
         fh, temp = self.services.node.store.new_temp()
         self.spares.add(temp)
         return fh, temp
+
+    def negotiate(self, body: bytes) -> Negotiation:
+        """``negotiate`` of an A-ASSOCIATE-RQ body, remembered: a tool that
+        proposes every storage SOP class (storescu, getscu: 120 contexts
+        and more) cost ~20 ms of pynetdicom's PDU decoding and negotiation
+        per association, and sends the same request every time."""
+        if len(body) > NEGOTIATION_MEMO_BYTES:
+            return negotiate(body, self.contexts)
+        deal = self._negotiated.get(body)
+        if deal is None:
+            deal = negotiate(body, self.contexts)
+            if len(self._negotiated) >= NEGOTIATION_MEMO_SIZE:
+                self._negotiated.pop(next(iter(self._negotiated)))
+            self._negotiated[body] = deal
+        return deal
 
     def emit_later(self, event: Any) -> None:
         """Emit an ingest event on the pool (from the loop: a handler may wait)."""
@@ -735,57 +821,30 @@ class Association:
             await self._reject(1, 2, 1)
             return False
         body = await self.reader.readexactly(length)
-        try:
-            pdu = A_ASSOCIATE_RQ()
-            pdu.decode(struct.pack(">BBI", 0x01, 0, length) + body)
-            request = pdu.to_primitive()
-            calling = str(request.calling_ae_title).strip()
-            called = str(request.called_ae_title).strip()
-            proposed = request.presentation_context_definition_list
-        except Exception as exc:
+        deal = self.server.negotiate(body)
+        if deal.malformed:
             log.warning("malformed A-ASSOCIATE-RQ from %s:%s (%s): rejecting", self.address,
-                        self.port, exc)
+                        self.port, deal.malformed)
             await self._reject(1, 2, 1)
             return False
-        self.peer_aet, self.called_aet = calling, called
-        self.origin = Origin("dimse", peer_aet=calling, address=self.address, called_aet=called)
-        if not pdu.protocol_version & 1:
-            return await self._rejected(1, 2, 2, f"protocol version {pdu.protocol_version} "
-                                  "not supported")
-        if str(request.application_context_name) != APPLICATION_CONTEXT:
-            return await self._rejected(1, 1, 2, "application context "
-                                  f"{request.application_context_name} not supported")
-        roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
-                 for item in request.user_information
-                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
-        result, reply_roles = negotiate_as_acceptor(proposed, self.server.contexts, roles)
-        self.contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
-        if not self.contexts:
-            offered = sorted({str(cx.abstract_syntax) for cx in proposed})
-            return await self._rejected(1, 1, 1, "no acceptable presentation context (proposed "
-                                  f"{', '.join(offered[:5])}{' …' if len(offered) > 5 else ''})")
-        self.max_pdu = int(request.maximum_length_received or 0)
+        self.peer_aet, self.called_aet = deal.calling, deal.called
+        self.origin = Origin("dimse", peer_aet=deal.calling, address=self.address,
+                             called_aet=deal.called)
+        if deal.rejection is not None:
+            return await self._rejected(*deal.rejection)
+        self.contexts = dict(deal.contexts)
+        self.max_pdu = deal.max_pdu
         if not self.server.limit.acquire():
             return await self._rejected(2, 3, 2, "local limit exceeded (max_associations "
                                   f"{self.server.limit.limit})")
         self._counted = True
-        reply = A_ASSOCIATE()
-        reply.application_context_name = APPLICATION_CONTEXT
-        reply.calling_ae_title = request.calling_ae_title
-        reply.called_ae_title = request.called_ae_title
-        reply.result = 0x00
-        reply.result_source = 0x01
-        reply.presentation_context_definition_results_list = result
-        reply.user_information = [*_our_user_information(), *reply_roles]
-        ac = A_ASSOCIATE_AC()
-        ac.from_primitive(reply)
-        self.writer.write(ac.encode())
+        self.writer.write(deal.ac)
         self.is_established = True
         if any(str(cx.abstract_syntax) not in _NOT_STORAGE for cx in self.contexts.values()):
             self._prepare_spare()
         log.info("association accepted: %s (%d of %d contexts, max PDU %s, pid %d)",
-                 self.describe(), len(self.contexts), len(proposed), self.max_pdu or "unlimited",
-                 os.getpid())
+                 self.describe(), len(self.contexts), deal.proposed,
+                 self.max_pdu or "unlimited", os.getpid())
         return True
 
     async def _reject(self, result: int, source: int, reason: int) -> None:
@@ -1089,24 +1148,44 @@ class Association:
 
     async def _send_file(self, context_id: int, command: bytes, out: Outgoing) -> None:
         """A C-STORE-RQ whose data set is a stored file's bytes from
-        ``out.offset`` on, read and sent a block at a time."""
+        ``out.offset`` on, read and sent a block at a time: the command with
+        the first block, one write per block (writelines() of the fragments
+        made a send() per fragment, 16 KiB for DCMTK's tools)."""
         if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
         async with self.send_lock:
-            self.writer.write(b"".join(m.pdata(context_id, command, True, self.max_pdu)))
-            with open(out.path, "rb") as fh:
-                fh.seek(0, 2)
-                left = fh.tell() - out.offset
-                fh.seek(out.offset)
+            try:
+                fh = open(out.path, "rb")
+            except OSError as exc:
+                raise NotSent(str(exc)) from exc
+            try:
+                size = os.fstat(fh.fileno()).st_size
+                block: bytes | memoryview = b""
+                if out.offset < 0:  # the end of the file meta, read here
+                    head = fh.read(CHUNK)
+                    offset = meta_end(head, out.path)[0]
+                    block = memoryview(head)[offset:]
+                else:
+                    offset = out.offset
+                    fh.seek(offset)
+            except (OSError, ValueError) as exc:
+                fh.close()
+                raise NotSent(str(exc)) from exc
+            with fh:
+                left = size - offset
+                parts = list(m.pdata(context_id, command, True, self.max_pdu))
                 if left <= 0:
-                    self.writer.write(b"".join(m.pdata(context_id, b"", False, self.max_pdu)))
+                    parts += m.pdata(context_id, b"", False, self.max_pdu)
+                    self.writer.write(b"".join(parts))
                 while left > 0:
-                    block = fh.read(min(left, CHUNK))
                     if not block:
-                        raise OSError(f"{out.path} shrank while being sent")
+                        block = fh.read(min(left, CHUNK))
+                        if not block:
+                            raise OSError(f"{out.path} shrank while being sent")
                     left -= len(block)
-                    self.writer.writelines(m.pdata(context_id, block, False, self.max_pdu,
-                                                   last=left <= 0))
+                    parts += m.pdata(context_id, block, False, self.max_pdu, last=left <= 0)
+                    self.writer.write(b"".join(parts))
+                    parts, block = [], b""
                     await self.writer.drain()
             await self.writer.drain()
 
@@ -1359,9 +1438,8 @@ class Association:
         usable = {str(cx.transfer_syntax[0]): cid for cid, cx in self.contexts.items()
                   if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu}
         try:
-            if ref.transfer_syntax in usable:  # a read of the file's first block
-                offset, _ = dataset_offset(ref.path)
-                out = Outgoing(ref.path, offset, ref.transfer_syntax)
+            if ref.transfer_syntax in usable:  # sent as stored
+                out = Outgoing(ref.path, -1, ref.transfer_syntax)
             else:
                 out = await self.server.pool.run(prepare_outgoing, ref, list(usable))
         except Exception as exc:
@@ -1373,6 +1451,9 @@ class Association:
             fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
         try:
             rsp, _ = await self.request(usable[out.transfer_syntax], fields, out=out)
+        except NotSent as exc:
+            log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, self.describe(), exc)
+            return None
         except asyncio.TimeoutError:
             log.warning("no C-STORE response for %s from %s in %.0f s: aborting",
                         ref.sop_instance_uid, self.describe(), self.server.timeout)

@@ -37,6 +37,7 @@ from .messages import encode_dataset, encode_elements
 log = logging.getLogger("pacsnode.dimse")
 
 __all__ = ["Services", "SubOperations", "Outgoing", "prepare_outgoing", "dataset_offset",
+           "meta_end",
            "store_contexts", "storage_status_kind", "COMMITMENT_INSTANCE"]
 
 #: The well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
@@ -118,7 +119,8 @@ def _encode_match(match: MatchFields, level: Any, charset: Any,
 @dataclass
 class Outgoing:
     """A stored instance ready to send: the data set is the bytes of
-    ``path`` from ``offset`` on, in ``transfer_syntax``."""
+    ``path`` from ``offset`` on (-1: from the end of its file meta, found
+    when it is read), in ``transfer_syntax``."""
 
     path: Path
     offset: int
@@ -139,7 +141,12 @@ def dataset_offset(path: Path) -> tuple[int, str]:
     Information, which is always Explicit VR Little Endian) and its transfer
     syntax.  Does not trust the group length."""
     with open(path, "rb") as fh:
-        head = fh.read(65536)
+        return meta_end(fh.read(65536), path)
+
+
+def meta_end(head: bytes | memoryview, path: Path) -> tuple[int, str]:
+    """``dataset_offset`` of the file whose first bytes are ``head``."""
+    head = bytes(head[:65536])
     if head[128:132] != b"DICM":
         raise ValueError(f"{path} is not a Part 10 file")
     pos, syntax = 132, ""
