@@ -9,6 +9,7 @@ command -v Orthanc  >/dev/null 2>&1 || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v curl     >/dev/null 2>&1 || need+=(curl)  # make bench's WADO-RS client
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

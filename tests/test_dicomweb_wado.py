@@ -164,9 +164,17 @@ def test_series_order_and_study_of_many(web: WebServer) -> None:
     assert len(parse_multipart(r)) == 4
 
 
-def test_series_streams_before_the_last_file_is_read(web: WebServer) -> None:
-    """Parts go out while later files are still unread: a file removed once
-    the first bytes arrived is simply missing from the response."""
+@pytest.mark.parametrize("snapshot", [True, False])
+def test_series_streams_before_the_last_file_is_read(web: WebServer, monkeypatch,
+                                                     snapshot: bool) -> None:
+    """Parts go out while later files are still unread.  Up to SNAPSHOT_FILES
+    instances, every file is opened when the request is answered and the
+    body has a Content-Length: a file deleted once the first bytes arrived
+    is still sent, whole.  Beyond that, files are opened one by one and the
+    body is chunked: the deleted file is simply missing from the response."""
+    from pacsnode.web import dicomweb
+    if not snapshot:
+        monkeypatch.setattr(dicomweb, "SNAPSHOT_FILES", 10)
     study, series = uid(), uid()
     sops = [uid() for _ in range(24)]
     for n in range(0, 24, 6):
@@ -174,19 +182,26 @@ def test_series_streams_before_the_last_file_is_read(web: WebServer) -> None:
                                columns=1024) for k in range(n, n + 6)]
         assert web.stow(parts).status_code == 200
     last = next(web.node.store.root.glob(f"studies/*/*/{sops[-1]}.dcm"))
+    stored = last.read_bytes()
     with httpx.stream("GET", f"{web.dicomweb}/studies/{study}/series/{series}",
                       headers={"Accept": AS_STORED}, timeout=60) as r:
         assert r.status_code == 200
+        assert ("content-length" in r.headers) is snapshot
         chunks = r.iter_bytes()
         first = next(chunks)
         assert first
+        assert len(first) < 23 * len(stored)  # the body is still on its way
         last.unlink()
         time.sleep(0.05)
         content = first + b"".join(chunks)
+    if snapshot:
+        assert len(content) == int(r.headers["content-length"])
     response = httpx.Response(200, headers=r.headers, content=content)
-    got = [dcmread(io.BytesIO(b), stop_before_pixels=True).SOPInstanceUID
-           for _, b in parse_multipart(response)]
-    assert got == sops[:-1]
+    parts = parse_multipart(response)
+    got = [dcmread(io.BytesIO(b), stop_before_pixels=True).SOPInstanceUID for _, b in parts]
+    assert got == (sops if snapshot else sops[:-1])
+    if snapshot:
+        assert parts[-1][1] == stored
 
 
 def test_dicomweb_client_retrieve(web: WebServer) -> None:
