@@ -29,6 +29,10 @@ class Target:
     storescp: float | None = None
     #: How the issue words it, for the table ("≥1.5× Orthanc").
     text: str = ""
+    #: Another row whose pacsnode median this row's is divided by (at least
+    #: ``baseline_ratio`` when higher is better): pacsnode against itself.
+    baseline: str | None = None
+    baseline_ratio: float | None = None
 
 
 @dataclass
@@ -67,11 +71,25 @@ class Row:
             return None
         return ours / theirs
 
-    def verdict(self) -> bool | None:
+    def baseline_ratio(self, rows: dict[str, "Row"]) -> float | None:
+        """pacsnode's median over its median in the target's baseline row."""
+        if self.target is None or self.target.baseline not in rows:
+            return None
+        ours = self.median("pacsnode")
+        base = rows[self.target.baseline].median("pacsnode")
+        return ours / base if ours is not None and base else None
+
+    def verdict(self, rows: dict[str, "Row"] | None = None) -> bool | None:
         """True when every target this row has is met, None when unknown."""
         if self.target is None:
             return None
         checks: list[bool] = []
+        if self.target.baseline is not None and self.target.baseline_ratio is not None:
+            got = self.baseline_ratio(rows or {})
+            if got is None:
+                return None
+            want = self.target.baseline_ratio
+            checks.append(got >= want if self.higher_is_better else got <= want)
         for other, want in (("orthanc", self.target.orthanc), ("storescp", self.target.storescp)):
             if want is None:
                 continue
@@ -170,7 +188,11 @@ def summary(results: Results) -> list[dict[str, str]]:
     """One dict of display strings per row (the table's cells)."""
     out = []
     for row in results.rows.values():
-        verdict = row.verdict()
+        verdict = row.verdict(results.rows)
+        target = row.target.text if row.target else ""
+        if row.target is not None and row.target.baseline is not None:
+            got = row.baseline_ratio(results.rows)
+            target += f" (got {got:.2f}×)" if got is not None else ""
         out.append({
             "Measurement": row.title,
             "Unit": row.unit,
@@ -179,7 +201,7 @@ def summary(results: Results) -> list[dict[str, str]]:
             "storescp": _cell(row, "storescp"),
             "pacsnode/Orthanc": _ratio(row, "orthanc"),
             "pacsnode/storescp": _ratio(row, "storescp") if "storescp" in row.samples else "",
-            "Target": row.target.text if row.target else "",
+            "Target": target,
             "Met": {True: "✓", False: "✗", None: ""}[verdict],
         })
     return out
@@ -230,7 +252,8 @@ def _json(results: Results, info: dict[str, Any], plan: dict[str, Any]) -> dict[
         data["spread"] = {s: row.spread(s) for s in row.samples}
         data["ratio_orthanc"] = row.ratio("orthanc")
         data["ratio_storescp"] = row.ratio("storescp")
-        data["met"] = row.verdict()
+        data["ratio_baseline"] = row.baseline_ratio(results.rows)
+        data["met"] = row.verdict(results.rows)
         rows.append(data)
     return {"machine": info, "plan": plan, "rows": rows, "notes": results.notes,
             "phase_seconds": results.timings}
@@ -249,6 +272,10 @@ below four samples) as a percentage of the median.
 - **C-STORE**: a fresh server per run; one `storescu` sending every file, or
   4 `storescu` at once each sending a contiguous quarter; wall time from the
   first launch to the last exit. MB/s counts file bytes.
+- **C-STORE into a full archive**: the small set sent by one `storescu`
+  into each server holding the largest query scale's instances (pacsnode's
+  loaded in bulk, Orthanc's uploaded), after the queries; the target
+  compares pacsnode with its own empty-archive row.
 - **Peak RSS**: `VmHWM` after each 4-parallel ingestion run, summed over the
   server's processes (pacsnode's DIMSE workers included; shared pages count
   once per process, so this is an upper bound).

@@ -142,7 +142,7 @@ def _stored_count(server: Server) -> int:
         return sum(1 for p in server.output.rglob("*") if p.is_file())
     if server.name == "orthanc":
         return int(httpx.get(server.http + "/statistics", timeout=60).json()["CountInstances"])
-    index = server.workdir / "data" / "index.sqlite"
+    index = (server.data_dir or server.workdir / "data") / "index.sqlite"
     with sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=30) as conn:
         return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
 
@@ -155,10 +155,14 @@ def _start(fleet: Fleet, name: str, **kw: object) -> Server:
 # ------------------------------------------------------------------ C-STORE
 
 STORE_TARGET = Target(orthanc=1.5, storescp=0.6, text="≥1.5× Orthanc, ≥0.6× storescp")
+#: The issue: "the rate at 100k indexed instances within 10% of the rate on
+#: an empty archive".
+FULL_STORE_TARGET = Target(baseline="cstore.small.1", baseline_ratio=0.9,
+                           text="≥0.9× pacsnode's empty-archive rate")
 RSS_TARGET = Target(orthanc=0.5, text="≤0.5× Orthanc")
 
 
-def cstore(bench: Bench) -> None:
+def cstore(bench: Bench, full_row: bool = False) -> None:
     """C-STORE ingestion (1 and 4 parallel storescu) and peak RSS.
 
     Runs go in rounds (every set × mode × server once per round); after two
@@ -178,6 +182,8 @@ def cstore(bench: Bench) -> None:
                     higher_is_better=True, target=STORE_TARGET)
         res.row(f"rss.{data.kind}", f"Peak RSS, {label} ingestion ({plan.parallel} parallel)",
                 "MiB", higher_is_better=False, target=RSS_TARGET)
+    if full_row:  # measured by the scale phase, shown with these
+        _full_archive_row(bench)
     began = time.perf_counter()
     last_round = 0.0
     for run in range(plan.runs):
@@ -316,6 +322,32 @@ def _scale_rows(bench: Bench, do_find: bool, do_qido: bool) -> None:
                             target=LATENCY_TARGET if n >= LATENCY_TARGET_FROM else None)
 
 
+def _full_archive_row(bench: Bench) -> str:
+    n = max(bench.plan.scales)
+    key = "cstore.full"
+    bench.results.row(key, f"C-STORE small 64², 1 storescu, into {_scale_label(n)} indexed "
+                      f"instances ({bench.plan.small_count} inst.)", "inst/s",
+                      higher_is_better=True, target=FULL_STORE_TARGET)
+    return key
+
+
+def _store_into_full(bench: Bench, server: Server, loaded: int) -> None:
+    """The small set sent by one storescu into a server that holds the
+    largest scale's instances (after its queries)."""
+    key = _full_archive_row(bench)
+    data = bench.small
+    before = _stored_count(server)
+    seconds = _storescu_parallel(server, [data.files], server.workdir)
+    stored = _stored_count(server) - before
+    if stored != data.count:
+        bench.results.note(f"C-STORE into the full archive: {server.name} holds {stored} "
+                           f"of {data.count} new instances")
+    bench.results.add(key, server.name, data.count / seconds)
+    bench.results.rows[key].extra.setdefault("loaded", {})[server.name] = loaded
+    bench.log(f"C-STORE small into {loaded} indexed instances: {server.name} "
+              f"{data.count / seconds:.1f} inst/s")
+
+
 def _measure_queries(bench: Bench, server: Server, n: int, loaded: int,
                      do_find: bool, do_qido: bool) -> None:
     """All scale queries against one server holding ``loaded`` scale instances
@@ -348,11 +380,15 @@ def _measure_queries(bench: Bench, server: Server, n: int, loaded: int,
         client.close()
 
 
-def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True) -> None:
+def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True,
+                  full_store: bool = True) -> None:
     """C-FIND and QIDO-RS latency at each index scale, pacsnode then Orthanc
-    (one server at a time, so they do not compete for the CPU)."""
+    (one server at a time, so they do not compete for the CPU); then, at the
+    largest scale, C-STORE into the full archive (``full_store``)."""
     plan, res = bench.plan, bench.results
     _scale_rows(bench, do_find, do_qido)
+    if full_store:
+        _full_archive_row(bench)
     # pacsnode: bulk-load the index with the server stopped, then query.
     data_dir = bench.root / f"pacsnode-scale-{uuid.uuid4().hex[:8]}"
     data_dir.mkdir()
@@ -365,6 +401,8 @@ def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True) -> N
             with bench.fleet() as fleet:
                 server = fleet.pacsnode(data_dir=data_dir)
                 _measure_queries(bench, server, n, n, do_find, do_qido)
+                if n == max(plan.scales) and full_store:
+                    _store_into_full(bench, server, n)
                 fleet.stop(server, remove=False)
     finally:
         loader.close()
@@ -396,6 +434,8 @@ def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True) -> N
             began = time.perf_counter()
             _measure_queries(bench, server, n, loaded, do_find, do_qido)
             query_seconds = time.perf_counter() - began
+            if n == max(plan.scales) and full_store:
+                _store_into_full(bench, server, loaded)
 
 
 ORTHANC_CHUNK = 2500
@@ -628,12 +668,13 @@ def run_groups(bench: Bench, groups: list[str]) -> None:
     selected = set(groups)
     phases: list[tuple[str, Callable[[], None]]] = []
     if "cstore" in selected:
-        phases.append(("C-STORE ingestion", lambda: cstore(bench)))
+        phases.append(("C-STORE ingestion", lambda: cstore(
+            bench, full_row=bool(selected & {"cfind", "qido"}))))
     if selected & WEB_GROUPS:
         phases.append(("DICOMweb and retrieve", lambda: web_and_retrieve(bench, selected)))
     if selected & {"cfind", "qido"}:
         phases.append(("C-FIND/QIDO scale", lambda: scale_queries(
-            bench, "cfind" in selected, "qido" in selected)))
+            bench, "cfind" in selected, "qido" in selected, "cstore" in selected)))
     for name, phase in phases:
         bench.log(f"— {name}")
         start = time.perf_counter()

@@ -109,6 +109,8 @@ class Server:
     dicomweb: str = ""
     #: Where storescp writes what it receives.
     output: Path | None = None
+    #: pacsnode's --data-dir (its index.sqlite is there).
+    data_dir: Path | None = None
     _log: Any = field(default=None, repr=False)
 
     @property
@@ -247,7 +249,7 @@ class Fleet:
             cmd += ["--config", str(config)]
         proc, log_path, log = self._spawn("pacsnode", cmd, workdir)
         server = Server("pacsnode", aet, dicom_port, workdir, proc, log_path, http_port,
-                        f"http://127.0.0.1:{http_port}/dicomweb", _log=log)
+                        f"http://127.0.0.1:{http_port}/dicomweb", data_dir=data, _log=log)
         # Health answers 200 only once the DIMSE listener accepts too.  (No
         # bare TCP probe of the DICOM port: an empty connection would hold
         # pacsnode's shutdown for its whole grace period.)
