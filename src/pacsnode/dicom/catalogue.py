@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.tag import Tag
@@ -46,26 +47,29 @@ class Level(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Attribute:
+    """One catalogue attribute; its derived facts are computed once
+    (cached_property: the ingest asks for them ~30 times per instance)."""
+
     keyword: str
     level: Level
     vr: str
     #: The attribute is the unique key of its level.
     unique: bool = False
 
-    @property
+    @cached_property
     def tag(self) -> int:
         return int(Tag(tag_for_keyword(self.keyword)))
 
-    @property
+    @cached_property
     def column(self) -> str:
         return self.keyword.lower()
 
-    @property
+    @cached_property
     def kind(self) -> str:
         """How the index stores and matches the value (see ``index.schema``)."""
         return vr_kind(self.vr)
 
-    @property
+    @cached_property
     def multi_valued(self) -> bool:
         return self.keyword in MULTI_VALUED
 
