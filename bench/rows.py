@@ -456,9 +456,17 @@ def _orthanc_upload(server: Server, template: ScaleTemplate, start: int, stop: i
     def upload(indexes: range) -> None:
         with httpx.Client(base_url=server.http, timeout=120) as client:
             for i in indexes:
-                response = client.post("/instances", content=template.instance_bytes(
-                    scale_record(i)), headers={"Content-Type": "application/dicom"})
-                response.raise_for_status()
+                body = template.instance_bytes(scale_record(i))
+                for attempt in range(4):  # filling the index is set-up, not a measurement
+                    response = client.post("/instances", content=body,
+                                           headers={"Content-Type": "application/dicom"})
+                    if response.status_code < 500:
+                        break
+                    time.sleep(0.5 * (attempt + 1))
+                if response.status_code >= 400:
+                    raise RuntimeError(f"Orthanc POST /instances answered "
+                                       f"{response.status_code}: {response.text[:300]}; "
+                                       f"its log ends: {server.log_tail(1500)}")
 
     step = max(1, (stop - start + workers - 1) // workers)
     ranges = [range(a, min(a + step, stop)) for a in range(start, stop, step)]
