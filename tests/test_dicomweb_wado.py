@@ -287,6 +287,30 @@ def test_series_and_study_metadata_with_etag(web: WebServer) -> None:
     assert len(client.retrieve_series_metadata(study, series)) == 2
 
 
+def test_metadata_of_many_instances_streams_the_same_answer(web: WebServer,
+                                                           monkeypatch) -> None:
+    """Up to METADATA_BATCH instances the headers come with the first query;
+    beyond, they are read in batches while the body streams: the answer is
+    the same (order, Bulk Data URIs, ETag)."""
+    from pacsnode.web import dicomweb
+    study, series = uid(), uid()
+    sops = [uid() for _ in range(5)]
+    assert web.stow([make_instance(study, series, sop, instance_number=5 - n)
+                     for n, sop in enumerate(sops)]).status_code == 200
+    c = web.client()
+    url = f"/studies/{study}/series/{series}/metadata"
+    whole = c.get(url)
+    monkeypatch.setattr(dicomweb, "METADATA_BATCH", 2)
+    batched = c.get(url)
+    assert whole.status_code == batched.status_code == 200
+    assert "content-length" not in batched.headers  # streamed
+    assert batched.json() == whole.json()
+    assert batched.headers["etag"] == whole.headers["etag"]
+    assert [m["00080018"]["Value"][0] for m in whole.json()] == sops[::-1]
+    assert all(m["7FE00010"]["BulkDataURI"].endswith(f"/instances/{sop}/bulkdata/7FE00010")
+               for m, sop in zip(whole.json(), sops[::-1]))
+
+
 def test_metadata_reads_no_file(web: WebServer) -> None:
     s, se, i = _store(web, "CT_small.dcm")
     next(web.node.store.root.glob(f"studies/*/*/{i}.dcm")).unlink()

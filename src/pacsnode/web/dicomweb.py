@@ -53,6 +53,8 @@ DICOM_JSON = "application/dicom+json"
 CHUNK = 512 * 1024
 #: Bytes of a multipart WADO-RS body handed to the server at a time.
 YIELD_BYTES = 4 * 1024 * 1024
+#: Instance headers of a metadata response read with one query.
+METADATA_BATCH = 200
 #: The first block of such a body: smaller, so that sending starts sooner.
 FIRST_BLOCK = 256 * 1024
 #: Most stored files a multipart WADO-RS response opens at once to send them
@@ -753,13 +755,18 @@ def _metadata(request: Request, study: str, series_uid: str | None = None,
     node = _node(request)
     _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid, SOPInstanceUID=sop)
     _accepts_json(request)
-    stmt = select_instances(instances.c.id, instances.c.stored_at, series.c.seriesinstanceuid,
-                            instances.c.sopinstanceuid, study_uid=study, series_uid=series_uid,
-                            sop_uid=sop)
-    stmt = stmt.order_by(instances.c.series_fk, instances.c.instancenumber.is_(None),
-                         instances.c.instancenumber, instances.c.id)
+    cols = (instances.c.id, instances.c.stored_at, series.c.seriesinstanceuid,
+            instances.c.sopinstanceuid)
+    order = (instances.c.series_fk, instances.c.instancenumber.is_(None),
+             instances.c.instancenumber, instances.c.id)
+    uids = dict(study_uid=study, series_uid=series_uid, sop_uid=sop)
     with node.db.read() as conn:
-        rows = conn.execute(stmt).all()
+        # Up to METADATA_BATCH instances, their headers come with the first
+        # query; more are read in batches while the body streams.
+        rows = conn.execute(select_instances(*cols, instances.c.meta_json, **uids)
+                            .order_by(*order).limit(METADATA_BATCH + 1)).all()
+        if len(rows) > METADATA_BATCH:
+            rows = conn.execute(select_instances(*cols, **uids).order_by(*order)).all()
     if not rows:
         raise _missing(node, study, series_uid, sop)
     base = _base(request)
@@ -774,12 +781,16 @@ def _metadata(request: Request, study: str, series_uid: str | None = None,
                          f'{r.seriesinstanceuid}/instances/{r.sopinstanceuid}/bulkdata/'
               for r in rows}
     ids = [int(r.id) for r in rows]
+    if len(rows) <= METADATA_BATCH:
+        texts = [r.meta_json.replace(_BULK_MARK, prefix[int(r.id)]) for r in rows]
+        return Response(("[" + ",".join(texts) + "]").encode("utf-8"), media_type=DICOM_JSON,
+                        headers=headers)
 
     def body() -> Iterator[bytes]:
         yield b"["
         first = True
-        for i in range(0, len(ids), 200):
-            batch = ids[i:i + 200]
+        for i in range(0, len(ids), METADATA_BATCH):
+            batch = ids[i:i + METADATA_BATCH]
             with node.db.read() as conn:
                 metas = dict(conn.execute(select(instances.c.id, instances.c.meta_json)
                                           .where(instances.c.id.in_(batch))).all())
@@ -792,8 +803,6 @@ def _metadata(request: Request, study: str, series_uid: str | None = None,
                 first = False
         yield b"]"
 
-    if len(ids) <= 200:
-        return Response(b"".join(body()), media_type=DICOM_JSON, headers=headers)
     return StreamingResponse(body(), media_type=DICOM_JSON, headers=headers)
 
 
