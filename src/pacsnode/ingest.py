@@ -58,6 +58,7 @@ IMPLEMENTATION_VERSION = IMPLEMENTATION_VERSION_NAME
 #: Bytes of a file read for the fast header walk; a header longer than this
 #: (rare) takes pydicom's path.
 HEAD_BYTES = 128 * 1024
+_ZERO_PREAMBLE_DICM = b"\x00" * 128 + b"DICM"
 #: JSON keys of SOP Class, SOP Instance, Study and Series Instance UID.
 _UID_KEYS = ("00080016", "00080018", "0020000D", "0020000E")
 #: Attempts at one instance's transaction (on PostgreSQL, writers of other
@@ -265,17 +266,19 @@ class Ingestor:
         return results
 
     def stage(self, temp: Path, origin: Origin, *, expected_study: str | None = None,
-              expected_sop: tuple[str, str] | None = None,
-              fast_only: bool = False) -> Staged | IngestResult | None:
+              expected_sop: tuple[str, str] | None = None, fast_only: bool = False,
+              head: bytes | None = None, size: int = 0) -> Staged | IngestResult | None:
         """Steps 1-2 of a store, which take no lock: start the temp file's
         fsync and meanwhile read and validate its header.  A refusal comes
         back as an IngestResult (the temp file removed).  ``fast_only``:
         None, with nothing done, when the header needs pydicom's reader
-        (which can read a whole file) — the caller's thread must not wait."""
+        (which can read a whole file) — the caller's thread must not wait.
+        ``head``/``size``: the file's first bytes and length, known to a
+        caller that just wrote it (see ``_parse``)."""
         parsed = None
         try:
             if fast_only:
-                parsed, size = self._parse(temp, fast_only=True)
+                parsed, size = self._parse(temp, fast_only=True, head=head, size=size)
                 syncing = self.store.sync_temp(temp)
             else:
                 syncing = self.store.sync_temp(temp)  # outside any lock, beside the parse
@@ -351,9 +354,18 @@ class Ingestor:
                    patient_id=p.rows[Level.PATIENT].get("patientid", ""), seq=pending.seq))
         return IngestResult(outcome, **uids)
 
-    def _parse(self, temp: Path, fast_only: bool = False) -> tuple[ParsedHeader, int]:
+    def _parse(self, temp: Path, fast_only: bool = False,
+               head: bytes | None = None, size: int = 0) -> tuple[ParsedHeader, int]:
         """The header, read once, and the file's size.  ``fast_only``: raise
-        _NotFast rather than read it with pydicom."""
+        _NotFast rather than read it with pydicom.  ``head``: the file's
+        first bytes (up to HEAD_BYTES) and ``size`` its length, as the caller
+        wrote them — a Part 10 file with a zero preamble is then not read
+        again."""
+        if head is not None and head[:132] == _ZERO_PREAMBLE_DICM:
+            head = head[:HEAD_BYTES]
+            fast = parse_fast(head, complete=len(head) == size)
+            if fast is not None and all(key in fast.body for key in _UID_KEYS):
+                return self._described(temp, fast, size), size
         with open(temp, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(min(size, HEAD_BYTES))
@@ -367,15 +379,7 @@ class Ingestor:
             # A UID the JSON model left out (invalid, or missing) is named by
             # pydicom's path.
             if fast is not None and all(key in fast.body for key in _UID_KEYS):
-                has_pixels = fast.stop < size
-                body = fast.body
-                if has_pixels:
-                    body["7FE00010"] = pixel_data_marker(body)
-                try:
-                    return describe_json(body, fast.meta, has_pixels,
-                                         lambda: sequence_items(read_header(temp))), size
-                except Exception as exc:
-                    raise InvalidInstance(f"cannot understand the data: {exc}") from exc
+                return self._described(temp, fast, size), size
             if fast_only:
                 raise _NotFast()
             fh.seek(0)
@@ -397,6 +401,19 @@ class Ingestor:
                                   "(not a DICOM data set?)")
         try:
             return describe(ds, has_pixels), size
+        except Exception as exc:
+            raise InvalidInstance(f"cannot understand the data: {exc}") from exc
+
+    @staticmethod
+    def _described(temp: Path, fast: Any, size: int) -> ParsedHeader:
+        """The ParsedHeader of a header the fast reader walked."""
+        has_pixels = fast.stop < size
+        body = fast.body
+        if has_pixels:
+            body["7FE00010"] = pixel_data_marker(body)
+        try:
+            return describe_json(body, fast.meta, has_pixels,
+                                 lambda: sequence_items(read_header(temp)))
         except Exception as exc:
             raise InvalidInstance(f"cannot understand the data: {exc}") from exc
 

@@ -68,6 +68,7 @@ from ..config import Settings
 from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..errors import PacsnodeError
 from ..events import Origin
+from ..ingest import HEAD_BYTES
 from ..storage import start_writeback
 from . import messages as m
 from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
@@ -705,6 +706,9 @@ class Association:
         self._spare_pending = False
         self._writeback = server.services.node.store.fsync and hasattr(os, "posix_fadvise")
         self._data: bytearray | None = None
+        #: The first HEAD_BYTES (or more) of the C-STORE being received, as
+        #: written to its temp file: the header is walked without reading it back.
+        self._head: list[bytes] = []
 
     def describe(self) -> str:
         if self.requestor:
@@ -980,6 +984,8 @@ class Association:
                     raise asyncio.IncompleteReadError(b"", size)
                 sink.write(chunk)
                 size -= len(chunk)
+                if self._written < HEAD_BYTES:  # kept for the header walk
+                    self._head.append(chunk[:HEAD_BYTES - self._written])
                 self._written += len(chunk)
             if self._written - self._synced >= WRITEBACK and self._writeback:
                 # Start writing back what we have, so the fsync before the
@@ -1048,6 +1054,7 @@ class Association:
                                      self.contexts[context_id].transfer_syntax[0])
             fh.write(header)
             self._written = self._synced = len(header)
+            self._head = [header]
         except Exception as exc:
             fh.close()
             temp.unlink(missing_ok=True)
@@ -1084,9 +1091,10 @@ class Association:
         if command.field == m.C_STORE_RQ:
             sink, temp = self._sink, self._temp
             self._sink = self._temp = None
+            head, self._head = b"".join(self._head), []
             if sink is not None:
                 sink.close()
-            await self._c_store(context_id, command, temp, self._written)
+            await self._c_store(context_id, command, temp, self._written, head)
             return
         data = bytes(self._data or b"")
         self._data = None
@@ -1220,8 +1228,8 @@ class Association:
 
     # -- the services
 
-    async def _ingest(self, temp: Path, size: int, sop_class: str,
-                      sop_uid: str) -> tuple[int, str | None]:
+    async def _ingest(self, temp: Path, size: int, sop_class: str, sop_uid: str,
+                      head: bytes | None = None) -> tuple[int, str | None]:
         """Ingest a received instance; its C-STORE status and comment.
 
         On SQLite, an instance up to INLINE_INGEST bytes is ingested here on
@@ -1235,7 +1243,7 @@ class Association:
         Events go out on the pool when a handler may wait (automation)."""
         services, server = self.services, self.server
         if server.on_loop and size <= INLINE_INGEST:
-            staged = services.stage_store(temp, self.origin, sop_class, sop_uid)
+            staged = services.stage_store(temp, self.origin, sop_class, sop_uid, head, size)
             if isinstance(staged, tuple):  # refused
                 return staged
             if staged is not None:
@@ -1255,7 +1263,7 @@ class Association:
         return await server.pool.run(services.store, temp, self.origin, sop_class, sop_uid)
 
     async def _c_store(self, context_id: int, command: m.Command, temp: Path | None,
-                       size: int = 0) -> None:
+                       size: int = 0, head: bytes | None = None) -> None:
         sop_class, sop_uid = command.affected_sop_class, command.affected_sop_instance
         if temp is None:
             status, comment = self._refusal or (0xA700, "cannot write")
@@ -1264,7 +1272,7 @@ class Association:
         else:
             self.busy += 1
             try:
-                status, comment = await self._ingest(temp, size, sop_class, sop_uid)
+                status, comment = await self._ingest(temp, size, sop_class, sop_uid, head)
             except Exception as exc:  # ingest_temp reports its failures; this is a bug
                 log.exception("C-STORE %s from %s", sop_uid, self.origin.describe())
                 temp.unlink(missing_ok=True)

@@ -251,15 +251,16 @@ class Services:
                                                 expected_sop=(sop_class, sop_uid))
         return self.store_status(result, origin, sop_uid)
 
-    def stage_store(self, temp: Path, origin: Origin, sop_class: str,
-                    sop_uid: str) -> Staged | tuple[int, str | None] | None:
+    def stage_store(self, temp: Path, origin: Origin, sop_class: str, sop_uid: str,
+                    head: bytes | None = None,
+                    size: int = 0) -> Staged | tuple[int, str | None] | None:
         """``store`` in steps for a caller that must not wait (the event
         loop): parse and validate with the fsync started — a Staged to
         finish with ``finish_store`` once the fsync is done, or the status
         of a refusal; None when the header needs pydicom's reader (use
         ``store``)."""
         staged = self.node.ingestor.stage(temp, origin, expected_sop=(sop_class, sop_uid),
-                                          fast_only=True)
+                                          fast_only=True, head=head, size=size)
         if staged is None or isinstance(staged, Staged):
             return staged
         return self.store_status(staged, origin, sop_uid)
