@@ -696,7 +696,10 @@ async def _read_ahead(blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
             await asyncio.shield(coming)  # a generator cannot be closed while it runs
         except BaseException:
             pass
-        getattr(blocks, "close", lambda: None)()
+        try:
+            getattr(blocks, "close", lambda: None)()
+        except ValueError:  # still running (cancelled twice): the collector closes it
+            pass
 
 
 def _unmap(maps: list[mmap.mmap]) -> None:
