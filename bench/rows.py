@@ -387,8 +387,6 @@ def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True,
     largest scale, C-STORE into the full archive (``full_store``)."""
     plan, res = bench.plan, bench.results
     _scale_rows(bench, do_find, do_qido)
-    if full_store:
-        _full_archive_row(bench)
     # pacsnode: bulk-load the index with the server stopped, then query.
     data_dir = bench.root / f"pacsnode-scale-{uuid.uuid4().hex[:8]}"
     data_dir.mkdir()

@@ -362,10 +362,9 @@ class Ingestor:
         wrote them — a Part 10 file with a zero preamble is then not read
         again."""
         if head is not None and head[:132] == _ZERO_PREAMBLE_DICM:
-            head = head[:HEAD_BYTES]
-            fast = parse_fast(head, complete=len(head) == size)
-            if fast is not None and all(key in fast.body for key in _UID_KEYS):
-                return self._described(temp, fast, size), size
+            parsed = self._walked(temp, head[:HEAD_BYTES], size)
+            if parsed is not None:
+                return parsed, size
         with open(temp, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(min(size, HEAD_BYTES))
@@ -375,11 +374,9 @@ class Ingestor:
                 fh.seek(0)
                 fh.write(b"\x00" * 128)
                 head = b"\x00" * 128 + head[128:]
-            fast = parse_fast(head, complete=len(head) == size) if is_part10 else None
-            # A UID the JSON model left out (invalid, or missing) is named by
-            # pydicom's path.
-            if fast is not None and all(key in fast.body for key in _UID_KEYS):
-                return self._described(temp, fast, size), size
+            parsed = self._walked(temp, head, size) if is_part10 else None
+            if parsed is not None:
+                return parsed, size
             if fast_only:
                 raise _NotFast()
             fh.seek(0)
@@ -405,8 +402,13 @@ class Ingestor:
             raise InvalidInstance(f"cannot understand the data: {exc}") from exc
 
     @staticmethod
-    def _described(temp: Path, fast: Any, size: int) -> ParsedHeader:
-        """The ParsedHeader of a header the fast reader walked."""
+    def _walked(temp: Path, head: bytes, size: int) -> ParsedHeader | None:
+        """The header read by the fast reader from the first bytes of a Part
+        10 file of ``size`` bytes; None when it takes pydicom's path (a UID
+        the JSON model left out, invalid or missing, is named by pydicom's)."""
+        fast = parse_fast(head, complete=len(head) == size)
+        if fast is None or not all(key in fast.body for key in _UID_KEYS):
+            return None
         has_pixels = fast.stop < size
         body = fast.body
         if has_pixels:

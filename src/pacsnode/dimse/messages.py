@@ -27,8 +27,9 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
-__all__ = ["Command", "part10_header", "decode_command", "encode_command", "pdata", "pdata_header",
-           "decode_dataset", "encode_dataset", "encode_elements", "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
+__all__ = ["Command", "part10_header", "decode_command", "encode_command", "pdata",
+           "pdata_header", "message", "decode_dataset", "encode_dataset", "encode_elements",
+           "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
            "C_GET_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "C_ECHO_RQ",
            "C_ECHO_RSP", "C_CANCEL_RQ", "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP",
            "N_ACTION_RQ", "N_ACTION_RSP", "NO_DATASET", "FRAGMENT"]
@@ -253,6 +254,15 @@ def pdata(context_id: int, payload: bytes | memoryview, is_command: bool, max_pd
         yield pdata_header(context_id, len(chunk), is_command,
                            last and start + size >= total)
         yield chunk
+
+
+def message(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int) -> bytes:
+    """One DIMSE message, command set and data set, as P-DATA-TF PDUs ready
+    to write."""
+    pdus = list(pdata(context_id, command, True, max_pdu))
+    if dataset is not None:
+        pdus += pdata(context_id, dataset, False, max_pdu)
+    return b"".join(pdus)
 
 
 def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:

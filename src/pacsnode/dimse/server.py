@@ -430,9 +430,7 @@ class Outbox:
     def put(self, command: bytes, dataset: bytes | None) -> None:
         """Queue one message (from a worker thread)."""
         assoc = self.assoc
-        pdus = b"".join(m.pdata(self.context_id, command, True, assoc.max_pdu))
-        if dataset is not None:
-            pdus += b"".join(m.pdata(self.context_id, dataset, False, assoc.max_pdu))
+        pdus = m.message(self.context_id, command, dataset, assoc.max_pdu)
         if not self._room.wait(assoc.server.timeout):
             raise ConnectionError(f"{assoc.describe()} reads no responses")
         if self._error is not None:
@@ -1155,11 +1153,9 @@ class Association:
         """One DIMSE message, fragmented to the peer's maximum PDU length."""
         if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
-        pdus = list(m.pdata(context_id, command, True, self.max_pdu))
-        if dataset is not None:
-            pdus.extend(m.pdata(context_id, dataset, False, self.max_pdu))
+        data = m.message(context_id, command, dataset, self.max_pdu)
         async with self.send_lock:
-            self.writer.write(b"".join(pdus))
+            self.writer.write(data)
             await self.writer.drain()
 
     async def _send_file(self, context_id: int, command: bytes, out: Outgoing) -> None:
@@ -1372,12 +1368,10 @@ class Association:
         for status, encoded, comment in responses:
             if self.closed:
                 return
-            pdus = list(m.pdata(op.context_id, response(status, comment, encoded), True,
-                                self.max_pdu))
-            if encoded is not None:
-                pdus += m.pdata(op.context_id, encoded, False, self.max_pdu)
+            data = m.message(op.context_id, response(status, comment, encoded), encoded,
+                             self.max_pdu)
             async with self.send_lock:
-                self.writer.write(b"".join(pdus))
+                self.writer.write(data)
             sent += 1
             if status != 0xFF00:
                 break

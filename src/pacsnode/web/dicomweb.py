@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import mmap
 import os
-import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +53,13 @@ DICOM_JSON = "application/dicom+json"
 CHUNK = 512 * 1024
 #: Bytes of a multipart WADO-RS body handed to the server at a time.
 YIELD_BYTES = 4 * 1024 * 1024
-#: Instance headers of a metadata response read with one query.
-METADATA_BATCH = 200
-#: The first block of such a body: smaller, so that sending starts sooner.
-FIRST_BLOCK = 256 * 1024
 #: Most stored files a multipart WADO-RS response opens at once to send them
 #: as a snapshot of known length (_Snapshot); more are streamed one by one.
 SNAPSHOT_FILES = 512
+#: The first block of such a body: smaller, so that sending starts sooner.
+FIRST_BLOCK = 256 * 1024
+#: Instance headers of a metadata response read with one query.
+METADATA_BATCH = 200
 
 
 class WebError(PacsnodeError):
@@ -619,8 +619,8 @@ class _Snapshot:
     file deleted meanwhile is still read through its open descriptor), and
     so of known length.  With a Content-Length the server writes each block
     as it is instead of copying it into a chunk of chunked encoding, and the
-    blocks are filled straight from the files (readinto): two copies of
-    every byte fewer than file chunks joined into blocks and then into
+    blocks are joined straight from memory maps of the files: two copies of
+    every byte fewer than file chunks read, joined into blocks and then into
     chunks."""
 
     def __init__(self, parts: list[tuple[bytes, BinaryIO, int]], tail: bytes) -> None:
@@ -638,8 +638,13 @@ class _Snapshot:
                 except OSError as exc:  # deleted since it was located
                     log.warning("WADO-RS: skipping %s: %s", ref.sop_instance_uid, exc)
                     continue
+                try:
+                    size = os.fstat(fh.fileno()).st_size
+                except BaseException:
+                    fh.close()
+                    raise
                 parts.append((_part_head(boundary, f"application/dicom; transfer-syntax={ts}"),
-                              fh, os.fstat(fh.fileno()).st_size))
+                              fh, size))
         except BaseException:
             for _, fh, _ in parts:
                 fh.close()
