@@ -67,6 +67,7 @@ def serve(config_file: str | None, **options: Any) -> None:
     _setup_logging(settings.log_level)
     log = logging.getLogger("pacsnode")
     node = Node(settings)
+    node.db.refresh_statistics()  # an index filled while the node was down
     dimse = DimseServer(node)
     try:
         dimse.start()

@@ -26,6 +26,14 @@ log = logging.getLogger("pacsnode.index")
 CHECKPOINT_SECONDS = 1.0
 #: WAL pages after which SQLite checkpoints by itself (~40 MB).
 AUTOCHECKPOINT_PAGES = 10000
+#: The query planner's statistics are taken again when the instances table
+#: has grown this many times since they were last taken ...
+STATS_GROWTH = 2
+#: ... and not before it holds this many rows.
+STATS_MIN_ROWS = 100
+#: Index entries ANALYZE reads per index (PRAGMA analysis_limit): a sampled
+#: analysis takes a few ms at 100k instances.
+ANALYSIS_LIMIT = 1000
 
 
 class WriteBusy(Exception):
@@ -51,6 +59,11 @@ class Database:
         kwargs: dict[str, Any] = {"future": True}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
+            # The connection used last is handed out next: each SQLite
+            # connection has its own page cache, which another connection's
+            # commit invalidates; taken in turn (the default), every ingest
+            # re-read about ten pages written by the one before.
+            kwargs["pool_use_lifo"] = True
         else:
             kwargs.update(pool_size=8, max_overflow=24, pool_pre_ping=True)
         self.engine: Engine = create_engine(url, **kwargs)
@@ -63,6 +76,7 @@ class Database:
         self._wrote = threading.Event()
         self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._analysed_rows = 0  # max(instances.id) when statistics were last taken
         self._create_tables()
 
     def _create_tables(self) -> None:
@@ -163,6 +177,42 @@ class Database:
                     raw.close()
             except Exception as exc:  # the next one will try again
                 log.debug("checkpoint: %s", exc)
+            self.refresh_statistics()
+
+    def refresh_statistics(self) -> bool:
+        """Take the query planner's statistics (a sampled ANALYZE) when the
+        index has none yet or has grown STATS_GROWTH times since; whether it
+        did.  SQLite, on its own; PostgreSQL's autovacuum analyses by itself.
+
+        Without statistics SQLite's planner walks a table in id order to
+        spare itself a sort: a SERIES query on PatientName=DOE* scanned every
+        series (8.2 ms at 100k instances, growing with the archive) instead
+        of going from the name's index to the few matching series (2.1 ms).
+        Called by ``serve`` when it starts and after writes; skipped, not
+        waited for, while another writer holds the index."""
+        if not self.is_sqlite:
+            return False
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                # The rowid b-tree's last entry: a cheap measure of growth.
+                rows = cur.execute("SELECT max(id) FROM instances").fetchone()[0] or 0
+                if rows < max(STATS_MIN_ROWS, self._analysed_rows * STATS_GROWTH):
+                    return False
+                with self.write_lock(wait=False):
+                    cur.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
+                    cur.execute("ANALYZE")
+                self._analysed_rows = rows
+                log.info("query planner statistics taken at %d instances", rows)
+                return True
+            finally:
+                raw.close()
+        except WriteBusy:
+            return False
+        except Exception as exc:  # the next write will try again
+            log.debug("statistics: %s", exc)
+            return False
 
     def _lock_file(self) -> int | None:
         """The lock file's descriptor, opened on first use (and again in a
