@@ -1334,7 +1334,17 @@ class Association:
         syntax, command = self._syntax(op), op.command
         responses = self.services.find(identifier, self.origin, op.cancel.is_set, syntax)
 
+        pending: bytes | None = None
+
         def response(status: int, comment: str | None, encoded: bytes | None) -> bytes:
+            # Every pending response with an identifier has the same command
+            # set: encoded once per C-FIND.
+            nonlocal pending
+            if status == 0xFF00 and comment is None and encoded is not None:
+                if pending is None:
+                    pending = m.response(m.C_FIND_RSP, command, status, dataset=True,
+                                         affected_sop_class=command.affected_sop_class or None)
+                return pending
             return m.response(m.C_FIND_RSP, command, status, dataset=encoded is not None,
                               error_comment=comment,
                               affected_sop_class=command.affected_sop_class or None)
@@ -1363,21 +1373,27 @@ class Association:
         match costs some 30 µs to encode, against the thread switches and
         GIL contention of a worker thread handing responses over.  Every
         FIND_YIELD responses the loop serves the other associations and
-        this one's reader (a C-CANCEL is seen within that many matches)."""
-        sent = 0
+        this one's reader (a C-CANCEL is seen within that many matches).
+        Those responses go out in one write: one send() and one wake-up of
+        the peer for them all, not one each."""
+        batch: list[bytes] = []
         for status, encoded, comment in responses:
             if self.closed:
                 return
-            data = m.message(op.context_id, response(status, comment, encoded), encoded,
-                             self.max_pdu)
-            async with self.send_lock:
-                self.writer.write(data)
-            sent += 1
+            batch.append(m.message(op.context_id, response(status, comment, encoded),
+                                   encoded, self.max_pdu))
             if status != 0xFF00:
                 break
-            if sent % FIND_YIELD == 0:
-                await self.writer.drain()
+            if len(batch) == FIND_YIELD:
+                await self._write_all(batch)
+                batch = []
                 await asyncio.sleep(0)
+        if batch:
+            await self._write_all(batch)
+
+    async def _write_all(self, messages: list[bytes]) -> None:
+        async with self.send_lock:
+            self.writer.write(b"".join(messages))
         await self.writer.drain()
 
     async def _refs(self, op: Operation, data: bytes, verb: str) -> list[Any] | None:
