@@ -247,11 +247,25 @@ def _scale_label(n: int) -> str:
 #: DCMTK's logger (oflog, log4cplus) configured to stamp every line with
 #: the time to the microsecond, so the latency of each C-FIND can be read
 #: from findscu's own log: process start and association are left out.
+#: Of the responses logger only the "Find Response: n (Pending)" lines are
+#: written, not the dump of each match that follows them: writing ~15 lines
+#: per match took findscu 30-60 µs, client time that is the same for every
+#: server and hid the servers' difference (a 96-match query: 11.0 ms with
+#: the dumps, 7.8 ms without, against the same pacsnode).
 FINDSCU_LOG_CONFIG = """\
 log4cplus.rootLogger = INFO, console
+log4cplus.logger.dcmtk.dcmnet.responses = INFO, matches
+log4cplus.additivity.dcmtk.dcmnet.responses = false
 log4cplus.appender.console = log4cplus::ConsoleAppender
 log4cplus.appender.console.layout = log4cplus::PatternLayout
 log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
+log4cplus.appender.matches = log4cplus::ConsoleAppender
+log4cplus.appender.matches.layout = log4cplus::PatternLayout
+log4cplus.appender.matches.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
+log4cplus.appender.matches.filters.1 = log4cplus::spi::StringMatchFilter
+log4cplus.appender.matches.filters.1.StringToMatch = Find Response:
+log4cplus.appender.matches.filters.1.AcceptOnMatch = true
+log4cplus.appender.matches.filters.2 = log4cplus::spi::DenyAllFilter
 """
 _STAMPED = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3})\.(\d{3}) (.*)$")
 
