@@ -665,3 +665,72 @@ def test_c_store_waits_off_the_loop_while_another_writer_holds_the_index(pacsnod
     found = findscu(node, "QueryRetrieveLevel=STUDY", "PatientID=LOCKED",
                     "NumberOfStudyRelatedInstances")
     assert [r["NumberOfStudyRelatedInstances"] for r in found] == ["3"], found
+
+
+def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch):
+    """The fsync of a received instance runs on a thread of its own while
+    the loop walks the header: when it fails, that C-STORE gets a failure
+    status and no index row, and the association's next C-STORE (and the
+    next association) store as usual."""
+    from conftest import free_port
+    from pacsnode.config import load_settings
+    from pacsnode.dimse.scp import DimseServer
+    from pacsnode.node import Node
+
+    port = free_port()
+    node = Node(load_settings(overrides={"data_dir": tmp_path / "data", "dicom_port": port,
+                                         "dimse_processes": 1, "fsync": True}, environ={}))
+    dimse = DimseServer(node)
+    dimse.start()
+    study = "1.2.826.0.1.3680043.8.498.77"
+    files = []
+    for n in range(3):
+        path = tmp_path / f"{n}.dcm"
+        make_ct(path, study_uid=study, series_uid=study + ".1", instance=n + 1, size=8)
+        files.append(path)
+    failing = {dcmread(files[1]).SOPInstanceUID}
+    real_fsync = os.fsync
+    incoming = str(node.store.incoming)
+    failed: list[str] = []
+
+    def fsync(fd: int) -> None:
+        # Fail the fsync of the second instance's temp file, whoever makes it.
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith(incoming) and failing and len(failed) == 0 \
+                and _written_sop(target) in failing:
+            failed.append(target)
+            raise OSError(5, "Input/output error (injected)")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        proc = run(dcmtk("storescu"), "-v", "--no-halt", "-aec", "PACSNODE", "127.0.0.1",
+                   str(port), *map(str, files), check=False)
+        assert failed, "the injected fsync failure never ran"
+        answers = re.findall(r"Received Store Response \(([^)]*)\)", proc.stdout + proc.stderr)
+        assert len(answers) == 3 and answers[0] == answers[2] == "Success", answers
+        assert "Out of Resources" in answers[1] or "Refused" in answers[1], answers
+        with node.db.read() as conn:
+            from sqlalchemy import select
+            from pacsnode.index.schema import instances
+            stored = {r[0] for r in conn.execute(select(instances.c.sopinstanceuid))}
+        expected = {dcmread(f).SOPInstanceUID for f in files} - failing
+        assert stored == expected
+        assert not any(p.name.endswith(".part") and p.stat().st_size > 0
+                       and _written_sop(str(p)) in failing
+                       for p in node.store.incoming.iterdir())
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        run(dcmtk("storescu"), "-aec", "PACSNODE", "127.0.0.1", str(port), str(files[1]))
+        with node.db.read() as conn:
+            count = conn.execute(select(instances.c.id)).all()
+        assert len(count) == 3
+    finally:
+        dimse.stop(grace=5.0)
+        node.close()
+
+
+def _written_sop(path: str) -> str | None:
+    try:
+        return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    except Exception:
+        return None
