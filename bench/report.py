@@ -284,7 +284,9 @@ below four samples) as a percentage of the median.
   C-FIND timed from findscu's own log (microsecond stamps) between sending
   the request and receiving the final response, the first one a warm-up.
   (findscu's process start and association, about 20 ms here, are the same
-  for every server and left out.) **QIDO-RS**: the same queries over one
+  for every server and left out; so is the dump of each match, which
+  findscu's log filter drops: writing it cost findscu 30-60 µs per match.)
+  **QIDO-RS**: the same queries over one
   kept-alive HTTP connection. The index is filled
   by a bulk SQL loader for pacsnode (`bench/loader.py`) and by `POST
   /instances` (4 in parallel) for Orthanc, with identical attribute values
