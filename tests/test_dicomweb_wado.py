@@ -483,3 +483,24 @@ def test_unknown_study_and_series(web: WebServer) -> None:
     assert c.get("/studies/abc").status_code == 400
 
 
+
+
+def test_metadata_on_each_database(tmp_path, database_url: str) -> None:
+    """Answered on the event loop on SQLite, on a worker thread on
+    PostgreSQL: the same instances in InstanceNumber order, every level."""
+    server = WebServer(tmp_path / "data", database_url=database_url).start()
+    try:
+        study, series = uid(), uid()
+        sops = {n: uid() for n in (3, 1, 2)}
+        assert server.stow([make_instance(study, series, sops[n], instance_number=n)
+                            for n in (3, 1, 2)]).status_code == 200
+        c = server.client()
+        for url in (f"/studies/{study}/metadata", f"/studies/{study}/series/{series}/metadata"):
+            r = c.get(url)
+            assert r.status_code == 200, r.text
+            assert [m["00080018"]["Value"][0] for m in r.json()] == [sops[1], sops[2], sops[3]]
+        (one,) = c.get(f"/studies/{study}/series/{series}/instances/{sops[2]}/metadata").json()
+        assert one["00200013"]["Value"] == [2]
+        assert c.get(f"/studies/{uid()}/metadata").status_code == 404
+    finally:
+        server.stop()
