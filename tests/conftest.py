@@ -7,8 +7,10 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Debian's DCMTK 3.6.7 leaves Nagle on unless told otherwise.
 os.environ.setdefault("TCP_NODELAY", "1")
+
+
+@contextmanager
+def another_writer(db: object) -> Iterator[None]:
+    """Another thread of this process holds ``db``'s write lock (an index
+    ``Database``) for the block."""
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with db.write_lock():  # type: ignore[attr-defined]
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join()
 
 
 def free_port() -> int:

@@ -4,11 +4,11 @@ a name query go through the name's index instead of scanning every series."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
+from conftest import another_writer
 from dicomfiles import make_ct
 from pacsnode.config import load_settings
 from pacsnode.events import Origin
@@ -43,20 +43,20 @@ def _store(node: Node, tmp_path: Path, first: int, count: int) -> None:
         assert result.outcome is Outcome.STORED, result
 
 
-def _plan(node: Node) -> str:
+def _sql(node: Node, text: str) -> list[tuple]:
     raw = node.db.engine.raw_connection()
     try:
-        return " | ".join(str(r[3]) for r in raw.cursor().execute(SERIES_BY_NAME).fetchall())
+        return raw.cursor().execute(text).fetchall()
     finally:
         raw.close()
+
+
+def _plan(node: Node) -> str:
+    return " | ".join(str(r[3]) for r in _sql(node, SERIES_BY_NAME))
 
 
 def _stat_tables(node: Node) -> set[str]:
-    raw = node.db.engine.raw_connection()
-    try:
-        return {r[0] for r in raw.cursor().execute("SELECT tbl FROM sqlite_stat1").fetchall()}
-    finally:
-        raw.close()
+    return {r[0] for r in _sql(node, "SELECT tbl FROM sqlite_stat1")}
 
 
 def test_statistics_are_taken_as_the_index_grows(node, tmp_path, monkeypatch):
@@ -79,19 +79,6 @@ def test_statistics_are_taken_as_the_index_grows(node, tmp_path, monkeypatch):
 def test_statistics_wait_for_no_writer(node, tmp_path, monkeypatch):
     monkeypatch.setattr(dbmod, "STATS_MIN_ROWS", 5)
     _store(node, tmp_path, 0, 10)
-    held, release = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        with node.db.write_lock():
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        held.wait(10)
+    with another_writer(node.db):
         assert node.db.refresh_statistics() is False  # skipped, not waited for
-    finally:
-        release.set()
-        thread.join()
     assert node.db.refresh_statistics() is True

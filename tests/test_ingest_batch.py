@@ -64,8 +64,7 @@ def test_stage_then_commit_without_waiting(node, tmp_path):
     nothing done, while another writer holds the index — and succeeds
     afterwards; on PostgreSQL it never writes (the loop must not wait on
     the network) and the waiting commit does."""
-    import threading
-
+    from conftest import another_writer
     from pacsnode.ingest import Staged
     path = tmp_path / "a.dcm"
     make_ct(path, size=8)
@@ -76,20 +75,9 @@ def test_stage_then_commit_without_waiting(node, tmp_path):
     assert isinstance(staged, Staged)
     staged.wait()
     if node.db.is_sqlite:
-        held, release = threading.Event(), threading.Event()
-
-        def writer() -> None:
-            with node.db.write_lock():
-                held.set()
-                release.wait(10)
-
-        other = threading.Thread(target=writer)
-        other.start()
-        assert held.wait(10)
-        assert node.ingestor.commit([staged], wait=False) is None
-        assert temp.exists()  # nothing consumed
-        release.set()
-        other.join()
+        with another_writer(node.db):
+            assert node.ingestor.commit([staged], wait=False) is None
+            assert temp.exists()  # nothing consumed
         results = node.ingestor.commit([staged], wait=False)
     else:
         assert node.ingestor.commit([staged], wait=False) is None

@@ -902,9 +902,7 @@ class Association:
             return
         self._release_requested = True
         try:
-            async with self.send_lock:
-                self.writer.write(bytes.fromhex("05000000000400000000"))
-                await self.writer.drain()
+            await self._write(bytes.fromhex("05000000000400000000"))
             await asyncio.wait_for(asyncio.shield(self.task), min(self.server.timeout, 10.0))
         except (ConnectionError, OSError, asyncio.TimeoutError):
             self.abort(0, 0, "no A-RELEASE-RP")
@@ -918,9 +916,7 @@ class Association:
             for op in self.ops.values():
                 op.cancel.set()
             await asyncio.wait(self.op_tasks, timeout=5)
-        async with self.send_lock:
-            self.writer.write(A_RELEASE_RP)
-            await self.writer.drain()
+        await self._write(A_RELEASE_RP)
         self.closed = True
 
     async def _p_data(self, length: int) -> None:
@@ -1153,7 +1149,10 @@ class Association:
         """One DIMSE message, fragmented to the peer's maximum PDU length."""
         if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
-        data = m.message(context_id, command, dataset, self.max_pdu)
+        await self._write(m.message(context_id, command, dataset, self.max_pdu))
+
+    async def _write(self, data: bytes) -> None:
+        """Bytes out whole, between other messages (not inside one)."""
         async with self.send_lock:
             self.writer.write(data)
             await self.writer.drain()
@@ -1385,16 +1384,11 @@ class Association:
             if status != 0xFF00:
                 break
             if len(batch) == FIND_YIELD:
-                await self._write_all(batch)
+                await self._write(b"".join(batch))
                 batch = []
                 await asyncio.sleep(0)
         if batch:
-            await self._write_all(batch)
-
-    async def _write_all(self, messages: list[bytes]) -> None:
-        async with self.send_lock:
-            self.writer.write(b"".join(messages))
-        await self.writer.drain()
+            await self._write(b"".join(batch))
 
     async def _refs(self, op: Operation, data: bytes, verb: str) -> list[Any] | None:
         field = op.command.field | 0x8000

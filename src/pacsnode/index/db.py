@@ -76,7 +76,6 @@ class Database:
         self._wrote = threading.Event()
         self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
-        self._analysed_rows = 0  # max(instances.id) when statistics were last taken
         self._create_tables()
 
     def _create_tables(self) -> None:
@@ -189,7 +188,9 @@ class Database:
         series (8.2 ms at 100k instances, growing with the archive) instead
         of going from the name's index to the few matching series (2.1 ms).
         Called by ``serve`` when it starts and after writes; skipped, not
-        waited for, while another writer holds the index."""
+        waited for, while another writer holds the index.  The size they
+        were taken at is read from ``sqlite_stat1``, so processes and
+        restarts share it."""
         if not self.is_sqlite:
             return False
         try:
@@ -198,12 +199,11 @@ class Database:
                 cur = raw.cursor()
                 # The rowid b-tree's last entry: a cheap measure of growth.
                 rows = cur.execute("SELECT max(id) FROM instances").fetchone()[0] or 0
-                if rows < max(STATS_MIN_ROWS, self._analysed_rows * STATS_GROWTH):
+                if rows < max(STATS_MIN_ROWS, _analysed_rows(cur) * STATS_GROWTH):
                     return False
                 with self.write_lock(wait=False):
                     cur.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
                     cur.execute("ANALYZE")
-                self._analysed_rows = rows
                 log.info("query planner statistics taken at %d instances", rows)
                 return True
             finally:
@@ -278,6 +278,17 @@ class Database:
 
     _lock_pid = 0
     _checkpointer_pid = 0
+
+
+def _analysed_rows(cur: Any) -> int:
+    """Rows of ``instances`` when its statistics were taken (the first number
+    of its sqlite_stat1 entries); 0 when there are none."""
+    try:
+        row = cur.execute("SELECT stat FROM sqlite_stat1 WHERE tbl = 'instances' "
+                          "LIMIT 1").fetchone()
+    except Exception:  # no sqlite_stat1 before the first ANALYZE
+        return 0
+    return int(row[0].split()[0]) if row else 0
 
 
 def _sqlite_lock_path(url: str) -> str | None:

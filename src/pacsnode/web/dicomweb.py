@@ -847,8 +847,8 @@ async def _metadata_here(request: Request, study: str, series_uid: str | None = 
     read never waits on a writer (WAL) and takes well under a millisecond,
     less than handing the request to a worker thread and back cost (a
     50-instance series' metadata took ~18% less time answered here, A/B
-    with fresh servers alternated).  On
-    PostgreSQL the query goes over the network: a worker thread."""
+    with fresh servers alternated).  On PostgreSQL the query goes over the
+    network: a worker thread."""
     if _node(request).db.is_sqlite:
         return _metadata(request, study, series_uid, sop)
     return await run_in_threadpool(_metadata, request, study, series_uid, sop)
