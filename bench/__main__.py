@@ -24,7 +24,7 @@ from typing import Any
 from .data import CACHE
 from .report import machine_info, print_table, write_outputs
 from .rows import GROUPS, Bench, Plan, run_groups
-from .servers import ORTHANC, tool_version
+from .servers import ORTHANC, spread_folders, tool_version
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "dcmtk": tool_version(["storescu", "--version"]).strip("$ ").replace("dcmtk: ", ""),
     }
     root = Path(tempfile.mkdtemp(prefix="pacsnode-bench-"))
+    spread_folders(root)
     bench = Bench(plan, root)
     began = time.perf_counter()
     try:

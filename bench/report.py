@@ -271,7 +271,13 @@ below four samples) as a percentage of the median.
 
 - **C-STORE**: a fresh server per run; one `storescu` sending every file, or
   4 `storescu` at once each sending a contiguous quarter; wall time from the
-  first launch to the last exit. MB/s counts file bytes.
+  first launch to the last exit. MB/s counts file bytes. Each server's
+  folder is made in a block group of its own (`chattr +T` on the bench's
+  temp root): on this VM's journal-less ext4, a file created in the groups
+  where the previous run's thousands of files were just deleted cost
+  0.2-0.8 ms of kernel CPU instead of 0.04 ms (`recently_deleted()` in the
+  inode allocator), which slowed whichever server ran next (storescp most:
+  ~700 small inst/s then, ~2,000 with its own group).
 - **C-STORE into a full archive**: the small set sent by one `storescu`
   into each server holding the largest query scale's instances (pacsnode's
   loaded in bulk, Orthanc's uploaded), after the queries; the target
