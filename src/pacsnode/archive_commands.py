@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,7 +76,7 @@ def serve(config_file: str | None, **options: Any) -> None:
         raise click.ClickException(f"cannot listen on DICOM port {settings.dicom_port}: {exc}")
     workers = _DimseWorkers(settings, dimse)
     extras = _start_services(node)
-    app = create_app(node, ready=lambda: dimse.listening)
+    app = create_app(node, ready=lambda: dimse.listening and workers.started())
     config = uvicorn.Config(app, host=settings.host, port=settings.http_port,
                             log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=10)
@@ -104,8 +105,12 @@ class _DimseWorkers:
         import threading
 
         from .dimse.worker import spawn
-        self._spawn = lambda slot: spawn(settings, slot, dimse.processes, dimse.limit_fd)
+        self._spawn = lambda slot: spawn(settings, slot, dimse.processes, dimse.limit_fd,
+                                         dimse.listen_fd)
         self.procs = {slot: self._spawn(slot) for slot in range(1, dimse.processes)}
+        self._limit = dimse.server.limit
+        self._spawned = time.monotonic()
+        self._all_started = not self.procs
         self._stopping = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -116,7 +121,6 @@ class _DimseWorkers:
                              daemon=True).start()
 
     def _watch(self) -> None:
-        import time
         started = {slot: time.monotonic() for slot in self.procs}
         delay = {slot: 1.0 for slot in self.procs}
         dead_since: dict[int, float] = {}
@@ -140,6 +144,16 @@ class _DimseWorkers:
                     started[slot] = now
                     del dead_since[slot]
 
+    def started(self) -> bool:
+        """Whether every worker has come up (accepts connections), exited,
+        or had 30 s to: until then health says "starting", so that a client
+        that waits for it finds every process taking associations."""
+        if not self._all_started:
+            self._all_started = time.monotonic() - self._spawned > 30 or all(
+                self._limit.has_started(slot) or proc.poll() is not None
+                for slot, proc in self.procs.items())
+        return self._all_started
+
     def terminate(self) -> None:
         with self._lock:
             self._stopping.set()
@@ -149,7 +163,6 @@ class _DimseWorkers:
 
     def wait(self, timeout: float) -> None:
         import subprocess
-        import time
         deadline = time.monotonic() + timeout
         for slot, proc in self.procs.items():
             try:

@@ -47,8 +47,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dimse_timeout", 60, "Seconds of silence before a DIMSE association is aborted.",
             int),
     Setting("dimse_processes", 0, "Processes accepting DIMSE associations on dicom_port "
-            "(SO_REUSEPORT: the kernel spreads associations over them); 0 means one per two CPU "
-            "cores, at least 1, at most 4; 1 serves DIMSE in the main process only.", int),
+            "(they share the listening socket; the least busy takes each connection); 0 means "
+            "one per CPU core, at least 1, at most 4; 1 serves DIMSE in the main process "
+            "only.", int),
     Setting("max_stow_bytes", 4 * 1024**3, "Largest STOW-RS request body accepted (bytes).",
             int),
     Setting("qido_max_limit", 1000, "Most results one QIDO-RS/C-FIND page returns.", int),

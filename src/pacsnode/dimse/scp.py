@@ -6,8 +6,8 @@
 C-MOVE/C-GET → retrieve, N-ACTION → storage commitment).
 
 With ``dimse_processes`` above 1, ``serve`` runs more of these in worker
-processes (``dimse/worker.py``) on the same port: every listener then sets
-SO_REUSEPORT and the kernel spreads incoming associations over them.
+processes (``dimse/worker.py``) on the main process's listening socket;
+each takes the next connection when no other process has fewer.
 """
 
 from __future__ import annotations
@@ -26,21 +26,20 @@ __all__ = ["DimseServer", "TRANSFER_SYNTAXES", "set_nodelay", "dimse_processes"]
 
 
 def dimse_processes(settings: Settings) -> int:
-    """How many processes serve DIMSE: the setting, or with 0 one per two
-    CPU cores this process may use (at least 1, at most 4).  A busy DIMSE
-    process keeps more than one core at work — its event loop, which also
-    ingests, its fsync threads, and the kernel's network and file system
-    work for it — and on two cores a second process made every instance
-    cost ~30% more CPU (contention for the cores and the index) than it
-    gained in parallelism: 4 parallel storescu of small instances went at
-    ~480/s with two processes, ~520/s with one."""
+    """How many processes serve DIMSE: the setting, or with 0 one per CPU
+    core this process may use (at least 1, at most 4).  One interpreter's
+    GIL holds ingest to one core; on two cores with 4 parallel storescu,
+    two processes that share connections by load stored small instances
+    at ~1.5x, CT at ~1.3x the rate of one (measured side by side, each
+    server in a fresh ext4 block group).  A second process costs its
+    resident memory (~90 MiB), used or not."""
     if settings.dimse_processes > 0:
         return int(settings.dimse_processes)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(4, cores // 2))
+    return max(1, min(4, cores))
 
 
 class DimseServer:
@@ -52,7 +51,7 @@ class DimseServer:
     descriptor, and joins the port the main process holds."""
 
     def __init__(self, node: Node, *, worker_slot: int | None = None,
-                 limit_fd: int | None = None) -> None:
+                 limit_fd: int | None = None, listen_fd: int | None = None) -> None:
         self.node = node
         s = node.settings
         self.processes = dimse_processes(s)
@@ -63,14 +62,19 @@ class DimseServer:
         self.limit_fd = limit_fd
         limit = AssociationLimit(s.max_associations, limit_fd, worker_slot or 0,
                                  self.processes) if shared else None
-        self.server = AssociationServer(Services(node), s, reuse_port=shared,
-                                        exclusive=not worker, limit=limit)
+        self.server = AssociationServer(Services(node), s, limit=limit, listen_fd=listen_fd)
 
     def start(self) -> None:
         self.server.start()
         s = self.node.settings
         log.info("DIMSE listening on %s:%s as %s (pid %d)", s.host, s.dicom_port, s.ae_title,
                  os.getpid())
+
+    @property
+    def listen_fd(self) -> int:
+        """The listening socket's descriptor, for worker processes to inherit."""
+        assert self.server.sock is not None
+        return self.server.sock.fileno()
 
     @property
     def listening(self) -> bool:

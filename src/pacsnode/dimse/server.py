@@ -45,6 +45,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,25 +182,16 @@ def supported_contexts() -> list[PresentationContext]:
     return contexts
 
 
-def listen_socket(host: str, port: int, *, reuse_port: bool = False,
-                  exclusive: bool = True) -> socket.socket:
+def listen_socket(host: str, port: int) -> socket.socket:
     """A bound, listening, non-blocking TCP socket with TCP_NODELAY.
 
-    ``reuse_port`` lets worker processes bind the same port (SO_REUSEPORT:
-    the kernel spreads connections over them).  ``exclusive`` first checks
-    that nobody else listens there, so two unrelated servers never share a
-    port by accident."""
+    Worker processes share it (inherited; see AssociationServer), so a port
+    somebody else holds fails here, once, with EADDRINUSE."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    if reuse_port and exclusive:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)  # raises EADDRINUSE when the port is taken
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         set_nodelay(sock)
         sock.bind(address)
         sock.listen(128)
@@ -272,28 +264,37 @@ def negotiate(body: bytes, supported: list[PresentationContext]) -> Negotiation:
 
 
 class AssociationLimit:
-    """Established associations against ``max_associations``.
+    """Established associations against ``max_associations``, and the load
+    of each DIMSE process.
 
     With several DIMSE processes the count is shared: a small unlinked file
-    that every process maps (one 8-byte slot each, inherited as a file
-    descriptor), summed under a POSIX record lock when an association is
-    accepted, so the limit holds for the node as a whole."""
+    that every process maps (inherited as a file descriptor), summed under a
+    POSIX record lock when an association is accepted, so the limit holds
+    for the node as a whole.  The file holds, per process (slot), its
+    association count, then its open connections and the time it last
+    said it was alive, which the acceptors read to leave a connection to
+    the least busy process (``defer``)."""
 
     def __init__(self, limit: int, fd: int | None = None, slot: int = 0,
                  slots: int = 1) -> None:
         self.limit = limit
         self.fd, self.slot, self.slots = fd, slot, slots
         self.local = 0
-        self._map = mmap.mmap(fd, slots * 8) if fd is not None else None
+        self.connections = 0
+        self._map = mmap.mmap(fd, self.file_size(slots)) if fd is not None else None
         if self._map is not None:  # a restarted worker: its predecessor's count is gone
             struct.pack_into("<q", self._map, slot * 8, 0)
+
+    @staticmethod
+    def file_size(slots: int) -> int:
+        return slots * 8 + slots * _LOAD.size
 
     @staticmethod
     def shared_file(slots: int) -> int:
         """A file descriptor for ``slots`` processes to share (no name on disk)."""
         fd, name = tempfile.mkstemp(prefix="pacsnode-dimse-")
         os.unlink(name)
-        os.ftruncate(fd, slots * 8)
+        os.ftruncate(fd, AssociationLimit.file_size(slots))
         return fd
 
     def acquire(self) -> bool:
@@ -317,6 +318,56 @@ class AssociationLimit:
         self.local -= 1
         if self._map is not None:  # only this process writes its slot
             struct.pack_into("<q", self._map, self.slot * 8, self.local)
+
+    # -- load balance between the processes (only this process writes its slot)
+
+    def connected(self, change: int) -> None:
+        self.connections += change
+        self._publish()
+
+    def alive(self) -> None:
+        """Say this process accepts (at start, then from the watchdog)."""
+        self._publish()
+
+    def has_started(self, slot: int) -> bool:
+        """Whether process ``slot`` has said it accepts, ever."""
+        return self._map is not None and _LOAD.unpack_from(
+            self._map, self._load_offset(slot))[1] > 0
+
+    def _publish(self) -> None:
+        if self._map is not None:
+            _LOAD.pack_into(self._map, self._load_offset(self.slot), self.connections,
+                            time.monotonic())
+
+    def _load_offset(self, slot: int) -> int:
+        return self.slots * 8 + slot * _LOAD.size
+
+    def defer(self) -> bool:
+        """Whether another live process has fewer connections than this one
+        (so it, not we, should take the next).  CLOCK_MONOTONIC is the
+        same clock in every process; a process silent for ALIVE_SECONDS
+        (dead, being restarted) is left out."""
+        if self._map is None:
+            return False
+        now = time.monotonic()
+        for slot in range(self.slots):
+            if slot == self.slot:
+                continue
+            connections, seen = _LOAD.unpack_from(self._map, self._load_offset(slot))
+            if connections < self.connections and now - seen < ALIVE_SECONDS:
+                return True
+        return False
+
+
+#: Per process in the AssociationLimit file: open connections, last alive.
+_LOAD = struct.Struct("<qd")
+#: A DIMSE process not heard from for this long takes no connections.
+ALIVE_SECONDS = 5.0
+#: How long an acceptor that left a connection to a less busy process waits
+#: before looking again, and at most how long it keeps leaving the same
+#: backlog to another (whose loop may be busy) before taking it itself.
+ACCEPT_RECHECK = 0.002
+ACCEPT_DEFER_MAX = 0.05
 
 
 class Workers:
@@ -506,13 +557,16 @@ class AssociationServer:
     """The DIMSE listener: its own event loop in a thread, so ``start()``
     returns at once and ``serve`` can run the HTTP side in the main thread."""
 
-    def __init__(self, services: Services, settings: Settings, *, reuse_port: bool = False,
-                 exclusive: bool = True, limit: AssociationLimit | None = None) -> None:
+    def __init__(self, services: Services, settings: Settings, *,
+                 limit: AssociationLimit | None = None,
+                 listen_fd: int | None = None) -> None:
         self.services = services
         self.limit = limit or AssociationLimit(settings.max_associations)
         self.settings = settings
-        self.reuse_port = reuse_port
-        self.exclusive = exclusive
+        #: The listening socket a worker process inherited from the main one.
+        self.listen_fd = listen_fd
+        self.sock: socket.socket | None = None
+        self._deferring_since: float | None = None
         self.contexts = supported_contexts()
         self._negotiated: dict[bytes, Negotiation] = {}
         self.timeout = float(settings.dimse_timeout)
@@ -521,7 +575,6 @@ class AssociationServer:
         self.associations: set[Association] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
         self._background: set[asyncio.Future[Any]] = set()
         #: Ingest and C-FIND on the loop (Association._ingest, _c_find_here):
         #: SQLite only, whose statements wait on no network.
@@ -534,8 +587,12 @@ class AssociationServer:
 
     def start(self) -> None:
         s = self.settings
-        sock = listen_socket(s.host, s.dicom_port, reuse_port=self.reuse_port,
-                             exclusive=self.exclusive)
+        if self.listen_fd is not None:
+            sock = socket.socket(fileno=os.dup(self.listen_fd))
+            sock.setblocking(False)
+        else:
+            sock = listen_socket(s.host, s.dicom_port)
+        self.sock = sock
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         failed: list[BaseException] = []
@@ -544,8 +601,8 @@ class AssociationServer:
             assert self.loop is not None
             asyncio.set_event_loop(self.loop)
             try:
-                self._server = self.loop.run_until_complete(
-                    asyncio.start_server(self._accept, sock=sock, limit=4 * CHUNK))
+                self.loop.add_reader(sock.fileno(), self._on_connection)
+                self.limit.alive()
                 watchdog = self.loop.create_task(self._watchdog())
             except BaseException as exc:  # pragma: no cover - start-up failure
                 failed.append(exc)
@@ -588,8 +645,9 @@ class AssociationServer:
         self.spares.clear()
 
     async def _shutdown(self, grace: float) -> None:
-        assert self._server is not None and self.loop is not None
-        self._server.close()
+        assert self.sock is not None and self.loop is not None
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()  # our descriptor; workers may still hold theirs
         deadline = self.loop.time() + grace
         while self.associations and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -604,9 +662,61 @@ class AssociationServer:
 
     # -- inside the loop
 
+    def _on_connection(self) -> None:
+        """The listening socket is readable: take one connection, unless
+        another DIMSE process has fewer (then look again shortly; it takes
+        it meanwhile).
+
+        Written here rather than with asyncio.start_server because the
+        processes share one listening socket and choose by load: the
+        kernel's SO_REUSEPORT spreading hashes each connection to a process
+        whatever its load, which put 3 or 4 of 4 parallel senders on one
+        process as often as not."""
+        assert self.loop is not None and self.sock is not None
+        if self.sock.fileno() < 0:
+            return
+        if self.limit.defer():
+            now = self.loop.time()
+            if self._deferring_since is None:
+                self._deferring_since = now
+            if now - self._deferring_since < ACCEPT_DEFER_MAX:
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(ACCEPT_RECHECK, self._resume_accepting)
+                return
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):  # another process took it
+            self._deferring_since = None
+            return
+        except OSError as exc:  # out of descriptors, say: pause rather than spin
+            log.warning("cannot accept a DIMSE connection: %s", exc)
+            self.loop.remove_reader(self.sock.fileno())
+            self.loop.call_later(0.1, self._resume_accepting)
+            return
+        self._deferring_since = None
+        conn.setblocking(False)
+        set_nodelay(conn)
+        self.limit.connected(+1)
+        self.loop.create_task(self._connection(conn))
+
+    def _resume_accepting(self) -> None:
+        if self.listening and self.sock is not None and self.sock.fileno() >= 0:
+            assert self.loop is not None
+            self.loop.add_reader(self.sock.fileno(), self._on_connection)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        try:
+            try:
+                reader, writer = await asyncio.open_connection(sock=conn, limit=4 * CHUNK)
+            except OSError:
+                conn.close()
+                return
+            await self._accept(reader, writer)
+        finally:
+            self.limit.connected(-1)
+
     async def _accept(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
-        set_nodelay(writer.get_extra_info("socket"))
         assoc = Association(self, reader, writer)
         assoc.task = asyncio.current_task()
         self.associations.add(assoc)
@@ -622,6 +732,7 @@ class AssociationServer:
         period = max(0.2, min(1.0, self.timeout / 4))
         while True:
             await asyncio.sleep(period)
+            self.limit.alive()
             now = self.loop.time()
             for assoc in list(self.associations):
                 assoc.check_timeout(now)

@@ -1,8 +1,9 @@
 """An extra DIMSE process of ``pacsnode serve`` (``dimse_processes`` > 1).
 
 Each worker has its own Node (index connection, blob store, ingest) and its
-own asyncio DIMSE server on the same port as the main process (SO_REUSEPORT:
-the kernel spreads associations over the processes), so C-STOREs are parsed
+own asyncio DIMSE server on the main process's listening socket (inherited;
+each process takes a connection when no other live one has fewer, see
+``AssociationServer._on_connection``), so C-STOREs are parsed
 and indexed on every core instead of queueing behind one interpreter's GIL.
 What must be shared is in the database (index, change feed, stable-study
 arrivals, remote nodes) or inherited (the association count).
@@ -33,13 +34,15 @@ __all__ = ["spawn", "main"]
 log = logging.getLogger("pacsnode.dimse")
 
 
-def spawn(settings: Settings, slot: int, processes: int, limit_fd: int) -> subprocess.Popen[bytes]:
-    """Start worker number ``slot`` (1 … processes-1).  Its standard output
-    and error are ours, so its log lines go where the main process's go."""
+def spawn(settings: Settings, slot: int, processes: int, limit_fd: int,
+          listen_fd: int) -> subprocess.Popen[bytes]:
+    """Start worker number ``slot`` (1 … processes-1) on the main process's
+    listening socket.  Its standard output and error are ours, so its log
+    lines go where the main process's go."""
     args = {"settings": replace(settings, dimse_processes=processes), "slot": slot,
-            "limit_fd": limit_fd, "parent": os.getpid()}
+            "limit_fd": limit_fd, "listen_fd": listen_fd, "parent": os.getpid()}
     proc = subprocess.Popen([sys.executable, "-m", "pacsnode.dimse.worker"],
-                            stdin=subprocess.PIPE, pass_fds=(limit_fd,))
+                            stdin=subprocess.PIPE, pass_fds=(limit_fd, listen_fd))
     assert proc.stdin is not None
     proc.stdin.write(pickle.dumps(args))
     proc.stdin.close()
@@ -77,7 +80,8 @@ def main() -> None:
         pass
     else:
         record_arrivals(node)
-    dimse = DimseServer(node, worker_slot=args["slot"], limit_fd=args["limit_fd"])
+    dimse = DimseServer(node, worker_slot=args["slot"], limit_fd=args["limit_fd"],
+                        listen_fd=args["listen_fd"])
     try:
         dimse.start()
     except OSError as exc:
