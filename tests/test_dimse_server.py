@@ -667,12 +667,14 @@ def test_c_store_waits_off_the_loop_while_another_writer_holds_the_index(pacsnod
     assert [r["NumberOfStudyRelatedInstances"] for r in found] == ["3"], found
 
 
-def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch):
-    """The fsync of a received instance runs on a thread of its own while
-    the loop walks the header: when it fails, that C-STORE gets a failure
-    status and no index row, and the association's next C-STORE (and the
-    next association) store as usual."""
+@pytest.mark.parametrize("syncer", ["aio", "threads"])
+def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch, syncer):
+    """The fsync of a received instance runs beside the loop's header walk
+    (Linux AIO, or a thread where AIO is missing): when it fails, that
+    C-STORE gets a failure status and no index row, and the association's
+    next C-STORE (and the next association) store as usual."""
     from conftest import free_port
+    from pacsnode.aiosync import AioSync
     from pacsnode.config import load_settings
     from pacsnode.dimse.scp import DimseServer
     from pacsnode.node import Node
@@ -680,6 +682,8 @@ def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch):
     port = free_port()
     node = Node(load_settings(overrides={"data_dir": tmp_path / "data", "dicom_port": port,
                                          "dimse_processes": 1, "fsync": True}, environ={}))
+    if syncer == "threads":
+        monkeypatch.setattr(AioSync, "create", classmethod(lambda cls, loop: None))
     dimse = DimseServer(node)
     dimse.start()
     study = "1.2.826.0.1.3680043.8.498.77"
@@ -701,8 +705,25 @@ def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch):
             raise OSError(5, "Input/output error (injected)")
         real_fsync(fd)
 
+    real_submit = AioSync.fsync
+
+    def submit(self, fd: int):
+        # The AIO path: the kernel's answer for that file becomes EIO.
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if not failed and target.startswith(incoming) and _written_sop(target) in failing:
+            failed.append(target)
+            os.close(fd)
+            future = self.loop.create_future()
+            future.set_exception(OSError(5, "Input/output error (injected)"))
+            return future
+        return real_submit(self, fd)
+
+    if syncer == "aio":
+        monkeypatch.setattr(AioSync, "fsync", submit)
     monkeypatch.setattr(os, "fsync", fsync)
     try:
+        if syncer == "aio":
+            assert dimse.server.aio is not None, "no AIO fsync on this Linux"
         proc = run(dcmtk("storescu"), "-v", "--no-halt", "-aec", "PACSNODE", "127.0.0.1",
                    str(port), *map(str, files), check=False)
         assert failed, "the injected fsync failure never ran"
@@ -736,3 +757,39 @@ def _written_sop(path: str) -> str | None:
         return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
     except Exception:
         return None
+
+
+def test_aio_fsync_closes_what_it_syncs(tmp_path):
+    """AioSync: an fsync of a regular file completes and closes the
+    descriptor; one the kernel will not take (a pipe has no fsync) is
+    refused at once and left to the caller, which then uses a thread."""
+    import asyncio
+    from pacsnode.aiosync import AioSync
+
+    async def check() -> None:
+        aio = AioSync.create(asyncio.get_running_loop())
+        assert aio is not None, "no AIO fsync on this Linux"
+        try:
+            fds = []
+            for n in range(20):  # several in flight at once
+                fd = os.open(tmp_path / f"{n}.bin", os.O_CREAT | os.O_WRONLY, 0o600)
+                os.write(fd, bytes([n]) * 4096)
+                fds.append(fd)
+            futures = [aio.fsync(fd) for fd in fds]
+            assert all(f is not None for f in futures)
+            await asyncio.wait_for(asyncio.gather(*futures), 30)
+            for fd in fds:
+                with pytest.raises(OSError):
+                    os.fstat(fd)  # closed by AioSync
+            read_end, write_end = os.pipe()
+            try:
+                assert aio.fsync(read_end) is None
+                os.fstat(read_end)  # still open: the caller's
+            finally:
+                os.close(read_end)
+                os.close(write_end)
+        finally:
+            aio.close()
+
+    asyncio.run(check())
+    assert sorted(p.stat().st_size for p in tmp_path.glob("*.bin")) == [4096] * 20

@@ -45,7 +45,7 @@ from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, Inv
 from .events import Event, EventBus, Origin
 from .index.db import Database, RawStatement, WriteBusy
 from .index.schema import changes, instances, item_attrs, patients, series, studies
-from .storage import FileStore, blob_key
+from .storage import FileStore, SubmitFsync, blob_key
 
 log = logging.getLogger("pacsnode.ingest")
 
@@ -267,19 +267,26 @@ class Ingestor:
 
     def stage(self, temp: Path, origin: Origin, *, expected_study: str | None = None,
               expected_sop: tuple[str, str] | None = None, fast_only: bool = False,
-              head: bytes | None = None, size: int = 0) -> Staged | IngestResult | None:
+              head: bytes | None = None, size: int = 0,
+              submit: SubmitFsync | None = None) -> Staged | IngestResult | None:
         """Steps 1-2 of a store, which take no lock: start the temp file's
         fsync and meanwhile read and validate its header.  A refusal comes
         back as an IngestResult (the temp file removed).  ``fast_only``:
         None, with nothing done, when the header needs pydicom's reader
         (which can read a whole file) — the caller's thread must not wait.
         ``head``/``size``: the file's first bytes and length, known to a
-        caller that just wrote it (see ``_parse``)."""
+        caller that just wrote it (see ``_parse``).  ``submit``: how to
+        start the fsync without a thread (FileStore.sync_temp)."""
         parsed = None
         try:
-            if fast_only:
+            if fast_only and submit is None:
+                # The fsync thread would wait for the GIL until the caller
+                # pauses anyway: parse first, so a refusal costs no fsync.
                 parsed, size = self._parse(temp, fast_only=True, head=head, size=size)
                 syncing = self.store.sync_temp(temp)
+            elif fast_only:  # the kernel starts it at once: beside the parse
+                syncing = self.store.sync_temp(temp, submit)
+                parsed, size = self._parse(temp, fast_only=True, head=head, size=size)
             else:
                 syncing = self.store.sync_temp(temp)  # outside any lock, beside the parse
                 parsed, size = self._parse(temp)

@@ -10,12 +10,17 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
-__all__ = ["BlobStore", "FileStore", "blob_key", "start_writeback"]
+__all__ = ["BlobStore", "FileStore", "SubmitFsync", "blob_key", "start_writeback"]
+
+#: Starts fsync(fd) some other way (an event loop's AIO, see aiosync.py):
+#: a future that is done when the fsync is, the descriptor then closed; or
+#: None, the descriptor still the caller's, to use the fsync threads.
+SubmitFsync = Callable[[int], Any]
 
 _TEMP_NUMBERS = itertools.count()
 #: Write buffer of a temp file: a small instance arriving in 16 KiB PDVs is
@@ -71,7 +76,7 @@ def blob_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
 
 class BlobStore(Protocol):
     def new_temp(self) -> tuple[BinaryIO, Path]: ...
-    def sync_temp(self, temp: Path) -> Future[None] | None: ...
+    def sync_temp(self, temp: Path, submit: SubmitFsync | None = None) -> Any: ...
     def commit_temp(self, temp: Path, key: str) -> None: ...
     def uncommit_temp(self, key: str, temp: Path) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
@@ -110,15 +115,21 @@ class FileStore:
                 continue
             return os.fdopen(fd, "w+b", buffering=TEMP_BUFFER), Path(name)
 
-    def sync_temp(self, temp: Path) -> Future[None] | None:
+    def sync_temp(self, temp: Path, submit: SubmitFsync | None = None) -> Any:
         """Start making a temp file's bytes durable (before it is renamed into
-        place); the caller waits on the returned future.  The fsync runs on a
-        thread of its own so that the ingest parses the header meanwhile
-        (the two took about as long as each other for a small instance)."""
+        place); the caller waits on the returned future (concurrent, or
+        asyncio's from ``submit``).  The fsync runs beside the caller, so
+        that the ingest parses the header meanwhile (the two took about as
+        long as each other for a small instance): by ``submit`` when given
+        and it takes it, else on a thread of its own."""
         if not self.fsync:
             return None
         fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if submit is not None:
+                started = submit(fd)
+                if started is not None:
+                    return started
             return _syncer().submit(_fsync_and_close, fd)
         except BaseException:
             os.close(fd)

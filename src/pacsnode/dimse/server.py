@@ -70,6 +70,7 @@ from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..ingest import HEAD_BYTES
+from ..aiosync import AioSync
 from ..storage import start_writeback
 from . import messages as m
 from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
@@ -566,6 +567,8 @@ class AssociationServer:
         #: The listening socket a worker process inherited from the main one.
         self.listen_fd = listen_fd
         self.sock: socket.socket | None = None
+        #: The loop's AIO fsyncs (Linux), else None: fsync on threads.
+        self.aio: AioSync | None = None
         self._deferring_since: float | None = None
         self.contexts = supported_contexts()
         self._negotiated: dict[bytes, Negotiation] = {}
@@ -602,6 +605,7 @@ class AssociationServer:
             asyncio.set_event_loop(self.loop)
             try:
                 self.loop.add_reader(sock.fileno(), self._on_connection)
+                self.aio = AioSync.create(self.loop)
                 self.limit.alive()
                 watchdog = self.loop.create_task(self._watchdog())
             except BaseException as exc:  # pragma: no cover - start-up failure
@@ -613,6 +617,8 @@ class AssociationServer:
                 self.loop.run_forever()
             finally:
                 watchdog.cancel()
+                if self.aio is not None:
+                    self.aio.close()
                 self.loop.run_until_complete(asyncio.sleep(0))
                 self.loop.close()
 
@@ -1339,7 +1345,8 @@ class Association:
         """Ingest a received instance; its C-STORE status and comment.
 
         On SQLite, an instance up to INLINE_INGEST bytes is ingested here on
-        the event loop, but for its fsync (on the fsync threads, awaited):
+        the event loop, but for its fsync (awaited: Linux AIO started before
+        the header walk, see aiosync.py, or else the fsync threads):
         header walk, validation and the index transaction take well under a
         millisecond, and handing them to a worker thread and back added two
         thread switches and the two threads contending for the GIL (~10% of
@@ -1349,7 +1356,8 @@ class Association:
         Events go out on the pool when a handler may wait (automation)."""
         services, server = self.services, self.server
         if server.on_loop and size <= INLINE_INGEST:
-            staged = services.stage_store(temp, self.origin, sop_class, sop_uid, head, size)
+            staged = services.stage_store(temp, self.origin, sop_class, sop_uid, head, size,
+                                          server.aio.fsync if server.aio else None)
             if isinstance(staged, tuple):  # refused
                 return staged
             if staged is not None:

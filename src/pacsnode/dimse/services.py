@@ -28,6 +28,7 @@ from ..config import NodeConfig
 from ..errors import PacsnodeError
 from ..events import Event, Origin
 from ..ingest import IngestResult, Staged
+from ..storage import SubmitFsync
 from ..node import Node
 from ..query.engine import MatchFields
 from ..query.parse import query_from_identifier
@@ -252,15 +253,18 @@ class Services:
         return self.store_status(result, origin, sop_uid)
 
     def stage_store(self, temp: Path, origin: Origin, sop_class: str, sop_uid: str,
-                    head: bytes | None = None,
-                    size: int = 0) -> Staged | tuple[int, str | None] | None:
+                    head: bytes | None = None, size: int = 0,
+                    submit: SubmitFsync | None = None
+                    ) -> Staged | tuple[int, str | None] | None:
         """``store`` in steps for a caller that must not wait (the event
-        loop): parse and validate with the fsync started — a Staged to
-        finish with ``finish_store`` once the fsync is done, or the status
-        of a refusal; None when the header needs pydicom's reader (use
+        loop): parse and validate with the fsync started (by ``submit``
+        when given, see FileStore.sync_temp) — a Staged to finish with
+        ``finish_store`` once the fsync is done, or the status of a
+        refusal; None when the header needs pydicom's reader (use
         ``store``)."""
         staged = self.node.ingestor.stage(temp, origin, expected_sop=(sop_class, sop_uid),
-                                          fast_only=True, head=head, size=size)
+                                          fast_only=True, head=head, size=size,
+                                          submit=submit)
         if staged is None or isinstance(staged, Staged):
             return staged
         return self.store_status(staged, origin, sop_uid)
