@@ -467,6 +467,30 @@ def test_associations_spread_over_processes(pacsnode_factory, tmp_path):
         assert s.connect_ex(("127.0.0.1", node.dicom_port)) != 0, "still listening"
 
 
+def test_connections_go_to_the_least_busy_process(pacsnode_factory):
+    """Four associations held open at once, opened one after another, are
+    served two by each of two processes (each connection goes to the
+    process with fewer open), and a fifth still gets served when they end."""
+    node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_PROCESSES": "2"})
+    socks = []
+    try:
+        for n in range(4):
+            sock = socket.create_connection(("127.0.0.1", node.dicom_port), timeout=10)
+            socks.append(sock)
+            sock.sendall(associate_rq(calling=f"HOLD{n}"))
+            assert recv_pdu(sock)[0] == 0x02, node.log()  # A-ASSOCIATE-AC
+        deadline = time.monotonic() + 10
+        while node.log().count("association accepted: HOLD") < 4:
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.05)
+        pids = re.findall(r"association accepted: HOLD\d .* pid (\d+)\)", node.log())
+        assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2], node.log()
+    finally:
+        for sock in socks:
+            sock.close()
+    assert echo_ok(node)
+
+
 def test_a_dead_worker_is_replaced(pacsnode_factory):
     import signal
     node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_PROCESSES": "2"})

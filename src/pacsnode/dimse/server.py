@@ -569,7 +569,10 @@ class AssociationServer:
         self.sock: socket.socket | None = None
         #: The loop's AIO fsyncs (Linux), else None: fsync on threads.
         self.aio: AioSync | None = None
+        #: When this process began leaving the waiting connections to a
+        #: less busy one, and last did (see _on_connection).
         self._deferring_since: float | None = None
+        self._last_deferral = 0.0
         self.contexts = supported_contexts()
         self._negotiated: dict[bytes, Negotiation] = {}
         self.timeout = float(settings.dimse_timeout)
@@ -683,8 +686,9 @@ class AssociationServer:
             return
         if self.limit.defer():
             now = self.loop.time()
-            if self._deferring_since is None:
-                self._deferring_since = now
+            if self._deferring_since is None or now - self._last_deferral > ACCEPT_DEFER_MAX:
+                self._deferring_since = now  # a new backlog, not the one left before
+            self._last_deferral = now
             if now - self._deferring_since < ACCEPT_DEFER_MAX:
                 self.loop.remove_reader(self.sock.fileno())
                 self.loop.call_later(ACCEPT_RECHECK, self._resume_accepting)
