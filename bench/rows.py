@@ -206,11 +206,26 @@ def _one_ingestion(bench: Bench, data: ImageSet, chunks: list[list[Path]], name:
     """One fresh server, the set sent in ``len(chunks)`` parallel storescu."""
     res = bench.results
     parallel = len(chunks)
-    with bench.fleet() as fleet:
-        server = _start(fleet, name)
-        seconds = _storescu_parallel(server, chunks, server.workdir)
-        peak = server.peak_rss_mib()
-        stored = _stored_count(server)
+    for attempt in (1, 2):
+        with bench.fleet() as fleet:
+            server = _start(fleet, name)
+            try:
+                seconds = _storescu_parallel(server, chunks, server.workdir)
+            except RuntimeError as exc:
+                # Once in a full run, a storescu sending CT to Orthanc exited
+                # 167 with nothing on stderr; one failure must not cost every
+                # C-STORE row, but the note says it happened.
+                if attempt == 2:
+                    raise
+                res.note(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} failed and "
+                         f"was run again: {exc}; its log ends: "
+                         f"{server.log_tail(400)!r}"[:1500])
+                bench.log(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} failed "
+                          f"({exc}); running it again")
+                continue
+            peak = server.peak_rss_mib()
+            stored = _stored_count(server)
+        break
     if stored != data.count:
         res.note(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} holds {stored} "
                  f"of {data.count} instances")

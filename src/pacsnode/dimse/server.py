@@ -65,12 +65,12 @@ from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotifi
 from pynetdicom.presentation import (AllStoragePresentationContexts, PresentationContext,
                                      negotiate_as_acceptor, negotiate_as_requestor)
 
+from ..aiosync import AioSync
 from ..config import Settings
 from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..ingest import HEAD_BYTES
-from ..aiosync import AioSync
 from ..storage import start_writeback
 from . import messages as m
 from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
@@ -573,6 +573,7 @@ class AssociationServer:
         #: less busy one, and last did (see _on_connection).
         self._deferring_since: float | None = None
         self._last_deferral = 0.0
+        self._connections: set[asyncio.Task[None]] = set()
         self.contexts = supported_contexts()
         self._negotiated: dict[bytes, Negotiation] = {}
         self.timeout = float(settings.dimse_timeout)
@@ -702,7 +703,9 @@ class AssociationServer:
         conn.setblocking(False)
         set_nodelay(conn)
         self.limit.connected(+1)
-        self.loop.create_task(self._connection(conn))
+        task = self.loop.create_task(self._connection(conn))
+        self._connections.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._connections.discard)
 
     def _resume_accepting(self) -> None:
         if self.listening and self.sock is not None and self.sock.fileno() >= 0:
