@@ -281,7 +281,9 @@ below four samples) as a percentage of the median.
 - **C-STORE into a full archive**: the small set sent by one `storescu`
   into each server holding the largest query scale's instances (pacsnode's
   loaded in bulk, Orthanc's uploaded), after the queries; the target
-  compares pacsnode with its own empty-archive row.
+  compares pacsnode with the same set sent into a fresh, empty pacsnode
+  just before and just after (this VM's speed drifts too much over the
+  minutes between phases for the first C-STORE rows to be the baseline).
 - **Peak RSS**: `VmHWM` after each 4-parallel ingestion run, summed over the
   server's processes (pacsnode's DIMSE workers included; shared pages count
   once per process, so this is an upper bound).
