@@ -212,9 +212,11 @@ def _one_ingestion(bench: Bench, data: ImageSet, chunks: list[list[Path]], name:
             try:
                 seconds = _storescu_parallel(server, chunks, server.workdir)
             except RuntimeError as exc:
-                # Once in a full run, a storescu sending CT to Orthanc exited
-                # 167 with nothing on stderr; one failure must not cost every
-                # C-STORE row, but the note says it happened.
+                # Now and then Orthanc 1.10 fails a C-STORE of 4 parallel
+                # senders ("Unable to create a subdirectory or a file in the
+                # file storage": its folders made by two threads at once) and
+                # storescu exits 167; one failure must not cost every C-STORE
+                # row, but the note says it happened.
                 if attempt == 2:
                     raise
                 res.note(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} failed and "
