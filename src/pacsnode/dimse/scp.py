@@ -30,8 +30,8 @@ def dimse_processes(settings: Settings) -> int:
     core this process may use (at least 1, at most 4).  One interpreter's
     GIL holds ingest to one core; on two cores with 4 parallel storescu,
     two processes that share connections by load stored small instances
-    at ~1.5x, CT at ~1.3x the rate of one (measured side by side, each
-    server in a fresh ext4 block group).  A second process costs its
+    at ~1.3x, CT at ~1.1x the rate of one (paired runs, each server in a
+    fresh ext4 block group).  A second process costs its
     resident memory (~90 MiB), used or not."""
     if settings.dimse_processes > 0:
         return int(settings.dimse_processes)
