@@ -28,11 +28,11 @@ from ..config import NodeConfig
 from ..errors import PacsnodeError
 from ..events import Event, Origin
 from ..ingest import IngestResult, Staged
-from ..storage import SubmitFsync
 from ..node import Node
 from ..query.engine import MatchFields
 from ..query.parse import query_from_identifier
 from ..retrieve import InstanceRef, locate, locate_query
+from ..storage import SubmitFsync
 from .messages import encode_dataset, encode_elements
 
 log = logging.getLogger("pacsnode.dimse")
