@@ -24,7 +24,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,7 +44,7 @@ from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, Inv
 from .events import Event, EventBus, Origin
 from .index.db import Database, RawStatement, WriteBusy
 from .index.schema import changes, instances, item_attrs, patients, series, studies
-from .storage import FileStore, SubmitFsync, blob_key
+from .storage import FileStore, SubmitFsync, Syncing, blob_key
 
 log = logging.getLogger("pacsnode.ingest")
 
@@ -137,7 +136,7 @@ class Staged:
     (``Ingestor.stage``): what is left is to wait for the fsync and write
     the index (``Ingestor.commit``)."""
     pending: _Pending
-    syncing: Future[None] | None
+    syncing: Syncing | None
     error: BaseException | None = None
 
     def wait(self) -> None:
@@ -278,18 +277,17 @@ class Ingestor:
         caller that just wrote it (see ``_parse``).  ``submit``: how to
         start the fsync without a thread (FileStore.sync_temp)."""
         parsed = None
+        # The fsync starts first, to run beside the parse, unless it would go
+        # to a thread from a caller that must not wait (the event loop): that
+        # thread waits for the GIL until the caller pauses anyway, so parse
+        # first and a refusal costs no fsync.
+        sync_first = submit is not None or not fast_only
         try:
-            if fast_only and submit is None:
-                # The fsync thread would wait for the GIL until the caller
-                # pauses anyway: parse first, so a refusal costs no fsync.
-                parsed, size = self._parse(temp, fast_only=True, head=head, size=size)
-                syncing = self.store.sync_temp(temp)
-            elif fast_only:  # the kernel starts it at once: beside the parse
+            if sync_first:
                 syncing = self.store.sync_temp(temp, submit)
-                parsed, size = self._parse(temp, fast_only=True, head=head, size=size)
-            else:
-                syncing = self.store.sync_temp(temp)  # outside any lock, beside the parse
-                parsed, size = self._parse(temp)
+            parsed, size = self._parse(temp, fast_only=fast_only, head=head, size=size)
+            if not sync_first:
+                syncing = self.store.sync_temp(temp)
             self._validate(parsed, expected_study, expected_sop)
         except _NotFast:
             return None

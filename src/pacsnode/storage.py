@@ -13,14 +13,19 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, Union
 
-__all__ = ["BlobStore", "FileStore", "SubmitFsync", "blob_key", "start_writeback"]
+if TYPE_CHECKING:
+    import asyncio
 
+__all__ = ["BlobStore", "FileStore", "SubmitFsync", "Syncing", "blob_key", "start_writeback"]
+
+#: A started fsync: the fsync threads' future, or an event loop's (AIO).
+Syncing = Union["Future[None]", "asyncio.Future[None]"]
 #: Starts fsync(fd) some other way (an event loop's AIO, see aiosync.py):
 #: a future that is done when the fsync is, the descriptor then closed; or
 #: None, the descriptor still the caller's, to use the fsync threads.
-SubmitFsync = Callable[[int], Any]
+SubmitFsync = Callable[[int], "asyncio.Future[None] | None"]
 
 _TEMP_NUMBERS = itertools.count()
 #: Write buffer of a temp file: a small instance arriving in 16 KiB PDVs is
@@ -76,7 +81,7 @@ def blob_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
 
 class BlobStore(Protocol):
     def new_temp(self) -> tuple[BinaryIO, Path]: ...
-    def sync_temp(self, temp: Path, submit: SubmitFsync | None = None) -> Any: ...
+    def sync_temp(self, temp: Path, submit: SubmitFsync | None = None) -> Syncing | None: ...
     def commit_temp(self, temp: Path, key: str) -> None: ...
     def uncommit_temp(self, key: str, temp: Path) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
@@ -115,7 +120,7 @@ class FileStore:
                 continue
             return os.fdopen(fd, "w+b", buffering=TEMP_BUFFER), Path(name)
 
-    def sync_temp(self, temp: Path, submit: SubmitFsync | None = None) -> Any:
+    def sync_temp(self, temp: Path, submit: SubmitFsync | None = None) -> Syncing | None:
         """Start making a temp file's bytes durable (before it is renamed into
         place); the caller waits on the returned future (concurrent, or
         asyncio's from ``submit``).  The fsync runs beside the caller, so

@@ -678,8 +678,6 @@ class AssociationServer:
         whatever its load, which put 3 or 4 of 4 parallel senders on one
         process as often as not."""
         assert self.loop is not None and self.sock is not None
-        if self.sock.fileno() < 0:
-            return
         if self.limit.defer():
             now = self.loop.time()
             if self._deferring_since is None or now - self._last_deferral > ACCEPT_DEFER_MAX:
