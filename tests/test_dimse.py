@@ -332,3 +332,59 @@ def test_c_get_sends_stored_bytes_in_every_syntax(node, tmp_path):
         assoc.release()
         assert statuses[-1] == 0x0000, (ts, statuses)
         assert received == [dataset_bytes(blob)], ts
+
+
+@pytest.mark.parametrize("accepted", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+def test_c_get_of_a_series_read_ahead_sends_each_instance_whole(node, tmp_path, accepted):
+    """The sub-operations of a multi-instance C-GET: each instance's data set
+    is read while the SCU stores the one before (up to READ_AHEAD bytes; a
+    larger one is streamed).  Sent as stored, every data set arrives byte
+    for byte, in instance order; transcoded (the SCU accepts only Implicit
+    VR), every one arrives with its pixels intact."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    from pacsnode.dimse.server import READ_AHEAD
+
+    study, series = "1.2.826.0.1.3680043.8.498.7001", "1.2.826.0.1.3680043.8.498.7001.1"
+    sizes = [16, 1536, 16, 64, 16]  # 1536² × 2 bytes: more than READ_AHEAD
+    paths = []
+    for n, size in enumerate(sizes, 1):
+        path = tmp_path / f"i{n}.dcm"
+        make_ct(path, study_uid=study, series_uid=series, instance=n, size=size)
+        paths.append(path)
+    assert paths[1].stat().st_size > READ_AHEAD > paths[3].stat().st_size
+    run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
+        *map(str, paths))
+    received: list[Dataset] = []
+    raw: list[bytes] = []
+
+    def on_store(event):
+        raw.append(event.request.DataSet.getvalue())
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", [accepted])
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
+                         ext_neg=[build_role("1.2.840.10008.5.1.4.1.1.2", scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study
+    query.SeriesInstanceUID = series
+    statuses = [status.Status for status, _ in
+                assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    assert statuses[-1] == 0x0000 and statuses.count(0xFF00) == len(sizes)
+    assert [int(ds.InstanceNumber) for ds in received] == list(range(1, len(sizes) + 1))
+    blobs = [node.data_dir / "studies" / study / series /
+             f"{dcmread(p, stop_before_pixels=True).SOPInstanceUID}.dcm" for p in paths]
+    if accepted == "1.2.840.10008.1.2.1":  # as stored
+        assert raw == [dataset_bytes(b) for b in blobs]
+    else:
+        assert [ds.PixelData for ds in received] == [dcmread(p).PixelData for p in paths]
+        assert all(ds.Rows == size for ds, size in zip(received, sizes))

@@ -119,6 +119,9 @@ FIND_YIELD = 16
 INLINE_INGEST = 4 << 20
 #: Bytes of a received data set after which their writeback to disk starts.
 WRITEBACK = 256 << 10
+#: Largest stored file read and framed whole ahead of its C-STORE
+#: sub-operation, while the peer answers the one before (store_instance).
+READ_AHEAD = 4 << 20
 #: Seconds we wait for the A-ASSOCIATE-RQ (the ARTIM timer) at most.
 ARTIM = 30.0
 #: Seconds we wait for the peer to close after our last PDU.
@@ -817,6 +820,12 @@ class Association:
         #: The first HEAD_BYTES (or more) of the C-STORE being received, as
         #: written to its temp file: the header is walked without reading it back.
         self._head: list[bytes] = []
+        #: Our C-STORE sub-operations: the accepted (transfer syntax →
+        #: context id) of each SOP class, and the next instance's data set
+        #: as P-DATA-TF PDUs, read while the peer answered the one before
+        #: (SOP Instance UID, context id, PDUs).
+        self._usable: dict[str, dict[str, int]] = {}
+        self._ahead: tuple[str, int, bytes] | None = None
 
     def describe(self) -> str:
         if self.requestor:
@@ -1236,13 +1245,21 @@ class Association:
             self.writer.write(data)
             await self.writer.drain()
 
-    async def _send_file(self, context_id: int, command: bytes, out: Outgoing) -> None:
+    async def _send_file(self, context_id: int, command: bytes, out: Outgoing,
+                         framed: bytes | None = None) -> None:
         """A C-STORE-RQ whose data set is a stored file's bytes from
         ``out.offset`` on, read and sent a block at a time: the command with
         the first block, one write per block (writelines() of the fragments
-        made a send() per fragment, 16 KiB for DCMTK's tools)."""
+        made a send() per fragment, 16 KiB for DCMTK's tools).  ``framed``:
+        the data set's PDUs, read ahead (``_read_ahead``)."""
         if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
+        if framed is not None:
+            async with self.send_lock:
+                self.writer.write(b"".join(m.pdata(context_id, command, True, self.max_pdu)))
+                self.writer.write(framed)
+                await self.writer.drain()
+            return
         async with self.send_lock:
             try:
                 fh = open(out.path, "rb")
@@ -1280,9 +1297,12 @@ class Association:
             await self.writer.drain()
 
     async def request(self, context_id: int, command_fields: dict[str, Any],
-                      dataset: bytes | None = None,
-                      out: Outgoing | None = None) -> tuple[m.Command, bytes | None]:
-        """Send a request of ours and wait for its response."""
+                      dataset: bytes | None = None, out: Outgoing | None = None,
+                      framed: bytes | None = None,
+                      meanwhile: Callable[[], None] | None = None
+                      ) -> tuple[m.Command, bytes | None]:
+        """Send a request of ours and wait for its response; ``meanwhile``
+        runs once it is sent (``framed``: see _send_file)."""
         self._next_id = self._next_id % 0xFFFF + 1
         message_id = self._next_id
         future: asyncio.Future[tuple[m.Command, bytes | None]] = self.loop.create_future()
@@ -1293,9 +1313,11 @@ class Association:
                                    **command_fields)
         try:
             if out is not None:
-                await self._send_file(context_id, command, out)
+                await self._send_file(context_id, command, out, framed)
             else:
                 await self.send(context_id, command, dataset)
+            if meanwhile is not None:
+                meanwhile()
             return await asyncio.wait_for(future, self.server.timeout)
         finally:
             self.waiting.pop(message_id, None)
@@ -1519,7 +1541,7 @@ class Association:
         ops = SubOperations(len(refs))
         cancelled = False
         try:
-            for ref in refs:
+            for n, ref in enumerate(refs):
                 if op.cancel.is_set():
                     cancelled = True
                     break
@@ -1527,7 +1549,8 @@ class Association:
                 if not sub.closed:
                     try:
                         status = await sub.store_instance(
-                            ref, originator=(self.peer_aet, command.message_id))
+                            ref, originator=(self.peer_aet, command.message_id),
+                            upcoming=refs[n + 1] if n + 1 < len(refs) else None)
                     except ConnectionError as exc:
                         log.warning("C-MOVE to %s: association lost: %s", dest_aet, exc)
                 ops.count(status, ref.sop_instance_uid)
@@ -1549,11 +1572,12 @@ class Association:
         log.info("C-GET from %s: %d instances", self.origin.describe(), len(refs))
         ops = SubOperations(len(refs))
         cancelled = False
-        for ref in refs:
+        for n, ref in enumerate(refs):
             if op.cancel.is_set():
                 cancelled = True
                 break
-            status = await self.store_instance(ref)
+            status = await self.store_instance(
+                ref, upcoming=refs[n + 1] if n + 1 < len(refs) else None)
             ops.count(status, ref.sop_instance_uid)
             await self._final(op, m.C_GET_RSP, 0xFF00, ops=ops, with_remaining=True)
         log.info("C-GET from %s: %d completed, %d failed, %d warning%s",
@@ -1562,15 +1586,15 @@ class Association:
         await self._final(op, m.C_GET_RSP, ops.final_status(cancelled), ops=ops,
                           with_remaining=cancelled)
 
-    async def store_instance(self, ref: Any,
-                             originator: tuple[str, int] | None = None) -> int | None:
+    async def store_instance(self, ref: Any, originator: tuple[str, int] | None = None,
+                             upcoming: Any = None) -> int | None:
         """One C-STORE sub-operation on this association, where we are the
         storage SCU (a C-MOVE association we requested, or a C-GET SCU's
         association with role selection): the stored bytes when the peer
         accepted that syntax, otherwise transcoded.  The response status, or
-        None when it could not be sent."""
-        usable = {str(cx.transfer_syntax[0]): cid for cid, cx in self.contexts.items()
-                  if cx.abstract_syntax == ref.sop_class_uid and cx.as_scu}
+        None when it could not be sent.  ``upcoming``: the instance the next
+        call will send, read ahead while the peer answers this one."""
+        usable = self._accepted(ref.sop_class_uid)
         try:
             if ref.transfer_syntax in usable:  # sent as stored
                 out = Outgoing(ref.path, -1, ref.transfer_syntax)
@@ -1583,8 +1607,14 @@ class Association:
                                       affected_sop_instance=ref.sop_instance_uid, priority=0)
         if originator is not None:
             fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
+        context_id = usable[out.transfer_syntax]
+        ahead, self._ahead = self._ahead, None
+        framed = ahead[2] if ahead is not None and ahead[:2] == (ref.sop_instance_uid,
+                                                                   context_id) else None
         try:
-            rsp, _ = await self.request(usable[out.transfer_syntax], fields, out=out)
+            rsp, _ = await self.request(
+                context_id, fields, out=out, framed=framed,
+                meanwhile=None if upcoming is None else lambda: self._read_ahead(upcoming))
         except NotSent as exc:
             log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, self.describe(), exc)
             return None
@@ -1596,6 +1626,39 @@ class Association:
         finally:
             out.close()
         return rsp.status
+
+    def _accepted(self, sop_class: str) -> dict[str, int]:
+        """Transfer syntax → id of the contexts on which we may send
+        ``sop_class`` (as SCU), worked out once per class."""
+        usable = self._usable.get(sop_class)
+        if usable is None:
+            usable = self._usable[sop_class] = {
+                str(cx.transfer_syntax[0]): cid for cid, cx in self.contexts.items()
+                if cx.abstract_syntax == sop_class and cx.as_scu}
+        return usable
+
+    def _read_ahead(self, ref: Any) -> None:
+        """The data set of ``ref``, sent as stored, read and cut into PDUs
+        now, while the peer stores the one before: a sub-operation used to
+        start with reading its file (~0.2 ms of 1.4 for a 512² CT sent to
+        getscu) after the response to the last one came.  Only for files of
+        up to READ_AHEAD bytes; anything wrong is left for the send itself
+        to meet and report."""
+        context_id = self._accepted(ref.sop_class_uid).get(ref.transfer_syntax)
+        if context_id is None:
+            return
+        try:
+            with open(ref.path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size > READ_AHEAD:
+                    return
+                data = fh.read(READ_AHEAD + 1)
+            offset = meta_end(data, ref.path)[0]
+        except (OSError, ValueError):
+            return
+        if len(data) > READ_AHEAD:  # grew since the fstat
+            return
+        self._ahead = (ref.sop_instance_uid, context_id, b"".join(
+            m.pdata(context_id, memoryview(data)[offset:], False, self.max_pdu)))
 
     async def _n_action(self, op: Operation, data: bytes) -> None:
         """Storage Commitment Push Model (PS3.4 J.3): answer the N-ACTION, then
