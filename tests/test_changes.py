@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -254,3 +256,23 @@ def test_a_gap_holds_back_later_changes_until_it_is_settled() -> None:
     assert [r.seq for r in _settled(old, 4, now)] == [5, 6, 8, 9]
     # A gap right after `since` counts too.
     assert _settled(rows[2:], 6, now) == []
+
+
+def test_each_stored_instance_is_logged_after_its_answer(server: PacsnodeServer,
+                                                         tmp_path: Path) -> None:
+    """The log line of an instance stored by C-STORE is written once the
+    response has gone (so not before storescu has it, but always): one per
+    instance, in order, saying stored or replaced and from whom."""
+    study, _series, sops, files = make_series(tmp_path, 4)
+    storescu(server, files)
+    make_ct(tmp_path / "again.dcm", study_uid=study, series_uid=_series, sop_uid=sops[1],
+            instance=9, size=8)
+    storescu(server, [tmp_path / "again.dcm"])
+    deadline = time.monotonic() + 10
+    pattern = re.compile(r"(stored|replaced) instance (\S+) \(study (\S+)\) from dimse/FEEDER/")
+    while True:
+        lines = [m.groups() for m in pattern.finditer(server.log()) if m.group(3) == study]
+        if len(lines) >= 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert lines == [("stored", sop, study) for sop in sops] + [("replaced", sops[1], study)]

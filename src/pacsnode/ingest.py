@@ -297,13 +297,17 @@ class Ingestor:
         return Staged(_Pending(temp, key, size, parsed, origin), syncing)
 
     def commit(self, staged: list[Staged | IngestResult], *, wait: bool = True,
-               emit: Callable[[Event], None] | None = None) -> list[IngestResult] | None:
+               emit: Callable[[Event], None] | None = None,
+               announce: list[Callable[[], None]] | None = None
+               ) -> list[IngestResult] | None:
         """Steps 3-4 for instances whose fsync is done (``Staged.wait``):
         index rows and blobs in place, in order, in a group commit; then the
-        events (through ``emit``, by default the bus's).  One result per
-        item.  ``wait=False``: on SQLite, None with nothing done when the
-        write lock is not free at once (another batch of this process, or
-        another process, is writing)."""
+        log lines and events (through ``emit``, by default the bus's) — or,
+        given ``announce``, those appended to it, for the caller to run once
+        it has answered the sender.  One result per item.  ``wait=False``:
+        on SQLite, None with nothing done when the write lock is not free at
+        once (another batch of this process, or another process, is
+        writing)."""
         results: list[IngestResult | None] = [None] * len(staged)
         pendings: list[tuple[int, _Pending]] = []
         for n, item in enumerate(staged):
@@ -328,7 +332,7 @@ class Ingestor:
             results[n] = (self._failed(pending.temp, pending.origin, pending.error,
                                        pending.parsed)
                           if pending.error is not None else
-                          self._finish(pending, emit or self.bus.emit))
+                          self._finish(pending, emit or self.bus.emit, announce))
         return [r for r in results if r is not None]
 
     def _failed(self, temp: Path, origin: Origin, exc: BaseException,
@@ -344,19 +348,28 @@ class Ingestor:
         return IngestResult(Outcome.FAILED, error=StorageFailure(f"storage failed: {exc}"),
                             **_uids_or_empty(parsed))
 
-    def _finish(self, pending: _Pending, emit: Callable[[Event], None]) -> IngestResult:
-        """After the commit: the log line and the event."""
+    def _finish(self, pending: _Pending, emit: Callable[[Event], None],
+                announce: list[Callable[[], None]] | None = None) -> IngestResult:
+        """After the commit: the log line and the event (see ``commit``)."""
         p, outcome = pending.parsed, pending.outcome
         assert outcome is not None
         uids = _uids_or_empty(p)
         if outcome is Outcome.ALREADY_STORED:
             pending.temp.unlink(missing_ok=True)
             return IngestResult(outcome, kept_existing=pending.kept, **uids)
-        log.info("%s instance %s (study %s) from %s", outcome.value, p.sop_instance_uid,
-                 p.study_uid, pending.origin.describe())
-        emit(Event("stored" if outcome is Outcome.STORED else "replaced", "instance",
-                   p.study_uid, p.series_uid, p.sop_instance_uid, origin=pending.origin,
-                   patient_id=p.rows[Level.PATIENT].get("patientid", ""), seq=pending.seq))
+
+        def tell() -> None:
+            log.info("%s instance %s (study %s) from %s", outcome.value, p.sop_instance_uid,
+                     p.study_uid, pending.origin.describe())
+            emit(Event("stored" if outcome is Outcome.STORED else "replaced", "instance",
+                       p.study_uid, p.series_uid, p.sop_instance_uid, origin=pending.origin,
+                       patient_id=p.rows[Level.PATIENT].get("patientid", ""),
+                       seq=pending.seq))
+
+        if announce is None:
+            tell()
+        else:
+            announce.append(tell)
         return IngestResult(outcome, **uids)
 
     def _parse(self, temp: Path, fast_only: bool = False,

@@ -270,11 +270,13 @@ class Services:
         return self.store_status(staged, origin, sop_uid)
 
     def finish_store(self, staged: Staged, sop_uid: str, *, wait: bool = True,
-                     emit: Callable[[Event], None] | None = None
+                     emit: Callable[[Event], None] | None = None,
+                     announce: list[Callable[[], None]] | None = None
                      ) -> tuple[int, str | None] | None:
         """The index write of a staged C-STORE; None when ``wait`` is False
-        and the index is busy (nothing done: call again with ``wait``)."""
-        results = self.node.ingestor.commit([staged], wait=wait, emit=emit)
+        and the index is busy (nothing done: call again with ``wait``).
+        ``announce``: see Ingestor.commit."""
+        results = self.node.ingestor.commit([staged], wait=wait, emit=emit, announce=announce)
         if results is None:
             return None
         return self.store_status(results[0], staged.pending.origin, sop_uid)
