@@ -825,10 +825,10 @@ class Association:
         #: as P-DATA-TF PDUs, read while the peer answered the one before
         #: (SOP Instance UID, context id, PDUs).
         self._usable: dict[str, dict[str, int]] = {}
+        self._ahead: tuple[str, int, bytes] | None = None
         #: What the ingest of the C-STORE being answered leaves to do after
         #: the response (Ingestor.commit's ``announce``).
         self._announce: list[Callable[[], None]] = []
-        self._ahead: tuple[str, int, bytes] | None = None
 
     def describe(self) -> str:
         if self.requestor:
