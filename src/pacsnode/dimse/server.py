@@ -821,11 +821,11 @@ class Association:
         #: written to its temp file: the header is walked without reading it back.
         self._head: list[bytes] = []
         #: Our C-STORE sub-operations: the accepted (transfer syntax →
-        #: context id) of each SOP class, and the next instance's data set
-        #: as P-DATA-TF PDUs, read while the peer answered the one before
-        #: (SOP Instance UID, context id, PDUs).
+        #: context id) of each SOP class, and the next stored file's data
+        #: set as P-DATA-TF PDUs, read while the peer answered the one
+        #: before (path, context id, PDUs).
         self._usable: dict[str, dict[str, int]] = {}
-        self._ahead: tuple[str, int, bytes] | None = None
+        self._ahead: tuple[Path, int, bytes] | None = None
         #: What the ingest of the C-STORE being answered leaves to do after
         #: the response (Ingestor.commit's ``announce``).
         self._announce: list[Callable[[], None]] = []
@@ -1248,19 +1248,19 @@ class Association:
             self.writer.write(data)
             await self.writer.drain()
 
-    async def _send_file(self, context_id: int, command: bytes, out: Outgoing,
-                         framed: bytes | None = None) -> None:
+    async def _send_file(self, context_id: int, command: bytes, out: Outgoing) -> None:
         """A C-STORE-RQ whose data set is a stored file's bytes from
         ``out.offset`` on, read and sent a block at a time: the command with
         the first block, one write per block (writelines() of the fragments
-        made a send() per fragment, 16 KiB for DCMTK's tools).  ``framed``:
-        the data set's PDUs, read ahead (``_read_ahead``)."""
+        made a send() per fragment, 16 KiB for DCMTK's tools) — or, when
+        ``_read_ahead`` has them, its PDUs as read ahead."""
         if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
-        if framed is not None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[:2] == (out.path, context_id):
             async with self.send_lock:
                 self.writer.write(b"".join(m.pdata(context_id, command, True, self.max_pdu)))
-                self.writer.write(framed)
+                self.writer.write(ahead[2])
                 await self.writer.drain()
             return
         async with self.send_lock:
@@ -1301,11 +1301,10 @@ class Association:
 
     async def request(self, context_id: int, command_fields: dict[str, Any],
                       dataset: bytes | None = None, out: Outgoing | None = None,
-                      framed: bytes | None = None,
                       meanwhile: Callable[[], None] | None = None
                       ) -> tuple[m.Command, bytes | None]:
         """Send a request of ours and wait for its response; ``meanwhile``
-        runs once it is sent (``framed``: see _send_file)."""
+        runs once it is sent."""
         self._next_id = self._next_id % 0xFFFF + 1
         message_id = self._next_id
         future: asyncio.Future[tuple[m.Command, bytes | None]] = self.loop.create_future()
@@ -1316,7 +1315,7 @@ class Association:
                                    **command_fields)
         try:
             if out is not None:
-                await self._send_file(context_id, command, out, framed)
+                await self._send_file(context_id, command, out)
             else:
                 await self.send(context_id, command, dataset)
             if meanwhile is not None:
@@ -1627,13 +1626,9 @@ class Association:
                                       affected_sop_instance=ref.sop_instance_uid, priority=0)
         if originator is not None:
             fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
-        context_id = usable[out.transfer_syntax]
-        ahead, self._ahead = self._ahead, None
-        framed = ahead[2] if ahead is not None and ahead[:2] == (ref.sop_instance_uid,
-                                                                   context_id) else None
         try:
             rsp, _ = await self.request(
-                context_id, fields, out=out, framed=framed,
+                usable[out.transfer_syntax], fields, out=out,
                 meanwhile=None if upcoming is None else lambda: self._read_ahead(upcoming))
         except NotSent as exc:
             log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, self.describe(), exc)
@@ -1677,7 +1672,7 @@ class Association:
             return
         if len(data) > READ_AHEAD:  # grew since the fstat
             return
-        self._ahead = (ref.sop_instance_uid, context_id, b"".join(
+        self._ahead = (ref.path, context_id, b"".join(
             m.pdata(context_id, memoryview(data)[offset:], False, self.max_pdu)))
 
     async def _n_action(self, op: Operation, data: bytes) -> None:
