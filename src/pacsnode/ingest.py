@@ -128,6 +128,9 @@ class _Pending:
     renamed: bool = False
     error: BaseException | None = None
     done: bool = False
+    #: The fsync still under way, finished in the transaction (``commit``'s
+    #: ``finish_sync``).
+    syncing: Syncing | None = None
 
 
 @dataclass(eq=False)
@@ -151,6 +154,20 @@ class Staged:
 
 class _NotFast(Exception):
     """The header needs pydicom's reader (``stage(fast_only=True)``)."""
+
+
+def _retrieve(future: Syncing) -> None:
+    """Read a future's error, which nobody waits for (else asyncio logs it)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class _NotDurable(Exception):
+    """An instance's fsync failed inside its transaction (``finish_sync``)."""
+
+    def __init__(self, item: _Pending, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.item, self.error = item, error
 
 
 class Outcome(enum.Enum):
@@ -298,7 +315,8 @@ class Ingestor:
 
     def commit(self, staged: list[Staged | IngestResult], *, wait: bool = True,
                emit: Callable[[Event], None] | None = None,
-               announce: list[Callable[[], None]] | None = None
+               announce: list[Callable[[], None]] | None = None,
+               finish_sync: Callable[[Syncing], None] | None = None
                ) -> list[IngestResult] | None:
         """Steps 3-4 for instances whose fsync is done (``Staged.wait``):
         index rows and blobs in place, in order, in a group commit; then the
@@ -307,7 +325,14 @@ class Ingestor:
         it has answered the sender.  One result per item.  ``wait=False``:
         on SQLite, None with nothing done when the write lock is not free at
         once (another batch of this process, or another process, is
-        writing)."""
+        writing).
+
+        ``finish_sync`` (with ``wait=False``): the fsyncs may still be under
+        way.  The rows are written meanwhile, and each blob is renamed into
+        place only after ``finish_sync(syncing)`` has waited for its fsync
+        (raising its error), so the order stays fsync, rename, commit.  When
+        None comes back the fsyncs are still the caller's to wait for."""
+        assert finish_sync is None or not wait
         results: list[IngestResult | None] = [None] * len(staged)
         pendings: list[tuple[int, _Pending]] = []
         for n, item in enumerate(staged):
@@ -317,17 +342,25 @@ class Ingestor:
                 results[n] = self._failed(item.pending.temp, item.pending.origin, item.error,
                                           item.pending.parsed)
             else:
+                assert finish_sync is not None or item.syncing is None, "fsync not waited for"
+                item.pending.syncing = item.syncing
                 pendings.append((n, item.pending))
         if pendings:
             batch = [pending for _, pending in pendings]
             try:
                 if wait:
                     self._index(batch)
-                elif not self._index_now(batch):
+                elif not self._index_now(batch, finish_sync):
+                    for pending in batch:
+                        pending.syncing = None
                     return None
             except Exception as exc:
                 for pending in batch:
                     pending.error = pending.error or exc
+            for pending in batch:
+                if pending.syncing is not None:  # refused: its fsync no longer matters
+                    pending.syncing.add_done_callback(_retrieve)
+                    pending.syncing = None
         for n, pending in pendings:
             results[n] = (self._failed(pending.temp, pending.origin, pending.error,
                                        pending.parsed)
@@ -500,7 +533,8 @@ class Ingestor:
                         item.done = True
                     group.notify_all()
 
-    def _index_now(self, batch: list[_Pending]) -> bool:
+    def _index_now(self, batch: list[_Pending],
+                   finish_sync: Callable[[Syncing], None] | None = None) -> bool:
         """``_index`` without waiting: False, with nothing done, when another
         batch of this process is under way or queued, or the database's
         write lock is held (always False on PostgreSQL, where a transaction
@@ -515,7 +549,7 @@ class Ingestor:
         done = False
         try:
             with self.db.write_lock(wait=False):
-                self._write_batch(batch)
+                self._write_batch(batch, finish_sync)
             done = True
         except WriteBusy:
             pass
@@ -528,14 +562,16 @@ class Ingestor:
                 group.notify_all()
         return done
 
-    def _write_batch(self, batch: list[_Pending]) -> None:
+    def _write_batch(self, batch: list[_Pending],
+                     finish_sync: Callable[[Syncing], None] | None = None) -> None:
         """One transaction for the batch.  If it fails (a concurrent writer on
         PostgreSQL created the same patient/study/series, a disk error on one
         rename), each instance is tried in a transaction of its own, up to
-        ``ATTEMPTS`` times."""
+        ``ATTEMPTS`` times.  An instance whose fsync failed (``finish_sync``)
+        fails alone, and the others are written again without it."""
         for attempt in range(ATTEMPTS):
             try:
-                self._transaction(batch)
+                self._transaction(batch, finish_sync)
                 return
             except BaseException as exc:
                 # No file without a row: the blobs moved into place go back
@@ -544,6 +580,12 @@ class Ingestor:
                     if item.renamed:
                         self._unrename(item)
                     item.renamed, item.outcome, item.error = False, None, None
+                if isinstance(exc, _NotDurable):
+                    exc.item.error = exc.error
+                    rest = [item for item in batch if item is not exc.item]
+                    if rest:
+                        self._write_batch(rest, finish_sync)
+                    return
                 if not isinstance(exc, Exception):
                     raise
                 log.debug("index write retry after %s", exc)
@@ -555,7 +597,7 @@ class Ingestor:
                     return
                 time.sleep(0.01 * (attempt + 1) * (1 + random.random()))
         for item in batch:
-            self._write_batch([item])
+            self._write_batch([item], finish_sync)
 
     def _unrename(self, item: _Pending) -> None:
         try:
@@ -565,7 +607,8 @@ class Ingestor:
             if item.outcome is Outcome.STORED:
                 self.store.delete(item.key)
 
-    def _transaction(self, batch: list[_Pending]) -> None:
+    def _transaction(self, batch: list[_Pending],
+                     finish_sync: Callable[[Syncing], None] | None = None) -> None:
         with self.db.raw_write() as cur:
             for item in batch:
                 try:
@@ -573,9 +616,19 @@ class Ingestor:
                 except PacsnodeError as exc:
                     # Refused before this instance wrote anything.
                     item.error = exc
+            # Last steps before commit: each blob, once durable, goes into
+            # place.
+            for item in batch:
+                if item.error is not None:
                     continue
+                if item.syncing is not None:
+                    assert finish_sync is not None
+                    try:
+                        finish_sync(item.syncing)
+                    except Exception as exc:
+                        raise _NotDurable(item, exc) from exc
+                    item.syncing = None
                 if item.outcome is not Outcome.ALREADY_STORED:
-                    # Last step before commit: the blob goes into place.
                     self.store.commit_temp(item.temp, item.key)
                     item.renamed = True
 

@@ -71,7 +71,7 @@ from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..ingest import HEAD_BYTES
-from ..storage import start_writeback
+from ..storage import Syncing, start_writeback
 from . import messages as m
 from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
                        SubOperations, meta_end, prepare_outgoing, store_contexts)
@@ -322,6 +322,13 @@ class AssociationLimit:
         self.local -= 1
         if self._map is not None:  # only this process writes its slot
             struct.pack_into("<q", self._map, self.slot * 8, self.local)
+
+    def alone(self) -> bool:
+        """Whether this process's one association is the node's only one
+        (read without the lock: a hint, see ``Association._ingest``)."""
+        if self.local != 1:
+            return False
+        return self._map is None or sum(struct.unpack_from(f"<{self.slots}q", self._map)) == 1
 
     # -- load balance between the processes (only this process writes its slot)
 
@@ -760,6 +767,15 @@ class AssociationServer:
                 self._negotiated.pop(next(iter(self._negotiated)))
             self._negotiated[body] = deal
         return deal
+
+    def finish_sync(self, syncing: Syncing) -> None:
+        """Block the loop's thread until an fsync it started is done, and
+        raise its error (``Ingestor.commit``'s ``finish_sync``)."""
+        if isinstance(syncing, asyncio.Future):
+            assert self.aio is not None
+            self.aio.wait(syncing)
+        else:  # on the fsync threads (no AIO)
+            syncing.result()
 
     def emit_later(self, event: Any) -> None:
         """Emit an ingest event on the pool (from the loop: a handler may wait)."""
@@ -1349,13 +1365,23 @@ class Association:
             if isinstance(staged, tuple):  # refused
                 return staged
             if staged is not None:
+                emit = server.emit_later if services.node.bus.blocking else None
+                if staged.syncing is not None and server.limit.alone():
+                    # The node's only association: nothing else for the loop
+                    # (or another process's writer) to do while the fsync
+                    # runs, so the rows are written meanwhile and the loop
+                    # blocks only for what is left of it, before the rename.
+                    done = services.finish_store(staged, sop_uid, wait=False, emit=emit,
+                                                 announce=self._announce,
+                                                 finish_sync=server.finish_sync)
+                    if done is not None:
+                        return done
                 if staged.syncing is not None:
                     try:
                         await asyncio.wrap_future(staged.syncing)
                     except Exception:
                         pass  # staged.wait() keeps the error for the result
                 staged.wait()
-                emit = server.emit_later if services.node.bus.blocking else None
                 done = services.finish_store(staged, sop_uid, wait=False, emit=emit,
                                              announce=self._announce)
                 if done is not None:
