@@ -302,7 +302,8 @@ below four samples) as a percentage of the median.
   generator. Orthanc gets fewer instances than the row's scale only when
   uploading more would overrun the run's time budget, and the row says so.
 - **WADO-RS**: one series of 50 CT instances as `multipart/related`
-  (`transfer-syntax=*`), fetched by `curl` into `/dev/null`, timed by curl
+  (`transfer-syntax=*`), fetched by `curl` into `/dev/null` 25 times per
+  server (the servers alternating, after a warm-up), timed by curl
   (`time_total`). (Through httpx both servers stopped near the same rate,
   the client's.) **Metadata**: the same
   series' `/metadata`. **STOW-RS**: one study (2 series × 50 CT instances),

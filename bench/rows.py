@@ -618,7 +618,10 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
         url_of = {s.name: f"{s.dicomweb}/studies/{retrieve_uid}/series/{series.series_uid}"
                   for s in servers}
         if "wado" in groups:
-            for run in range(max(plan.runs, plan.latency_reps) + 1):
+            # 25 transfers each, alternating: one takes ~25 ms and Orthanc's
+            # spread was bimodal here (~500 or ~1,500 MB/s), so the median of
+            # 9 swung with a sample or two.
+            for run in range(max(plan.runs, plan.latency_reps, WADO_REPS) + 1):
                 for server in servers:
                     size, seconds = _wado(url_of[server.name])
                     if run:  # the first round warms caches
@@ -692,6 +695,10 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
                     res.add("stow.study", server.name, count / elapsed)
                     _delete_study(server, stow_uid)
             bench.log("STOW-RS measured")
+
+
+#: Transfers of the WADO-RS series row, per server.
+WADO_REPS = 25
 
 
 def _wado(url: str) -> tuple[int, float]:

