@@ -691,17 +691,32 @@ def test_c_store_waits_off_the_loop_while_another_writer_holds_the_index(pacsnod
     assert [r["NumberOfStudyRelatedInstances"] for r in found] == ["3"], found
 
 
-@pytest.mark.parametrize("syncer", ["aio", "threads"])
+@pytest.mark.parametrize("syncer", ["started", "aio", "threads"])
 def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch, syncer):
     """The fsync of a received instance runs beside the loop's header walk
-    (Linux AIO, or a thread where AIO is missing): when it fails, that
-    C-STORE gets a failure status and no index row, and the association's
-    next C-STORE (and the next association) store as usual."""
+    (for the node's one association on a thread that has taken it, its
+    rows written meanwhile; with more, Linux AIO, or a thread where AIO is
+    missing): when it fails, that C-STORE gets a failure status and no
+    index row, and the association's next C-STORE (and the next
+    association) store as usual."""
     from conftest import free_port
+    from pacsnode import storage
     from pacsnode.aiosync import AioSync
     from pacsnode.config import load_settings
     from pacsnode.dimse.scp import DimseServer
+    from pacsnode.dimse.server import AssociationLimit
     from pacsnode.node import Node
+
+    if syncer != "started":  # as if other associations were open
+        monkeypatch.setattr(AssociationLimit, "alone", lambda self: False)
+    started: list[int] = []
+    real_started = storage.fsync_started
+
+    def fsync_started(fd: int):
+        started.append(fd)
+        return real_started(fd)
+
+    monkeypatch.setattr("pacsnode.dimse.server.fsync_started", fsync_started)
 
     port = free_port()
     node = Node(load_settings(overrides={"data_dir": tmp_path / "data", "dicom_port": port,
@@ -751,6 +766,7 @@ def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch, syncer):
         proc = run(dcmtk("storescu"), "-v", "--no-halt", "-aec", "PACSNODE", "127.0.0.1",
                    str(port), *map(str, files), check=False)
         assert failed, "the injected fsync failure never ran"
+        assert bool(started) == (syncer == "started"), started
         answers = re.findall(r"Received Store Response \(([^)]*)\)", proc.stdout + proc.stderr)
         assert len(answers) == 3 and answers[0] == answers[2] == "Success", answers
         assert "Out of Resources" in answers[1] or "Refused" in answers[1], answers

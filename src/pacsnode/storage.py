@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, Union
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["BlobStore", "FileStore", "SubmitFsync", "Syncing", "blob_key", "start_writeback"]
+__all__ = ["BlobStore", "FileStore", "SubmitFsync", "Syncing", "blob_key", "fsync_started",
+           "start_writeback"]
 
 #: A started fsync: the fsync threads' future, or an event loop's (AIO).
 Syncing = Union["Future[None]", "asyncio.Future[None]"]
-#: Starts fsync(fd) some other way (an event loop's AIO, see aiosync.py):
-#: a future that is done when the fsync is, the descriptor then closed; or
-#: None, the descriptor still the caller's, to use the fsync threads.
-SubmitFsync = Callable[[int], "asyncio.Future[None] | None"]
+#: Starts fsync(fd) some other way (an event loop's AIO, see aiosync.py;
+#: ``fsync_started``): a future that is done when the fsync is, the
+#: descriptor then closed; or None, the descriptor still the caller's, to
+#: use the fsync threads.
+SubmitFsync = Callable[[int], "Syncing | None"]
 
 _TEMP_NUMBERS = itertools.count()
 #: Write buffer of a temp file: a small instance arriving in 16 KiB PDVs is
@@ -66,7 +68,24 @@ def _writeback_and_close(fd: int, offset: int, length: int) -> None:
         os.close(fd)
 
 
-def _fsync_and_close(fd: int) -> None:
+def fsync_started(fd: int) -> "Future[None]":
+    """A SubmitFsync that hands fsync(fd) to the fsync threads and returns
+    once one of them has it (a thread switch, tens of µs), so that the
+    fsync runs now, beside the caller's next steps, and not only when the
+    caller next lets go of the GIL.  For a caller whose next steps hold the
+    GIL (the header walk) and that has a CPU to spare: Linux AIO's fsync
+    runs on a kernel worker of the submitting CPU, in the caller's way (see
+    ``Association._ingest``)."""
+    taken = threading.Lock()
+    taken.acquire()
+    future = _syncer().submit(_fsync_and_close, fd, taken)
+    taken.acquire(timeout=0.01)  # every thread busy: it runs when one is free
+    return future
+
+
+def _fsync_and_close(fd: int, taken: threading.Lock | None = None) -> None:
+    if taken is not None:
+        taken.release()
     try:
         os.fsync(fd)
     finally:
