@@ -20,7 +20,6 @@ import ctypes
 import logging
 import os
 import platform
-import select
 from typing import Any
 
 __all__ = ["AioSync"]
@@ -105,15 +104,6 @@ class AioSync:
         future = self.loop.create_future()
         self._pending[tag] = (future, fd, cb)
         return future
-
-    def wait(self, future: asyncio.Future[None]) -> None:
-        """Block the loop's thread until ``future`` (one of ours) is done,
-        and raise its error: for a caller with nothing else to do meanwhile
-        (one association: see ``Association._ingest``)."""
-        while not future.done():
-            select.select([self._eventfd], [], [], 1.0)
-            self._completed()
-        future.result()
 
     def _completed(self) -> None:
         try:

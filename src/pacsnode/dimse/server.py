@@ -267,6 +267,13 @@ def negotiate(body: bytes, supported: list[PresentationContext]) -> Negotiation:
                                max_pdu=int(request.maximum_length_received or 0))
 
 
+def _thread_fsync_done(syncing: Syncing) -> None:
+    """Block until an fsync on a thread (``fsync_started``) is done, and
+    raise its error (``Ingestor.commit``'s ``finish_sync``)."""
+    assert not isinstance(syncing, asyncio.Future), "an AIO fsync is awaited, not waited for"
+    syncing.result()
+
+
 class AssociationLimit:
     """Established associations against ``max_associations``, and the load
     of each DIMSE process.
@@ -767,15 +774,6 @@ class AssociationServer:
                 self._negotiated.pop(next(iter(self._negotiated)))
             self._negotiated[body] = deal
         return deal
-
-    def finish_sync(self, syncing: Syncing) -> None:
-        """Block the loop's thread until an fsync it started is done, and
-        raise its error (``Ingestor.commit``'s ``finish_sync``)."""
-        if isinstance(syncing, asyncio.Future):
-            assert self.aio is not None
-            self.aio.wait(syncing)
-        else:  # on the fsync threads (fsync_started, or no AIO)
-            syncing.result()
 
     def emit_later(self, event: Any) -> None:
         """Emit an ingest event on the pool (from the loop: a handler may wait)."""
@@ -1387,7 +1385,7 @@ class Association:
                     # left of it, before the rename.
                     done = services.finish_store(staged, sop_uid, wait=False, emit=emit,
                                                  announce=self._announce,
-                                                 finish_sync=server.finish_sync)
+                                                 finish_sync=_thread_fsync_done)
                     if done is not None:
                         return done
                 if staged.syncing is not None:
