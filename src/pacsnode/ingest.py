@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -128,9 +129,9 @@ class _Pending:
     renamed: bool = False
     error: BaseException | None = None
     done: bool = False
-    #: The fsync still under way, finished in the transaction (``commit``'s
-    #: ``finish_sync``).
-    syncing: Syncing | None = None
+    #: A thread's fsync still under way, waited for in the transaction
+    #: before the rename (``commit``'s ``fsync_in_transaction``).
+    syncing: Future[None] | None = None
 
 
 @dataclass(eq=False)
@@ -156,14 +157,9 @@ class _NotFast(Exception):
     """The header needs pydicom's reader (``stage(fast_only=True)``)."""
 
 
-def _retrieve(future: Syncing) -> None:
-    """Read a future's error, which nobody waits for (else asyncio logs it)."""
-    if not future.cancelled():
-        future.exception()
-
-
 class _NotDurable(Exception):
-    """An instance's fsync failed inside its transaction (``finish_sync``)."""
+    """An instance's fsync failed inside its transaction
+    (``fsync_in_transaction``)."""
 
     def __init__(self, item: _Pending, error: BaseException) -> None:
         super().__init__(str(error))
@@ -316,7 +312,7 @@ class Ingestor:
     def commit(self, staged: list[Staged | IngestResult], *, wait: bool = True,
                emit: Callable[[Event], None] | None = None,
                announce: list[Callable[[], None]] | None = None,
-               finish_sync: Callable[[Syncing], None] | None = None
+               fsync_in_transaction: bool = False
                ) -> list[IngestResult] | None:
         """Steps 3-4 for instances whose fsync is done (``Staged.wait``):
         index rows and blobs in place, in order, in a group commit; then the
@@ -327,12 +323,13 @@ class Ingestor:
         once (another batch of this process, or another process, is
         writing).
 
-        ``finish_sync`` (with ``wait=False``): the fsyncs may still be under
-        way.  The rows are written meanwhile, and each blob is renamed into
-        place only after ``finish_sync(syncing)`` has waited for its fsync
-        (raising its error), so the order stays fsync, rename, commit.  When
-        None comes back the fsyncs are still the caller's to wait for."""
-        assert finish_sync is None or not wait
+        ``fsync_in_transaction`` (with ``wait=False``): the fsyncs, on the
+        fsync threads, may still be under way.  The rows are written
+        meanwhile, and each blob is renamed into place only once its fsync
+        is done (a failed one fails that instance alone), so the order stays
+        fsync, rename, commit.  When None comes back the fsyncs are still
+        the caller's to wait for."""
+        assert not (fsync_in_transaction and wait)
         results: list[IngestResult | None] = [None] * len(staged)
         pendings: list[tuple[int, _Pending]] = []
         for n, item in enumerate(staged):
@@ -342,7 +339,9 @@ class Ingestor:
                 results[n] = self._failed(item.pending.temp, item.pending.origin, item.error,
                                           item.pending.parsed)
             else:
-                assert finish_sync is not None or item.syncing is None, "fsync not waited for"
+                if item.syncing is not None:
+                    assert fsync_in_transaction, "fsync not waited for"
+                    assert isinstance(item.syncing, Future), "an AIO fsync is awaited first"
                 item.pending.syncing = item.syncing
                 pendings.append((n, item.pending))
         if pendings:
@@ -350,17 +349,11 @@ class Ingestor:
             try:
                 if wait:
                     self._index(batch)
-                elif not self._index_now(batch, finish_sync):
-                    for pending in batch:
-                        pending.syncing = None
+                elif not self._index_now(batch):
                     return None
             except Exception as exc:
                 for pending in batch:
                     pending.error = pending.error or exc
-            for pending in batch:
-                if pending.syncing is not None:  # refused: its fsync no longer matters
-                    pending.syncing.add_done_callback(_retrieve)
-                    pending.syncing = None
         for n, pending in pendings:
             results[n] = (self._failed(pending.temp, pending.origin, pending.error,
                                        pending.parsed)
@@ -533,8 +526,7 @@ class Ingestor:
                         item.done = True
                     group.notify_all()
 
-    def _index_now(self, batch: list[_Pending],
-                   finish_sync: Callable[[Syncing], None] | None = None) -> bool:
+    def _index_now(self, batch: list[_Pending]) -> bool:
         """``_index`` without waiting: False, with nothing done, when another
         batch of this process is under way or queued, or the database's
         write lock is held (always False on PostgreSQL, where a transaction
@@ -549,7 +541,7 @@ class Ingestor:
         done = False
         try:
             with self.db.write_lock(wait=False):
-                self._write_batch(batch, finish_sync)
+                self._write_batch(batch)
             done = True
         except WriteBusy:
             pass
@@ -562,16 +554,16 @@ class Ingestor:
                 group.notify_all()
         return done
 
-    def _write_batch(self, batch: list[_Pending],
-                     finish_sync: Callable[[Syncing], None] | None = None) -> None:
+    def _write_batch(self, batch: list[_Pending]) -> None:
         """One transaction for the batch.  If it fails (a concurrent writer on
         PostgreSQL created the same patient/study/series, a disk error on one
         rename), each instance is tried in a transaction of its own, up to
-        ``ATTEMPTS`` times.  An instance whose fsync failed (``finish_sync``)
-        fails alone, and the others are written again without it."""
+        ``ATTEMPTS`` times.  An instance whose fsync failed in the transaction
+        (``_NotDurable``) fails alone, and the others are written again
+        without it."""
         for attempt in range(ATTEMPTS):
             try:
-                self._transaction(batch, finish_sync)
+                self._transaction(batch)
                 return
             except BaseException as exc:
                 # No file without a row: the blobs moved into place go back
@@ -584,7 +576,7 @@ class Ingestor:
                     exc.item.error = exc.error
                     rest = [item for item in batch if item is not exc.item]
                     if rest:
-                        self._write_batch(rest, finish_sync)
+                        self._write_batch(rest)
                     return
                 if not isinstance(exc, Exception):
                     raise
@@ -597,7 +589,7 @@ class Ingestor:
                     return
                 time.sleep(0.01 * (attempt + 1) * (1 + random.random()))
         for item in batch:
-            self._write_batch([item], finish_sync)
+            self._write_batch([item])
 
     def _unrename(self, item: _Pending) -> None:
         try:
@@ -607,8 +599,7 @@ class Ingestor:
             if item.outcome is Outcome.STORED:
                 self.store.delete(item.key)
 
-    def _transaction(self, batch: list[_Pending],
-                     finish_sync: Callable[[Syncing], None] | None = None) -> None:
+    def _transaction(self, batch: list[_Pending]) -> None:
         with self.db.raw_write() as cur:
             for item in batch:
                 try:
@@ -622,9 +613,8 @@ class Ingestor:
                 if item.error is not None:
                     continue
                 if item.syncing is not None:
-                    assert finish_sync is not None
                     try:
-                        finish_sync(item.syncing)
+                        item.syncing.result()
                     except Exception as exc:
                         raise _NotDurable(item, exc) from exc
                     item.syncing = None

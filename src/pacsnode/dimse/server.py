@@ -71,7 +71,7 @@ from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..ingest import HEAD_BYTES
-from ..storage import Syncing, fsync_started, start_writeback
+from ..storage import fsync_started, start_writeback
 from . import messages as m
 from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
                        SubOperations, meta_end, prepare_outgoing, store_contexts)
@@ -265,13 +265,6 @@ def negotiate(body: bytes, supported: list[PresentationContext]) -> Negotiation:
     ac.from_primitive(reply)
     return dataclasses.replace(deal, contexts=contexts, ac=ac.encode(),
                                max_pdu=int(request.maximum_length_received or 0))
-
-
-def _thread_fsync_done(syncing: Syncing) -> None:
-    """Block until an fsync on a thread (``fsync_started``) is done, and
-    raise its error (``Ingestor.commit``'s ``finish_sync``)."""
-    assert not isinstance(syncing, asyncio.Future), "an AIO fsync is awaited, not waited for"
-    syncing.result()
 
 
 class AssociationLimit:
@@ -1385,7 +1378,7 @@ class Association:
                     # left of it, before the rename.
                     done = services.finish_store(staged, sop_uid, wait=False, emit=emit,
                                                  announce=self._announce,
-                                                 finish_sync=_thread_fsync_done)
+                                                 fsync_in_transaction=True)
                     if done is not None:
                         return done
                 if staged.syncing is not None:

@@ -32,7 +32,7 @@ from ..node import Node
 from ..query.engine import MatchFields
 from ..query.parse import query_from_identifier
 from ..retrieve import InstanceRef, locate, locate_query
-from ..storage import SubmitFsync, Syncing
+from ..storage import SubmitFsync
 from .messages import encode_dataset, encode_elements
 
 log = logging.getLogger("pacsnode.dimse")
@@ -272,13 +272,13 @@ class Services:
     def finish_store(self, staged: Staged, sop_uid: str, *, wait: bool = True,
                      emit: Callable[[Event], None] | None = None,
                      announce: list[Callable[[], None]] | None = None,
-                     finish_sync: Callable[[Syncing], None] | None = None
+                     fsync_in_transaction: bool = False
                      ) -> tuple[int, str | None] | None:
         """The index write of a staged C-STORE; None when ``wait`` is False
         and the index is busy (nothing done: call again with ``wait``).
-        ``announce``, ``finish_sync``: see Ingestor.commit."""
+        ``announce``, ``fsync_in_transaction``: see Ingestor.commit."""
         results = self.node.ingestor.commit([staged], wait=wait, emit=emit, announce=announce,
-                                            finish_sync=finish_sync)
+                                            fsync_in_transaction=fsync_in_transaction)
         if results is None:
             return None
         return self.store_status(results[0], staged.pending.origin, sop_uid)

@@ -658,10 +658,9 @@ class _Snapshot:
         writes copy from straight (no copy of ours: joining the files into
         blocks took ~28 ms of CPU for a 50-instance CT series here, against
         ~23 now, and ~900 MB/s against ~1,150).  Made on a worker thread
-        (``_read_ahead``),
-        which pages each map in, so that the writes on the event loop do not
-        wait for the disk.  A map is unmapped when the last view of it is
-        gone (the server may hold one until it is written)."""
+        (``_read_ahead``), which pages each map in, so that the writes on the
+        event loop do not wait for the disk.  A map is unmapped when the last
+        view of it is gone (the server may hold one until it is written)."""
         pending: list[Any] = []
         held = 0
         first, size = size, FIRST_BLOCK
