@@ -33,6 +33,9 @@ class Target:
     #: ``baseline_ratio`` when higher is better): pacsnode against itself.
     baseline: str | None = None
     baseline_ratio: float | None = None
+    #: A bound on pacsnode's median itself, in the row's unit (at most when
+    #: lower is better, at least when higher is).
+    limit: float | None = None
 
 
 @dataclass
@@ -90,6 +93,12 @@ class Row:
                 return None
             want = self.target.baseline_ratio
             checks.append(got >= want if self.higher_is_better else got <= want)
+        if self.target.limit is not None:
+            ours = self.median("pacsnode")
+            if ours is None:
+                return None
+            want = self.target.limit
+            checks.append(ours >= want if self.higher_is_better else ours <= want)
         for other, want in (("orthanc", self.target.orthanc), ("storescp", self.target.storescp)):
             if want is None:
                 continue
@@ -287,6 +296,12 @@ below four samples) as a percentage of the median.
 - **Peak RSS**: `VmHWM` after each 4-parallel ingestion run, summed over the
   server's processes (pacsnode's DIMSE workers included; shared pages count
   once per process, so this is an upper bound).
+- **1 GiB multi-frame instance**: one instance of 2,048 CT frames (1 GiB of
+  Pixel Data, made once into `bench/.cache/`) sent by one `storescu` to a
+  fresh server; the peak is `VmHWM` of the server's processes summed as
+  above, the growth is that peak less their `VmRSS` summed just before the
+  send (what receiving the instance cost), and MB/s counts the file's bytes
+  over storescu's wall time.
 - **C-FIND**: Study Root, at STUDY and SERIES level, returning a handful of
   keys; one `findscu -S --repeat` association per query and server, each
   C-FIND timed from findscu's own log (microsecond stamps) between sending

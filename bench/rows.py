@@ -30,6 +30,7 @@ from .data import (
     ScaleTemplate,
     expected_matches,
     image_set,
+    large_instance,
     scale_record,
     split,
 )
@@ -64,12 +65,14 @@ class Plan:
     #: Timed repetitions of each latency measurement (after one warm-up).
     latency_reps: int = 9
     parallel: int = 4
+    #: Frames (512×512×2 bytes each) of the large multi-frame instance.
+    large_frames: int = 2048
 
     @classmethod
     def quick(cls) -> "Plan":
         # 200 CT instances = two studies: one to retrieve, one to STOW.
         return cls(ct_count=200, small_count=100, scales=(1000, 2000), runs=1,
-                   latency_reps=3, total_budget_s=240.0)
+                   latency_reps=3, total_budget_s=240.0, large_frames=256)
 
 
 @dataclass
@@ -90,6 +93,10 @@ class Bench:
     @cached_property
     def small(self) -> ImageSet:
         return image_set("small", self.plan.small_count)
+
+    @cached_property
+    def large(self) -> Path:
+        return large_instance(self.plan.large_frames)
 
     def fleet(self) -> Fleet:
         return Fleet(self.root)
@@ -237,6 +244,43 @@ def _one_ingestion(bench: Bench, data: ImageSet, chunks: list[list[Path]], name:
         res.add(f"rss.{data.kind}", name, peak)
     bench.log(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} "
               f"{data.count / seconds:.1f} inst/s, peak RSS {peak:.0f} MiB")
+
+
+# ------------------------------------------------- one large instance
+
+#: The issue: "≤ 200 MB while receiving a 1 GB multi-frame instance
+#: (streaming, no whole-instance buffering)"; the table is in MiB.
+LARGE_RSS_TARGET = Target(limit=200e6 / 2**20, text="≤200 MB (190.7 MiB)")
+
+
+def large(bench: Bench) -> None:
+    """Peak RSS (and its growth over the idle server) while receiving one
+    1 GiB multi-frame instance, and the rate it arrived at."""
+    res, plan = bench.results, bench.plan
+    path = bench.large
+    size = path.stat().st_size
+    label = f"one {size / 2**30:.2f} GiB multi-frame instance ({plan.large_frames} frames)"
+    res.row("rss.large", f"Peak RSS receiving {label}", "MiB", higher_is_better=False,
+            target=LARGE_RSS_TARGET)
+    res.row("rss.large.growth", f"Peak RSS receiving {label}, less the idle server's",
+            "MiB", higher_is_better=False)
+    res.row("cstore.large.mb", f"C-STORE of {label}, 1 storescu", "MB/s",
+            higher_is_better=True)
+    for run in range(plan.runs):
+        for name in ("storescp", "pacsnode", "orthanc"):
+            with bench.fleet() as fleet:
+                server = _start(fleet, name)
+                idle = server.rss_mib()
+                seconds = _storescu_parallel(server, [[path]], server.workdir)
+                peak = server.peak_rss_mib()
+                stored = _stored_count(server)
+            if stored != 1:
+                res.note(f"large instance run {run + 1}: {name} holds {stored} instances")
+            res.add("rss.large", name, peak)
+            res.add("rss.large.growth", name, peak - idle)
+            res.add("cstore.large.mb", name, size / MB / seconds)
+            bench.log(f"large instance run {run + 1}: {name} {size / MB / seconds:.0f} MB/s, "
+                      f"peak RSS {peak:.0f} MiB ({peak - idle:+.0f} over idle)")
 
 
 # --------------------------------------------------------- C-FIND and QIDO
@@ -722,7 +766,7 @@ def _wado(url: str) -> tuple[int, float]:
 # ------------------------------------------------------------------ groups
 
 #: Row groups selectable with ``--only``.
-GROUPS = ("cstore", "cfind", "qido", "wado", "metadata", "stow", "cmove", "cget")
+GROUPS = ("cstore", "large", "cfind", "qido", "wado", "metadata", "stow", "cmove", "cget")
 WEB_GROUPS = {"wado", "metadata", "stow", "cmove", "cget"}
 
 
@@ -733,6 +777,8 @@ def run_groups(bench: Bench, groups: list[str]) -> None:
     if "cstore" in selected:
         phases.append(("C-STORE ingestion", lambda: cstore(
             bench, full_row=bool(selected & {"cfind", "qido"}))))
+    if "large" in selected:
+        phases.append(("1 GiB instance", lambda: large(bench)))
     if selected & WEB_GROUPS:
         phases.append(("DICOMweb and retrieve", lambda: web_and_retrieve(bench, selected)))
     if selected & {"cfind", "qido"}:
