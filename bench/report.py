@@ -286,7 +286,10 @@ below four samples) as a percentage of the median.
   where the previous run's thousands of files were just deleted cost
   0.2-0.8 ms of kernel CPU instead of 0.04 ms (`recently_deleted()` in the
   inode allocator), which slowed whichever server ran next (storescp most:
-  ~700 small inst/s then, ~2,000 with its own group).
+  ~700 small inst/s then, ~2,000 with its own group). Every server is
+  started after a `sync`, so none pays for writing back what the one before
+  left dirty (storescp does not fsync: after its CT run ~1 GB is written
+  back 30 s later, during whatever then runs).
 - **C-STORE into a full archive**: the small set sent by one `storescu`
   into each server holding the largest query scale's instances (pacsnode's
   loaded in bulk, Orthanc's uploaded), after the queries; the target
