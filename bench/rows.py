@@ -27,6 +27,7 @@ import httpx
 from .data import (
     SCALE_QUERIES,
     ImageSet,
+    LARGE_FRAMES,
     ScaleTemplate,
     expected_matches,
     image_set,
@@ -66,7 +67,7 @@ class Plan:
     latency_reps: int = 9
     parallel: int = 4
     #: Frames (512×512×2 bytes each) of the large multi-frame instance.
-    large_frames: int = 2048
+    large_frames: int = LARGE_FRAMES
 
     @classmethod
     def quick(cls) -> "Plan":
