@@ -694,6 +694,10 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
         # between full runs: after a warm-up (both servers' first retrieve),
         # as many alternating runs as a latency row has.
         retrieve_runs = max(plan.runs, plan.latency_reps) + 1
+
+        def _retrieve_run(run: int) -> str:
+            return "warm-up" if run == 0 else f"run {run}"
+
         if "cmove" in groups:
             for run in range(retrieve_runs):
                 for server in servers:
@@ -706,8 +710,8 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
                     elapsed = time.perf_counter() - start
                     got = _stored_count(dest)
                     if got != study_count:
-                        res.note(f"C-MOVE run {run + 1}: storescp got {got} of {study_count} "
-                                 f"from {server.name}")
+                        res.note(f"C-MOVE {_retrieve_run(run)}: storescp got {got} of "
+                                 f"{study_count} from {server.name}")
                     if run:
                         res.add("cmove.study", server.name, study_count / elapsed)
             bench.log("C-MOVE measured")
@@ -722,7 +726,7 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
                         elapsed = time.perf_counter() - start
                         got = sum(1 for _ in Path(out).iterdir())
                     if got != study_count:
-                        res.note(f"C-GET run {run + 1}: got {got} of {study_count} "
+                        res.note(f"C-GET {_retrieve_run(run)}: got {got} of {study_count} "
                                  f"from {server.name}")
                     if run:
                         res.add("cget.study", server.name, study_count / elapsed)
