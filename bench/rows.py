@@ -694,43 +694,36 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
         # between full runs: after a warm-up (both servers' first retrieve),
         # as many alternating runs as a latency row has.
         retrieve_runs = max(plan.runs, plan.latency_reps) + 1
+        study_keys = ("-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={retrieve_uid}")
 
-        def _retrieve_run(run: int) -> str:
-            return "warm-up" if run == 0 else f"run {run}"
+        def move(server: Server) -> tuple[float, int]:
+            """Seconds of a C-MOVE to storescp, and the instances it got."""
+            assert dest.output is not None
+            _clear(dest.output)
+            start = time.perf_counter()
+            _run_dcmtk(_scu("movescu", server, "-S", "-aem", "STORESCP", *study_keys))
+            return time.perf_counter() - start, _stored_count(dest)
 
-        if "cmove" in groups:
+        def get(server: Server) -> tuple[float, int]:
+            """Seconds of a C-GET into a temp folder, and the instances in it."""
+            with tempfile.TemporaryDirectory(dir=bench.root) as out:
+                start = time.perf_counter()
+                _run_dcmtk(_scu("getscu", server, "-S", "-od", out, *study_keys))
+                return time.perf_counter() - start, sum(1 for _ in Path(out).iterdir())
+
+        for group, verb, retrieve in (("cmove", "C-MOVE", move), ("cget", "C-GET", get)):
+            if group not in groups:
+                continue
             for run in range(retrieve_runs):
                 for server in servers:
-                    assert dest.output is not None
-                    _clear(dest.output)
-                    start = time.perf_counter()
-                    _run_dcmtk(_scu("movescu", server, "-S", "-aem", "STORESCP",
-                                    "-k", "QueryRetrieveLevel=STUDY",
-                                    "-k", f"StudyInstanceUID={retrieve_uid}"))
-                    elapsed = time.perf_counter() - start
-                    got = _stored_count(dest)
+                    elapsed, got = retrieve(server)
                     if got != study_count:
-                        res.note(f"C-MOVE {_retrieve_run(run)}: storescp got {got} of "
-                                 f"{study_count} from {server.name}")
-                    if run:
-                        res.add("cmove.study", server.name, study_count / elapsed)
-            bench.log("C-MOVE measured")
-        if "cget" in groups:
-            for run in range(retrieve_runs):
-                for server in servers:
-                    with tempfile.TemporaryDirectory(dir=bench.root) as out:
-                        start = time.perf_counter()
-                        _run_dcmtk(_scu("getscu", server, "-S", "-od", out,
-                                        "-k", "QueryRetrieveLevel=STUDY",
-                                        "-k", f"StudyInstanceUID={retrieve_uid}"))
-                        elapsed = time.perf_counter() - start
-                        got = sum(1 for _ in Path(out).iterdir())
-                    if got != study_count:
-                        res.note(f"C-GET {_retrieve_run(run)}: got {got} of {study_count} "
+                        which = f"run {run}" if run else "warm-up"
+                        res.note(f"{verb} {which}: {got} of {study_count} instances arrived "
                                  f"from {server.name}")
                     if run:
-                        res.add("cget.study", server.name, study_count / elapsed)
-            bench.log("C-GET measured")
+                        res.add(f"{group}.study", server.name, study_count / elapsed)
+            bench.log(f"{verb} measured")
         if "stow" in groups:
             stow_uid = list(studies)[1]
             bodies = [_multipart(list(s.files)) for s in studies[stow_uid]]
