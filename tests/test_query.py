@@ -110,6 +110,51 @@ def test_like_pattern_escapes():
     assert like_pattern("A%B_C*D?") == ("A\\%B\\_C%D_", "A%B_C")
 
 
+def test_computed_attributes(node, tmp_path):
+    """Every computed attribute (PS3.4 C.3.4, C.6.1.1) has its value for
+    each match, whether the page holds one match or all of them: its
+    statements are built once and run for each page's ids."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    s1, s2, s3 = (generate_uid() for _ in range(3))
+    c1, m1, c2, c3 = (generate_uid() for _ in range(4))
+    layout = [("A", s1, c1, "CT"), ("A", s1, c1, "CT"), ("A", s1, m1, "MR"),
+              ("A", s2, c2, "CT"), ("B", s3, c3, "CT")]
+    for n, (patient, study, series_uid, modality) in enumerate(layout):
+        store(node, tmp_path, f"i{n}", patient_id=patient, study_uid=study,
+              series_uid=series_uid, modality=modality, instance=n + 1)
+
+    def computed(level, unique, keys, **match):
+        ident = Dataset()
+        ident.QueryRetrieveLevel = level.name
+        for k, v in match.items():
+            setattr(ident, k, v)
+        for k in [unique, *keys]:
+            ident.add_new(tag_for_keyword(k), dictionary_VR(k), None)
+        query = query_from_identifier(ident)
+        pages = []
+        for batch in (1, 500):
+            pages.append({str(ds[unique].value): tuple(ds[k].value for k in keys)
+                          for ds in (m.dataset() for m in node.engine.matches(query, batch))})
+        assert pages[0] == pages[1]
+        return pages[0]
+
+    assert computed(Level.PATIENT, "PatientID",
+                    ["NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+                     "NumberOfPatientRelatedInstances"]) == {"A": (2, 3, 4), "B": (1, 1, 1)}
+    studies = computed(Level.STUDY, "StudyInstanceUID",
+                       ["NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+                        "ModalitiesInStudy", "SOPClassesInStudy"])
+    assert {uid: (ns, ni, [mods] if isinstance(mods, str) else list(mods), str(sops))
+            for uid, (ns, ni, mods, sops) in studies.items()} == {
+        s1: (2, 3, ["CT", "MR"], CTImageStorage),
+        s2: (1, 1, ["CT"], CTImageStorage),
+        s3: (1, 1, ["CT"], CTImageStorage)}
+    assert computed(Level.SERIES, "SeriesInstanceUID", ["NumberOfSeriesRelatedInstances"],
+                    PatientID="A") == {c1: (2,), m1: (1,), c2: (1,)}
+
+
 def test_json_projection_equals_the_datasets_json(node, tmp_path):
     """QIDO-RS renders matches straight from the rows (search_json); it must
     say exactly what the Datasets C-FIND sends would say in DICOM JSON."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from ..dicom.catalogue import ATTRIBUTES, BY_KEYWORD, COMPUTED, Level
 from ..dicom.values import stored_to_dicom
@@ -96,6 +97,77 @@ class MatchFields:
         return {f"{tag:08X}": out[tag] for tag in sorted(out)}
 
 
+def _columns(level: Level, wanted: list[tuple[int, str]]) -> list[Any]:
+    """The index columns of the return keys ``wanted`` at ``level``, labelled
+    with their keywords."""
+    cols = []
+    seen = set()
+    for _tag, kw in wanted:
+        attr = BY_KEYWORD.get(kw)
+        if attr is not None and attr.level <= level and kw not in seen:
+            seen.add(kw)
+            cols.append(_label(attr.level, attr.column, kw))
+    return cols
+
+
+@lru_cache(maxsize=None)
+def _label(level: Level, column: str, keyword: str) -> Any:
+    return LEVEL_TABLES[level].c[column].label(keyword)
+
+
+def _in_ids(column: Any) -> Any:
+    return column.in_(bindparam("ids", expanding=True))
+
+
+def _count_by(owner: Any, counted: Any = None, join: Any = None) -> Any:
+    stmt = select(owner, func.count() if counted is None else func.count(counted))
+    if join is not None:
+        stmt = stmt.join(*join)
+    return stmt.where(_in_ids(owner)).group_by(owner)
+
+
+#: The batched statements behind the computed attributes, by query level
+#: and keyword: (statement over the page's ``ids``, whether its rows are
+#: (owner, value) pairs to gather into lists rather than (owner, count)).
+#: Built once: building them for every page cost SQLAlchemy more than
+#: SQLite took to run them (with the labels below cached too, the engine's
+#: part of a QIDO for 2 of 1,000 studies went from 1.8 to 1.05 ms).
+_COMPUTED_STATEMENTS: dict[Level, dict[str, tuple[Any, bool]]] = {
+    Level.PATIENT: {
+        "NumberOfPatientRelatedStudies": (_count_by(studies.c.patient_fk), False),
+        "NumberOfPatientRelatedSeries": (_count_by(
+            studies.c.patient_fk, series.c.id, (series, series.c.study_fk == studies.c.id)),
+            False),
+        "NumberOfPatientRelatedInstances": (_count_by(
+            studies.c.patient_fk, instances.c.id,
+            (instances, instances.c.study_fk == studies.c.id)), False),
+    },
+    Level.STUDY: {
+        "NumberOfStudyRelatedSeries": (_count_by(series.c.study_fk), False),
+        "NumberOfStudyRelatedInstances": (_count_by(instances.c.study_fk), False),
+        "ModalitiesInStudy": (
+            select(series.c.study_fk, series.c.modality).distinct()
+            .where(_in_ids(series.c.study_fk)).order_by(series.c.study_fk, series.c.modality),
+            True),
+        "SOPClassesInStudy": (
+            select(instances.c.study_fk, instances.c.sopclassuid).distinct()
+            .where(_in_ids(instances.c.study_fk)), True),
+    },
+    Level.SERIES: {
+        "NumberOfSeriesRelatedInstances": (_count_by(instances.c.series_fk), False),
+    },
+}
+
+#: The first stored instance of each study or series, whose header JSON
+#: answers for attributes that are not index columns.
+_REPRESENTATIVE = {
+    level: select(fk, func.min(instances.c.id)).where(_in_ids(fk)).group_by(fk)
+    for level, fk in ((Level.STUDY, instances.c.study_fk),
+                      (Level.SERIES, instances.c.series_fk))
+}
+_HEADER_JSON = select(instances.c.id, instances.c.meta_json).where(_in_ids(instances.c.id))
+
+
 class QueryEngine:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -124,14 +196,16 @@ class QueryEngine:
         """Each match's fields in a stable order, ``batch`` rows per SQL
         round trip."""
         wanted = self._wanted(query)
-        for row, extras in self._rows(query, batch):
+        for row, extras in self._rows(query, wanted, batch):
             yield self._fields(query, wanted, row, extras)
 
-    def _rows(self, query: Query, batch: int = 500) -> Iterator[tuple[Any, dict[str, Any]]]:
+    def _rows(self, query: Query, wanted: list[tuple[int, str]], batch: int = 500
+              ) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(row, the page's extras) for each match, ``batch`` rows per SQL
         round trip."""
         level_table = LEVEL_TABLES[query.level]
-        cols = self._columns(query)
+        cols = _columns(query.level, wanted)
+        wanted_keywords = {kw for _t, kw in wanted}
         stmt = compile_query(query, level_table.c.id, *cols).order_by(*self._order(query))
         offset = query.offset
         remaining = query.limit
@@ -141,7 +215,7 @@ class QueryEngine:
                 rows = conn.execute(stmt.limit(size).offset(offset)).all()
                 if not rows:
                     return
-                extras = self._extras(conn, query, [r[0] for r in rows])
+                extras = self._extras(conn, query, wanted_keywords, [r[0] for r in rows])
             for row in rows:
                 yield row, extras
             if len(rows) < size:
@@ -182,87 +256,37 @@ class QueryEngine:
         keys.extend(u for u in uniques if u[0] not in have)
         return keys
 
-    def _columns(self, query: Query) -> list[Any]:
-        cols = []
-        seen = set()
-        for _tag, kw in self._wanted(query):
-            attr = BY_KEYWORD.get(kw)
-            if attr is not None and attr.level <= query.level and kw not in seen:
-                seen.add(kw)
-                cols.append(LEVEL_TABLES[attr.level].c[attr.column].label(kw))
-        return cols
-
-    def _extras(self, conn: Any, query: Query, ids: list[int]) -> dict[str, dict[int, Any]]:
+    def _extras(self, conn: Any, query: Query, wanted: set[str],
+                ids: list[int]) -> dict[str, dict[int, Any]]:
         """Computed attributes and header JSON of representative instances,
         one batched query each for the page's ids."""
-        wanted = {kw for _t, kw in self._wanted(query)}
         out: dict[str, dict[int, Any]] = {}
         lvl = query.level
-        fk = {Level.PATIENT: None, Level.STUDY: instances.c.study_fk,
-              Level.SERIES: instances.c.series_fk, Level.IMAGE: instances.c.id}[lvl]
-
-        def grouped(stmt: Any) -> dict[int, Any]:
-            return {int(k): v for k, v in conn.execute(stmt).all()}
-
-        if lvl == Level.STUDY:
-            if "NumberOfStudyRelatedSeries" in wanted:
-                out["NumberOfStudyRelatedSeries"] = grouped(
-                    select(series.c.study_fk, func.count()).where(series.c.study_fk.in_(ids))
-                    .group_by(series.c.study_fk))
-            if "NumberOfStudyRelatedInstances" in wanted:
-                out["NumberOfStudyRelatedInstances"] = grouped(
-                    select(instances.c.study_fk, func.count())
-                    .where(instances.c.study_fk.in_(ids)).group_by(instances.c.study_fk))
-            if "ModalitiesInStudy" in wanted:
-                mods: dict[int, list[str]] = {}
-                for sid, mod in conn.execute(
-                        select(series.c.study_fk, series.c.modality).distinct()
-                        .where(series.c.study_fk.in_(ids))
-                        .order_by(series.c.study_fk, series.c.modality)).all():
-                    if mod:
-                        mods.setdefault(int(sid), []).append(mod)
-                out["ModalitiesInStudy"] = mods
-            if "SOPClassesInStudy" in wanted:
-                classes: dict[int, list[str]] = {}
-                for sid, uid in conn.execute(
-                        select(instances.c.study_fk, instances.c.sopclassuid).distinct()
-                        .where(instances.c.study_fk.in_(ids))).all():
-                    classes.setdefault(int(sid), []).append(uid)
-                out["SOPClassesInStudy"] = classes
-        if lvl == Level.SERIES and "NumberOfSeriesRelatedInstances" in wanted:
-            out["NumberOfSeriesRelatedInstances"] = grouped(
-                select(instances.c.series_fk, func.count())
-                .where(instances.c.series_fk.in_(ids)).group_by(instances.c.series_fk))
-        if lvl == Level.PATIENT:
-            from ..index.schema import patients
-            if "NumberOfPatientRelatedStudies" in wanted:
-                out["NumberOfPatientRelatedStudies"] = grouped(
-                    select(studies.c.patient_fk, func.count())
-                    .where(studies.c.patient_fk.in_(ids)).group_by(studies.c.patient_fk))
-            if "NumberOfPatientRelatedSeries" in wanted:
-                out["NumberOfPatientRelatedSeries"] = grouped(
-                    select(studies.c.patient_fk, func.count(series.c.id))
-                    .join(series, series.c.study_fk == studies.c.id)
-                    .where(studies.c.patient_fk.in_(ids)).group_by(studies.c.patient_fk))
-            if "NumberOfPatientRelatedInstances" in wanted:
-                out["NumberOfPatientRelatedInstances"] = grouped(
-                    select(studies.c.patient_fk, func.count(instances.c.id))
-                    .join(instances, instances.c.study_fk == studies.c.id)
-                    .where(studies.c.patient_fk.in_(ids)).group_by(studies.c.patient_fk))
-            del patients
+        params = {"ids": ids}
+        for kw, (stmt, as_list) in _COMPUTED_STATEMENTS.get(lvl, {}).items():
+            if kw not in wanted:
+                continue
+            if not as_list:
+                out[kw] = {int(k): v for k, v in conn.execute(stmt, params).all()}
+                continue
+            values: dict[int, list[str]] = {}
+            for owner, value in conn.execute(stmt, params).all():
+                if value:
+                    values.setdefault(int(owner), []).append(value)
+            out[kw] = values
         # Attributes not in the catalogue come from a representative
         # instance's header JSON (the first stored of the entity).
         need_json = query.include_all and lvl == Level.IMAGE or any(
             (kw not in BY_KEYWORD or BY_KEYWORD[kw].level > lvl) and kw not in COMPUTED
             for kw in wanted)
-        if need_json and fk is not None:
+        if need_json and lvl != Level.PATIENT:
             if lvl == Level.IMAGE:
                 rep = {i: i for i in ids}
             else:
-                rep = grouped(select(fk, func.min(instances.c.id)).where(fk.in_(ids))
-                              .group_by(fk))
-            metas = grouped(select(instances.c.id, instances.c.meta_json)
-                            .where(instances.c.id.in_(list(rep.values()))))
+                rep = {int(k): v for k, v in
+                       conn.execute(_REPRESENTATIVE[lvl], params).all()}
+            metas = {int(k): v for k, v in
+                     conn.execute(_HEADER_JSON, {"ids": list(rep.values())}).all()}
             out["__json__"] = {owner: metas.get(inst) for owner, inst in rep.items()}
         return out
 
