@@ -274,3 +274,22 @@ def test_dicomweb_client_search(web: WebServer, archive: dict) -> None:
     series = client.search_for_series(archive["mr"])
     assert len(series) == 2
     assert client.search_for_studies(search_filters={"PatientID": "none"}) == []
+
+
+def test_dicom_json_bodies_fall_back_for_what_orjson_refuses() -> None:
+    """QIDO and STOW bodies are written by orjson; an integer beyond 64 bits
+    (an IS or a US/UL value can be any size in JSON) is written by json
+    instead of failing the request."""
+    import json
+
+    from pacsnode.web.dicomweb import DicomJSONResponse
+    body = [{"00200013": {"vr": "IS", "Value": [2 ** 70]}},
+            {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Иванов^Иван"}]},
+             "00281050": {"vr": "DS", "Value": [40.5]}}]
+    response = DicomJSONResponse(body)
+    assert response.media_type == "application/dicom+json"
+    assert json.loads(response.body) == body
+    assert b"1180591620717411303424" in response.body
+    plain = DicomJSONResponse(body[1:])
+    assert plain.body == json.dumps(body[1:], ensure_ascii=False,
+                                    separators=(",", ":")).encode("utf-8")
