@@ -25,6 +25,7 @@ from conftest import free_port
 from pacsnode.config import load_settings
 from pacsnode.node import Node
 from pacsnode.web.app import create_app
+from pacsnode.web.zerocopy import http_config
 
 BOUNDARY = "pacsnode-test-boundary-7d3f"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -37,8 +38,9 @@ class WebServer:
         self.node = Node(settings)
         self.app = create_app(self.node)
         self.port = free_port()
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
+        # As ``pacsnode serve`` configures it (zero-copy file bodies).
+        config = http_config(self.app, "127.0.0.1", self.port, log_level="warning",
+                             lifespan="off", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self._clients: list[Any] = []

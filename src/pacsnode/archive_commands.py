@@ -58,11 +58,10 @@ def serve(config_file: str | None, **options: Any) -> None:
     SIGTERM or Ctrl-C stops accepting new work, lets running associations
     finish (up to 10 s) and exits; an instance is acknowledged only once its
     file and index row are durable, so nothing half-written remains."""
-    import uvicorn
-
     from .dimse.scp import DimseServer
     from .node import Node
     from .web.app import create_app
+    from .web.zerocopy import http_config
 
     settings = _load(config_file, options)
     _setup_logging(settings.log_level)
@@ -77,9 +76,9 @@ def serve(config_file: str | None, **options: Any) -> None:
     workers = _DimseWorkers(settings, dimse)
     extras = _start_services(node)
     app = create_app(node, ready=lambda: dimse.listening and workers.started())
-    config = uvicorn.Config(app, host=settings.host, port=settings.http_port,
-                            log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=10)
+    config = http_config(app, settings.host, settings.http_port,
+                         log_level="warning", access_log=False, lifespan="off",
+                         timeout_graceful_shutdown=10)
     server = _http_server(config)
     log.info("HTTP listening on http://%s:%s (DICOMweb /dicomweb, REST /api/v1)",
              settings.host, settings.http_port)
