@@ -534,8 +534,10 @@ def _syntax_for(option: str | None, ref: InstanceRef, facts: _Facts | None) -> s
 def _plan(node: Node, refs: list[InstanceRef], accept: str | None,
           single_allowed: bool) -> tuple[list[tuple[InstanceRef, str]], bool]:
     options = _dicom_options(accept, single_allowed)
-    facts = _facts(node, refs)
+    facts: dict[str, _Facts] = {}
     for option, single in options:
+        if option != "*" and not facts:  # as stored needs no facts (nor their query)
+            facts = _facts(node, refs)
         plan = []
         for ref in refs:
             ts = _syntax_for(option, ref, facts.get(ref.sop_instance_uid))
