@@ -290,11 +290,12 @@ below four samples) as a percentage of the median.
   started after a `sync`, so none pays for writing back what the one before
   left dirty (storescp does not fsync: after its CT run ~1 GB is written
   back 30 s later, during whatever then runs).
-- **C-STORE into a full archive**: the small set sent by one `storescu`
-  into each server holding the largest query scale's instances (pacsnode's
-  loaded in bulk, Orthanc's uploaded), after the queries; the target
-  compares pacsnode with the same set sent into a fresh, empty pacsnode
-  just before and just after (this VM's speed drifts too much over the
+- **C-STORE into a full archive**: the small set, in three parts, each
+  sent by one `storescu` into each server holding the largest query
+  scale's instances (pacsnode's loaded in bulk, Orthanc's uploaded), after
+  the queries; the target compares pacsnode with the same parts sent into
+  fresh, empty pacsnodes between those runs (each part just before its
+  run, the last also just after; this VM's speed drifts too much over the
   minutes between phases for the first C-STORE rows to be the baseline).
 - **Peak RSS**: `VmHWM` after each 4-parallel ingestion run, summed over the
   server's processes (pacsnode's DIMSE workers included; shared pages count
