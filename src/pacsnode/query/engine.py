@@ -201,17 +201,17 @@ class QueryEngine:
         """Each match's fields in a stable order, ``batch`` rows per SQL
         round trip."""
         wanted = self._wanted(query)
-        plan = _plan(query.level, wanted)
+        cols = _columns(query.level, wanted)
+        plan = _plan(query.level, wanted, cols)
         keys = tuple(key.hex for key in plan)
-        for row, extras in self._rows(query, wanted, batch):
+        for row, extras in self._rows(query, wanted, cols, batch):
             yield self._fields(query, plan, keys, row, extras)
 
-    def _rows(self, query: Query, wanted: list[tuple[int, str]], batch: int = 500
-              ) -> Iterator[tuple[Any, dict[str, Any]]]:
+    def _rows(self, query: Query, wanted: list[tuple[int, str]], cols: list[Any],
+              batch: int = 500) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(row, the page's extras) for each match, ``batch`` rows per SQL
-        round trip."""
+        round trip; the row is the level's id, then ``cols``."""
         level_table = LEVEL_TABLES[query.level]
-        cols = _columns(query.level, wanted)
         wanted_keywords = {kw for _t, kw in wanted}
         stmt = compile_query(query, level_table.c.id, *cols).order_by(*self._order(query))
         offset = query.offset
@@ -351,12 +351,11 @@ class _Key:
     zero: bool = False
 
 
-def _plan(level: Level, wanted: list[tuple[int, str]]) -> list[_Key]:
+def _plan(level: Level, wanted: list[tuple[int, str]], cols: list[Any]) -> list[_Key]:
     """The return keys ``wanted`` at ``level``, in tag order, for
     ``_fields``; column positions count from 1 (the row's id comes first),
-    in the order of ``_columns``."""
-    positions = {kw: n for n, kw in enumerate(
-        (c.key for c in _columns(level, wanted)), start=1)}
+    in the order of ``cols`` (``_columns`` of the same keys)."""
+    positions = {c.key: n for n, c in enumerate(cols, start=1)}
     plan = []
     for tag, kw in wanted:
         attr = BY_KEYWORD.get(kw)

@@ -93,32 +93,31 @@ def _extended_send(cycle: Any, send: Send) -> Send:
                     os.pread(fh.fileno(), count, offset)
                 await send({"type": "http.response.body", "body": data, "more_body": more_body})
                 return
-            await _written(cycle, send, writer, writer.sendfile(fh.fileno(), offset, count),
-                           count, more_body)
+            await _piece(cycle, send, writer, count, more_body,
+                         lambda: writer.sendfile(fh.fileno(), offset, count))
             return
         if writer is not None and kind == "http.response.body":
             body = message.get("body", b"")
             more_body = message.get("more_body", False)
-            await _written(cycle, send, writer, writer.write(body, more_body), len(body),
-                           more_body)
+            await _piece(cycle, send, writer, len(body), more_body,
+                         lambda: writer.write(body, more_body))
             return
         await send(message)
     return extended
 
 
-async def _written(cycle: Any, send: Send, writer: "_SocketWriter", writing: Awaitable[None],
-                   count: int, more_body: bool) -> None:
-    """Account for ``count`` body bytes that ``writing`` puts on the socket;
-    the last piece completes the response through uvicorn (keep-alive, the
-    next request)."""
+async def _piece(cycle: Any, send: Send, writer: "_SocketWriter", count: int, more_body: bool,
+                 write: Callable[[], Awaitable[None]]) -> None:
+    """``count`` body bytes that ``write()`` puts on the socket, accounted
+    for; the last piece completes the response through uvicorn (keep-alive,
+    the next request)."""
     if cycle.disconnected or count > cycle.expected_content_length:
-        writing.close()  # type: ignore[attr-defined]
         writer.close()
         if cycle.disconnected:
             return
         raise RuntimeError("Response content longer than Content-Length")
     try:
-        await writing
+        await write()
     except ConnectionError:  # reset, broken pipe, aborted
         writer.close()
         cycle.disconnected = True  # the client went away: later sends are dropped
