@@ -297,6 +297,12 @@ below four samples) as a percentage of the median.
   fresh, empty pacsnodes between those runs (each part just before its
   run, the last also just after; this VM's speed drifts too much over the
   minutes between phases for the first C-STORE rows to be the baseline).
+- **CPU per instance**: the user and system CPU time the server's
+  processes (every thread) used during a C-STORE run, over the instances
+  sent; and, for the 4-parallel runs, what the `storescu` senders used.
+  Kernel work done for a server on other threads (its fsyncs' and the
+  writeback's kernel workers, network softirqs) is in neither: on 2 cores
+  the three together bound how fast the 4-sender rows can go.
 - **Peak RSS**: `VmHWM` after each 4-parallel ingestion run, summed over the
   server's processes (pacsnode's DIMSE workers included; shared pages count
   once per process, so this is an upper bound).

@@ -8,6 +8,7 @@ they are stopped by PID whatever happens.
 from __future__ import annotations
 
 import re
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -123,7 +124,16 @@ def _scu(tool: str, server: Server, *args: str) -> list[str]:
 def _storescu_parallel(server: Server, chunks: list[list[Path]], scratch: Path) -> float:
     """Send each chunk with its own ``storescu`` at once; seconds from the
     first launch to the last exit."""
+    return _storescu_measured(server, chunks, scratch)[0]
+
+
+def _storescu_measured(server: Server, chunks: list[list[Path]],
+                       scratch: Path) -> tuple[float, float, float]:
+    """``_storescu_parallel``, and the CPU seconds the server and the
+    storescu processes used meanwhile."""
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    server_cpu = server.cpu_seconds()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     for n, chunk in enumerate(chunks):
         err = scratch / f"storescu-{n}.err"
@@ -138,9 +148,12 @@ def _storescu_parallel(server: Server, chunks: list[list[Path]], scratch: Path) 
         if proc.returncode != 0 or "\nE: " in "\n" + text:
             failures.append(f"storescu exit {proc.returncode}: {text[-800:]}")
     elapsed = time.perf_counter() - start
+    server_cpu = server.cpu_seconds() - server_cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if failures:
         raise RuntimeError("; ".join(failures))
-    return elapsed
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return elapsed, server_cpu, client_cpu
 
 
 def _stored_count(server: Server) -> int:
@@ -188,6 +201,13 @@ def cstore(bench: Bench, full_row: bool = False) -> None:
                     higher_is_better=True, target=STORE_TARGET)
             res.row(f"cstore.{data.kind}.{parallel}.mb", f"C-STORE {label}, {how}", "MB/s",
                     higher_is_better=True, target=STORE_TARGET)
+        for parallel in (1, plan.parallel):
+            how = "1 storescu" if parallel == 1 else f"{parallel} storescu in parallel"
+            res.row(f"cpu.{data.kind}.{parallel}", f"CPU per instance, C-STORE {label}, {how}",
+                    "ms", higher_is_better=False)
+        res.row(f"cpu.{data.kind}.{plan.parallel}.client",
+                f"CPU per instance of the {plan.parallel} storescu senders, {label}", "ms",
+                higher_is_better=False)
         res.row(f"rss.{data.kind}", f"Peak RSS, {label} ingestion ({plan.parallel} parallel)",
                 "MiB", higher_is_better=False, target=RSS_TARGET)
     if full_row:  # measured by the scale phase, shown with these
@@ -218,7 +238,8 @@ def _one_ingestion(bench: Bench, data: ImageSet, chunks: list[list[Path]], name:
         with bench.fleet() as fleet:
             server = _start(fleet, name)
             try:
-                seconds = _storescu_parallel(server, chunks, server.workdir)
+                seconds, cpu, client_cpu = _storescu_measured(server, chunks,
+                                                              server.workdir)
             except RuntimeError as exc:
                 # Now and then Orthanc 1.10 fails a C-STORE of 4 parallel
                 # senders ("Unable to create a subdirectory or a file in the
@@ -241,10 +262,13 @@ def _one_ingestion(bench: Bench, data: ImageSet, chunks: list[list[Path]], name:
                  f"of {data.count} instances")
     res.add(f"cstore.{data.kind}.{parallel}", name, data.count / seconds)
     res.add(f"cstore.{data.kind}.{parallel}.mb", name, data.total_bytes / MB / seconds)
+    res.add(f"cpu.{data.kind}.{parallel}", name, cpu / data.count * 1e3)
     if parallel == bench.plan.parallel:
         res.add(f"rss.{data.kind}", name, peak)
+        res.add(f"cpu.{data.kind}.{parallel}.client", name, client_cpu / data.count * 1e3)
     bench.log(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} "
-              f"{data.count / seconds:.1f} inst/s, peak RSS {peak:.0f} MiB")
+              f"{data.count / seconds:.1f} inst/s, {cpu / data.count * 1e3:.2f} ms CPU "
+              f"per instance, peak RSS {peak:.0f} MiB")
 
 
 # ------------------------------------------------- one large instance

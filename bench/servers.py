@@ -149,6 +149,13 @@ class Server:
     def rss_mib(self) -> float:
         return sum(_status_kib(pid, "VmRSS") for pid in _process_tree(self.pid)) / 1024
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the server has used since start (every
+        thread, dead ones included), summed over its process tree.  Kernel
+        work done on its behalf elsewhere (writeback and AIO fsync workers,
+        softirqs) is not in it."""
+        return sum(_cpu_seconds(pid) for pid in _process_tree(self.pid))
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
@@ -183,6 +190,13 @@ def _process_tree(pid: int) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc/<pid>/stat (fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kib(pid: int, field_name: str) -> int:
