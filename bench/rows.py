@@ -194,15 +194,14 @@ def cstore(bench: Bench, full_row: bool = False) -> None:
     sets = (bench.ct, bench.small)
     for data in sets:
         label = "CT 512²" if data.kind == "ct" else "small 64²"
-        for parallel in (1, plan.parallel):
-            how = "1 storescu" if parallel == 1 else f"{parallel} storescu in parallel"
+        hows = {1: "1 storescu", plan.parallel: f"{plan.parallel} storescu in parallel"}
+        for parallel, how in hows.items():
             res.row(f"cstore.{data.kind}.{parallel}",
                     f"C-STORE {label}, {how} ({data.count} inst.)", "inst/s",
                     higher_is_better=True, target=STORE_TARGET)
             res.row(f"cstore.{data.kind}.{parallel}.mb", f"C-STORE {label}, {how}", "MB/s",
                     higher_is_better=True, target=STORE_TARGET)
-        for parallel in (1, plan.parallel):
-            how = "1 storescu" if parallel == 1 else f"{parallel} storescu in parallel"
+        for parallel, how in hows.items():
             res.row(f"cpu.{data.kind}.{parallel}", f"CPU per instance, C-STORE {label}, {how}",
                     "ms", higher_is_better=False)
         res.row(f"cpu.{data.kind}.{plan.parallel}.client",
