@@ -153,7 +153,9 @@ class Server:
         """User and system CPU time the server has used since start (every
         thread, dead ones included), summed over its process tree.  Kernel
         work done on its behalf elsewhere (writeback and AIO fsync workers,
-        softirqs) is not in it."""
+        softirqs) is not in it.  A process gone meanwhile (a server that
+        failed, a worker that exited) counts nothing rather than raising,
+        so a failed run still reports storescu's error."""
         return sum(_cpu_seconds(pid) for pid in _process_tree(self.pid))
 
     def alive(self) -> bool:
@@ -193,9 +195,13 @@ def _process_tree(pid: int) -> list[int]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc/<pid>/stat (fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
+    """utime + stime of a process from /proc/<pid>/stat (fields 14 and 15);
+    0 when it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
