@@ -115,12 +115,46 @@ def test_a_lapsed_claim_is_taken_over_and_a_live_one_is_not(two_nodes, tmp_path:
     assert row(a, live).claimed_by == "alive:2:y" and not row(a, live).done
 
 
-def test_deleting_the_study_drops_its_rows(two_nodes, tmp_path: Path) -> None:
+def _make_due(node: Node, study: str) -> None:
+    with node.db.write() as conn:
+        conn.execute(update(pending).where(pending.c.study_uid == study)
+                     .values(last_arrival=time.time() - 30))
+
+
+def _wait_done(node: Node, study: str) -> None:
+    deadline = time.monotonic() + 5
+    while not row(node, study).done and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_deleted_study_fires_nothing_and_its_row_goes(two_nodes, tmp_path: Path) -> None:
     from pacsnode.delete import delete_entities
-    (a, _b), _autos, _marker = two_nodes
+    (a, _b), (auto_a, _auto_b), marker = two_nodes
     study = generate_uid()
     store(a, tmp_path, study)
     row(a, study)
     assert delete_entities(a, study) == 1
+    _make_due(a, study)
+    assert auto_a.poll_once() == 0
+    assert not marker.exists()
     with a.db.read() as conn:
         assert conn.execute(select(pending).where(pending.c.study_uid == study)).all() == []
+
+
+def test_a_resend_right_after_a_delete_still_fires(two_nodes, tmp_path: Path) -> None:
+    """Store through A, delete (through B, then through A itself), store
+    again through A within its coalescing window: the second arrival's write
+    is skipped, yet the study must fire once (20 rounds each way)."""
+    from pacsnode.delete import delete_entities
+    (a, b), (auto_a, auto_b), marker = two_nodes
+    fired: list[str] = []
+    for deleter in [b] * 20 + [a] * 20:
+        study = generate_uid()
+        store(a, tmp_path, study)
+        assert delete_entities(deleter, study) == 1
+        store(a, tmp_path, study)  # within auto_a's throttle: coalesced
+        _make_due(a, study)
+        assert auto_a.poll_once() + auto_b.poll_once() == 1
+        _wait_done(a, study)
+        fired.append(study)
+        assert marker.read_text().split() == fired

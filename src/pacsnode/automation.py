@@ -26,7 +26,12 @@ How it works (see docs/AUTOMATION.md):
   Both run on their own threads and never hold up ingest.
 * A claim is renewed while its actions run; a claim whose process died is
   taken over after ``LEASE_SECONDS`` (at-least-once after a crash mid-run).
-* Deleting a study (or series) drops its pending rows.
+* Deleting a study (or series) leaves its pending rows alone: when one comes
+  due, the poller counts the instances it stands for and drops it, unfired,
+  if there are none.  So no process keeps state a delete must clear: an
+  arrival whose write was coalesced away (within ``_throttle`` of the last
+  one) always finds the row it relies on still there, whichever process
+  deleted and re-sent the study in between (§12).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete, func, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from .events import Event
 from .index.automation_tables import automation_pending as pending
@@ -235,8 +240,6 @@ class Automation:
             return
         if event.action in ("stored", "replaced"):
             self.record_arrival(event)
-        elif event.action == "deleted":
-            self.forget_deleted(event.study_uid, event.series_uid)
 
     def record_arrival(self, event: Event) -> None:
         now_mono = time.monotonic()
@@ -262,33 +265,6 @@ class Automation:
             if len(self._written) > 10000:
                 horizon = now_mono - 5.0
                 self._written = {k: t for k, t in self._written.items() if t > horizon}
-
-    def forget_deleted(self, study_uid: str, series_uid: str = "") -> None:
-        """Drop the pending rows of a study (or series) that no longer exists."""
-        db = self.node.db
-        with db.read() as conn:
-            rows = conn.execute(select(pending.c.kind, pending.c.uid)
-                                .where(pending.c.study_uid == study_uid)).all()
-            if not rows:
-                return
-            study_left = conn.execute(select(studies.c.id).where(
-                studies.c.studyinstanceuid == study_uid)).first() is not None
-            series_left = bool(series_uid) and conn.execute(select(series.c.id).where(
-                series.c.seriesinstanceuid == series_uid)).first() is not None
-        if study_left and (series_left or not series_uid):
-            return
-        cond = pending.c.study_uid == study_uid
-        if study_left:
-            cond = and_(pending.c.kind == "series", pending.c.uid == series_uid)
-        with db.write() as conn:
-            gone = conn.execute(delete(pending).where(cond)).rowcount
-        with self._written_lock:
-            for kind, uid in rows:
-                self._written.pop((kind, uid), None)
-        if gone:
-            log.info("dropped %d pending stable trigger(s) of deleted %s %s", gone,
-                     "study" if not study_left else "series",
-                     study_uid if not study_left else series_uid)
 
     # -- the poller
 
