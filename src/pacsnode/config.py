@@ -25,31 +25,38 @@ class Setting:
     help: str
     type: type = str
     cli: bool = True
+    #: False for what each ``serve`` of a cluster sets for itself (its AE
+    #: title, ports, paths); True for what all of them must agree on (§12:
+    #: nodes, policies, triggers …), checked when a process joins.
+    shared: bool = True
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", "./pacsnode-data", "Folder of the blob store (studies/…) and, by "
-            "default, the SQLite index.", Path),
+            "default, the SQLite index.", Path, shared=False),
     Setting("database_url", "", "SQLAlchemy URL of the index; empty means SQLite at "
-            "<data_dir>/index.sqlite. PostgreSQL: postgresql+psycopg://user@host/db."),
-    Setting("ae_title", "PACSNODE", "Our DICOM Application Entity title."),
+            "<data_dir>/index.sqlite. PostgreSQL: postgresql+psycopg://user@host/db.", shared=False),
+    Setting("ae_title", "PACSNODE", "Our DICOM Application Entity title.", shared=False),
+    Setting("cluster_ae_title", "", "AE title a remote PACS is asked to C-MOVE to when this "
+            "node pulls (retrieve jobs); empty means ae_title. Several serve processes of one "
+            "cluster give the remote PACS one title whose address is their load balancer."),
     Setting("dicom_port", 11112, "TCP port of the DIMSE listener (C-ECHO/STORE/FIND/MOVE/GET).",
-            int),
-    Setting("http_port", 8080, "TCP port of the HTTP listener (DICOMweb, REST API).", int),
-    Setting("host", "127.0.0.1", "Address both listeners bind to."),
+            int, shared=False),
+    Setting("http_port", 8080, "TCP port of the HTTP listener (DICOMweb, REST API).", int, shared=False),
+    Setting("host", "127.0.0.1", "Address both listeners bind to.", shared=False),
     Setting("duplicate_policy", "replace", "What storing an existing SOP Instance UID with "
             "different bytes does: 'replace' it, 'keep' the stored one (success), or 'reject' "
             "(C-STORE 0x0111, STOW FailureReason 45070). Identical bytes are always accepted "
             "as already stored."),
     Setting("fsync", True, "fsync each blob and its folder before acknowledging (turn off "
-            "only on throw-away archives).", bool),
-    Setting("max_associations", 32, "Most DIMSE associations served at once.", int),
+            "only on throw-away archives).", bool, shared=False),
+    Setting("max_associations", 32, "Most DIMSE associations served at once.", int, shared=False),
     Setting("dimse_timeout", 60, "Seconds of silence before a DIMSE association is aborted.",
-            int),
+            int, shared=False),
     Setting("dimse_processes", 0, "Processes accepting DIMSE associations on dicom_port "
             "(they share the listening socket; the least busy takes each connection); 0 means "
             "one per CPU core, at least 1, at most 4; 1 serves DIMSE in the main process "
-            "only.", int),
+            "only.", int, shared=False),
     Setting("max_stow_bytes", 4 * 1024**3, "Largest STOW-RS request body accepted (bytes).",
             int),
     Setting("qido_max_limit", 1000, "Most results one QIDO-RS/C-FIND page returns.", int),
@@ -67,7 +74,7 @@ SETTINGS: tuple[Setting, ...] = (
             "plus {series_uid}; {path} is the series folder)."),
     Setting("webhooks", [], "URLs that get a JSON POST for each stable study/series.",
             list, cli=False),
-    Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING)."),
+    Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING).", shared=False),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -86,6 +93,7 @@ class Settings:
     data_dir: Path = Path("./pacsnode-data")
     database_url: str = ""
     ae_title: str = "PACSNODE"
+    cluster_ae_title: str = ""
     dicom_port: int = 11112
     http_port: int = 8080
     host: str = "127.0.0.1"
@@ -107,10 +115,33 @@ class Settings:
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
     @property
+    def move_destination(self) -> str:
+        """The AE title remote nodes are asked to C-MOVE to (§12)."""
+        return self.cluster_ae_title or self.ae_title
+
+    def shared_view(self) -> dict[str, Any]:
+        """What every ``serve`` of one database must agree on: the shared
+        settings and the ``[nodes]`` of the configuration, as JSON-able data."""
+        view: dict[str, Any] = {s.name: _jsonable(getattr(self, s.name))
+                                for s in SETTINGS if s.shared}
+        view["nodes"] = {name: [n.aet, n.host, n.port] for name, n in sorted(self.nodes.items())}
+        return view
+
+    @property
     def index_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path(self.data_dir).resolve() / 'index.sqlite'}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
 
 
 def _coerce(setting: Setting, value: Any) -> Any:

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
+from .migrate import add_missing_columns
 from .schema import metadata
 
 __all__ = ["Database", "RawStatement", "WriteBusy"]
@@ -84,6 +85,7 @@ class Database:
         for attempt in range(5):
             try:
                 metadata.create_all(self.engine)
+                add_missing_columns(self.engine, metadata)
                 return
             except DBAPIError:
                 if attempt == 4:

@@ -32,6 +32,14 @@ jobs = Table(
     Column("study_uid", String(64), nullable=False, default=""),
     Column("series_uid", String(64), nullable=False, default=""),
     Column("method", String(8), nullable=False),
+    # How, resolved when the job is made so that any process of a cluster
+    # runs it alike (§12): the peer's AE title and address, and the AE title
+    # the peer is asked to C-MOVE to (also our calling AE title).  Empty in
+    # rows of earlier releases: those resolve `node` when they run.
+    Column("peer_aet", String(16), nullable=False, default=""),
+    Column("peer_host", Text, nullable=False, default=""),
+    Column("peer_port", Integer, nullable=False, default=0),
+    Column("destination", String(16), nullable=False, default=""),
     # Where it stands: pending|running|succeeded|failed|canceled, and the
     # peer's sub-operation counts from its latest C-MOVE/C-GET response.
     Column("state", String(16), nullable=False, default="pending"),

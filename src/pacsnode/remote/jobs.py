@@ -6,12 +6,18 @@ database every ``pacsnode serve`` of a deployment shares.  ``submit`` adds a
 pending row; worker threads inside ``serve`` (``start(node)``, called by
 ``serve`` at start-up) claim pending rows atomically and run them:
 
-- ``method="move"``: C-MOVE to our own AE title (``settings.ae_title``).  The
-  peer must know that title (its modality list); the instances arrive at our
-  C-STORE SCP, i.e. through the one ingest path.
+- ``method="move"``: C-MOVE to our own AE title (``settings.move_destination``:
+  ``cluster_ae_title``, or ``ae_title`` when that is empty).  The peer must
+  know that title (its modality list); the instances arrive at our C-STORE
+  SCP, i.e. through the one ingest path.
 - ``method="get"``: C-GET on one association; each instance received is
   handed to ``node.ingestor`` (the temp file pynetdicom wrote is renamed
   into the store when it can be, so the bytes are kept as received).
+
+A job row holds everything needed to run it (§12): the peer's AE title and
+address as the registry had them when the job was made, and the destination
+AE title of that moment — so whichever ``serve`` of a cluster claims it, the
+peer is asked the same thing.
 
 Every C-MOVE/C-GET response updates ``completed``/``failed``/``warning``/
 ``remaining`` of the row.  A SERIES job without a Study Instance UID first
@@ -120,6 +126,10 @@ class Job:
     owner: str
     cancel_requested: bool
     requested_by: str
+    peer_aet: str = ""
+    peer_host: str = ""
+    peer_port: int = 0
+    destination: str = ""
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Job:
@@ -132,7 +142,9 @@ class Job:
                    error=m["error"] or "", created=float(m["created"]),
                    updated=float(m["updated"]), started=m["started"], finished=m["finished"],
                    owner=m["owner"] or "", cancel_requested=bool(m["cancel_requested"]),
-                   requested_by=m["requested_by"] or "")
+                   requested_by=m["requested_by"] or "", peer_aet=m["peer_aet"] or "",
+                   peer_host=m["peer_host"] or "", peer_port=int(m["peer_port"] or 0),
+                   destination=m["destination"] or "")
 
     @property
     def done(self) -> bool:
@@ -150,6 +162,7 @@ class Job:
             "finished": iso(self.finished), "owner": self.owner or None,
             "cancel_requested": self.cancel_requested,
             "requested_by": self.requested_by or None,
+            "destination": self.destination or None,
         }
 
 
@@ -169,6 +182,7 @@ def submit(node: Node, *, node_name: str, level: str, study_uid: str = "",
         raise ValueError(f"level must be STUDY or SERIES, not {level!r}")
     if method not in ("move", "get"):
         raise ValueError(f"method must be 'move' or 'get', not {method!r}")
+    peer = node.remote_nodes().get(node_name)
     now = time.time()
     job_id = uuid.uuid4().hex
     with node.db.write() as conn:
@@ -176,7 +190,10 @@ def submit(node: Node, *, node_name: str, level: str, study_uid: str = "",
             id=job_id, kind="retrieve", node=node_name, level=level, study_uid=study_uid or "",
             series_uid=series_uid or "", method=method, state="pending", completed=0,
             failed=0, warning=0, remaining=None, error="", created=now, updated=now,
-            owner="", cancel_requested=False, requested_by=requested_by))
+            owner="", cancel_requested=False, requested_by=requested_by,
+            peer_aet=peer.aet if peer else "", peer_host=peer.host if peer else "",
+            peer_port=peer.port if peer else 0,
+            destination=node.settings.move_destination))
     runner = runner_for(node)
     if runner is not None:
         runner.wake()
@@ -357,6 +374,11 @@ _RUNNERS: dict[int, JobRunner] = {}
 _RUNNERS_LOCK = threading.Lock()
 
 
+def _destination(node: Node, job: Job) -> str:
+    """The AE title the job asks its peer to send to (and calls it from)."""
+    return job.destination or node.settings.move_destination
+
+
 def runner_for(node: Node) -> JobRunner | None:
     """The runner working for ``node`` in this process, if any."""
     with _RUNNERS_LOCK:
@@ -503,7 +525,7 @@ class JobRunner:
 
     def _explain(self, exc: RemoteError, attempt: _Attempt) -> str:
         text = str(exc)
-        aet = self.node.settings.ae_title
+        aet = _destination(self.node, attempt.job)
         if exc.status == 0xA801:
             text += f" — the peer does not know our AE title {aet!r} as a destination"
         elif attempt.job.method == "move" and exc.status is not None and \
@@ -515,12 +537,15 @@ class JobRunner:
         return text
 
     def _peer(self, job: Job) -> Peer:
-        cfg = self.node.remote_nodes().get(job.node)
-        if cfg is None:
-            raise _JobFailed(f"unknown node {job.node!r} (not in the registry any more)")
-        return Peer(aet=cfg.aet, host=cfg.host, port=cfg.port,
-                    calling_aet=self.node.settings.ae_title, timeout=30.0,
-                    dimse_timeout=DIMSE_TIMEOUT)
+        if job.peer_aet and job.peer_host and job.peer_port:
+            aet, host, port = job.peer_aet, job.peer_host, job.peer_port
+        else:  # a row of an earlier release, or a node unknown when it was made
+            cfg = self.node.remote_nodes().get(job.node)
+            if cfg is None:
+                raise _JobFailed(f"unknown node {job.node!r} (not in the registry any more)")
+            aet, host, port = cfg.aet, cfg.host, cfg.port
+        return Peer(aet=aet, host=host, port=port, calling_aet=_destination(self.node, job),
+                    timeout=30.0, dimse_timeout=DIMSE_TIMEOUT)
 
     def _execute(self, attempt: _Attempt) -> tuple[str, str]:
         job = attempt.job
@@ -548,11 +573,11 @@ class JobRunner:
             self._record(job.id, progress)
 
         if job.method == "move":
-            progress = scu.move(peer, job.level, keys, self.node.settings.ae_title,
+            progress = scu.move(peer, job.level, keys, _destination(self.node, job),
                                 cancel=attempt.cancel, on_progress=on_progress)
         else:
             origin = Origin("dimse", peer_aet=peer.aet, address=peer.host,
-                            called_aet=self.node.settings.ae_title)
+                            called_aet=peer.calling_aet)
             result = scu.get(peer, job.level, keys, on_store=self._sink(origin),
                              on_progress=on_progress, cancel=attempt.cancel)
             progress = result.progress
