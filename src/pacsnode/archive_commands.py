@@ -58,6 +58,7 @@ def serve(config_file: str | None, **options: Any) -> None:
     SIGTERM or Ctrl-C stops accepting new work, lets running associations
     finish (up to 10 s) and exits; an instance is acknowledged only once its
     file and index row are durable, so nothing half-written remains."""
+    from . import cluster
     from .dimse.scp import DimseServer
     from .node import Node
     from .web.app import create_app
@@ -67,11 +68,17 @@ def serve(config_file: str | None, **options: Any) -> None:
     _setup_logging(settings.log_level)
     log = logging.getLogger("pacsnode")
     node = Node(settings)
+    try:
+        leave_cluster = cluster.join(node)
+    except cluster.ConfigMismatch as exc:
+        node.close()
+        raise click.ClickException(str(exc))
     node.db.refresh_statistics()  # an index filled while the node was down
     dimse = DimseServer(node)
     try:
         dimse.start()
     except OSError as exc:
+        leave_cluster()
         raise click.ClickException(f"cannot listen on DICOM port {settings.dicom_port}: {exc}")
     workers = _DimseWorkers(settings, dimse)
     extras = _start_services(node)
@@ -91,6 +98,7 @@ def serve(config_file: str | None, **options: Any) -> None:
             stop()
         dimse.stop(grace=10.0)
         workers.wait(timeout=15.0)
+        leave_cluster()
         node.close()
         log.info("stopped")
 

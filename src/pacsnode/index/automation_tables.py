@@ -22,8 +22,7 @@ automation_pending = Table(
     Column("kind", String(8), primary_key=True),
     #: Study Instance UID (kind "study") or Series Instance UID (kind "series").
     Column("uid", String(64), primary_key=True),
-    #: The study the row belongs to (equal to ``uid`` for kind "study");
-    #: deleting the study drops its rows.
+    #: The study the row belongs to (equal to ``uid`` for kind "study").
     Column("study_uid", String(64), nullable=False),
     Column("patient_id", Text, nullable=False, default=""),
     #: Calling AE title of the association that brought the last instance

@@ -161,6 +161,10 @@ class JobOut(BaseModel):
     owner: str | None = Field(description="The serve process (host:pid:nonce) that ran it.")
     cancel_requested: bool
     requested_by: str | None
+    destination: str | None = Field(
+        default=None, description="AE title the peer is asked to C-MOVE to (and that calls "
+        "it), fixed when the job is made: cluster_ae_title, or the ae_title of the process "
+        "that took the request.")
 
 
 class JobList(BaseModel):
