@@ -156,6 +156,28 @@ def _storescu_measured(server: Server, chunks: list[list[Path]],
     return elapsed, server_cpu, client_cpu
 
 
+def _storescu_to(sends: list[tuple[Server, list[Path]]], scratch: Path) -> float:
+    """One ``storescu`` per (server, files) at once; seconds until the last exits."""
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    start = time.perf_counter()
+    for n, (server, chunk) in enumerate(sends):
+        err = scratch / f"storescu-{n}.err"
+        with open(err, "wb") as fh:
+            procs.append((subprocess.Popen(_scu("storescu", server, *map(str, chunk)),
+                                           env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                                           stderr=fh), err))
+    failures = []
+    for proc, err in procs:
+        proc.wait(1800)
+        text = err.read_text(errors="replace")
+        if proc.returncode != 0 or "\nE: " in "\n" + text:
+            failures.append(f"storescu exit {proc.returncode}: {text[-800:]}")
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError("; ".join(failures))
+    return elapsed
+
+
 def _stored_count(server: Server) -> int:
     """How many instances a server holds (to check nothing was dropped)."""
     if server.name == "storescp":
@@ -268,6 +290,40 @@ def _one_ingestion(bench: Bench, data: ImageSet, chunks: list[list[Path]], name:
     bench.log(f"C-STORE {data.kind} ×{parallel} run {run + 1}: {name} "
               f"{data.count / seconds:.1f} inst/s, {cpu / data.count * 1e3:.2f} ms CPU "
               f"per instance, peak RSS {peak:.0f} MiB")
+
+
+# ------------------------------------------------ several serve processes
+
+def cluster(bench: Bench) -> None:
+    """C-STORE into two ``serve`` processes on one PostgreSQL and one blob
+    root (DESIGN §12), the 4 senders split over them, against one process on
+    the same PostgreSQL with the same 4 senders."""
+    from .postgres import Postgres
+    res, plan, data = bench.results, bench.plan, bench.small
+    chunks = split(data.files, plan.parallel)
+    one, two = "cstore.pg.one", "cstore.pg.two"
+    res.row(one, f"C-STORE small 64², {plan.parallel} storescu, one serve on PostgreSQL "
+            f"({data.count} inst.)", "inst/s", higher_is_better=True)
+    res.row(two, f"C-STORE small 64², {plan.parallel} storescu split over two serve "
+            f"processes on one PostgreSQL ({data.count} inst.)", "inst/s",
+            higher_is_better=True, target=Target(baseline=one, text="against one process"))
+    with Postgres(bench.root / "postgres") as pg:
+        for run in range(plan.runs):
+            for key, processes in ((one, 1), (two, 2)):
+                url = pg.new_database()
+                with bench.fleet() as fleet:
+                    shared = fleet.root / f"cluster-{uuid.uuid4().hex[:8]}"
+                    servers = [fleet.pacsnode(data_dir=shared, database_url=url,
+                                              aet=f"PACSNODE_{n}") for n in range(processes)]
+                    sends = [(servers[n % processes], chunk) for n, chunk in enumerate(chunks)]
+                    seconds = _storescu_to(sends, fleet.root)
+                shutil.rmtree(shared, ignore_errors=True)
+                stored = pg.count_instances(url)
+                if stored != data.count:
+                    res.note(f"{key} run {run + 1}: {stored} of {data.count} instances indexed")
+                res.add(key, "pacsnode", data.count / seconds)
+                bench.log(f"C-STORE small ×{plan.parallel} into {processes} process(es) on "
+                          f"PostgreSQL, run {run + 1}: {data.count / seconds:.1f} inst/s")
 
 
 # ------------------------------------------------- one large instance
@@ -800,7 +856,8 @@ def _wado(url: str) -> tuple[int, float]:
 # ------------------------------------------------------------------ groups
 
 #: Row groups selectable with ``--only``.
-GROUPS = ("cstore", "large", "cfind", "qido", "wado", "metadata", "stow", "cmove", "cget")
+GROUPS = ("cstore", "cluster", "large", "cfind", "qido", "wado", "metadata", "stow", "cmove",
+          "cget")
 WEB_GROUPS = {"wado", "metadata", "stow", "cmove", "cget"}
 
 
@@ -811,6 +868,8 @@ def run_groups(bench: Bench, groups: list[str]) -> None:
     if "cstore" in selected:
         phases.append(("C-STORE ingestion", lambda: cstore(
             bench, full_row=bool(selected & {"cfind", "qido"}))))
+    if "cluster" in selected:
+        phases.append(("two serve processes on PostgreSQL", lambda: cluster(bench)))
     if "large" in selected:
         phases.append(("1 GiB instance", lambda: large(bench)))
     if selected & WEB_GROUPS:

@@ -276,9 +276,10 @@ class Fleet:
 
     def pacsnode(self, *, data_dir: Path | None = None,
                  nodes: dict[str, tuple[str, int]] | None = None,
-                 aet: str = "PACSNODE") -> Server:
+                 aet: str = "PACSNODE", database_url: str = "") -> Server:
         """``python -m pacsnode serve`` with default settings; ``nodes`` name
-        → (AE title, port) become ``[nodes.NAME]`` tables of a TOML config."""
+        → (AE title, port) become ``[nodes.NAME]`` tables of a TOML config;
+        ``database_url`` puts the index elsewhere than SQLite in ``data_dir``."""
         workdir = self._workdir("pacsnode")
         data = data_dir or workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -286,6 +287,8 @@ class Fleet:
         cmd = [sys.executable, "-m", "pacsnode", "serve", "--data-dir", str(data),
                "--dicom-port", str(dicom_port), "--http-port", str(http_port),
                "--ae-title", aet, "--host", "127.0.0.1"]
+        if database_url:
+            cmd += ["--database-url", database_url]
         if nodes:
             config = workdir / "pacsnode.toml"
             config.write_text("".join(
