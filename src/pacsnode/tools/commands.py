@@ -181,7 +181,10 @@ def img2dcm_command(image: str, out: str, series_from: str | None,
 
     A baseline JPEG is kept byte for byte, encapsulated with the JPEG
     Baseline transfer syntax; other images are stored uncompressed.  Without
-    --series-from/--study-from a new study and series are made.
+    --series-from/--study-from a new study and series are made.  Copied
+    attributes follow the Secondary Capture IOD: a conditional one (e.g.
+    Laterality) only when its condition holds, a value that breaks its VR
+    is left out with a warning.
 
     \b
     Examples:
@@ -190,11 +193,14 @@ def img2dcm_command(image: str, out: str, series_from: str | None,
     """
     from .img2dcm import image_to_dicom
 
+    notes: list[str] = []
     try:
-        image_to_dicom(image, out, series_from=series_from, study_from=study_from)
+        image_to_dicom(image, out, series_from=series_from, study_from=study_from, notes=notes)
     except ToolError as exc:
         _error("img2dcm", str(exc))
         sys.exit(1)
+    for note in notes:
+        _error("img2dcm", f"warning: {series_from or study_from}: {note}")
 
 
 @click.command("anonymize")
