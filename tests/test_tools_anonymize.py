@@ -401,7 +401,7 @@ def test_no_map_anywhere_unless_asked_and_then_private(tmp_path: Path) -> None:
     code, out, err = run([tmp_path / "in"], tmp_path / "out2", "--key", "k",
                          "--uid-map", str(private))
     assert code == 0, err
-    assert f"UID map: {private}" in out and "2 patients" in out
+    assert f"UID map: {private}" in out and "2 patient(s)" in out
     assert (private.stat().st_mode & 0o777) == 0o600
     assert every_file(tmp_path / "out2") == written               # same key, same names
     body = json.loads(private.read_text())

@@ -296,7 +296,7 @@ def anonymize_command(paths: Sequence[str], key: str | None, key_file: str | Non
     click.echo("anonymized: " + "; ".join(parts))
     if summary.map_path is not None:
         click.echo(f"UID map: {summary.map_path} ({summary.uid_count} UIDs, "
-                   f"{summary.patient_count} patients; keep it private, it links the new "
+                   f"{summary.patient_count} patient(s); keep it private, it links the new "
                    "identifiers to the original ones)")
     if summary.burned_in:
         click.echo("BurnedInAnnotation=YES (pixels not changed; check them before sharing):")

@@ -23,6 +23,7 @@ import copy
 import datetime as _dt
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,9 @@ def _copy(dst: Dataset, src: Dataset, keywords: Iterable[str], notes: list[str])
     for keyword in keywords:
         if keyword not in src:
             continue
-        elem = copy.deepcopy(src.data_element(keyword))
+        with warnings.catch_warnings():  # checked below, and said in plain words
+            warnings.simplefilter("ignore")
+            elem = copy.deepcopy(src.data_element(keyword))
         if elem is None:
             continue
         if elem.VR in _FORMATTED_VRS and not elem.is_empty:
