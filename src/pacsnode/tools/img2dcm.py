@@ -31,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
@@ -181,20 +182,25 @@ def _copy(dst: Dataset, src: Dataset, keywords: Iterable[str], notes: list[str])
     for keyword in keywords:
         if keyword not in src:
             continue
-        with warnings.catch_warnings():  # checked below, and said in plain words
+        with warnings.catch_warnings():  # pydicom's own VR warnings: said in plain words
             warnings.simplefilter("ignore")
-            elem = copy.deepcopy(src.data_element(keyword))
-        if elem is None:
-            continue
-        if elem.VR in _FORMATTED_VRS and not elem.is_empty:
-            if elem.VR in ("DA", "TM") and isinstance(elem.value, str):
-                elem.value = _legacy_value(elem.VR, elem.value.strip())
-            try:  # numbers as pydicom read them (IS, DSfloat) are checked as text
-                check_value(elem.VR, [str(v) for v in values_of(elem.value)], keyword)
-            except ToolError as exc:
-                notes.append(f"not copied: {exc}")
-                continue
-        dst.add(elem)
+            elem = _checked_copy(src, keyword, notes)
+        if elem is not None:
+            dst.add(elem)
+
+
+def _checked_copy(src: Dataset, keyword: str, notes: list[str]) -> DataElement | None:
+    elem = copy.deepcopy(src.data_element(keyword))
+    if elem is None or elem.VR not in _FORMATTED_VRS or elem.is_empty:
+        return elem
+    if elem.VR in ("DA", "TM") and isinstance(elem.value, str):
+        elem.value = _legacy_value(elem.VR, elem.value.strip())
+    try:  # numbers as pydicom read them (IS, DSfloat) are checked as text
+        check_value(elem.VR, [str(v) for v in values_of(elem.value)], keyword)
+    except ToolError as exc:
+        notes.append(f"not copied: {exc}")
+        return None
+    return elem
 
 
 def _series_laterality(ds: Dataset, reference: Dataset | None) -> None:
