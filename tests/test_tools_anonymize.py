@@ -1,5 +1,8 @@
 """pacsnode anonymize: every row of PS3.15 Table E.1-1 (from the table
-module) is applied, UIDs stay consistent, private tags go, pixels stay."""
+module) is applied, UIDs stay consistent, private tags go, pixels stay;
+patients keep apart under keyed pseudonyms, the same key repeats a run, the
+map from new to original identifiers never lands in the output, and
+duplicate inputs are counted as such."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pydicom.sequence import Sequence
 
 from conftest import require_tool
 from pacsnode.cli import main
-from pacsnode.tools.anonymize import UIDMap, anonymize_dataset
+from pacsnode.tools.anonymize import Pseudonymizer, UIDMap, anonymize_dataset
 from pacsnode.tools.deid_profile import RULES, Action, ProfileRule, resolve, rule_for
 from pacsnode.tools.textvalues import check_value, values_of
 
@@ -115,9 +118,10 @@ def test_table_is_complete_and_resolves() -> None:
 
 def test_every_table_attribute_is_handled_by_its_action() -> None:
     ds, originals = rich_dataset()
-    uid_map: dict[str, str] = {}
+    pseudonyms = Pseudonymizer("test key")
     pixels = ds.PixelData
-    result = anonymize_dataset(ds, uid_map)
+    result = anonymize_dataset(ds, pseudonyms)
+    uid_map = {original: new for new, original in pseudonyms.uids.items()}
     assert result.burned_in_annotation
     checked = 0
     for tag, original in originals.items():
@@ -125,7 +129,9 @@ def test_every_table_attribute_is_handled_by_its_action() -> None:
         assert rule is not None
         action = rule.action
         where = f"{rule.tag_text} {rule.name} ({rule.code})"
-        if action is Action.REMOVE:
+        if tag in (0x00100010, 0x00100020):  # Z in the table; a pseudonym instead
+            assert ds[tag].value != original and str(ds[tag].value).startswith("ANON"), where
+        elif action is Action.REMOVE:
             assert tag not in ds, where
         elif action is Action.ZERO:
             assert tag in ds and empty(ds[tag].value), where
@@ -165,11 +171,14 @@ def test_every_table_attribute_is_handled_by_its_action() -> None:
 
 def test_private_tags_kept_on_request() -> None:
     ds, _ = rich_dataset()
-    anonymize_dataset(ds, {}, keep=["(0009,xxxx)", "(0011,1001)", "StudyDescription"])
+    anonymize_dataset(ds, keep=["(0009,xxxx)", "(0011,1001)", "StudyDescription",
+                                "PatientID"])
     assert ds[0x00090010].value == "ACME 1.1" and ds[0x00091001].value == "private secret"
     assert ds[0x00110010].value == "ACME 2.0" and ds[0x00111001].value == "keep me"
     assert 0x00111002 not in ds
     assert ds.StudyDescription == "Secret LO"
+    assert ds.PatientID == SAMPLE["LO"]                      # kept: no pseudonym
+    assert ds.PatientName.family_name == "ANON"              # not kept: pseudonym
 
 
 def ct_study(folder: Path) -> list[Path]:
@@ -205,9 +214,10 @@ def uids_of(folder: Path) -> list[tuple[str, str, str, str]]:
 
 def test_uids_consistent_within_a_study_and_across_runs(tmp_path: Path) -> None:
     originals = ct_study(tmp_path / "in")
-    code, out, err = run([tmp_path / "in"], tmp_path / "out1")
+    code, out, err = run([tmp_path / "in"], tmp_path / "out1", "--key", "k1")
     assert code == 0, err
-    assert "anonymized 3 file(s)" in out
+    assert "wrote 3 file(s)" in out and "from 3 input(s)" in out
+    assert "random" not in err
     first = uids_of(tmp_path / "out1")
     assert len(first) == 3
     assert len({r[0] for r in first}) == 1                  # one study
@@ -216,20 +226,17 @@ def test_uids_consistent_within_a_study_and_across_runs(tmp_path: Path) -> None:
     assert len({r[3] for r in first}) == 1
     source = pydicom.dcmread(originals[0])
     assert first[0][0] != source.StudyInstanceUID
-    map_file = tmp_path / "out1" / ".pacsnode-uidmap.json"
-    stored = json.loads(map_file.read_text())["uids"]
-    assert stored[source.StudyInstanceUID] == first[0][0]
+    assert all(uid.startswith("2.25.") for row in first for uid in row)
 
-    # a second run with the same map gives the same UIDs (and file names)
-    code, _, err = run([tmp_path / "in"], tmp_path / "out2", "--map", str(map_file))
+    # the same key gives the same UIDs (and file names) ...
+    code, _, err = run([tmp_path / "in"], tmp_path / "out2", "--key", "k1")
     assert code == 0, err
     assert uids_of(tmp_path / "out2") == first
-    # a run with a fresh map does not
-    code, _, _ = run([tmp_path / "in"], tmp_path / "out3")
+    # ... another key or no key does not
+    code, _, _ = run([tmp_path / "in"], tmp_path / "out3", "--key", "k2")
     assert {r[0] for r in uids_of(tmp_path / "out3")}.isdisjoint({first[0][0]})
-
-    # the map reloads as the library type
-    assert UIDMap.load(map_file)[source.StudyInstanceUID] == first[0][0]
+    code, _, _ = run([tmp_path / "in"], tmp_path / "out4")
+    assert {r[0] for r in uids_of(tmp_path / "out4")}.isdisjoint({first[0][0]})
 
 
 def test_files_keep_pixels_and_pass_dciodvfy(tmp_path: Path) -> None:
@@ -239,9 +246,11 @@ def test_files_keep_pixels_and_pass_dciodvfy(tmp_path: Path) -> None:
     assert code == 0, err
     ds = pydicom.dcmread(out)
     assert ds.PixelData == original.PixelData
-    assert ds.PatientName == "" and ds.PatientID == "" and "StudyDescription" not in ds
+    assert ds.PatientID.startswith("ANON-") and ds.PatientID != original.PatientID
+    assert ds.PatientName == "ANON^" + ds.PatientID[5:]
+    assert "StudyDescription" not in ds
     assert not any(e.tag.is_private for e in ds.iterall())
-    assert (tmp_path / ".pacsnode-uidmap.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anon.dcm"]   # no map beside it
     exe = require_tool("dciodvfy", "dicom3tools")
     proc = subprocess.run([exe, str(out)], capture_output=True, text=True, env=ENV)
     errors = [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("Error")]
@@ -265,7 +274,7 @@ def test_burned_in_annotation_is_flagged(tmp_path: Path) -> None:
     assert str(flagged) in err and "BurnedInAnnotation" in err
     assert "BurnedInAnnotation=YES" in out and str(flagged) in out
     assert "plain.dcm" not in out
-    assert "anonymized 2 file(s)" in out and "1 skipped" in out
+    assert "wrote 2 file(s)" in out and "from 3 input(s)" in out and "1 skipped" in out
     written = list((tmp_path / "out").glob("*.dcm"))
     assert len(written) == 2
     assert any(pydicom.dcmread(p).PixelData == ds.PixelData for p in written)
@@ -277,9 +286,9 @@ def test_recursive_and_errors(tmp_path: Path) -> None:
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "a.dcm")
     shutil.copy(get_testdata_file("MR_small.dcm"), folder / "sub" / "b.dcm")
     code, out, _ = run([folder], tmp_path / "flat")
-    assert code == 0 and "anonymized 1 file(s)" in out
+    assert code == 0 and "wrote 1 file(s)" in out
     code, out, _ = run([folder], tmp_path / "deep", "--recursive")
-    assert code == 0 and "anonymized 2 file(s)" in out
+    assert code == 0 and "wrote 2 file(s)" in out
     bad = tmp_path / "bad.dcm"
     bad.write_text("nope")
     code, _, err = run([bad, folder / "a.dcm"], tmp_path / "mixed")
@@ -294,3 +303,212 @@ def test_dummy_values_are_valid_for_their_vr(vr: str) -> None:
     assert not empty(DUMMY_VALUES[vr]) or vr == "AT"
     check_value(vr, DUMMY_VALUES[vr], vr)
     assert values_of(DUMMY_VALUES[vr]) != values_of(SAMPLE[vr])
+
+
+# -- pseudonyms, keys, the private map, duplicates (DESIGN §7) ---------------
+
+def two_patients(folder: Path) -> dict[str, list[Path]]:
+    """Two instances of patient P-ONE, one of P-TWO (and a name only one)."""
+    folder.mkdir()
+    files: dict[str, list[Path]] = {}
+    for n, (pid, name, study) in enumerate([("P-ONE", "Doe^John", 1),
+                                            ("P-ONE", "Doe^John", 1),
+                                            ("P-TWO", "Roe^Jane", 2)]):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.PatientID, ds.PatientName = pid, name
+        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.2.1143.7.{study}"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.2.1143.8.{n}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"{n}.dcm"
+        ds.save_as(path)
+        files.setdefault(pid, []).append(path)
+    return files
+
+
+def patients_of(folder: Path) -> dict[str, tuple[str, str]]:
+    """SOPInstanceUID → (PatientID, PatientName) of the written files."""
+    out = {}
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        out[str(ds.SOPInstanceUID)] = (str(ds.PatientID), str(ds.PatientName))
+    return out
+
+
+def test_patients_get_distinct_keyed_pseudonyms(tmp_path: Path) -> None:
+    two_patients(tmp_path / "in")
+    code, _, err = run([tmp_path / "in"], tmp_path / "a", "--key", "secret")
+    assert code == 0, err
+    pseudonyms = set(patients_of(tmp_path / "a").values())
+    assert len(pseudonyms) == 2                                   # two patients, not one blank
+    for pid, name in pseudonyms:
+        assert pid.startswith("ANON-") and len(pid) == 5 + 12
+        assert name == "ANON^" + pid[5:]
+        assert "P-ONE" not in pid + name and "Doe" not in name
+    # one patient, one study: the two instances of P-ONE agree
+    studies = {}
+    for path in (tmp_path / "a").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        studies.setdefault(ds.PatientID, set()).add(ds.StudyInstanceUID)
+    assert sorted(len(v) for v in studies.values()) == [1, 1]
+
+    # the same key again: identical pseudonyms, UIDs and bytes
+    code, _, err = run([tmp_path / "in"], tmp_path / "b", "--key", "secret")
+    assert code == 0, err
+    assert patients_of(tmp_path / "b") == patients_of(tmp_path / "a")
+    for path in (tmp_path / "a").glob("*.dcm"):
+        assert (tmp_path / "b" / path.name).read_bytes() == path.read_bytes()
+    # the key from a file is the same key
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("secret\n")
+    code, _, err = run([tmp_path / "in"], tmp_path / "c", "--key-file", str(key_file))
+    assert code == 0, err
+    assert patients_of(tmp_path / "c") == patients_of(tmp_path / "a")
+    # another key: other pseudonyms
+    code, _, _ = run([tmp_path / "in"], tmp_path / "d", "--key", "other")
+    assert set(patients_of(tmp_path / "d").values()).isdisjoint(pseudonyms)
+    code, _, err = run([tmp_path / "in"], tmp_path / "e", "--key", "x", "--key-file",
+                       str(key_file))
+    assert code == 2 and "not both" in err
+
+
+def test_without_a_key_pseudonyms_are_random_and_said_so(tmp_path: Path) -> None:
+    two_patients(tmp_path / "in")
+    code, out, err = run([tmp_path / "in"], tmp_path / "a")
+    assert code == 0, err
+    assert "no --key given" in err and "random for this run" in err and "--key" in err
+    code, _, _ = run([tmp_path / "in"], tmp_path / "b")
+    assert set(patients_of(tmp_path / "a").values()).isdisjoint(
+        patients_of(tmp_path / "b").values())
+    assert len(set(patients_of(tmp_path / "a").values())) == 2   # still apart within a run
+
+
+def every_file(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_no_map_anywhere_unless_asked_and_then_private(tmp_path: Path) -> None:
+    files = two_patients(tmp_path / "in")
+    before = every_file(tmp_path / "in")
+    code, out, err = run([tmp_path / "in"], tmp_path / "out", "--key", "k")
+    assert code == 0, err
+    written = every_file(tmp_path / "out")
+    assert len(written) == 3 and all(name.endswith(".dcm") for name in written)
+    assert every_file(tmp_path / "in") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+    assert "UID map" not in out
+
+    private = tmp_path / "private" / "map.json"
+    code, out, err = run([tmp_path / "in"], tmp_path / "out2", "--key", "k",
+                         "--uid-map", str(private))
+    assert code == 0, err
+    assert f"UID map: {private}" in out and "2 patient(s)" in out
+    assert (private.stat().st_mode & 0o777) == 0o600
+    assert every_file(tmp_path / "out2") == written               # same key, same names
+    body = json.loads(private.read_text())
+    assert body["format"] == "pacsnode-uidmap" and body["version"] == 2
+    originals = {str(o.SOPInstanceUID): o for o in
+                 (pydicom.dcmread(p) for ps in files.values() for p in ps)}
+    for path in (tmp_path / "out2").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        original = originals[body["uids"][str(ds.SOPInstanceUID)]]     # new → original
+        assert body["uids"][str(ds.StudyInstanceUID)] == original.StudyInstanceUID
+        assert body["uids"][str(ds.SeriesInstanceUID)] == original.SeriesInstanceUID
+        assert body["patients"][str(ds.PatientID)] == original.PatientID
+    assert sorted(body["patients"].values()) == ["P-ONE", "P-TWO"]
+    assert UIDMap.load(private).patients == body["patients"]
+
+    # a second run into the same map keeps what is there, still 0600
+    private.chmod(0o644)
+    (tmp_path / "single").mkdir()
+    code, _, err = run([files["P-ONE"][0]], tmp_path / "single" / "one.dcm", "--key", "other",
+                       "--uid-map", str(private))
+    assert code == 0, err
+    assert (private.stat().st_mode & 0o777) == 0o600
+    merged = json.loads(private.read_text())
+    assert set(body["uids"]) < set(merged["uids"]) and len(merged["patients"]) == 3
+
+
+def test_uid_map_inside_the_output_is_refused(tmp_path: Path) -> None:
+    files = two_patients(tmp_path / "in")
+    cases = [
+        ([tmp_path / "in"], tmp_path / "out", tmp_path / "out" / "map.json"),
+        ([tmp_path / "in"], tmp_path / "out", tmp_path / "out" / "sub" / "map.json"),
+        ([files["P-TWO"][0]], tmp_path / "single" / "anon.dcm",
+         tmp_path / "single" / "map.json"),                  # beside a single output file
+    ]
+    (tmp_path / "single").mkdir()
+    link = tmp_path / "innocent"
+    link.symlink_to(tmp_path / "out")                        # a symlink into the output
+    cases.append(([tmp_path / "in"], tmp_path / "out", link / "map.json"))
+    for inputs, out, map_path in cases:
+        code, stdout, err = run(inputs, out, "--key", "k", "--uid-map", str(map_path))
+        assert code == 1, (map_path, stdout, err)
+        assert "inside the output folder" in err and str(map_path) in err
+        assert not map_path.exists()
+        assert not out.exists(), out                         # nothing written
+    assert every_file(tmp_path / "single") == []
+
+
+def test_duplicates_are_counted_honestly(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    paths = ct_study(folder)                                 # three instances
+    shutil.copy(paths[0], folder / "copy_of_0.dcm")          # same SOP UID, same data set
+    mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    mr.save_as(folder / "mr.dcm")                            # a fifth, distinct
+    code, out, err = run([folder], tmp_path / "out", "--key", "k")
+    assert code == 0, err
+    assert "wrote 4 file(s)" in out and "from 5 input(s)" in out
+    assert "1 duplicate(s) of an earlier input skipped" in out
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 4
+
+    # the same SOP UID with other data: not written, said so, exit status 1
+    other = pydicom.dcmread(paths[1])
+    other.StudyDescription = "a different data set"
+    other.save_as(folder / "zz_changed_1.dcm")
+    code, out, err = run([folder], tmp_path / "out2", "--key", "k")
+    assert code == 1
+    assert "wrote 4 file(s)" in out and "from 6 input(s)" in out
+    assert "1 not written: same SOPInstanceUID as an earlier input but a different data set" \
+        in out
+    assert "zz_changed_1.dcm" in err and "different data set" in err
+    assert len(list((tmp_path / "out2").glob("*.dcm"))) == 4
+
+
+def test_the_same_file_meta_aside_is_a_duplicate(tmp_path: Path) -> None:
+    """Identity is the data set (§7): another sender's file meta does not
+    make a different instance."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.save_as(folder / "a.dcm")
+    ds.file_meta.ImplementationClassUID = "1.2.3.4"
+    ds.file_meta.ImplementationVersionName = "OTHER"
+    ds.save_as(folder / "b.dcm")
+    assert (folder / "a.dcm").read_bytes() != (folder / "b.dcm").read_bytes()
+    code, out, err = run([folder], tmp_path / "out", "--key", "k")
+    assert code == 0, err
+    assert "wrote 1 file(s)" in out and "1 duplicate(s)" in out
+
+
+def test_library_pseudonymizer_is_consistent_across_a_study() -> None:
+    """Routes anonymize instance by instance: one key, one patient, one study."""
+    a = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    b = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    b.SOPInstanceUID = "1.2.826.0.1.3680043.2.1143.99"
+    original_study = a.StudyInstanceUID
+    anonymize_dataset(a, Pseudonymizer(b"route key"))
+    anonymize_dataset(b, Pseudonymizer(b"route key"))          # another object, same key
+    assert (a.PatientID, a.PatientName, a.StudyInstanceUID) == \
+        (b.PatientID, b.PatientName, b.StudyInstanceUID)
+    assert a.SOPInstanceUID != b.SOPInstanceUID
+    assert a.StudyInstanceUID != original_study
+    # the older call form (a plain dict, as the REST export uses) still holds
+    legacy: dict[str, str] = {}
+    c = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    d = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    anonymize_dataset(c, legacy)
+    anonymize_dataset(d, legacy)
+    assert c.StudyInstanceUID == d.StudyInstanceUID == legacy[original_study]
+    assert c.PatientID == d.PatientID and c.PatientID.startswith("ANON-")
+    with pytest.raises(Exception, match="empty"):
+        Pseudonymizer("")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,131 @@ def test_not_an_image(tmp_path: Path) -> None:
     code, _, err = pacsnode("img2dcm", str(bad), str(tmp_path / "x.dcm"))
     assert code == 1 and str(bad) in err and "not an image" in err
     assert not (tmp_path / "x.dcm").exists()
+
+
+# -- --series-from: what is copied holds in a Secondary Capture image --------
+
+def _readable_testdata() -> list[str]:
+    """pydicom's bundled files that pacsnode reads as DICOM (no_meta.dcm
+    starts with a stray byte and is refused as not DICOM)."""
+    from pacsnode.tools.common import ToolError, read_dicom
+    names = []
+    for path in sorted(Path(pydicom.data.__file__).parent.joinpath("test_files").glob("*.dcm")):
+        try:
+            read_dicom(path, stop_before_pixels=True)
+        except ToolError:
+            continue
+        names.append(Path(path).name)
+    return names
+
+
+def dciodvfy_report(path: Path) -> tuple[list[str], list[str]]:
+    exe = require_tool("dciodvfy", "dicom3tools")
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, env=ENV)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return ([l for l in lines if l.startswith("Error")],
+            [l for l in lines if l.startswith("Warning")])
+
+
+@pytest.fixture(scope="module")
+def small_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    png = tmp_path_factory.mktemp("img") / "x.png"
+    Image.fromarray(picture((16, 16))).save(png)
+    return png
+
+
+@pytest.mark.parametrize("name", _readable_testdata())
+def test_series_from_every_bundled_file_passes_dciodvfy(tmp_path: Path, small_png: Path,
+                                                        name: str) -> None:
+    ref = get_testdata_file(name)
+    with warnings.catch_warnings():  # some bundled files are odd on purpose
+        warnings.simplefilter("ignore")
+        refds = pydicom.dcmread(ref, stop_before_pixels=True, force=True)
+    out = tmp_path / "sc.dcm"
+    code, _, err = pacsnode("img2dcm", str(small_png), str(out), "--series-from", ref)
+    assert code == 0, err
+    ds = pydicom.dcmread(out)
+    assert ds.SeriesInstanceUID == refds.get("SeriesInstanceUID", ds.SeriesInstanceUID)
+    errors, warning_lines = dciodvfy_report(out)
+    assert errors == [], name
+    # the only warnings about what pacsnode wrote: an empty Laterality where the
+    # body part is not known to be unpaired (Type 2: "unknown")
+    for line in warning_lines:
+        if "Laterality" in line:
+            assert "only permitted to be empty when actually unknown" in line, line
+
+
+def test_series_from_the_suite_test_data_passes_dciodvfy(tmp_path: Path,
+                                                         small_png: Path) -> None:
+    from dicomfiles import make_ct, one_study_per_syntax
+    _, files = one_study_per_syntax(tmp_path / "ts")
+    sources = list(files.values())
+    make_ct(tmp_path / "ct.dcm", charset="ISO_IR 192", patient_name="Müller^Jürgen")
+    sources.append(tmp_path / "ct.dcm")
+    for n, ref in enumerate(sources):
+        out = tmp_path / f"sc{n}.dcm"
+        code, _, err = pacsnode("img2dcm", str(small_png), str(out), "--series-from", str(ref))
+        assert code == 0, err
+        assert dciodvfy_report(out)[0] == [], ref.name
+    assert pydicom.dcmread(tmp_path / f"sc{len(sources) - 1}.dcm").PatientName == \
+        "Müller^Jürgen"
+
+
+def reference(tmp_path: Path, **attrs: object) -> Path:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for keyword, value in attrs.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            with warnings.catch_warnings():  # invalid values on purpose
+                warnings.simplefilter("ignore")
+                setattr(ds, keyword, value)
+    path = tmp_path / "ref.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("body_part, modality, laterality, expected", [
+    ("BREAST", "MG", "L", "L"),       # paired, known side: copied
+    ("KNEE", "CT", None, ""),         # paired, side not given: present, empty (unknown)
+    ("HEAD", "CT", "R", None),        # unpaired: never present
+    ("ABDOMEN", "MR", "", None),
+    (None, "CT", "R", "R"),           # no body part: the reference's side
+    (None, "CT", "", ""),             # no body part, no side: unknown
+    (None, "ECG", "", None),          # ECG examines the heart: unpaired
+])
+def test_laterality_only_when_its_condition_holds(tmp_path: Path, small_png: Path,
+                                                  body_part: str | None, modality: str,
+                                                  laterality: str | None,
+                                                  expected: str | None) -> None:
+    ref = reference(tmp_path, BodyPartExamined=body_part, Modality=modality,
+                    Laterality=laterality)
+    out = tmp_path / "sc.dcm"
+    code, _, err = pacsnode("img2dcm", str(small_png), str(out), "--series-from", str(ref))
+    assert code == 0, err
+    ds = pydicom.dcmread(out)
+    if expected is None:
+        assert "Laterality" not in ds
+    else:
+        assert ds.Laterality == expected
+    errors, _ = dciodvfy_report(out)
+    assert errors == []
+
+
+def test_copied_values_are_mended_or_left_out(tmp_path: Path, small_png: Path) -> None:
+    ref = reference(tmp_path, StudyDate="1997.04.24", StudyTime="14:04:38",
+                    SeriesDate="2024-13-45", SpecificCharacterSet="",
+                    PatientIdentityRemoved="YES")
+    out = tmp_path / "sc.dcm"
+    code, _, err = pacsnode("img2dcm", str(small_png), str(out), "--series-from", str(ref))
+    assert code == 0, err
+    assert "warning" in err and "SeriesDate" in err and str(ref) in err
+    sc = pydicom.dcmread(out)
+    assert (sc.StudyDate, sc.StudyTime) == ("19970424", "140438")   # ACR-NEMA forms mended
+    assert "SeriesDate" not in sc                                    # invalid, Type 3: left out
+    assert "SpecificCharacterSet" not in sc                          # Type 1C: only with a value
+    assert sc.PatientIdentityRemoved == "YES" and sc.DeidentificationMethod
+    assert dciodvfy_report(out)[0] == []

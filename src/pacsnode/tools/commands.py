@@ -181,7 +181,10 @@ def img2dcm_command(image: str, out: str, series_from: str | None,
 
     A baseline JPEG is kept byte for byte, encapsulated with the JPEG
     Baseline transfer syntax; other images are stored uncompressed.  Without
-    --series-from/--study-from a new study and series are made.
+    --series-from/--study-from a new study and series are made.  Copied
+    attributes follow the Secondary Capture IOD: a conditional one (e.g.
+    Laterality) only when its condition holds, a value that breaks its VR
+    is left out with a warning.
 
     \b
     Examples:
@@ -190,49 +193,73 @@ def img2dcm_command(image: str, out: str, series_from: str | None,
     """
     from .img2dcm import image_to_dicom
 
+    notes: list[str] = []
     try:
-        image_to_dicom(image, out, series_from=series_from, study_from=study_from)
+        image_to_dicom(image, out, series_from=series_from, study_from=study_from, notes=notes)
     except ToolError as exc:
         _error("img2dcm", str(exc))
         sys.exit(1)
+    for note in notes:
+        _error("img2dcm", f"warning: {series_from or study_from}: {note}")
 
 
 @click.command("anonymize")
 @click.argument("paths", nargs=-1, required=True, metavar="IN... OUT")
+@click.option("--key", metavar="TEXT",
+              help="The secret that pseudonyms and new UIDs are derived from: the same key "
+                   "gives the same PatientID/PatientName/UIDs on every run.  Without --key "
+                   "or --key-file a random key is used and the run cannot be repeated.")
+@click.option("--key-file", metavar="FILE",
+              help="Read the key from FILE (its bytes, a final line break left out); keeps "
+                   "the key out of the shell history and the process list.")
+@click.option("--uid-map", "uid_map", metavar="FILE",
+              help="Write the map from new to original identifiers (UIDs and patients) to "
+                   "FILE, readable by you only (mode 0600); refused inside the output folder. "
+                   "Without it no map is written anywhere.")
 @click.option("--keep", multiple=True, metavar="KEY",
               help="Leave this attribute as it is: a keyword, (gggg,eeee), or a pattern "
                    "such as (0009,xxxx) for a private group; may be repeated.")
-@click.option("--map", "map_path", metavar="FILE",
-              help="The JSON file that maps original to new UIDs, read and updated so "
-                   "that runs agree (default: OUT/.pacsnode-uidmap.json).  Keep it private.")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders of IN folders.")
-def anonymize_command(paths: Sequence[str], keep: Sequence[str], map_path: str | None,
-                      recursive: bool) -> None:
+def anonymize_command(paths: Sequence[str], key: str | None, key_file: str | None,
+                      uid_map: str | None, keep: Sequence[str], recursive: bool) -> None:
     """De-identify DICOM files with the PS3.15 Basic Application Level
     Confidentiality Profile.
 
     Each attribute of the profile's table (PS3.15 Table E.1-1) is removed,
     emptied, given a dummy value or has its UIDs replaced; private attributes
-    are removed unless kept; UIDs are replaced consistently across files and
-    runs through the UID map.  Pixel data is never changed: files marked
-    BurnedInAnnotation=YES are reported.  IN may be files or folders; OUT is
-    a file for a single input file, otherwise a folder that receives
-    <SOPInstanceUID>.dcm files.
+    are removed unless kept.  PatientID and PatientName get a pseudonym made
+    from the original PatientID (ANON-<12 hex>, ANON^<12 hex>), so patients
+    stay apart.  Pseudonyms and new UIDs are a keyed hash of the originals:
+    the same --key gives the same ones on every run.  Pixel data is never
+    changed: files marked BurnedInAnnotation=YES are reported.  IN may be
+    files or folders; OUT is a file for a single input file, otherwise a
+    folder that receives <SOPInstanceUID>.dcm files.  An input with the
+    SOPInstanceUID of an earlier input is not written: a duplicate (same data
+    set) or a conflict (different data set, exit status 1).
 
     \b
     Examples:
-      pacsnode anonymize study/ anon/ --recursive
+      pacsnode anonymize study/ anon/ --recursive --key-file ~/.anon-key
       pacsnode anonymize image.dcm anon.dcm --keep "(0009,xxxx)"
+      pacsnode anonymize study/ anon/ -r --key-file ~/.anon-key --uid-map ~/private/map.json
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .anonymize import anonymize_paths
+    from .anonymize import anonymize_paths, read_key_file
 
     if len(paths) < 2:
         _error("anonymize", "give at least one input and the output: IN... OUT")
         sys.exit(2)
+    if key is not None and key_file is not None:
+        _error("anonymize", "give either --key or --key-file, not both")
+        sys.exit(2)
     inputs, out = list(paths[:-1]), paths[-1]
+    try:
+        secret: str | bytes | None = read_key_file(key_file) if key_file is not None else key
+    except ToolError as exc:
+        _error("anonymize", str(exc))
+        sys.exit(2)
     console = Console(stderr=True)
     bar = Progress(TextColumn("anonymizing"), BarColumn(), MofNCompleteColumn(),
                    console=console, transient=True, disable=not console.is_terminal)
@@ -243,27 +270,39 @@ def anonymize_command(paths: Sequence[str], keep: Sequence[str], map_path: str |
 
     def warn(message: str) -> None:
         (bar.console if console.is_terminal else console).print(
-            f"pacsnode anonymize: {message}", markup=False, highlight=False)
+            f"pacsnode anonymize: {message}", markup=False, highlight=False, soft_wrap=True)
 
     try:
         with bar:
-            summary = anonymize_paths(inputs, out, keep=keep, map_path=map_path,
+            summary = anonymize_paths(inputs, out, key=secret, keep=keep, uid_map=uid_map,
                                       recursive=recursive, progress=progress, warn=warn)
     except ToolError as exc:
         _error("anonymize", str(exc))
         sys.exit(1)
     for _path, reason in summary.failed:
         _error("anonymize", reason)
-    click.echo(f"anonymized {len(summary.written)} file(s) into {out}; "
-               f"{len(summary.skipped)} skipped (not DICOM), {len(summary.failed)} failed")
+    if summary.random_key:
+        _error("anonymize", "no --key given: pseudonyms and UIDs are random for this run; "
+                            "pass --key or --key-file to make them repeatable")
+    parts = [f"wrote {len(summary.written)} file(s) into {out} from {summary.inputs} input(s)"]
+    if summary.duplicates:
+        parts.append(f"{len(summary.duplicates)} duplicate(s) of an earlier input skipped "
+                     "(same SOPInstanceUID, same data set)")
+    if summary.conflicts:
+        parts.append(f"{len(summary.conflicts)} not written: same SOPInstanceUID as an "
+                     "earlier input but a different data set")
+    parts.append(f"{len(summary.skipped)} skipped (not DICOM)")
+    parts.append(f"{len(summary.failed)} failed")
+    click.echo("anonymized: " + "; ".join(parts))
     if summary.map_path is not None:
-        click.echo(f"UID map: {summary.map_path} ({summary.uid_count} UIDs; keep it private, "
-                   "it links the new UIDs to the original ones)")
+        click.echo(f"UID map: {summary.map_path} ({summary.uid_count} UIDs, "
+                   f"{summary.patient_count} patient(s); keep it private, it links the new "
+                   "identifiers to the original ones)")
     if summary.burned_in:
         click.echo("BurnedInAnnotation=YES (pixels not changed; check them before sharing):")
         for path in summary.burned_in:
             click.echo(f"  {path}")
-    if summary.failed:
+    if summary.failed or summary.conflicts:
         sys.exit(1)
 
 

@@ -10,7 +10,11 @@ Explicit VR Little Endian.
 
 Patient and study attributes (and with ``--series-from`` the series ones)
 come from a reference file, so the image joins that patient's study or
-series; otherwise a new study and series are made.
+series; otherwise a new study and series are made.  What is copied must hold
+in a Secondary Capture image too: a conditional attribute is written only
+when its condition (PS3.3) holds for the new image, and a value that breaks
+its VR (an ACR-NEMA date such as ``1997.04.24``) is converted when its
+meaning is clear and left out otherwise, with a note.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import os
+import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
@@ -32,9 +39,11 @@ from pydicom.uid import (UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExte
 
 from .. import __version__
 from .common import ToolError, file_meta_for, read_dicom, write_atomic
+from .textvalues import check_value, values_of
 
 __all__ = ["JpegHeader", "read_jpeg_header", "image_dataset", "image_to_dicom",
-           "PATIENT_ATTRIBUTES", "STUDY_ATTRIBUTES", "SERIES_ATTRIBUTES"]
+           "PATIENT_ATTRIBUTES", "STUDY_ATTRIBUTES", "SERIES_ATTRIBUTES",
+           "UNPAIRED_BODY_PARTS", "UNPAIRED_MODALITIES"]
 
 #: Patient module (PS3.3 C.7.1.1) attributes copied from a reference file.
 PATIENT_ATTRIBUTES = ("PatientName", "PatientID", "IssuerOfPatientID",
@@ -48,10 +57,34 @@ STUDY_ATTRIBUTES = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhys
                     "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence",
                     "StudyDescription", "ProcedureCodeSequence", "PatientAge", "PatientSize",
                     "PatientWeight")
-#: General Series module (C.7.3.1).
+#: General Series module (C.7.3.1); Laterality, Type 2C, is decided apart
+#: (:func:`_series_laterality`).
 SERIES_ATTRIBUTES = ("SeriesInstanceUID", "SeriesNumber", "Modality", "SeriesDescription",
-                     "SeriesDate", "SeriesTime", "Laterality", "BodyPartExamined",
+                     "SeriesDate", "SeriesTime", "BodyPartExamined",
                      "OperatorsName", "PerformingPhysicianName")
+#: Body Part Examined terms (PS3.16 Annex L, CID 4031) that name a structure
+#: or region that is not paired: a series of one has no Laterality.
+UNPAIRED_BODY_PARTS = frozenset("""
+    ABDOMEN ABDOMENPELVIS ABDOMINALAORTA AMNIOTICFLUID ANUSRECTUMSIGMD AORTA AORTICARCH
+    APPENDIX ASCAORTA ASCENDINGCOLON AZYGOSVEIN BACK BASILARA BILEDUCT BLADDER
+    BLADDERURETHRA BRAIN CECUM CELIACA CERVIX CHEST CHESTABDOMEN CHESTABDPELVIS
+    CIRCLEOFWILLIS COCCYX COLON CORONARYARTERY CSPINE CTSPINE DESCAORTA DESCENDINGCOLON
+    DUODENUM ENTIREBODY EPIGASTRIC ESOPHAGUS FACE GALLBLADDER GESTSAC HEAD HEADNECK HEART
+    HEPATICA HYPOPHARYNX ILEUM ILIUM INFMESA INFVENACAVA JAW JEJUNUM LARGEINTESTINE LARYNX
+    LIVER LSPINE LSSPINE MANDIBLE MAXILLA MEDIASTINUM MOUTH NECK NECKCHEST NECKCHESTABDOMEN
+    NECKCHESTABDPELV NOSE PANCBILEDUCT PANCREAS PANCREATICDUCT PELVIS PENIS PERICARDIUM
+    PERINEUM PHARYNX PHARYNXLARYNX PLACENTA PORTALV PROSTATE RECTUM RETROPERITONEUM SACRUM
+    SCALP SELLA SIGMOID SKULL SMALLINTESTINE SPINALCORD SPINE SPLEEN SPLENICA SPLENICV
+    SSPINE STERNUM STOMACH SUPMESA SUPRAPUBIC SUPVENACAVA THORACICAORTA THYROID TLSPINE
+    TONGUE TRACHEA TRANSVERSECOLON TSPINE URETER URETHRA UTERUS VAGINA VULVA WHOLEBODY
+""".split())
+#: Modalities that only examine an unpaired structure (ECG and cardiac
+#: electrophysiology: the heart; respiratory waveform: the chest).
+UNPAIRED_MODALITIES = frozenset({"ECG", "EPS", "RESP"})
+#: VRs whose values have a format that a copied value must still follow.
+_FORMATTED_VRS = frozenset({"AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+_ACR_NEMA_DATE = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})$")
+_ACR_NEMA_TIME = re.compile(r"^(\d{2}):(\d{2})(?::(\d{2}(?:\.\d{1,6})?))?$")
 _TYPE2_DEFAULTS = {"PatientName": "", "PatientID": "", "PatientBirthDate": "",
                    "PatientSex": "", "ReferringPhysicianName": "", "StudyID": "",
                    "AccessionNumber": "", "StudyDate": "", "StudyTime": ""}
@@ -130,10 +163,71 @@ def _now() -> tuple[str, str]:
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
-def _copy(dst: Dataset, src: Dataset, keywords: Iterable[str]) -> None:
+def _legacy_value(vr: str, value: str) -> str:
+    """An ACR-NEMA date (``1997.04.24``) or time (``14:04:38``) in the DICOM
+    form (``19970424``, ``140438``); other values as they are."""
+    if vr == "DA":
+        m = _ACR_NEMA_DATE.match(value)
+        return "".join(m.groups()) if m else value
+    if vr == "TM":
+        m = _ACR_NEMA_TIME.match(value)
+        return "".join(g for g in m.groups() if g) if m else value
+    return value
+
+
+def _copy(dst: Dataset, src: Dataset, keywords: Iterable[str], notes: list[str]) -> None:
+    """Copy the attributes of ``keywords`` that ``src`` holds; a value that
+    breaks the format of its VR is mended (ACR-NEMA dates and times) or left
+    out with a note."""
     for keyword in keywords:
-        if keyword in src:
-            dst.add(copy.deepcopy(src.data_element(keyword)))
+        if keyword not in src:
+            continue
+        with warnings.catch_warnings():  # pydicom's own VR warnings: said in plain words
+            warnings.simplefilter("ignore")
+            elem = _checked_copy(src, keyword, notes)
+        if elem is not None:
+            dst.add(elem)
+
+
+def _checked_copy(src: Dataset, keyword: str, notes: list[str]) -> DataElement | None:
+    elem = copy.deepcopy(src.data_element(keyword))
+    if elem is None or elem.VR not in _FORMATTED_VRS or elem.is_empty:
+        return elem
+    if elem.VR in ("DA", "TM") and isinstance(elem.value, str):
+        elem.value = _legacy_value(elem.VR, elem.value.strip())
+    try:  # numbers as pydicom read them (IS, DSfloat) are checked as text
+        check_value(elem.VR, [str(v) for v in values_of(elem.value)], keyword)
+    except ToolError as exc:
+        notes.append(f"not copied: {exc}")
+        return None
+    return elem
+
+
+def _series_laterality(ds: Dataset, reference: Dataset | None) -> None:
+    """Laterality (0020,0060) of the General Series module is Type 2C (PS3.3
+    C.7.3.1): required when the body part examined is paired and no Image,
+    Frame or Measurement Laterality is sent (a Secondary Capture image sends
+    none), absent otherwise.  Written as R or L when the reference says so,
+    empty (unknown) when it does not or when the body part is not known to
+    be unpaired (no Body Part Examined, or a term outside the table), left
+    out for an unpaired body part or a modality that examines one."""
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if body_part in UNPAIRED_BODY_PARTS or modality in UNPAIRED_MODALITIES:
+        return
+    value = str(reference.get("Laterality", "") or "").strip().upper() \
+        if reference is not None else ""
+    ds.Laterality = value if value in ("R", "L") else ""
+
+
+def _deidentification_method(ds: Dataset) -> None:
+    """Patient Identity Removed = YES needs De-identification Method or its
+    code sequence (Type 1C, PS3.3 C.7.1.1); a reference file that says YES
+    without either gets a method that says so."""
+    removed = str(ds.get("PatientIdentityRemoved", "") or "").strip().upper()
+    if removed == "YES" and not ds.get("DeidentificationMethod") \
+            and not ds.get("DeidentificationMethodCodeSequence"):
+        ds.DeidentificationMethod = "not stated in the reference file"
 
 
 def _pixels_from_jpeg(ds: Dataset, data: bytes, header: JpegHeader) -> UID:
@@ -214,10 +308,13 @@ def _pixels_from_pillow(ds: Dataset, path: Path, lossy_source: bool) -> UID:
 
 
 def image_dataset(image: str | os.PathLike[str], reference: Dataset | None = None,
-                  level: Literal["study", "series"] = "study") -> Dataset:
+                  level: Literal["study", "series"] = "study",
+                  notes: list[str] | None = None) -> Dataset:
     """A Secondary Capture data set (with ``file_meta``) holding ``image``;
     with ``reference``, the patient and study (``level="series"``: and the
-    series) attributes are copied from it."""
+    series) attributes are copied from it.  Reference values that could not
+    be copied are described in ``notes``."""
+    notes = notes if notes is not None else []
     path = Path(image)
     try:
         data = path.read_bytes()
@@ -225,8 +322,8 @@ def image_dataset(image: str | os.PathLike[str], reference: Dataset | None = Non
         raise ToolError(f"{path}: cannot read: {exc.strerror or exc}") from None
     ds = Dataset()
     today, now = _now()
-    if reference is not None and "SpecificCharacterSet" in reference:
-        ds.SpecificCharacterSet = reference.SpecificCharacterSet
+    if reference is not None and reference.get("SpecificCharacterSet"):
+        ds.SpecificCharacterSet = reference.SpecificCharacterSet  # Type 1C: only with a value
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.InstanceCreationDate, ds.InstanceCreationTime = today, now
     ds.SOPClassUID = SecondaryCaptureImageStorage
@@ -234,13 +331,14 @@ def image_dataset(image: str | os.PathLike[str], reference: Dataset | None = Non
     for keyword, value in _TYPE2_DEFAULTS.items():
         setattr(ds, keyword, value)
     if reference is not None:
-        _copy(ds, reference, PATIENT_ATTRIBUTES)
-        _copy(ds, reference, STUDY_ATTRIBUTES)
+        _copy(ds, reference, PATIENT_ATTRIBUTES, notes)
+        _deidentification_method(ds)
+        _copy(ds, reference, STUDY_ATTRIBUTES, notes)
     if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
         ds.StudyInstanceUID = generate_uid(prefix=None)
         ds.StudyDate, ds.StudyTime = today, now
     if reference is not None and level == "series":
-        _copy(ds, reference, SERIES_ATTRIBUTES)
+        _copy(ds, reference, SERIES_ATTRIBUTES, notes)
         number = reference.get("InstanceNumber")
         ds.InstanceNumber = int(number) + 1 if number not in (None, "") else 1
     if "SeriesInstanceUID" not in ds or not ds.SeriesInstanceUID:
@@ -251,8 +349,7 @@ def image_dataset(image: str | os.PathLike[str], reference: Dataset | None = Non
         ds.SeriesNumber = ""  # type 2
     if not ds.get("Modality"):
         ds.Modality = "OT"
-    if "Laterality" not in ds:  # type 2C whose condition a converter cannot know
-        ds.Laterality = ""
+    _series_laterality(ds, reference if level == "series" else None)
     ds.Manufacturer = ""
     ds.ConversionType = "WSD"
     ds.SecondaryCaptureDeviceManufacturer = "pacsnode"
@@ -275,12 +372,15 @@ def image_dataset(image: str | os.PathLike[str], reference: Dataset | None = Non
 
 def image_to_dicom(image: str | os.PathLike[str], out: str | os.PathLike[str], *,
                    series_from: str | os.PathLike[str] | None = None,
-                   study_from: str | os.PathLike[str] | None = None) -> Dataset:
-    """Write ``image`` as a Secondary Capture file ``out``."""
+                   study_from: str | os.PathLike[str] | None = None,
+                   notes: list[str] | None = None) -> Dataset:
+    """Write ``image`` as a Secondary Capture file ``out``; reference values
+    that could not be copied are described in ``notes``."""
     if series_from is not None and study_from is not None:
         raise ToolError("give either --series-from or --study-from, not both")
     ref_path = series_from if series_from is not None else study_from
     reference = read_dicom(ref_path, stop_before_pixels=True) if ref_path is not None else None
-    ds = image_dataset(image, reference, "series" if series_from is not None else "study")
+    ds = image_dataset(image, reference, "series" if series_from is not None else "study",
+                       notes)
     write_atomic(ds, out)
     return ds
