@@ -81,8 +81,8 @@ def instance_headers(entry: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield header
 
 
-def instance_datasets(entry: dict[str, Any], study_uid: str, series_uid: str
-                      ) -> Iterator[Dataset]:
+def instance_datasets(entry: dict[str, Any], study_uid: str, series_uid: str,
+                      transfer_syntax: str = ExplicitVRLittleEndian) -> Iterator[Dataset]:
     """Complete little instances (4×4 pixels) to write as files."""
     for i in range(entry["instances"]):
         ds = _base(entry)
@@ -103,6 +103,6 @@ def instance_datasets(entry: dict[str, Any], study_uid: str, series_uid: str
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.TransferSyntaxUID = transfer_syntax
         ds.file_meta = meta
         yield ds

@@ -5,15 +5,18 @@ and data-transfer-station's ``classifyRules.json`` format.
 Typical use, from headers as the index stores them::
 
     rules = load_rules(settings.classification_rules)   # "" → built-ins only
-    facts = series_facts(instance_headers)
-    classes = classify_series(instance_headers[0], facts, rules)
+    classes = classify_headers(instance_headers, rules)   # one pass
+
+or, holding a representative header and the facts already::
+
+    classes = classify_series(header, series_facts(instance_headers), rules)
 """
 
 from .builtin import BUILTIN_CLASSES
-from .engine import class_matches, classify_series
+from .engine import class_matches, classify_headers, classify_series
 from .facts import FactsBuilder, SeriesFacts, series_facts
 from .rules import Rule, RuleError, RuleSet, load_rules, merge_rules, parse_rules
 
-__all__ = ["BUILTIN_CLASSES", "classify_series", "class_matches", "FactsBuilder",
+__all__ = ["BUILTIN_CLASSES", "classify_series", "classify_headers", "class_matches", "FactsBuilder",
            "SeriesFacts", "series_facts", "Rule", "RuleError", "RuleSet", "load_rules",
            "merge_rules", "parse_rules"]

@@ -29,13 +29,13 @@ with that id matches (``negate`` applies to the whole reference).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .facts import SeriesFacts, element_values
+from .facts import FactsBuilder, SeriesFacts, element_values
 from .rules import AttributeRef, Reference, Rule, RuleSet, Test, _numbers, _number
 
-__all__ = ["classify_series", "class_matches", "format_value"]
+__all__ = ["classify_series", "classify_headers", "class_matches", "format_value"]
 
 
 def format_value(value: Any) -> str:
@@ -150,6 +150,17 @@ def classify_series(header: Mapping[str, Any], facts: SeriesFacts | None,
             seen.add(rule.type.casefold())
             series.classes.append(rule.type)
     return series.classes
+
+
+def classify_headers(headers: Iterable[Mapping[str, Any]], rules: RuleSet) -> list[str]:
+    """The classes of the series whose instances have these headers (DICOM
+    JSON, e.g. the index's stored headers), in one pass over them."""
+    builder = FactsBuilder()
+    for header in headers:
+        builder.add(header)
+    if builder.representative is None:
+        return []
+    return classify_series(builder.representative, builder.facts(), rules)
 
 
 def class_matches(classes: list[str], wanted: str) -> bool:

@@ -20,6 +20,7 @@ __all__ = ["SeriesFacts", "FactsBuilder", "series_facts", "element_values", "ori
            "b_values_of"]
 
 _IOP, _IPP, _TE = "00200037", "00200032", "00180081"
+_INSTANCE_NUMBER = "00200013"
 _B_VALUE = "00189087"                    # DiffusionBValue (enhanced MR, and many classic)
 _SEQUENCE_NAME = "00180024"
 _GE_B_VALUE = ("00430010", "GEMS_PARM_01", "00431039")  # first value: the b-value
@@ -140,9 +141,13 @@ class SeriesFacts:
 
 
 class FactsBuilder:
-    """Accumulates the facts of a series from its instances' headers."""
+    """Accumulates the facts of a series from its instances' headers, and
+    keeps the representative header to classify: the instance with the
+    lowest InstanceNumber (the first added among equals)."""
 
     def __init__(self) -> None:
+        self.representative: Mapping[str, Any] | None = None
+        self._representative_number = float("inf")
         self._instances = 0
         self._orientations: Counter[str] = Counter()
         self._positions: set[tuple[str, float]] = set()
@@ -151,6 +156,10 @@ class FactsBuilder:
 
     def add(self, header: Mapping[str, Any]) -> None:
         self._instances += 1
+        number = _floats(element_values(header, _INSTANCE_NUMBER))
+        rank = number[0] if number else float("inf")
+        if self.representative is None or rank < self._representative_number:
+            self.representative, self._representative_number = header, rank
         iop = _floats(element_values(header, _IOP))
         orientation = orientation_of(iop)
         if orientation:
