@@ -339,3 +339,28 @@ def test_facts_of_a_series() -> None:
     assert series_facts([other]).b_values == ()
     # no positions: every instance counts as a slice
     assert series_facts([header(Modality="OT")] * 4).volumes == 1
+
+
+def test_a_file_defining_a_class_the_builtins_refer_to(tmp_path: Path) -> None:
+    """data-transfer-station's own localizer entry (no id, built on per-image
+    orientation types) replaces the built-in localizer; the built-in T1 rules
+    that say "not a localizer" then use it."""
+    path = tmp_path / "classifyRules.json"
+    path.write_text(json.dumps([
+        {"type": "localizer",
+         "description": "A localizer scan, has been classified before as axial, "
+                        "sagittal and coronal",
+         "rules": [{"tag": ["ClassifyType"], "value": "axial", "operator": "contains"},
+                   {"tag": ["ClassifyType"], "value": "coronal", "operator": "contains"},
+                   {"tag": ["ClassifyType"], "value": "sagittal", "operator": "contains"}]},
+        {"type": "scout-by-name", "rules": [{"rule": "localizer"}]}]))
+    rules = load_rules(path)
+    three_plane = [header(Modality="MR", SOPClassUID=MR, ScanningSequence="GR",
+                          SequenceVariant="SP", RepetitionTime=8.6, EchoTime=4, FlipAngle=20,
+                          SeriesDescription="localizer", ImageOrientationPatient=o,
+                          ImagePositionPatient=[0, 0, 0])
+                   for o in ([0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1], [1, 0, 0, 0, 1, 0])]
+    facts = series_facts(three_plane)
+    assert "localizer" in classify_series(three_plane[0], facts, load_rules())
+    # the file's localizer never matches here, so the fast GRE counts as T1
+    assert classify_series(three_plane[0], facts, rules) == ["T1"]

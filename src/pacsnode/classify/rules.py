@@ -119,6 +119,9 @@ class RuleSet:
 
     rules: tuple[Rule, ...]
     builtins: tuple[Rule, ...] = ()
+    #: ids under which other rules answer too (the replaced built-in class
+    #: ids: the rules of a file that define that class)
+    aliases: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False)
     _by_id: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False,
                                                  repr=False)
 
@@ -127,6 +130,10 @@ class RuleSet:
         for rule in self.rules:
             if rule.id:
                 by_id.setdefault(rule.id, []).append(rule)
+        for alias, rules in self.aliases.items():
+            for rule in rules:
+                if rule not in by_id.get(alias, []):
+                    by_id.setdefault(alias, []).append(rule)
         for rule in self.builtins:
             if rule.id:
                 by_id.setdefault(BUILTIN_PREFIX + rule.id, []).append(rule)
@@ -333,7 +340,13 @@ def merge_rules(builtins: Sequence[Rule], user: Sequence[Rule]) -> RuleSet:
     kept = [r for r in builtins
             if r.id not in ids and r.type.casefold() not in types
             and r.id.casefold() not in types]
-    return RuleSet(tuple([*kept, *user]), tuple(builtins))
+    # A class the file defines keeps answering to the built-in id, so that
+    # built-in rules that refer to it ("not a localizer") use the file's.
+    aliases = {}
+    for gone in {r.id for r in builtins if r.type and r not in kept and r.id not in ids}:
+        aliases[gone] = tuple(r for r in user if r.type.casefold() == gone.casefold())
+    return RuleSet(tuple([*kept, *user]), tuple(builtins),
+                   {k: v for k, v in aliases.items() if v})
 
 
 def load_rules(path: str | Path | None = None, *, builtins: bool = True) -> RuleSet:
