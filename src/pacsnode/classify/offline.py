@@ -8,10 +8,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydicom.dataset import Dataset
 
 from ..dicom.header import header_json_dict
 from ..tools.common import NotDicomError, ToolError, read_dicom
@@ -46,8 +48,16 @@ class OfflineResult:
     unusable: list[str] = field(default_factory=list)       # damaged, or no series UID
 
 
-#: (label, opener) of a file or zip member; the opener gives a path to read.
-Source = tuple[str, Callable[[], Path]]
+@dataclass(frozen=True)
+class Source:
+    """A file, or a member of a zip file."""
+
+    path: Path
+    member: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.path}!{self.member}" if self.member else str(self.path)
 
 
 def list_sources(paths: list[str]) -> list[Source]:
@@ -59,39 +69,35 @@ def list_sources(paths: list[str]) -> list[Source]:
         files = [path] if not path.is_dir() else \
             sorted(p for p in path.rglob("*") if p.is_file())
         for f in files:
-            if f.suffix.lower() == ".zip" or (f.is_file() and zipfile.is_zipfile(f)):
-                try:
-                    with zipfile.ZipFile(f) as zf:
-                        names = [i.filename for i in zf.infolist() if not i.is_dir()]
-                except (zipfile.BadZipFile, OSError):
-                    out.append((str(f), lambda f=f: f))
-                    continue
-                out += [(f"{f}!{name}", lambda f=f, name=name: _extract(f, name))
-                        for name in names]
-            else:
-                out.append((str(f), lambda f=f: f))
+            if not zipfile.is_zipfile(f):
+                out.append(Source(f))
+                continue
+            try:
+                with zipfile.ZipFile(f) as zf:
+                    out += [Source(f, i.filename) for i in zf.infolist() if not i.is_dir()]
+            except (zipfile.BadZipFile, OSError):
+                out.append(Source(f))  # reported as not DICOM when read
     return out
 
 
-_scratch: list[Path] = []
-
-
-def _extract(archive: Path, name: str) -> Path:
-    """A zip member in a temporary file (read_dicom reads paths)."""
-    folder = Path(tempfile.mkdtemp(prefix="pacsnode-classify-"))
-    _scratch.append(folder)
-    target = folder / "member"
-    with zipfile.ZipFile(archive) as zf, zf.open(name) as src, target.open("wb") as dst:
+def _read(source: Source, scratch: Path) -> Dataset:
+    """The header of a file or zip member (read_dicom reads paths: a member
+    is copied to ``scratch`` first)."""
+    if source.member is None:
+        return read_dicom(source.path, stop_before_pixels=True)
+    target = scratch / "member"
+    with zipfile.ZipFile(source.path) as zf, zf.open(source.member) as src, \
+            target.open("wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
-    return target
+    try:
+        return read_dicom(target, stop_before_pixels=True)
+    except ToolError as exc:
+        raise type(exc)(str(exc).replace(str(target), source.label, 1)) from None
+    finally:
+        target.unlink(missing_ok=True)
 
 
-def _cleanup() -> None:
-    while _scratch:
-        shutil.rmtree(_scratch.pop(), ignore_errors=True)
-
-
-def _text(header: dict[str, Any], key: str) -> str:
+def _text(header: Mapping[str, Any], key: str) -> str:
     values = element_values(header, key)
     return str(values[0]) if values and values[0] is not None else ""
 
@@ -104,24 +110,22 @@ class _Series:
 
 def _headers(sources: list[Source], result: OfflineResult,
              progress: Callable[[int, int], None] | None) -> Iterator[dict[str, Any]]:
-    for done, (label, opener) in enumerate(sources, 1):
-        path = Path(label)
-        try:
-            path = opener()
-            ds = read_dicom(path, stop_before_pixels=True)
-        except NotDicomError as exc:
-            result.not_dicom.append(str(exc).replace(str(path), label, 1))
-        except (ToolError, zipfile.BadZipFile, OSError) as exc:
-            result.unusable.append(str(exc).replace(str(path), label, 1)
-                                   if isinstance(exc, ToolError) else f"{label}: {exc}")
-        else:
-            header = header_json_dict(ds, has_pixel_data=False)
-            if not _text(header, _SERIES_UID):
-                result.unusable.append(f"{label}: no SeriesInstanceUID")
+    with tempfile.TemporaryDirectory(prefix="pacsnode-classify-") as scratch:
+        for done, source in enumerate(sources, 1):
+            try:
+                ds = _read(source, Path(scratch))
+            except NotDicomError as exc:
+                result.not_dicom.append(str(exc))
+            except ToolError as exc:
+                result.unusable.append(str(exc))
+            except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # e.g. encrypted member
+                result.unusable.append(f"{source.label}: cannot read: {exc}")
             else:
-                yield header
-        finally:
-            _cleanup()
+                header = header_json_dict(ds, has_pixel_data=False)
+                if _text(header, _SERIES_UID):
+                    yield header
+                else:
+                    result.unusable.append(f"{source.label}: no SeriesInstanceUID")
             if progress:
                 progress(done, len(sources))
 
@@ -138,13 +142,14 @@ def classify_paths(paths: list[str], rules: RuleSet, *,
         one.builder.add(header)
         one.study_uid = one.study_uid or _text(header, _STUDY_UID)
     for uid, one in series.items():
-        header = one.builder.representative
-        assert header is not None
-        number = _text(header, _SERIES_NUMBER)
+        first = one.builder.representative
+        assert first is not None
+        facts = one.builder.facts()
+        number = _text(first, _SERIES_NUMBER)
         result.series.append(SeriesResult(
-            uid, one.study_uid, _text(header, _DESCRIPTION),
-            int(float(number)) if number else None, one.builder.facts().instances,
-            classify_series(header, one.builder.facts(), rules)))
+            uid, one.study_uid, _text(first, _DESCRIPTION),
+            int(float(number)) if number else None, facts.instances,
+            classify_series(first, facts, rules)))
     result.series.sort(key=lambda s: (s.study_uid, s.number is None, s.number or 0,
                                       s.series_uid))
     return result
