@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .facts import FactsBuilder, SeriesFacts, element_values
-from .rules import AttributeRef, Reference, Rule, RuleSet, Test, _numbers, _number
+from .rules import AttributeRef, Reference, Rule, RuleSet, Test, as_number, as_numbers
 
 __all__ = ["classify_series", "classify_headers", "class_matches", "format_value"]
 
@@ -111,24 +111,24 @@ def _compare(test: Test, values: list[Any], expected: Any) -> bool:
         needle = format_value(expected)
         return any(needle in format_value(v) for v in values)
     if op == "approx":
-        wanted = _numbers(expected)
-        have = [_number(v) for v in values]
-        if not wanted or None in have:
+        wanted = as_numbers(expected)
+        have = [n for n in (as_number(v) for v in values) if n is not None]
+        if not wanted or len(have) != len(values):
             return False
         if len(wanted) == 1:
-            return any(abs(h - wanted[0]) <= test.approx_level for h in have)  # type: ignore[operator]
+            return any(abs(h - wanted[0]) <= test.approx_level for h in have)
         return len(have) == len(wanted) and all(
-            abs(h - w) <= test.approx_level for h, w in zip(have, wanted))  # type: ignore[operator]
-    number = _number(expected)
+            abs(h - w) <= test.approx_level for h, w in zip(have, wanted))
+    number = as_number(expected)
     if op in ("==", "!="):
         if number is None:
             equal = any(format_value(v).strip() == str(expected).strip() for v in values)
         else:
-            equal = any(_number(v) == number for v in values)
+            equal = any(as_number(v) == number for v in values)
         return equal if op == "==" else (bool(values) and not equal)
     if number is None:
         return False
-    numbers = [n for n in (_number(v) for v in values) if n is not None]
+    numbers = [n for n in (as_number(v) for v in values) if n is not None]
     if op == "<":
         return any(n < number for n in numbers)
     return any(n > number for n in numbers)  # ">"
@@ -149,6 +149,7 @@ def classify_series(header: Mapping[str, Any], facts: SeriesFacts | None,
         if series.rule_matches(rule):
             seen.add(rule.type.casefold())
             series.classes.append(rule.type)
+            series.memo.clear()  # a referenced rule may test ClassifyType
     return series.classes
 
 

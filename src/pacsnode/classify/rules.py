@@ -29,7 +29,8 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 
 __all__ = ["RuleError", "AttributeRef", "Test", "Reference", "Rule", "RuleSet",
-           "OPERATORS", "FACT_NAMES", "ALIASES", "BUILTIN_PREFIX", "parse_rules",
+           "OPERATORS", "FACT_NAMES", "ALIASES", "BUILTIN_PREFIX", "as_number", "as_numbers",
+           "parse_rules",
            "load_rules", "merge_rules"]
 
 log = logging.getLogger("pacsnode.classify")
@@ -235,10 +236,10 @@ def _test(raw: Mapping[str, Any], where: str) -> Test | Reference:
         except re.error as exc:
             raise RuleError(f"{where}: 'value' {value!r} is not a valid regular "
                             f"expression: {exc}") from None
-    if operator in ("<", ">") and value_ref is None and _number(value) is None:
+    if operator in ("<", ">") and value_ref is None and as_number(value) is None:
         raise RuleError(f"{where}: operator {operator!r} needs a number as 'value', "
                         f"not {value!r}")
-    if operator == "approx" and value_ref is None and not _numbers(value):
+    if operator == "approx" and value_ref is None and not as_numbers(value):
         raise RuleError(f"{where}: operator 'approx' needs a number or a list of "
                         f"numbers as 'value', not {value!r}")
     try:
@@ -248,7 +249,7 @@ def _test(raw: Mapping[str, Any], where: str) -> Test | Reference:
     return Test(attribute, value, operator, _negate(raw), level, value_ref, pattern)
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     try:
@@ -257,13 +258,13 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _numbers(value: Any) -> list[float]:
+def as_numbers(value: Any) -> list[float]:
     """A number, a list of numbers, or a string of them separated by
     backslashes or commas."""
     if isinstance(value, str):
         value = [v for v in re.split(r"[\\,\s]+", value.strip(" []")) if v]
     items = value if isinstance(value, list) else [value]
-    out = [_number(v) for v in items]
+    out = [as_number(v) for v in items]
     return [v for v in out if v is not None] if None not in out else []
 
 
