@@ -74,6 +74,9 @@ SETTINGS: tuple[Setting, ...] = (
             "plus {series_uid}; {path} is the series folder)."),
     Setting("webhooks", [], "URLs that get a JSON POST for each stable study/series.",
             list, cli=False),
+    Setting("classification_rules", "", "Rule file (data-transfer-station's "
+            "classifyRules.json format) that adds to and overrides the built-in series "
+            "classes; empty means the built-in rules only."),
     Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING).", shared=False),
 )
 
@@ -111,6 +114,7 @@ class Settings:
     on_stable_study: str = ""
     on_stable_series: str = ""
     webhooks: list[str] = field(default_factory=list)
+    classification_rules: str = ""
     log_level: str = "INFO"
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
