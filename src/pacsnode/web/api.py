@@ -187,7 +187,10 @@ def put_node(name: str, body: NodeIn, request: Request, response: Response) -> N
     entry named like a configuration-file node overrides it.  A host that is
     (or resolves to) a link-local, unspecified or multicast address is
     refused (400)."""
-    registry.check_name(name), registry.check_aet(body.aet), registry.check_host(body.host)
+    registry.check_name(name)
+    registry.check_aet(body.aet)
+    registry.check_host(body.host)
+    registry.check_port(body.port)
     check_node_address(body.host)
     entry, created = registry.put_node(_node(request), name, body.aet, body.host, body.port)
     response.status_code = 201 if created else 200
