@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -65,6 +66,27 @@ def outcome_for_status(status: int) -> int:
     if status < 400:
         return 0
     return 4 if status < 500 else 8
+
+
+#: Study URLs in a STOW-RS answer (RetrieveURL of the study and instances).
+_STUDY_URL = re.compile(r"/studies/([0-9][0-9.]{0,63})(?=[/\"])")
+#: Most bytes of a STOW-RS answer kept to find its studies.
+_BODY_MAX = 1 << 20
+
+
+@dataclass
+class RequestNote:
+    """What the access middleware notes of a request for its audit event."""
+
+    keep_body: bool = False
+    status: int = 500
+    started: float = field(default_factory=time.time)
+    patients: list[str] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+
+    def add_body(self, chunk: bytes) -> None:
+        if len(self.body) < _BODY_MAX:
+            self.body += chunk[:_BODY_MAX - len(self.body)]
 
 
 @dataclass
@@ -117,12 +139,25 @@ class AuditTrail:
         """Whether answering a request under ``rule`` (access/policy.py) is an event."""
         return rule.permission in EVENT_OF_PERMISSION and rule.template not in NOT_AUDITED
 
-    def request(self, scope: dict[str, Any], rule: Any, principal: Any, status: int,
-                started: float) -> None:
+    def begin(self, scope: dict[str, Any], rule: Any) -> "RequestNote":
+        """Before the request runs: what its event will need that the
+        request itself may remove (the patients of a study being deleted)."""
+        note = RequestNote(keep_body=rule.permission == "store")
+        if rule.permission == "delete":
+            # Events still queued name their patients through the study's
+            # row, which this request may remove: write them first.
+            self.flush()
+            study = _path_params(rule, scope["path"]).get("study")
+            if study:
+                note.patients = self._patients_of([study]).get(study, [])
+        return note
+
+    def request(self, scope: dict[str, Any], rule: Any, principal: Any,
+                note: "RequestNote") -> None:
         """An answered HTTP request under ``rule``."""
         params = _path_params(rule, scope["path"])
         detail: dict[str, Any] = {"request": f"{scope['method']} {scope['path']}",
-                                  "status": status}
+                                  "status": note.status}
         event = EVENT_OF_PERMISSION[rule.permission]
         if event == "Query":
             query = scope.get("query_string", b"").decode("latin-1")
@@ -132,8 +167,12 @@ class AuditTrail:
             if params.get(name):
                 detail[name] = params[name]
         studies_ = [params["study"]] if params.get("study") else []
-        self.record(AuditEvent(event, outcome_for_status(status), principal.name,
-                               _address(scope), studies_, detail=detail, time=started))
+        if note.keep_body:  # STOW-RS: the studies stored are in the answer's URLs
+            found = _STUDY_URL.findall(bytes(note.body).decode("latin-1"))
+            studies_ = sorted(set(studies_) | set(found))
+        self.record(AuditEvent(event, outcome_for_status(note.status), principal.name,
+                               _address(scope), studies_, list(note.patients),
+                               detail=detail, time=note.started))
 
     def security_alert(self, scope: dict[str, Any], user: str, reason: str) -> None:
         """A refused credential (401) or a refused request (403)."""
@@ -188,14 +227,17 @@ class AuditTrail:
         wanted = {s for e in events if not e.patients for s in e.studies}
         if not wanted:
             return
-        stmt = (select(studies.c.studyinstanceuid, patients.c.patientid)
-                .join(patients, patients.c.id == studies.c.patient_fk)
-                .where(studies.c.studyinstanceuid.in_(sorted(wanted))))
-        with self.db.read() as conn:
-            found = {row[0]: row[1] for row in conn.execute(stmt)}
+        found = self._patients_of(sorted(wanted))
         for e in events:
             if not e.patients:
-                e.patients = sorted({found[s] for s in e.studies if s in found})
+                e.patients = sorted({p for s in e.studies for p in found.get(s, [])})
+
+    def _patients_of(self, study_uids: list[str]) -> dict[str, list[str]]:
+        stmt = (select(studies.c.studyinstanceuid, patients.c.patientid)
+                .join(patients, patients.c.id == studies.c.patient_fk)
+                .where(studies.c.studyinstanceuid.in_(study_uids)))
+        with self.db.read() as conn:
+            return {row[0]: [row[1]] for row in conn.execute(stmt)}
 
     def close(self) -> None:
         """Write everything queued and stop the thread."""

@@ -150,19 +150,19 @@ class AccessMiddleware:
         if self.audit is None or rule is None or not self.audit.wants(rule):
             await self.app(scope, receive, send)
             return
-        status = 500
-        started = time.time()
+        note = self.audit.begin(scope, rule)
 
         async def send_and_note(message: dict[str, Any]) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                note.status = int(message["status"])
+            elif message["type"] == "http.response.body" and note.keep_body:
+                note.add_body(message.get("body", b""))
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            self.audit.request(scope, rule, principal, status, started)
+            self.audit.request(scope, rule, principal, note)
 
     def _host_allowed(self, host: str) -> bool:
         names = self.allowed_hosts
