@@ -208,6 +208,7 @@ class AuditTrail:
     def _write(self, events: list[AuditEvent]) -> None:
         if not events:
             return
+        events = _coalesce(events)
         with self._write_lock:  # re-entrant: flush holds it too
             try:
                 self._fill_patients(events)
@@ -249,6 +250,28 @@ class AuditTrail:
         self.flush()
         if self.syslog is not None:
             self.syslog.close()
+
+
+def _coalesce(events: list[AuditEvent]) -> list[AuditEvent]:
+    """One "DICOM Instances Accessed" event per user, address, outcome and
+    study within a batch: a viewer loading a series asks for each frame,
+    and the trail should say who saw which study, not count frames.  The
+    first request is kept in ``detail``, with the number of requests."""
+    out: list[AuditEvent] = []
+    seen: dict[tuple[Any, ...], AuditEvent] = {}
+    for e in events:
+        if e.event != "DICOM Instances Accessed":
+            out.append(e)
+            continue
+        key = (e.outcome, e.user, e.address, tuple(e.studies))
+        first = seen.get(key)
+        if first is None:
+            seen[key] = e
+            e.detail.setdefault("requests", 1)
+            out.append(e)
+        else:
+            first.detail["requests"] += 1
+    return out
 
 
 def _address(scope: dict[str, Any]) -> str:

@@ -72,6 +72,8 @@ def describe_access(settings: Settings) -> str:
     """"HTTP: auth off, loopback only" / "HTTP: auth on (tokens, OIDC issuer X)"."""
     hosts = allowed_host_names(settings.allowed_hosts, settings.host)
     names = "any Host header" if hosts is None else "Host " + ", ".join(sorted(hosts))
+    if not settings.allowed_hosts and not is_loopback_host(settings.host):
+        names += " (set allowed_hosts to the names clients use to reach this node)"
     if settings.auth == "off":
         where = "loopback only" if is_loopback_host(settings.host) else \
             f"OPEN TO THE NETWORK on {settings.host} (allow_insecure = true)"
