@@ -139,3 +139,24 @@ def test_serve_says_what_is_open_to_whom(pacsnode_factory) -> None:
     for host in (f"127.0.0.1:{server.http_port}", f"localhost:{server.http_port}", "localhost"):
         r = httpx.get(server.base_url + "/dicomweb/studies", headers={"Host": host}, timeout=10)
         assert r.status_code == 204, host
+
+
+def test_tokens_on_each_database(tmp_path: Path, database_url: str) -> None:
+    """The per-request lookup on SQLite and on PostgreSQL (run off the event
+    loop there); a revocation through another connection counts at once."""
+    from pacsnode.access.tokens import create_token, revoke_token
+    from pacsnode.index.db import Database
+    from web_server import WebServer
+    web = WebServer(tmp_path / "d", auth="on", database_url=database_url).start()
+    other = Database(database_url)  # as `pacsnode token` in another process
+    try:
+        token = create_token(other, "db-reader", "reader")
+        url = web.base_url + "/api/v1/me"
+        r = httpx.get(url, headers=_bearer(token), timeout=10)
+        assert r.status_code == 200 and r.json()["user"] == "db-reader"
+        assert revoke_token(other, "db-reader")
+        r = httpx.get(url, headers=_bearer(token), timeout=10)
+        assert r.status_code == 401 and "revoked" in r.json()["error"]
+    finally:
+        other.dispose()
+        web.stop()
