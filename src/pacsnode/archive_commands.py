@@ -59,12 +59,17 @@ def serve(config_file: str | None, **options: Any) -> None:
     finish (up to 10 s) and exits; an instance is acknowledged only once its
     file and index row are durable, so nothing half-written remains."""
     from . import cluster
+    from .access.setup import check_exposure, describe_access
     from .dimse.scp import DimseServer
     from .node import Node
     from .web.app import create_app
     from .web.zerocopy import http_config
 
     settings = _load(config_file, options)
+    try:
+        check_exposure(settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     _setup_logging(settings.log_level)
     log = logging.getLogger("pacsnode")
     node = Node(settings)
@@ -89,9 +94,15 @@ def serve(config_file: str | None, **options: Any) -> None:
     server = _http_server(config)
     log.info("HTTP listening on http://%s:%s (DICOMweb /dicomweb, REST /api/v1)",
              settings.host, settings.http_port)
+    log.info("%s", describe_access(settings))
+    audit = app.state.audit
+    audit.application("start", http=f"{settings.host}:{settings.http_port}",
+                      dicom_port=settings.dicom_port, auth=settings.auth)
     try:
         server.run()
     finally:
+        audit.application("stop")
+        audit.close()
         log.info("shutting down: no new associations; waiting for running ones")
         workers.terminate()  # they drain alongside us
         for stop in extras:
@@ -316,4 +327,12 @@ def check(repair: bool, config_file: str | None, **options: Any) -> None:
 
 
 COMMANDS.extend([serve, import_, check])
+
+
+def _add_token_command() -> None:
+    from .access.commands import token
+    COMMANDS.append(token)
+
+
+_add_token_command()
 

@@ -78,6 +78,30 @@ SETTINGS: tuple[Setting, ...] = (
             "classifyRules.json format) that adds to and overrides the built-in series "
             "classes; empty means the built-in rules only."),
     Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING).", shared=False),
+    # Access control (DESIGN.md §8, docs/SECURITY.md).
+    Setting("auth", "off", "'on': every HTTP route but health, the OpenAPI document, the "
+            "docs page and the UI's static files needs 'Authorization: Bearer <token>' (an "
+            "API token from 'pacsnode token create', or an OIDC access token); 'off': no "
+            "credentials asked, so serve listens on loopback only unless allow_insecure."),
+    Setting("allow_insecure", False, "Let serve listen on a non-loopback host with auth "
+            "off (anyone who reaches the port may read, change and delete everything).",
+            bool),
+    Setting("oidc_issuer", "", "OIDC issuer URL whose /.well-known/openid-configuration "
+            "names the JWKS that signs access tokens (https://, or http:// on loopback "
+            "only); empty: no OIDC."),
+    Setting("oidc_jwks_url", "", "JWKS URL of the OIDC provider, used instead of the one "
+            "oidc_issuer's discovery document names."),
+    Setting("oidc_audience", "", "The audience ('aud') an OIDC access token must carry; "
+            "empty: the token's audience is not checked."),
+    Setting("oidc_roles_claim", "roles", "Claim of an OIDC access token that holds the "
+            "roles (reader, writer, editor, operator, admin); a dotted path such as "
+            "realm_access.roles reaches into nested objects."),
+    Setting("allowed_hosts", [], "Host header values (with or without :port) the HTTP "
+            "listener answers; others get 421 (DNS-rebinding defence). Empty: localhost, "
+            "127.0.0.1, ::1 and host; '*' accepts any.", list, cli=False, shared=False),
+    Setting("audit_syslog", "", "Also send each audit event as an RFC 5424 syslog message "
+            "(body: the DICOM audit message XML) to udp://host:port or tcp://host:port; "
+            "empty: the index only."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -116,6 +140,14 @@ class Settings:
     webhooks: list[str] = field(default_factory=list)
     classification_rules: str = ""
     log_level: str = "INFO"
+    auth: str = "off"
+    allow_insecure: bool = False
+    oidc_issuer: str = ""
+    oidc_jwks_url: str = ""
+    oidc_audience: str = ""
+    oidc_roles_claim: str = "roles"
+    allowed_hosts: list[str] = field(default_factory=list)
+    audit_syslog: str = ""
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
     @property
@@ -198,4 +230,9 @@ def load_settings(config_file: str | os.PathLike | None = None,
     if settings.duplicate_policy not in ("replace", "keep", "reject"):
         raise ValueError(f"duplicate_policy must be replace, keep or reject, "
                          f"not {settings.duplicate_policy!r}")
+    if settings.auth not in ("on", "off"):
+        raise ValueError(f"auth must be on or off, not {settings.auth!r}")
+    if settings.audit_syslog and not settings.audit_syslog.startswith(("udp://", "tcp://")):
+        raise ValueError(f"audit_syslog must be udp://host:port or tcp://host:port, not "
+                         f"{settings.audit_syslog!r}")
     return settings

@@ -34,6 +34,7 @@ from pydicom.datadict import keyword_for_tag
 from sqlalchemy import func, select
 
 from .. import __version__ as _version
+from ..access.addresses import check_node_address, public_failure
 from ..dicom.header import valid_uid
 from ..errors import NotFound, PacsnodeError
 from ..index.schema import instances, series
@@ -183,7 +184,14 @@ def get_node(name: str, request: Request) -> NodeOut:
             responses={201: {"model": NodeOut, "description": "Created"}, **_errors(400)})
 def put_node(name: str, body: NodeIn, request: Request, response: Response) -> NodeOut:
     """Creates (201) or replaces (200) the runtime entry `name`.  A runtime
-    entry named like a configuration-file node overrides it."""
+    entry named like a configuration-file node overrides it.  A host that is
+    (or resolves to) a link-local, unspecified or multicast address is
+    refused (400)."""
+    registry.check_name(name)
+    registry.check_aet(body.aet)
+    registry.check_host(body.host)
+    registry.check_port(body.port)
+    check_node_address(body.host)
     entry, created = registry.put_node(_node(request), name, body.aet, body.host, body.port)
     response.status_code = 201 if created else 200
     log.info("node %s %s: %s@%s:%s", name, "added" if created else "replaced", entry.aet,
@@ -214,7 +222,7 @@ def echo_node(name: str, request: Request) -> EchoResult:
     try:
         ms = scu.echo(peer)
     except RemoteError as exc:
-        return EchoResult(ok=False, error=str(exc))
+        return EchoResult(ok=False, error=public_failure(exc, str(peer)))
     return EchoResult(ok=True, ms=round(ms, 3))
 
 
@@ -228,7 +236,7 @@ def find_on_node(name: str, body: FindRequest, request: Request) -> FindResponse
     try:
         results = scu.find(peer, body.level, body.query, fields=body.fields, limit=body.limit)
     except RemoteError as exc:
-        raise BadGateway(str(exc)) from None
+        raise BadGateway(public_failure(exc, str(peer))) from None
     except (ValueError, TypeError, KeyError) as exc:
         raise ApiError(400, str(exc)) from None
     return FindResponse(results=results)

@@ -10,6 +10,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..access.http import AccessMiddleware
+from ..access.routes import router as access_router
+from ..access.setup import access_options, make_audit_trail
 from ..errors import PacsnodeError
 from ..node import Node
 
@@ -23,10 +26,19 @@ class Health(BaseModel):
 
 
 def create_app(node: Node, ready: Any = None) -> FastAPI:
-    """``ready()`` says whether every listener accepts connections (health)."""
+    """``ready()`` says whether every listener accepts connections (health).
+
+    Access control is one middleware (access/http.py) applying one table
+    (access/policy.py) to every route mounted here; ``app.state.audit`` is
+    the audit trail (``serve`` closes it)."""
     app = FastAPI(title="pacsnode", version="0.1.0", openapi_url="/api/v1/openapi.json",
                   docs_url="/api/v1/docs", redoc_url=None)
     app.state.node = node
+    app.state.audit = make_audit_trail(node.settings, node.db)
+    # Added before CORS, so CORS wraps it: a browser's preflight (which
+    # carries no credentials) is answered before access is checked.
+    app.add_middleware(AccessMiddleware, **access_options(node.settings, node.db,
+                                                          app.state.audit))
     if node.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(node.settings.cors_origins),
                            allow_methods=["*"], allow_headers=["*"],
@@ -57,4 +69,5 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
         except ImportError:
             continue  # feature not built yet
         app.include_router(module.router)
+    app.include_router(access_router)
     return app

@@ -1,0 +1,324 @@
+"""The audit trail (DESIGN.md §8): security-relevant events, recorded in
+the index table ``audit`` as DICOM audit events (PS3.15 A.5) and, with
+``audit_syslog``, sent as RFC 5424 messages whose body is the A.5.1 audit
+message XML (:mod:`pacsnode.audit_xml`).
+
+Events are queued by the request that causes them and written by one
+thread in batches (at most :data:`FLUSH_SECONDS` later): a QIDO or WADO
+request never waits on a write.  The patients of the studies an event
+names are looked up by that thread.  Reading the trail
+(:func:`list_events`) first writes what is queued.  Rows are only ever
+inserted: nothing in pacsnode updates or deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import insert, select
+
+from .index.access_tables import audit
+from .index.db import Database
+from .index.schema import patients, studies
+
+__all__ = ["AuditEvent", "AuditTrail", "list_events", "EVENTS", "outcome_for_status"]
+
+log = logging.getLogger("pacsnode.audit")
+
+#: The PS3.15 A.5 event names used in the trail, exactly.
+EVENTS = ("Application Activity", "User Authentication", "DICOM Instances Accessed",
+          "DICOM Instances Transferred", "DICOM Study Deleted", "Query", "Export", "Import",
+          "Security Alert", "Audit Log Used")
+
+#: Seconds between writes of the queued events.
+FLUSH_SECONDS = 0.5
+
+#: Permission of an HTTP route (access/roles.py) → the event its use records.
+EVENT_OF_PERMISSION = {
+    "query": "Query",
+    "retrieve": "DICOM Instances Accessed",
+    "ui": "DICOM Instances Accessed",
+    "store": "Import",
+    "delete": "DICOM Study Deleted",
+    "modify": "DICOM Instances Accessed",
+    "export": "Export",
+    "audit": "Audit Log Used",
+}
+#: Routes whose use is not an event (polled often, and they show no patient).
+NOT_AUDITED = frozenset({"/api/v1/me", "/api/v1/changes", "/api/v1/changes/latest",
+                         "/api/v1/changes/stream", "/api/v1/statistics", "/metrics"})
+#: Query parameters that page rather than match: left out of the keys.
+_PAGING = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+
+
+def outcome_for_status(status: int) -> int:
+    """EventOutcomeIndicator of an HTTP answer: 0 success, 4 minor failure
+    (the request was refused), 8 serious failure (the node failed)."""
+    if status < 400:
+        return 0
+    return 4 if status < 500 else 8
+
+
+#: Study URLs in a STOW-RS answer (RetrieveURL of the study and instances).
+_STUDY_URL = re.compile(r"/studies/([0-9][0-9.]{0,63})(?=[/\"])")
+#: Most bytes of a STOW-RS answer kept to find its studies.
+_BODY_MAX = 1 << 20
+
+
+@dataclass
+class RequestNote:
+    """What the access middleware notes of a request for its audit event."""
+
+    keep_body: bool = False
+    status: int = 500
+    started: float = field(default_factory=time.time)
+    patients: list[str] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+
+    def add_body(self, chunk: bytes) -> None:
+        if len(self.body) < _BODY_MAX:
+            self.body += chunk[:_BODY_MAX - len(self.body)]
+
+
+@dataclass
+class AuditEvent:
+    event: str
+    outcome: int = 0
+    user: str = ""
+    address: str = ""
+    studies: list[str] = field(default_factory=list)
+    patients: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+
+class AuditTrail:
+    """Queue + writer thread for one process.  ``syslog`` is an
+    :class:`pacsnode.audit_syslog.SyslogSender` or None."""
+
+    def __init__(self, db: Database, *, ae_title: str = "PACSNODE", syslog: Any = None) -> None:
+        self.db = db
+        self.ae_title = ae_title
+        self.syslog = syslog
+        self._queue: queue.SimpleQueue[AuditEvent] = queue.SimpleQueue()
+        self._pending = threading.Event()
+        self._stopping = threading.Event()
+        self._write_lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------- recording
+
+    def record(self, event: AuditEvent) -> None:
+        if self._closed:
+            self._write([event])
+            return
+        self._queue.put(event)
+        self._pending.set()
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pacsnode-audit",
+                                                daemon=True)
+                self._thread.start()
+
+    def wants(self, rule: Any) -> bool:
+        """Whether answering a request under ``rule`` (access/policy.py) is an event."""
+        return rule.permission in EVENT_OF_PERMISSION and rule.template not in NOT_AUDITED
+
+    def begin(self, scope: dict[str, Any], rule: Any) -> "RequestNote":
+        """Before the request runs: what its event will need that the
+        request itself may remove (the patients of a study being deleted)."""
+        note = RequestNote(keep_body=rule.permission == "store")
+        if rule.permission == "delete":
+            # Events still queued name their patients through the study's
+            # row, which this request may remove: write them first.
+            self.flush()
+            study = _path_params(rule, scope["path"]).get("study")
+            if study:
+                note.patients = self._patients_of([study]).get(study, [])
+        return note
+
+    def request(self, scope: dict[str, Any], rule: Any, principal: Any,
+                note: "RequestNote") -> None:
+        """An answered HTTP request under ``rule``."""
+        params = _path_params(rule, scope["path"])
+        detail: dict[str, Any] = {"request": f"{scope['method']} {scope['path']}",
+                                  "status": note.status}
+        event = EVENT_OF_PERMISSION[rule.permission]
+        if event == "Query":
+            query = scope.get("query_string", b"").decode("latin-1")
+            detail["keys"] = {k: v for k, v in parse_qsl(query, keep_blank_values=True)
+                              if k not in _PAGING}
+        for name in ("series", "instance"):
+            if params.get(name):
+                detail[name] = params[name]
+        studies_ = [params["study"]] if params.get("study") else []
+        if note.keep_body:  # STOW-RS: the studies stored are in the answer's URLs
+            found = _STUDY_URL.findall(bytes(note.body).decode("latin-1"))
+            studies_ = sorted(set(studies_) | set(found))
+        self.record(AuditEvent(event, outcome_for_status(note.status), principal.name,
+                               _address(scope), studies_, list(note.patients),
+                               detail=detail, time=note.started))
+
+    def security_alert(self, scope: dict[str, Any], user: str, reason: str) -> None:
+        """A refused credential (401) or a refused request (403)."""
+        self.record(AuditEvent("Security Alert", 4, user, _address(scope),
+                               detail={"request": f"{scope['method']} {scope['path']}",
+                                       "reason": reason}))
+
+    def application(self, what: str, outcome: int = 0, **detail: Any) -> None:
+        """Application Activity: ``what`` is "start" or "stop"."""
+        self.record(AuditEvent("Application Activity", outcome, self.ae_title,
+                               detail={"activity": what, **detail}))
+
+    # ------------------------------------------------------------- writing
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._pending.wait()
+            self._stopping.wait(FLUSH_SECONDS)  # gather a batch
+            self._pending.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued now (the reader of the trail sees it)."""
+        with self._write_lock:
+            events = []
+            while True:
+                try:
+                    events.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(events)
+
+    def _write(self, events: list[AuditEvent]) -> None:
+        if not events:
+            return
+        events = _coalesce(events)
+        with self._write_lock:  # re-entrant: flush holds it too
+            try:
+                self._fill_patients(events)
+                rows = [dict(time=e.time, event=e.event, outcome=e.outcome, user=e.user,
+                             address=e.address, studies=json.dumps(e.studies),
+                             patients=json.dumps(e.patients),
+                             detail=json.dumps(e.detail, default=str)) for e in events]
+                with self.db.write() as conn:
+                    conn.execute(insert(audit), rows)
+            except Exception:  # the trail must not break serving; say so loudly
+                log.exception("could not record %d audit events", len(events))
+            if self.syslog is not None:
+                for e in events:
+                    self.syslog.send(e, self.ae_title)
+
+    def _fill_patients(self, events: list[AuditEvent]) -> None:
+        wanted = {s for e in events if not e.patients for s in e.studies}
+        if not wanted:
+            return
+        found = self._patients_of(sorted(wanted))
+        for e in events:
+            if not e.patients:
+                e.patients = sorted({p for s in e.studies for p in found.get(s, [])})
+
+    def _patients_of(self, study_uids: list[str]) -> dict[str, list[str]]:
+        stmt = (select(studies.c.studyinstanceuid, patients.c.patientid)
+                .join(patients, patients.c.id == studies.c.patient_fk)
+                .where(studies.c.studyinstanceuid.in_(study_uids)))
+        with self.db.read() as conn:
+            return {row[0]: [row[1]] for row in conn.execute(stmt)}
+
+    def close(self) -> None:
+        """Write everything queued and stop the thread."""
+        self._closed = True
+        self._stopping.set()
+        self._pending.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.flush()
+        if self.syslog is not None:
+            self.syslog.close()
+
+
+def _coalesce(events: list[AuditEvent]) -> list[AuditEvent]:
+    """One "DICOM Instances Accessed" event per user, address, outcome and
+    study within a batch: a viewer loading a series asks for each frame,
+    and the trail should say who saw which study, not count frames.  The
+    first request is kept in ``detail``, with the number of requests."""
+    out: list[AuditEvent] = []
+    seen: dict[tuple[Any, ...], AuditEvent] = {}
+    for e in events:
+        if e.event != "DICOM Instances Accessed":
+            out.append(e)
+            continue
+        key = (e.outcome, e.user, e.address, tuple(e.studies))
+        first = seen.get(key)
+        if first is None:
+            seen[key] = e
+            e.detail.setdefault("requests", 1)
+            out.append(e)
+        else:
+            first.detail["requests"] += 1
+    return out
+
+
+def _address(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def _path_params(rule: Any, path: str) -> dict[str, str]:
+    match = rule.regex.match(path)
+    return {k: v for k, v in match.groupdict().items() if v} if match else {}
+
+
+def list_events(db: Database, since: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+    """Events with seq > ``since``, in order, at most ``limit``; and the last
+    seq returned (``since`` when none)."""
+    stmt = select(audit).where(audit.c.seq > since).order_by(audit.c.seq).limit(limit)
+    with db.read() as conn:
+        rows = _settled(conn.execute(stmt).all(), since, time.time())
+    events = [{"seq": int(r.seq), "time": _iso(r.time), "event": r.event,
+               "outcome": int(r.outcome), "user": r.user, "address": r.address,
+               "studies": json.loads(r.studies), "patients": json.loads(r.patients),
+               "detail": json.loads(r.detail)} for r in rows]
+    return events, (events[-1]["seq"] if events else since)
+
+
+#: A gap in ``seq`` younger than this may still fill (see ``_settled``).
+GAP_GRACE_SECONDS = 10.0
+
+
+def _settled(rows: list[Any], since: int, now: float) -> list[Any]:
+    """The rows up to the first gap that may still fill: on PostgreSQL two
+    processes' batches can commit out of ``seq`` order, and a reader that
+    handed out the later one would skip the other for good (as the change
+    feed, web/changes.py).  A gap whose next row is older than
+    GAP_GRACE_SECONDS is a rolled-back batch."""
+    out = []
+    expected = since + 1
+    for row in rows:
+        if row.seq != expected and now - float(row.time) < GAP_GRACE_SECONDS:
+            break
+        out.append(row)
+        expected = int(row.seq) + 1
+    return out
+
+
+def _iso(epoch: float) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
