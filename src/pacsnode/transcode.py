@@ -206,10 +206,7 @@ def _compress_jpeg_baseline(ds: Dataset, quality: int = 90) -> None:
     spp = int(ds.get("SamplesPerPixel", 1))
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL"):
         raise TranscodeError(f"JPEG Baseline from {photometric} is not supported")
-    arr = ds.pixel_array
-    if spp == 3 and photometric == "YBR_FULL":
-        from pydicom.pixels import convert_color_space
-        arr = convert_color_space(arr, "YBR_FULL", "RGB")
+    arr = ds.pixel_array  # colour comes as RGB (pydicom converts YBR_FULL)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1:
         arr = arr[None, ...]
