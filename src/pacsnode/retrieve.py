@@ -185,21 +185,11 @@ class Outgoing:
     def path(self) -> Path:
         return self.ref.path
 
-    @property
-    def as_stored(self) -> bool:
-        return self.data is None
-
     def part10(self) -> bytes:
-        """The whole Part 10 file (WADO-RS single part, small bodies)."""
+        """The whole Part 10 file (a transcoded WADO-RS part)."""
         if self.data is not None:
             return self.data
         return self.ref.path.read_bytes()
-
-    def dataset(self) -> bytes | memoryview:
-        """The data set only (what a C-STORE carries)."""
-        data = self.part10()
-        offset = self.offset if self.offset >= 0 else meta_end(data, self.ref.path)[0]
-        return memoryview(data)[offset:]
 
     def write_part10(self, fh: BinaryIO) -> None:
         """The Part 10 file into ``fh`` (export), the stored one a block at a time."""

@@ -41,7 +41,7 @@ from ..remote import jobs as jobmod
 from ..remote import registry, scu
 from ..remote.errors import RemoteError
 from ..remote.peer import Peer
-from ..retrieve import AS_STORED, Outgoing, locate, outgoing
+from ..retrieve import AS_STORED, locate, outgoing
 from .api_models import (CmdAction, CmdMeta, CmdRequest, CmdResponse, EchoResult, ErrorBody,
                          ExportRequest, ExportResult, FindRequest, FindResponse, HelloResult,
                          JobList, JobOut, NodeIn, NodeList, NodeOut, PullPathResult,
@@ -463,9 +463,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
         for ref in refs:
             if anonymizer is None:
                 name = f"{ref.sop_instance_uid}.dcm"
-
-                def copy(fh: Any, out: Outgoing = outgoing(ref, [AS_STORED])) -> None:
-                    out.write_part10(fh)
+                copy = outgoing(ref, [AS_STORED]).write_part10
             else:
                 from pydicom import dcmread
                 ds = dcmread(ref.path)
