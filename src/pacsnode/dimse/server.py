@@ -276,11 +276,11 @@ def _choose_sending_syntaxes(result: list[PresentationContext],
     send — rather than by our order for receiving (pynetdicom's choice),
     so that stored bytes go out unchanged where the peer offered their
     syntax."""
-    offered = {int(cx.context_id): cx.transfer_syntax for cx in proposed}
+    offered = {cx.context_id: cx.transfer_syntax for cx in proposed}
     for cx in result:
         if cx.result != 0x00 or not cx.as_scu or cx.abstract_syntax in _NOT_STORAGE:
             continue
-        ts = sending_syntax(offered.get(int(cx.context_id), []), TRANSFER_SYNTAXES)
+        ts = sending_syntax(offered.get(cx.context_id, []), TRANSFER_SYNTAXES)
         if ts is not None:
             cx.transfer_syntax = [UID(ts)]
 
