@@ -22,16 +22,15 @@ syntax only when the peer accepted nothing else for the instance.
 
 from __future__ import annotations
 
+import shutil
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-import struct
-
 from typing import Any, BinaryIO
 
-from pydicom.uid import (UID, ExplicitVRLittleEndian,
-                         ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless,
-                         RLELossless)
+from pydicom.uid import (UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                         JPEG2000Lossless, JPEGLSLossless, RLELossless)
 from sqlalchemy import Select, select
 
 from .dicom.catalogue import Level
@@ -196,7 +195,6 @@ class Outgoing:
         if self.data is not None:
             fh.write(self.data)
             return
-        import shutil
         with open(self.ref.path, "rb") as blob:
             shutil.copyfileobj(blob, fh, 1 << 20)
 
