@@ -504,3 +504,42 @@ def test_c_move_to_storescp(matrix: Matrix, option: str) -> None:
     for s in matrix.sources:
         problems += _check(s, s.ts if s.ts in accepted else fallback, got.get(s.sop_uid))
     _report(problems)
+
+
+# -- the choice rules without a wire ------------------------------------------------------
+
+def _ref(ts: str, bits: int | None = 16) -> object:
+    from pacsnode.retrieve import InstanceRef
+    return InstanceRef("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1", "2", ts, Path("/x"), 0,
+                       None, bits)
+
+
+def test_choose_syntax_rules() -> None:
+    """As stored when accepted; else the peer's first lossless syntax we
+    produce; lossy only when nothing lossless was accepted; None when
+    nothing can be produced."""
+    from pacsnode.retrieve import AS_STORED, choose_syntax
+    assert choose_syntax(_ref(BE), [ELE, BE]) == BE
+    assert choose_syntax(_ref(BE), [BE, ELE]) == BE
+    assert choose_syntax(_ref(JPEG, 8), [ELE, JPEG]) == JPEG
+    assert choose_syntax(_ref(SV1), [AS_STORED]) == SV1
+    assert choose_syntax(_ref(ELE, 8), [JPEG, J2KL, ILE]) == J2KL
+    assert choose_syntax(_ref(ELE, 8), [JPEG]) == JPEG
+    assert choose_syntax(_ref(ELE, 16), [JPEG]) is None
+    assert choose_syntax(_ref(ELE), [BE, SV1]) is None
+    assert choose_syntax(_ref(ELE, 32), [J2KL, RLE, DEFL]) == DEFL
+
+
+def test_sending_syntax_for_c_get_contexts() -> None:
+    """The syntax accepted for a C-GET SCU's storage context: its first
+    choice we can produce (Explicit over Implicit VR LE), else the first we
+    store, else none."""
+    from pacsnode.dimse.server import TRANSFER_SYNTAXES
+    from pacsnode.retrieve import sending_syntax
+    assert sending_syntax([ILE, ELE, DEFL, BE], TRANSFER_SYNTAXES) == ELE
+    assert sending_syntax([ILE], TRANSFER_SYNTAXES) == ILE
+    assert sending_syntax([BE, ELE, ILE], TRANSFER_SYNTAXES) == ELE
+    assert sending_syntax([JPEG, ELE, BE, ILE], TRANSFER_SYNTAXES) == JPEG
+    assert sending_syntax([SV1, ELE], TRANSFER_SYNTAXES) == ELE
+    assert sending_syntax([SV1], TRANSFER_SYNTAXES) == SV1
+    assert sending_syntax(["1.2.3.4"], TRANSFER_SYNTAXES) is None
