@@ -126,7 +126,7 @@ def test_unsupported_syntax_or_media_type_is_406(web: WebServer) -> None:
     s, se, i = _store(web, "CT_small.dcm")
     c = web.client()
     for accept in ('multipart/related; type="application/dicom"; '
-                   "transfer-syntax=1.2.840.10008.1.2.4.80",  # JPEG-LS: no encoder
+                   "transfer-syntax=1.2.840.10008.1.2.4.70",  # JPEG lossless SV1: no encoder
                    'multipart/related; type="application/dicom"; '
                    "transfer-syntax=1.2.840.10008.1.2.2",  # big endian: retired
                    "application/json", "image/png"):
@@ -135,7 +135,7 @@ def test_unsupported_syntax_or_media_type_is_406(web: WebServer) -> None:
         assert r.json()["error"]
     # A list of choices: the first we can produce wins.
     r = c.get(_instance_url(s, se, i), headers={"Accept": (
-        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80, '
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70, '
         f'multipart/related; type="application/dicom"; transfer-syntax={RLELossless}')})
     assert r.status_code == 200 and _ts(parse_multipart(r)[0][0]) == RLELossless
 

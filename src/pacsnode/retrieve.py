@@ -1,14 +1,36 @@
-"""The only reader: resolving what to send (C-MOVE, C-GET, WADO-RS, export)
-to stored instances, and reading them back — as stored, or transcoded when
-the receiver asks for a syntax the blob is not in."""
+"""The only reader: everything that leaves the node (C-GET, C-MOVE
+sub-operations, WADO-RS, export) goes through here.
+
+* locating: ``locate`` / ``locate_query`` turn UIDs or a C-MOVE/C-GET
+  identifier into stored instances (``InstanceRef``);
+* choosing: ``choose_syntax`` picks the transfer syntax a peer gets from
+  what it accepts (the presentation contexts it accepted for the SOP class,
+  or the transfer syntaxes of a WADO-RS Accept header);
+* sending: ``outgoing`` is the one function that picks the syntax and
+  transcodes (through the codec layer, ``pacsnode.transcode``), and
+  ``Outgoing`` is what is sent: the stored file unchanged, or the
+  transcoded Part 10 bytes, with where the data set starts in them;
+* negotiating: ``sending_syntax`` (the syntax we accept for a storage
+  context on which we send, C-GET) and ``store_contexts`` (what we propose
+  for a C-MOVE's sub-operations).
+
+The policy (docs/CONFORMANCE.md, "Transfer syntaxes"): the stored bytes go
+out unchanged whenever the peer accepted the stored syntax; otherwise the
+first syntax the peer accepted that we can produce losslessly; a lossy
+syntax only when the peer accepted nothing else for the instance.
+"""
 
 from __future__ import annotations
 
+import shutil
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
-from typing import Any
-
+from pydicom.uid import (UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                         JPEG2000Lossless, JPEGLSLossless, RLELossless)
 from sqlalchemy import Select, select
 
 from .dicom.catalogue import Level
@@ -16,9 +38,12 @@ from .index.schema import instances, series, studies
 from .node import Node
 from .query.model import Query
 from .query.sql import compile_query
+from .transcode import (LOSSY_PRODUCED, PRODUCIBLE, UNCOMPRESSED, TranscodeError,
+                        can_transcode, transcode_file)
 
-__all__ = ["InstanceRef", "locate", "locate_query", "select_instances"]
-
+__all__ = ["InstanceRef", "locate", "locate_query", "select_instances", "PixelFacts",
+           "pixel_facts", "AS_STORED", "choose_syntax", "Outgoing", "outgoing",
+           "dataset_offset", "meta_end", "sending_syntax", "store_contexts"]
 
 @dataclass(frozen=True)
 class InstanceRef:
@@ -30,18 +55,19 @@ class InstanceRef:
     path: Path
     size: int
     instance_number: int | None
+    bits_allocated: int | None = None
 
 
 _COLUMNS = (instances.c.sopclassuid, instances.c.sopinstanceuid, studies.c.studyinstanceuid,
             series.c.seriesinstanceuid, instances.c.transfer_syntax, instances.c.blob_key,
-            instances.c.size, instances.c.instancenumber)
+            instances.c.size, instances.c.instancenumber, instances.c.bitsallocated)
 
 
 def _refs(node: Node, stmt: object) -> list[InstanceRef]:
     with node.db.read() as conn:
         rows = conn.execute(stmt).all()  # type: ignore[call-overload]
-    return [InstanceRef(r[0], r[1], r[2], r[3], r[4], node.store.path(r[5]), int(r[6]), r[7])
-            for r in rows]
+    return [InstanceRef(r[0], r[1], r[2], r[3], r[4], node.store.path(r[5]), int(r[6]), r[7],
+                        r[8]) for r in rows]
 
 
 def _ordered(stmt: object) -> object:
@@ -77,3 +103,221 @@ def locate_query(node: Node, query: Query) -> list[InstanceRef]:
     """Instances under every entity a (C-MOVE/C-GET) identifier matches."""
     image_query = Query(Level.IMAGE, list(query.constraints))
     return _refs(node, _ordered(compile_query(image_query, *_COLUMNS)))
+
+
+@dataclass(frozen=True)
+class PixelFacts:
+    """What choosing a syntax needs to know of an instance beyond its ref."""
+
+    bits_allocated: int | None
+    has_pixels: bool
+
+
+def pixel_facts(node: Node, refs: list[InstanceRef]) -> dict[str, PixelFacts]:
+    """PixelFacts by SOP Instance UID, from the index (no file read)."""
+    out: dict[str, PixelFacts] = {}
+    uids = [r.sop_instance_uid for r in refs]
+    with node.db.read() as conn:
+        for i in range(0, len(uids), 500):
+            for uid, bits, pixels in conn.execute(
+                    select(instances.c.sopinstanceuid, instances.c.bitsallocated,
+                           instances.c.meta_json.contains('"7FE00010"'))
+                    .where(instances.c.sopinstanceuid.in_(uids[i:i + 500]))).all():
+                out[uid] = PixelFacts(bits, bool(pixels))
+    return out
+
+
+# -- choosing the transfer syntax ------------------------------------------------
+
+#: In an accepted list: "whatever it is stored in" (WADO-RS transfer-syntax=*).
+AS_STORED = "*"
+
+
+def choose_syntax(ref: InstanceRef, accepted: Iterable[str],
+                  facts: PixelFacts | None = None) -> str | None:
+    """The transfer syntax ``ref`` goes out in to a peer that accepts
+    ``accepted`` (its order: the peer's preference), or None when we cannot
+    give it any of them.
+
+    1. The stored syntax, when accepted: the stored bytes go out unchanged.
+    2. Else the first accepted syntax we can produce without loss.
+    3. Else the first accepted lossy syntax we can produce (JPEG Baseline
+       from 8-bit data): the peer accepted only lossy syntaxes for it.
+
+    A data set without Pixel Data asked for in a compressed syntax goes in
+    Explicit VR Little Endian (the compressed syntaxes only concern pixel
+    data).  Decided from index facts only: no file is read."""
+    stored = ref.transfer_syntax
+    accepted = list(accepted)
+    if stored in accepted or AS_STORED in accepted:
+        return stored
+    bits = facts.bits_allocated if facts else ref.bits_allocated
+    pixels = facts.has_pixels if facts else True
+    lossy: str | None = None
+    for ts in accepted:
+        if not can_transcode(stored, ts, bits_allocated=bits, has_pixels=pixels):
+            continue
+        if not pixels and ts not in UNCOMPRESSED:
+            return ExplicitVRLittleEndian
+        if ts not in LOSSY_PRODUCED:
+            return ts
+        lossy = lossy or ts
+    return lossy
+
+
+# -- what is sent -----------------------------------------------------------------
+
+@dataclass
+class Outgoing:
+    """An instance on its way out, in ``transfer_syntax``: the stored file
+    as it is (``data`` None), or transcoded Part 10 bytes.  ``offset`` is
+    where its data set starts (after the File Meta Information) in the file
+    or in ``data``; -1 for a stored file: found when it is first read, so
+    that a file sent as stored costs no read here."""
+
+    ref: InstanceRef
+    transfer_syntax: str
+    data: bytes | None = None
+    offset: int = -1
+
+    @property
+    def path(self) -> Path:
+        return self.ref.path
+
+    def part10(self) -> bytes:
+        """The whole Part 10 file (a transcoded WADO-RS part)."""
+        if self.data is not None:
+            return self.data
+        return self.ref.path.read_bytes()
+
+    def write_part10(self, fh: BinaryIO) -> None:
+        """The Part 10 file into ``fh`` (export), the stored one a block at a time."""
+        if self.data is not None:
+            fh.write(self.data)
+            return
+        with open(self.ref.path, "rb") as blob:
+            shutil.copyfileobj(blob, fh, 1 << 20)
+
+
+def outgoing(ref: InstanceRef, accepted: Iterable[str],
+             facts: PixelFacts | None = None) -> Outgoing:
+    """The one function that picks the syntax an instance goes out in and
+    transcodes it: C-GET and C-MOVE sub-operations (``accepted``: the
+    syntaxes of the contexts the peer accepted for its SOP class), WADO-RS
+    (the Accept header's), export (``[AS_STORED]``).  Reads nothing when the
+    stored syntax is accepted; otherwise reads and re-encodes the file
+    (call it from a worker thread then).  Raises TranscodeError when the
+    peer accepted nothing we can give it, FileNotFoundError when the file
+    is gone."""
+    accepted = list(accepted)
+    ts = choose_syntax(ref, accepted, facts)
+    if ts is None:
+        raise TranscodeError(
+            f"{ref.sop_instance_uid} is stored as {UID(ref.transfer_syntax).name}; none of "
+            f"{', '.join(UID(t).name for t in accepted) or 'no syntax'} can be produced "
+            "from it")
+    if ts == ref.transfer_syntax:
+        return Outgoing(ref, ts)
+    data = transcode_file(ref.path, ts)
+    return Outgoing(ref, ts, data, meta_end(data, ref.path)[0])
+
+
+# -- the Part 10 layout --------------------------------------------------------------
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+
+
+def dataset_offset(path: Path) -> tuple[int, str]:
+    """Where the data set of a Part 10 file starts (after the File Meta
+    Information, which is always Explicit VR Little Endian) and its transfer
+    syntax.  Does not trust the group length."""
+    with open(path, "rb") as fh:
+        return meta_end(fh.read(65536), path)
+
+
+def meta_end(head: bytes | memoryview, path: Path) -> tuple[int, str]:
+    """``dataset_offset`` of the file whose first bytes are ``head``."""
+    head = bytes(head[:65536])
+    if head[128:132] != b"DICM":
+        raise ValueError(f"{path} is not a Part 10 file")
+    pos, syntax = 132, ""
+    while pos + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            length = struct.unpack_from("<I", head, pos + 8)[0]
+            start = pos + 12
+        else:
+            length = struct.unpack_from("<H", head, pos + 6)[0]
+            start = pos + 8
+        if element == 0x0010:
+            syntax = head[start:start + length].decode("ascii").rstrip("\x00 ")
+        pos = start + length
+    if not syntax:
+        raise ValueError(f"{path} has no Transfer Syntax UID in its file meta")
+    return pos, syntax
+
+
+# -- DIMSE negotiation ---------------------------------------------------------------
+
+#: Taken over Implicit VR Little Endian when a peer offers both in one
+#: context: most instances are stored in it, and it keeps the VRs.
+_DEFAULT_FIRST = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def sending_syntax(proposed: Sequence[str], storable: Iterable[str]) -> str | None:
+    """The transfer syntax we accept for a storage presentation context on
+    which we are the one sending (a C-GET SCU's context with the SCP role
+    for itself), from the syntaxes the peer ``proposed`` in its order of
+    preference.  We do not know yet what will be sent on it, so:
+
+    * the peer's first choice among the syntaxes we can produce
+      (``PRODUCIBLE``), so that instances stored in it go as stored and
+      the others are transcoded into it — except that Explicit VR Little
+      Endian is taken over Implicit VR Little Endian when both are offered;
+    * else the peer's first choice among ``storable`` (the syntaxes we
+      store as received): only instances stored in it can go;
+    * None when neither."""
+    proposed = [str(ts) for ts in proposed]
+    producible = [ts for ts in proposed if ts in PRODUCIBLE]
+    if producible:
+        first = producible[0]
+        if first == ImplicitVRLittleEndian and ExplicitVRLittleEndian in producible:
+            return ExplicitVRLittleEndian
+        return first
+    storable = set(storable)
+    return next((ts for ts in proposed if ts in storable), None)
+
+
+#: Lossless compressed syntaxes proposed for a C-MOVE destination that may
+#: take nothing uncompressed (only those we can produce are proposed).
+_COMPRESSED_FALLBACK = (JPEG2000Lossless, JPEGLSLossless, RLELossless)
+#: Most presentation contexts in an A-ASSOCIATE-RQ (PS3.8 9.3.2: ids 1-255, odd).
+MAX_CONTEXTS = 128
+
+
+def store_contexts(refs: list[InstanceRef]) -> list[Any]:
+    """Presentation contexts for sending these instances to a C-MOVE
+    destination: per SOP class one with the uncompressed syntaxes we produce
+    from anything (Explicit then Implicit VR Little Endian), one per stored
+    syntax of that class that is not Explicit VR Little Endian (alone, so
+    the peer can accept it and the stored bytes go as they are), and, room
+    permitting (at most 128 contexts), one with the lossless compressed
+    syntaxes we can produce, for a peer that takes no uncompressed data."""
+    from pynetdicom import build_context
+    pairs: dict[tuple[str, str], None] = {}
+    classes: dict[str, None] = {}
+    for ref in refs:
+        pairs[(ref.sop_class_uid, ref.transfer_syntax)] = None
+        classes[ref.sop_class_uid] = None
+    contexts = [build_context(sop_class, [str(ts) for ts in _DEFAULT_FIRST]) for sop_class in classes]
+    contexts += [build_context(sop_class, [ts]) for sop_class, ts in pairs
+                 if ts != ExplicitVRLittleEndian]
+    fallback: list[str] = [str(ts) for ts in _COMPRESSED_FALLBACK
+                           if can_transcode(ExplicitVRLittleEndian, ts)]
+    if fallback and len(contexts) + len(classes) <= MAX_CONTEXTS:
+        contexts += [build_context(sop_class, fallback) for sop_class in classes]
+    return contexts[:MAX_CONTEXTS]

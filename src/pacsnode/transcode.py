@@ -1,22 +1,30 @@
-"""Transfer syntax conversion and frame access for the retrieve path
-(WADO-RS now; C-GET/C-MOVE reuse ``transcode_file`` / ``can_transcode``).
+"""The codec layer under ``pacsnode.retrieve``: transfer syntax conversion
+of whole data sets, and frame access.  ``retrieve.py`` is the one reader: it
+picks the syntax for a peer and calls ``transcode_file`` here; C-GET, C-MOVE,
+WADO-RS and export never call this module for whole instances themselves
+(WADO-RS frames and bulk data use the frame functions at the end).
 
-What we can produce:
+What we can produce (``PRODUCIBLE``), from anything we can decode:
 
 * uncompressed: Explicit VR Little Endian, Implicit VR Little Endian,
-  Deflated Explicit VR Little Endian (from anything we can decode, Explicit
-  VR Big Endian included — its pixel data and other binary words are swapped);
-* lossless: RLE Lossless (pydicom/pylibjpeg-rle), JPEG 2000 Lossless
-  (pylibjpeg-openjpeg) — up to 16 bits allocated;
+  Deflated Explicit VR Little Endian.  From Explicit VR Big Endian the pixel
+  data and every other OW/OF/OL/OD/OV value is byte-swapped (pydicom decodes
+  the numeric VRs itself);
+* lossless, 8 or 16 bits allocated: RLE Lossless (pydicom/pylibjpeg-rle),
+  JPEG-LS Lossless (pyjpegls), JPEG 2000 Lossless (pylibjpeg-openjpeg);
 * JPEG 2000 (1.2.840.10008.1.2.4.91) as a *lossless* code stream (the syntax
   allows both, so nothing is lost);
-* JPEG Baseline (1.2.840.10008.1.2.4.50) through Pillow, for 8-bit data only,
-  and only when asked for explicitly (it is lossy; Lossy Image Compression is
-  set to "01").
+* JPEG Baseline (1.2.840.10008.1.2.4.50) through Pillow, for unsigned 8-bit
+  data only.  It is the one lossy syntax we produce (``LOSSY_PRODUCED``);
+  Lossy Image Compression is set to "01".
 
-Explicit VR Big Endian (retired) and JPEG-LS (no encoder installed) cannot be
-produced.  A data set without Pixel Data asked for in a compressed syntax is
-sent in Explicit VR Little Endian (the syntax only concerns pixel data).
+Explicit VR Big Endian (retired), JPEG Lossless (Process 14) and JPEG-LS
+near-lossless cannot be produced (no encoder).  Decoded data from a lossy
+syntax (``LOSSY``) keeps, or gets, Lossy Image Compression "01".  A data set
+without Pixel Data asked for in a compressed syntax is written in Explicit
+VR Little Endian (the compressed syntaxes only concern pixel data).  An
+encoder that refuses the data (odd colour sizes, 32-bit samples) is a
+TranscodeError, never a wrong image.
 
 Frames: ``pixel_info`` reads a header once and finds where the Pixel Data
 value starts, so ``native_frame`` reads one frame of uncompressed data by
@@ -26,6 +34,7 @@ basic offset table, without reading the rest.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import struct
@@ -37,12 +46,14 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000,
-                         JPEG2000Lossless, JPEGBaseline8Bit, RLELossless)
+                         JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit,
+                         JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 
 from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .errors import PacsnodeError
 
-__all__ = ["TranscodeError", "UNCOMPRESSED", "PRODUCIBLE", "can_decode", "can_transcode",
+__all__ = ["TranscodeError", "UNCOMPRESSED", "PRODUCIBLE", "LOSSY", "LOSSY_PRODUCED",
+           "can_decode", "can_encode", "can_transcode",
            "transcode_dataset", "transcode_file", "part10_bytes", "PixelInfo", "pixel_info",
            "native_frame", "stored_frame", "decoded_frame", "encode_frame",
            "FRAME_MEDIA_TYPES", "media_type_for_syntax", "little_endian_words"]
@@ -63,7 +74,18 @@ UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian,
 
 #: Syntaxes we can write, in the order we prefer them.
 PRODUCIBLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-              JPEG2000Lossless, RLELossless, JPEG2000, JPEGBaseline8Bit)
+              JPEG2000Lossless, JPEGLSLossless, RLELossless, JPEG2000, JPEGBaseline8Bit)
+
+#: Syntaxes whose pixel data is lossy whatever the encoder did (JPEG 2000
+#: and HTJ2K may be either: their data sets say so in Lossy Image Compression).
+LOSSY = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless})
+
+#: What of PRODUCIBLE loses information when we write it.
+LOSSY_PRODUCED = frozenset({JPEGBaseline8Bit})
+
+#: Compressed syntaxes we write, by the bits allocated their encoders take.
+_ENCODER_BITS: dict[str, tuple[int, ...]] = {JPEG2000Lossless: (8, 16), JPEG2000: (8, 16), JPEGLSLossless: (8, 16),
+                 RLELossless: (8, 16), JPEGBaseline8Bit: (8,)}
 
 #: Compressed frame media types of PS3.18 Table 8.7.3-2 (frames resources).
 FRAME_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
@@ -86,12 +108,26 @@ def media_type_for_syntax(ts: str) -> str:
     return "application/octet-stream"
 
 
+@functools.cache
 def can_decode(ts: str) -> bool:
     if ts in UNCOMPRESSED:
         return True
     try:
         from pydicom.pixels import get_decoder
         return bool(get_decoder(UID(ts)).is_available)
+    except (NotImplementedError, ValueError, KeyError):
+        return False
+
+
+@functools.cache
+def can_encode(ts: str) -> bool:
+    """Whether an encoder for the compressed syntax ``ts`` is installed
+    (JPEG Baseline is written with Pillow, a dependency)."""
+    if ts == JPEGBaseline8Bit:
+        return True
+    try:
+        from pydicom.pixels import get_encoder
+        return bool(get_encoder(UID(ts)).is_available)
     except (NotImplementedError, ValueError, KeyError):
         return False
 
@@ -108,10 +144,12 @@ def can_transcode(src: str, dst: str, *, bits_allocated: int | None = None,
         return True
     if not can_decode(src):
         return False
-    if dst == JPEGBaseline8Bit:
-        return bits_allocated == 8
-    if dst in (JPEG2000Lossless, JPEG2000, RLELossless):
-        return bits_allocated in (None, 8, 16)
+    if dst in _ENCODER_BITS:
+        if not can_encode(dst):
+            return False
+        if dst == JPEGBaseline8Bit:
+            return bits_allocated == 8  # lossy: only when we know it fits
+        return bits_allocated is None or bits_allocated in _ENCODER_BITS[dst]
     return True
 
 
@@ -168,10 +206,7 @@ def _compress_jpeg_baseline(ds: Dataset, quality: int = 90) -> None:
     spp = int(ds.get("SamplesPerPixel", 1))
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL"):
         raise TranscodeError(f"JPEG Baseline from {photometric} is not supported")
-    arr = ds.pixel_array
-    if spp == 3 and photometric == "YBR_FULL":
-        from pydicom.pixels import convert_color_space
-        arr = convert_color_space(arr, "YBR_FULL", "RGB")
+    arr = ds.pixel_array  # colour comes as RGB (pydicom converts YBR_FULL)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1:
         arr = arr[None, ...]
@@ -227,6 +262,8 @@ def transcode_dataset(ds: Dataset, dst: str) -> Dataset:
             if not can_decode(src):
                 raise TranscodeError(f"no decoder installed for {UID(src).name} ({src})")
             ds.decompress(generate_instance_uid=False)
+            if src in LOSSY:
+                ds.LossyImageCompression = "01"
         if dst in UNCOMPRESSED:
             ds.file_meta.TransferSyntaxUID = dst
             return ds

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000,
                          JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless,
                          JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
@@ -73,8 +73,8 @@ from ..events import Origin
 from ..ingest import HEAD_BYTES
 from ..storage import fsync_started, start_writeback
 from . import messages as m
-from .services import (COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Outgoing, Services,
-                       SubOperations, meta_end, prepare_outgoing, store_contexts)
+from ..retrieve import Outgoing, meta_end, outgoing, sending_syntax, store_contexts
+from .services import COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Services, SubOperations
 
 log = logging.getLogger("pacsnode.dimse")
 
@@ -247,6 +247,7 @@ def negotiate(body: bytes, supported: list[PresentationContext]) -> Negotiation:
              for item in request.user_information
              if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
     result, reply_roles = negotiate_as_acceptor(proposed, supported, roles)
+    _choose_sending_syntaxes(result, proposed)
     contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
     if not contexts:
         offered = sorted({str(cx.abstract_syntax) for cx in proposed})
@@ -265,6 +266,23 @@ def negotiate(body: bytes, supported: list[PresentationContext]) -> Negotiation:
     ac.from_primitive(reply)
     return dataclasses.replace(deal, contexts=contexts, ac=ac.encode(),
                                max_pdu=int(request.maximum_length_received or 0))
+
+
+def _choose_sending_syntaxes(result: list[PresentationContext],
+                             proposed: list[PresentationContext]) -> None:
+    """On an accepted storage context where we are the SCU (a C-GET SCU's
+    context for the C-STORE sub-operations), the transfer syntax is chosen
+    by ``retrieve.sending_syntax`` — the peer's preference among what we can
+    send — rather than by our order for receiving (pynetdicom's choice),
+    so that stored bytes go out unchanged where the peer offered their
+    syntax."""
+    offered = {cx.context_id: cx.transfer_syntax for cx in proposed}
+    for cx in result:
+        if cx.result != 0x00 or not cx.as_scu or cx.abstract_syntax in _NOT_STORAGE:
+            continue
+        ts = sending_syntax(offered.get(cx.context_id, []), TRANSFER_SYNTAXES)
+        if ts is not None:
+            cx.transfer_syntax = [UID(ts)]
 
 
 class AssociationLimit:
@@ -1270,6 +1288,12 @@ class Association:
         if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
         ahead, self._ahead = self._ahead, None
+        if out.data is not None:  # transcoded: the data set is in memory
+            await self._write(b"".join(
+                [*m.pdata(context_id, command, True, self.max_pdu),
+                 *m.pdata(context_id, memoryview(out.data)[out.offset:], False,
+                          self.max_pdu)]))
+            return
         if ahead is not None and ahead[:2] == (out.path, context_id):
             async with self.send_lock:
                 self.writer.write(b"".join(m.pdata(context_id, command, True, self.max_pdu)))
@@ -1641,17 +1665,20 @@ class Association:
         """One C-STORE sub-operation on this association, where we are the
         storage SCU (a C-MOVE association we requested, or a C-GET SCU's
         association with role selection): the stored bytes when the peer
-        accepted that syntax, otherwise transcoded.  The response status, or
+        accepted that syntax, otherwise transcoded (``retrieve.outgoing``
+        picks the syntax among the accepted contexts).  The response status, or
         None when it could not be sent.  ``upcoming``: the instance the next
         call will send, read ahead while the peer answers this one."""
         usable = self._accepted(ref.sop_class_uid)
         try:
-            if ref.transfer_syntax in usable:  # sent as stored
-                out = Outgoing(ref.path, -1, ref.transfer_syntax)
+            if ref.transfer_syntax in usable:  # as stored: nothing to read here
+                out = outgoing(ref, usable)
             else:
-                out = await self.server.pool.run(prepare_outgoing, ref, list(usable))
+                out = await self.server.pool.run(outgoing, ref, usable)
         except Exception as exc:
-            log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, self.describe(), exc)
+            reason = getattr(exc, "reason", None) or str(exc)
+            log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, self.describe(),
+                        reason)
             return None
         fields: dict[str, Any] = dict(field=m.C_STORE_RQ, affected_sop_class=ref.sop_class_uid,
                                       affected_sop_instance=ref.sop_instance_uid, priority=0)
@@ -1669,8 +1696,6 @@ class Association:
                         ref.sop_instance_uid, self.describe(), self.server.timeout)
             self.abort(2, 0, "no C-STORE response")
             raise ConnectionError("no C-STORE response") from None
-        finally:
-            out.close()
         return rsp.status
 
     def _accepted(self, sop_class: str) -> dict[str, int]:

@@ -4,25 +4,21 @@
 thread: they block on the disk, the index or a peer), then encodes what they
 return.  Each only translates to the node's one path per verb: C-STORE →
 ``Ingestor.ingest_temp``, C-FIND → query parser + ``QueryEngine``,
-C-MOVE/C-GET → ``retrieve.locate_query`` and the stored files, Storage
-Commitment → ``retrieve.locate``.
+C-MOVE/C-GET → ``retrieve.locate_query`` (what is sent, and in which
+transfer syntax, is ``retrieve.outgoing``'s to decide), Storage Commitment →
+``retrieve.locate``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import struct
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..config import NodeConfig
 from ..errors import PacsnodeError
@@ -37,9 +33,7 @@ from .messages import encode_dataset, encode_elements
 
 log = logging.getLogger("pacsnode.dimse")
 
-__all__ = ["Services", "SubOperations", "Outgoing", "prepare_outgoing", "dataset_offset",
-           "meta_end",
-           "store_contexts", "storage_status_kind", "COMMITMENT_INSTANCE"]
+__all__ = ["Services", "SubOperations", "storage_status_kind", "COMMITMENT_INSTANCE"]
 
 #: The well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
@@ -113,111 +107,6 @@ def _encode_match(match: MatchFields, level: Any, charset: Any,
     if charset is not None and "SpecificCharacterSet" not in ds:
         ds.SpecificCharacterSet = charset
     return encode_dataset(ds, transfer_syntax)
-
-
-# -- stored files on their way out
-
-@dataclass
-class Outgoing:
-    """A stored instance ready to send: the data set is the bytes of
-    ``path`` from ``offset`` on (-1: from the end of its file meta, found
-    when it is read), in ``transfer_syntax``."""
-
-    path: Path
-    offset: int
-    transfer_syntax: str
-    temporary: bool = False
-
-    def close(self) -> None:
-        if self.temporary:
-            self.path.unlink(missing_ok=True)
-
-
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
-
-
-def dataset_offset(path: Path) -> tuple[int, str]:
-    """Where the data set of a Part 10 file starts (after the File Meta
-    Information, which is always Explicit VR Little Endian) and its transfer
-    syntax.  Does not trust the group length."""
-    with open(path, "rb") as fh:
-        return meta_end(fh.read(65536), path)
-
-
-def meta_end(head: bytes | memoryview, path: Path) -> tuple[int, str]:
-    """``dataset_offset`` of the file whose first bytes are ``head``."""
-    head = bytes(head[:65536])
-    if head[128:132] != b"DICM":
-        raise ValueError(f"{path} is not a Part 10 file")
-    pos, syntax = 132, ""
-    while pos + 8 <= len(head):
-        group, element = struct.unpack_from("<HH", head, pos)
-        if group != 0x0002:
-            break
-        vr = head[pos + 4:pos + 6]
-        if vr in _LONG_VRS:
-            length = struct.unpack_from("<I", head, pos + 8)[0]
-            start = pos + 12
-        else:
-            length = struct.unpack_from("<H", head, pos + 6)[0]
-            start = pos + 8
-        if element == 0x0010:
-            syntax = head[start:start + length].decode("ascii").rstrip("\x00 ")
-        pos = start + length
-    if not syntax:
-        raise ValueError(f"{path} has no Transfer Syntax UID in its file meta")
-    return pos, syntax
-
-
-def prepare_outgoing(ref: InstanceRef, accepted: list[str]) -> Outgoing:
-    """The stored file as it is when the peer accepted its transfer syntax;
-    otherwise decoded (decompressed if need be) and re-encoded into a temp
-    file in the first uncompressed syntax the peer accepted.  Raises
-    ValueError when the peer accepted nothing we can produce (or the stored
-    syntax has no decoder here)."""
-    if ref.transfer_syntax in accepted:
-        offset, _ = dataset_offset(ref.path)
-        return Outgoing(ref.path, offset, ref.transfer_syntax)
-    targets = [UID(ts) for ts in accepted if not UID(ts).is_compressed]
-    if not targets:
-        raise ValueError(f"the peer accepts {ref.sop_class_uid} only in "
-                         f"{', '.join(accepted) or 'no syntax'}, not in the stored "
-                         f"{ref.transfer_syntax}")
-    target = targets[0]
-    ds = dcmread(ref.path)
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress(generate_instance_uid=False)
-    ds.file_meta.TransferSyntaxUID = target
-    fd, name = tempfile.mkstemp(prefix="out-", suffix=".dcm")
-    os.close(fd)
-    try:
-        ds.preamble = b"\x00" * 128
-        dcmwrite(name, ds, implicit_vr=target.is_implicit_VR,
-                 little_endian=target.is_little_endian, force_encoding=True)
-        offset, _ = dataset_offset(Path(name))
-    except BaseException:
-        os.unlink(name)
-        raise
-    return Outgoing(Path(name), offset, str(target), temporary=True)
-
-
-def store_contexts(refs: list[InstanceRef]) -> list[Any]:
-    """Presentation contexts for sending these instances on a new
-    association: one per (SOP class, stored syntax) so the peer can accept
-    each syntax, plus one per SOP class with the uncompressed syntaxes to
-    fall back on (at most 128)."""
-    from pynetdicom import build_context
-    pairs: dict[tuple[str, str], None] = {}
-    classes: dict[str, None] = {}
-    for ref in refs:
-        pairs[(ref.sop_class_uid, ref.transfer_syntax)] = None
-        classes[ref.sop_class_uid] = None
-    contexts = [build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-                for sop_class in classes]
-    contexts += [build_context(sop_class, [ts]) for sop_class, ts in pairs
-                 if ts != ExplicitVRLittleEndian]
-    return contexts[:128]
 
 
 def _nodelay(event: Any) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Coroutine
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -43,7 +42,7 @@ from ..remote import jobs as jobmod
 from ..remote import registry, scu
 from ..remote.errors import RemoteError
 from ..remote.peer import Peer
-from ..retrieve import locate
+from ..retrieve import AS_STORED, locate, outgoing
 from .api_models import (CmdAction, CmdMeta, CmdRequest, CmdResponse, EchoResult, ErrorBody,
                          ExportRequest, ExportResult, FindRequest, FindResponse, HelloResult,
                          JobList, JobOut, NodeIn, NodeList, NodeOut, PullPathResult,
@@ -448,7 +447,8 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
                   anonymize: bool = False) -> ExportResult:
     """Write the stored files of a series into ``path`` as
     ``<SOPInstanceUID>.dcm`` (pfdcm's pullPath); only under
-    ``settings.export_roots``.  Files are copied byte for byte, or
+    ``settings.export_roots``.  Files are copied byte for byte (through the
+    one reader, ``retrieve.outgoing``, as stored), or
     de-identified with the Basic Profile when ``anonymize``."""
     _check_uid(series_uid, "SeriesInstanceUID")
     refs = locate(node, series_uid=series_uid)
@@ -471,10 +471,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
         for ref in refs:
             if anonymizer is None:
                 name = f"{ref.sop_instance_uid}.dcm"
-
-                def copy(fh: Any, src: Path = ref.path) -> None:
-                    with open(src, "rb") as blob:
-                        shutil.copyfileobj(blob, fh, 1 << 20)
+                copy = outgoing(ref, [AS_STORED]).write_part10
             else:
                 from pydicom import dcmread
                 ds = dcmread(ref.path)

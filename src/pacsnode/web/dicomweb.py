@@ -2,7 +2,8 @@
 
 An adapter only: instances go in through ``node.ingestor.ingest_temp``,
 searches through ``query_from_qido`` + ``node.engine``, reads through
-``pacsnode.retrieve.locate`` (+ ``pacsnode.transcode``), deletions through
+``pacsnode.retrieve`` (which picks the transfer syntax and transcodes;
+frames through ``pacsnode.transcode``'s frame functions), deletions through
 ``pacsnode.delete.delete_entities``.  What is supported, and every choice the
 standard leaves open, is written down in docs/CONFORMANCE.md (DICOMweb).
 """
@@ -36,10 +37,11 @@ from ..index.schema import instances, series, studies
 from ..ingest import IngestResult, Outcome
 from ..node import Node
 from ..query.parse import query_from_qido
-from ..retrieve import InstanceRef, locate, select_instances
-from ..transcode import (FRAME_MEDIA_TYPES, UNCOMPRESSED, PixelInfo, TranscodeError,
-                         can_transcode, encode_frame, little_endian_words, media_type_for_syntax,
-                         native_frame, pixel_info, stored_frame, transcode_file)
+from ..retrieve import (InstanceRef, PixelFacts, choose_syntax, locate, outgoing,
+                        pixel_facts, select_instances)
+from ..transcode import (FRAME_MEDIA_TYPES, PixelInfo, TranscodeError, can_transcode,
+                         encode_frame, little_endian_words, media_type_for_syntax,
+                         native_frame, pixel_info, stored_frame)
 from .multipart import (MultipartError, MultipartParser, PartData, PartEnd, PartStart,
                         new_boundary, parse_content_type)
 from .render import RenderOptions, parse_quality, parse_viewport, parse_window, render_frame
@@ -475,25 +477,6 @@ def search_series_instances(request: Request, study: str, series_uid: str) -> Re
 
 # -- WADO-RS: instances ---------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Facts:
-    bits_allocated: int | None
-    has_pixels: bool
-
-
-def _facts(node: Node, refs: list[InstanceRef]) -> dict[str, _Facts]:
-    out: dict[str, _Facts] = {}
-    uids = [r.sop_instance_uid for r in refs]
-    with node.db.read() as conn:
-        for i in range(0, len(uids), 500):
-            for uid, bits, pixels in conn.execute(
-                    select(instances.c.sopinstanceuid, instances.c.bitsallocated,
-                           instances.c.meta_json.contains('"7FE00010"'))
-                    .where(instances.c.sopinstanceuid.in_(uids[i:i + 500]))).all():
-                out[uid] = _Facts(bits, bool(pixels))
-    return out
-
-
 def _dicom_options(accept: str | None, single_allowed: bool) -> list[tuple[str | None, bool]]:
     """Acceptable (transfer syntax option, single part) pairs, most preferred
     first.  Option ``None``: no transfer-syntax parameter (PS3.18 default,
@@ -515,29 +498,23 @@ def _dicom_options(accept: str | None, single_allowed: bool) -> list[tuple[str |
     return options
 
 
-def _syntax_for(option: str | None, ref: InstanceRef, facts: _Facts | None) -> str | None:
-    stored = ref.transfer_syntax
-    bits = facts.bits_allocated if facts else None
-    pixels = facts.has_pixels if facts else True
-    if option == "*":
-        return stored
-    target = option or ExplicitVRLittleEndian
-    if not can_transcode(stored, target, bits_allocated=bits, has_pixels=pixels):
-        # Without a transfer-syntax parameter we fall back to the stored
-        # syntax rather than refuse (e.g. a video or a syntax with no decoder).
-        return stored if option is None else None
-    if target != stored and not pixels and target not in UNCOMPRESSED:
-        return ExplicitVRLittleEndian  # a compressed syntax only concerns pixel data
-    return target
+def _syntax_for(option: str | None, ref: InstanceRef, facts: PixelFacts | None) -> str | None:
+    """The syntax ``ref`` goes out in for one Accept option (the reader
+    decides, ``retrieve.choose_syntax``).  Without a transfer-syntax
+    parameter PS3.18 means Explicit VR Little Endian; we fall back to the
+    stored syntax rather than refuse (e.g. a video, or no decoder)."""
+    if option is None:
+        return choose_syntax(ref, [ExplicitVRLittleEndian], facts) or ref.transfer_syntax
+    return choose_syntax(ref, [option], facts)
 
 
-def _plan(node: Node, refs: list[InstanceRef], accept: str | None,
-          single_allowed: bool) -> tuple[list[tuple[InstanceRef, str]], bool]:
+def _plan(node: Node, refs: list[InstanceRef], accept: str | None, single_allowed: bool
+          ) -> tuple[list[tuple[InstanceRef, str]], bool, dict[str, PixelFacts]]:
     options = _dicom_options(accept, single_allowed)
-    facts: dict[str, _Facts] = {}
+    facts: dict[str, PixelFacts] = {}
     for option, single in options:
         if option != "*" and not facts:  # as stored needs no facts (nor their query)
-            facts = _facts(node, refs)
+            facts = pixel_facts(node, refs)
         plan = []
         for ref in refs:
             ts = _syntax_for(option, ref, facts.get(ref.sop_instance_uid))
@@ -545,7 +522,7 @@ def _plan(node: Node, refs: list[InstanceRef], accept: str | None,
                 break
             plan.append((ref, ts))
         else:
-            return plan, single
+            return plan, single, facts
     wanted = ", ".join(sorted({o or "default" for o, _ in options}))
     raise WebError(406, f"cannot provide the instances in the requested transfer syntax "
                         f"({wanted}); see docs/CONFORMANCE.md for what can be produced")
@@ -567,9 +544,11 @@ def _file_chunks(fh: BinaryIO) -> Iterator[bytes]:
             yield chunk
 
 
-def _instance_parts(plan: list[tuple[InstanceRef, str]], boundary: str) -> Iterator[bytes]:
+def _instance_parts(plan: list[tuple[InstanceRef, str]], boundary: str,
+                    facts: dict[str, PixelFacts]) -> Iterator[bytes]:
     """The multipart body, one instance at a time: a file as stored is read in
-    chunks, a transcoded one is produced when its turn comes."""
+    chunks, a transcoded one is produced (``retrieve.outgoing``) when its
+    turn comes."""
     for ref, ts in plan:
         content_type = f"application/dicom; transfer-syntax={ts}"
         if ts == ref.transfer_syntax:
@@ -582,7 +561,7 @@ def _instance_parts(plan: list[tuple[InstanceRef, str]], boundary: str) -> Itera
             yield from _file_chunks(fh)
         else:
             try:
-                data = transcode_file(ref.path, ts)
+                data = _transcoded(ref, ts, facts)
             except FileNotFoundError:
                 log.warning("WADO-RS: skipping %s: file gone", ref.sop_instance_uid)
                 continue
@@ -597,6 +576,11 @@ def _instance_parts(plan: list[tuple[InstanceRef, str]], boundary: str) -> Itera
     yield f"--{boundary}--\r\n".encode("latin-1")
 
 
+def _transcoded(ref: InstanceRef, ts: str, facts: dict[str, PixelFacts]) -> bytes:
+    """The Part 10 bytes of ``ref`` in the syntax the plan chose for it."""
+    return outgoing(ref, [ts], facts.get(ref.sop_instance_uid)).part10()
+
+
 def _retrieve(request: Request, study: str, series_uid: str | None = None,
               sop: str | None = None) -> Response:
     node = _node(request)
@@ -604,7 +588,7 @@ def _retrieve(request: Request, study: str, series_uid: str | None = None,
     refs = locate(node, study, series_uid, sop)
     if not refs:
         raise _missing(node, study, series_uid, sop)
-    plan, single = _plan(node, refs, request.headers.get("accept"), sop is not None)
+    plan, single, facts = _plan(node, refs, request.headers.get("accept"), sop is not None)
     if sop is not None and not refs[0].path.is_file():
         raise NotFound(f"instance {sop} is indexed but its file is missing "
                        "(pacsnode check --repair mends this)")
@@ -613,12 +597,12 @@ def _retrieve(request: Request, study: str, series_uid: str | None = None,
         media = f"application/dicom; transfer-syntax={ts}"
         if ts == ref.transfer_syntax:
             return FileResponse(ref.path, media_type=media)
-        return Response(transcode_file(ref.path, ts), media_type=media)
+        return Response(_transcoded(ref, ts, facts), media_type=media)
     if sop is not None:
         # One instance: transcode before the status line so a failure is a 406.
         ref, ts = plan[0]
         if ts != ref.transfer_syntax:
-            data = transcode_file(ref.path, ts)
+            data = _transcoded(ref, ts, facts)
             boundary = new_boundary()
             body = (_part_head(boundary, f"application/dicom; transfer-syntax={ts}") + data
                     + f"\r\n--{boundary}--\r\n".encode("latin-1"))
@@ -627,7 +611,7 @@ def _retrieve(request: Request, study: str, series_uid: str | None = None,
     if len(plan) <= SNAPSHOT_FILES and all(ts == ref.transfer_syntax for ref, ts in plan):
         return _SnapshotResponse(_Snapshot.open(plan, boundary),
                                  _multipart_type("application/dicom", boundary))
-    return StreamingResponse(_coalesce(_instance_parts(plan, boundary)),
+    return StreamingResponse(_coalesce(_instance_parts(plan, boundary, facts)),
                              media_type=_multipart_type("application/dicom", boundary))
 
 
@@ -1172,8 +1156,8 @@ def _representative(request: Request, study: str, series_uid: str | None) -> Ins
     refs = locate(node, study, series_uid)
     if not refs:
         raise _missing(node, study, series_uid)
-    facts = _facts(node, refs)
-    images = [r for r in refs if facts.get(r.sop_instance_uid, _Facts(None, False)).has_pixels]
+    facts = pixel_facts(node, refs)
+    images = [r for r in refs if facts.get(r.sop_instance_uid, PixelFacts(None, False)).has_pixels]
     if not images:
         raise NotFound(f"{'series ' + series_uid if series_uid else 'study ' + study} "
                        "has no image to show")
