@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
+from .migrations import run_migrations
 from .schema import metadata
 
 __all__ = ["Database", "RawStatement", "WriteBusy"]
@@ -77,6 +78,7 @@ class Database:
         self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._create_tables()
+        run_migrations(self)
 
     def _create_tables(self) -> None:
         """CREATE … IF NOT EXISTS; two processes starting together on a fresh
