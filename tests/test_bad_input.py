@@ -302,6 +302,17 @@ def test_qido_numeric_parameters(http_conn: KeepAlive, stored: dict[str, str], n
     assert code == 200 and len(json.loads(body)) == 1
 
 
+@pytest.mark.parametrize("value", ["99999999999999999999", "2147483648", "%D9%A3", "1_0",
+                                   "%2B-5", "1-3", "x"])
+def test_integer_matching_values(http_conn: KeepAlive, stored: dict[str, str],
+                                 value: str) -> None:
+    for key in ("InstanceNumber", "Rows", "SeriesNumber"):
+        refused(http_conn, f"/dicomweb/instances?{key}={value}", f"{key}: ",
+                "is not an integer from -2147483648 to 2147483647 (digits 0-9)")
+    code, _, body = http_conn.request("GET", "/dicomweb/instances?InstanceNumber=%2B1")
+    assert code == 200 and len(json.loads(body)) == 1
+
+
 def test_query_size_is_bounded(http_conn: KeepAlive, stored: dict[str, str]) -> None:
     many = "&".join(["PatientID=x"] * 1000)
     for path in QIDO_PATHS + ("/dicomweb/workitems",):
