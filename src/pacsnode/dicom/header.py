@@ -86,7 +86,7 @@ def header_json_dict(ds: Dataset, has_pixel_data: bool) -> dict[str, Any]:
 def header_json(ds: Dataset, has_pixel_data: bool) -> str:
     """``header_json_dict`` serialised compactly, so series metadata can be
     concatenated from rows."""
-    return _dumps(header_json_dict(ds, has_pixel_data))
+    return _header_text(header_json_dict(ds, has_pixel_data))
 
 
 def _plain(value: Any) -> Any:
@@ -184,11 +184,17 @@ def describe_json(body: dict[str, Any], meta: dict[str, str], has_pixel_data: bo
         parsed.rows[level] = row_values_from_json(body, level)
     if not _INDEXED_SEQUENCE_TAGS.isdisjoint(body):
         parsed.items = items()
-    text = _dumps(body)
-    if has_group_length(text):  # rare: one substring search otherwise
-        text = _dumps(without_group_lengths(body))
-    parsed.meta_json = text
+    parsed.meta_json = _header_text(body)
     return parsed
+
+
+def _header_text(body: dict[str, Any]) -> str:
+    """The JSON text the index keeps of a header, without Group Length
+    elements (rare: otherwise one substring search, ~5 µs for 15 kB)."""
+    text = _dumps(body)
+    if has_group_length(text):
+        text = _dumps(without_group_lengths(body))
+    return text
 
 
 #: What every Group Length element (gggg,0000) leaves in the JSON text of a
