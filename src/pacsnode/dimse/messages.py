@@ -172,7 +172,7 @@ class Command:
         where the UID is used, as before."""
         for element, name in _UID_NAMES.items():
             raw = self.values.get(element)
-            if raw is None or not _NOT_UID_BYTE.search(raw.rstrip(b"\x00 ")):
+            if raw is None or not _NOT_UID_BYTE.search(raw.strip(b"\x00 ")):
                 continue
             if element in (AFFECTED_SOP_CLASS, REQUESTED_SOP_CLASS):
                 status = 0x0122
