@@ -33,7 +33,7 @@ def test_an_old_jobs_table_gets_the_new_columns(database_url: str) -> None:
 
 
 def test_a_not_null_column_without_default_is_refused() -> None:
-    from pacsnode.index.migrate import _column_ddl
+    from pacsnode.index.migrations import _column_ddl
     engine = create_engine("sqlite://")
     t = Table("t", MetaData(), Column("id", Integer, primary_key=True),
               Column("x", String(8), nullable=False), Column("y", Float, nullable=True))

@@ -678,3 +678,31 @@ def test_cancel_request_with_a_bad_reason_code_is_refused(client: Client) -> Non
     info.ProcedureStepDiscontinuationReasonCodeSequence[0].CodeValue = "110513"
     refused(client.cancel(UID1, info.to_json_dict()), 400, "CodeMeaning")
     assert value(client.get(UID1).json()[0], STATE) == "SCHEDULED"
+
+
+def test_transaction_uid_never_returned_whatever_the_request(client: Client,
+                                                             worklist: dict[str, str]) -> None:
+    """DESIGN.md §7: (0008,1195) is in no response body, even empty, even
+    when a search names it as a return key (by tag, keyword, or all)."""
+    w = worklist
+    for include in ("00081195", "TransactionUID", "all", "TransactionUID,all",
+                    "00081195,PatientID"):
+        r = client.search(includefield=include)
+        assert found(r) == [w["a"], w["b"], w["c"], w["d"]]
+        for item in r.json():
+            assert TRANSACTION not in item, (include, item)
+        r = client.search(includefield=include, ProcedureStepState="IN PROGRESS")
+        assert found(r) == [w["c"]]
+        assert TRANSACTION not in r.json()[0]
+    # As a matching key, by keyword or tag, with or without a value: refused.
+    for key in ("TransactionUID", "00081195"):
+        for given in ("", "1.2.3", "*"):
+            refused(client.search(**{key: given}), 400, "cannot be queried")
+    # Retrieve of a claimed (c), a completed (d) and a scheduled (a) Workitem.
+    for uid in (w["a"], w["c"], w["d"]):
+        r = client.get(uid)
+        assert r.status_code == 200
+        assert TRANSACTION not in r.json()[0]
+    # The bodies of every response above, and of the creates, claims and
+    # update in the fixture, are checked by the client fixture at teardown.
+    client.assert_no_transaction_uid_leaked()

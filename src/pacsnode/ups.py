@@ -43,7 +43,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 
 from .dicom.catalogue import Level
-from .dicom.header import sequence_items, valid_uid
+from .dicom.header import sequence_items, valid_uid, without_group_lengths
 from .dicom.values import attribute_columns, norm_date, norm_datetime, norm_time, text_value
 from .errors import BadQuery, NotFound, PacsnodeError
 from .events import Event, Origin
@@ -617,9 +617,7 @@ class Worklist:
         if raw is None:
             raise WorkitemNotFound(f"The origin server has no knowledge of the Target "
                                    f"Workitem {uid}")
-        out = json.loads(raw)
-        out.pop(f"{_TRANSACTION_UID:08X}", None)
-        return out
+        return _public(json.loads(raw))
 
     # ---- Update (N-SET; PS3.18 11.6)
 
@@ -802,7 +800,7 @@ class Worklist:
             stmt = stmt.offset(query.offset)
         with self.db.read() as conn:
             rows = conn.execute(stmt).scalars().all()
-        return [_project(json.loads(raw), query) for raw in rows]
+        return [_public(_project(json.loads(raw), query)) for raw in rows]
 
     def count(self, params: Iterable[tuple[str, str]]) -> int:
         query = parse_search(params, 0)
@@ -1048,10 +1046,22 @@ def _sequence_condition(c: Sequence) -> ColumnElement:
                            lambda first, sub: (sub, first.c.workitem_fk == workitems.c.id))
 
 
+_TRANSACTION_KEY = f"{_TRANSACTION_UID:08X}"
+
+
+def _public(body: dict[str, Any]) -> dict[str, Any]:
+    """A Workitem as it may leave the server: the one place every response
+    body passes through.  The Transaction UID (0008,1195) is the claim
+    secret of the performer (PS3.4 Table CC.2.5-3 allows it in neither the
+    N-GET nor the C-FIND column; DESIGN.md §7), so it never appears, even
+    empty, even when a request names it as a return key."""
+    body.pop(_TRANSACTION_KEY, None)
+    return body
+
+
 def _project(body: dict[str, Any], query: Query) -> dict[str, Any]:
     """A search result: the return keys (empty when the Workitem has no
-    value), or everything for includefield=all; never the Transaction UID."""
-    body.pop(f"{_TRANSACTION_UID:08X}", None)
+    value), or everything for includefield=all."""
     if query.include_all:
         return body
     out: dict[str, Any] = {}

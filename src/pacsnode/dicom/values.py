@@ -46,6 +46,12 @@ _DT_LOW = "00000101" + TIME_LOW.replace(".", "", 0)
 _DT_HIGH = "99991231" + TIME_HIGH
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' (which int() refuses)
+    and '٣' (which int() reads as 3)."""
+    return text.isascii() and text.isdigit()
+
+
 def norm_time(value: str, high: bool = False) -> str:
     """Normalise a TM value (``HH``, ``HHMM``, ``HHMMSS``, ``HHMMSS.F…``, also
     the retired ``HH:MM:SS``) to ``HHMMSS.FFFFFF``.  Unspecified trailing
@@ -58,7 +64,7 @@ def norm_time(value: str, high: bool = False) -> str:
         whole, frac = text.split(".", 1)
     else:
         whole, frac = text, ""
-    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (frac and not frac.isdigit()):
+    if not _digits(whole) or len(whole) not in (2, 4, 6) or (frac and not _digits(frac)):
         raise ValueError(f"not a DICOM time: {value!r}")
     template = TIME_HIGH if high else TIME_LOW
     padded = whole + template[len(whole):6]
@@ -75,7 +81,7 @@ def norm_time(value: str, high: bool = False) -> str:
 def norm_date(value: str) -> str:
     text = value.strip().replace(".", "").replace("-", "") if len(value.strip()) == 10 \
         else value.strip()
-    if len(text) != 8 or not text.isdigit():
+    if len(text) != 8 or not _digits(text):
         raise ValueError(f"not a DICOM date: {value!r}")
     month, day = int(text[4:6]), int(text[6:8])
     if not (1 <= month <= 12 and 1 <= day <= 31):
@@ -93,7 +99,7 @@ def norm_datetime(value: str, high: bool = False) -> str:
     if not text:
         return ""
     date_part, time_part = text[:8], text[8:]
-    if not date_part.isdigit() or len(date_part) not in (4, 6, 8):
+    if not _digits(date_part) or len(date_part) not in (4, 6, 8):
         raise ValueError(f"not a DICOM date-time: {value!r}")
     template = "99991231" if high else "00000101"
     if len(date_part) < 8:

@@ -16,6 +16,7 @@ information, Failed SOP Instance UID lists) go through pydicom.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from io import BytesIO
@@ -77,6 +78,15 @@ _US = {COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO, PRIORITY, DATASET_TYPE, STATUS, 
        ACTION_TYPE, REMAINING, COMPLETED, FAILED, WARNING, MOVE_ORIGINATOR_ID}
 _UI = {AFFECTED_SOP_CLASS, REQUESTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, REQUESTED_SOP_INSTANCE}
 _TEXT = {MOVE_DESTINATION, ERROR_COMMENT, MOVE_ORIGINATOR_AET}  # AE, LO: space padded
+
+#: What no UID (PS3.5 9.1) and no padding may hold: a byte outside printable
+#: ASCII.  A command carrying one cannot be looked up nor echoed back.
+_NOT_UID_BYTE = re.compile(rb"[^\x21-\x7e]")
+_NOT_UID_CHAR = re.compile(r"[^\x21-\x7e]")
+_UID_NAMES = {AFFECTED_SOP_CLASS: "Affected SOP Class UID",
+              REQUESTED_SOP_CLASS: "Requested SOP Class UID",
+              AFFECTED_SOP_INSTANCE: "Affected SOP Instance UID",
+              REQUESTED_SOP_INSTANCE: "Requested SOP Instance UID"}
 
 _ELEMENT = struct.Struct("<HHI")
 _USHORT = struct.Struct("<H")
@@ -149,6 +159,28 @@ class Command:
     def action_type(self) -> int:
         return self.us(ACTION_TYPE)
 
+    def unusable_uid(self) -> tuple[int, str] | None:
+        """(failure status, reason) when a UID element of the command holds
+        a byte no UID may hold (non-ASCII, a control character): the command
+        cannot be answered normally, so it gets a failure status instead of
+        an abort.  A SOP Class UID that is not one names no SOP class we
+        support: 0x0122 "Refused: SOP Class not supported" (a general status
+        of PS3.7 Annex C).  A SOP Instance UID that is not one: 0x0117
+        "Invalid SOP Instance" (PS3.7 Annex C) for N- services, 0xC000 "Error:
+        Cannot understand" for C-STORE (PS3.4 B.2.3).  None when all are
+        usable; other UID rules (length, leading zeros) are judged later,
+        where the UID is used, as before."""
+        for element, name in _UID_NAMES.items():
+            raw = self.values.get(element)
+            if raw is None or not _NOT_UID_BYTE.search(raw.strip(b"\x00 ")):
+                continue
+            if element in (AFFECTED_SOP_CLASS, REQUESTED_SOP_CLASS):
+                status = 0x0122
+            else:
+                status = 0xC000 if self.field == C_STORE_RQ else 0x0117
+            return status, f"{name} holds bytes no UID may hold (not ASCII digits and dots)"
+        return None
+
     def __repr__(self) -> str:
         return f"Command(0x{self.field:04X}, id={self.message_id})"
 
@@ -214,7 +246,14 @@ _NAMES = {
 
 def response(field: int, request: Command, status: int, *, dataset: bool = False,
              error_comment: str | None = None, **fields: Any) -> bytes:
-    """A response command set to ``request`` (PS3.7 9.3 / 10.3)."""
+    """A response command set to ``request`` (PS3.7 9.3 / 10.3).  A UID
+    field that cannot be encoded (the request's, echoed, held bytes no UID
+    may hold: see ``Command.unusable_uid``) is left out."""
+    for name in ("affected_sop_class", "affected_sop_instance", "requested_sop_class",
+                 "requested_sop_instance"):
+        value = fields.get(name)
+        if isinstance(value, str) and _NOT_UID_CHAR.search(value):
+            fields[name] = None
     if error_comment is not None:
         # LO: at most 64 characters, no backslash or control characters.
         error_comment = "".join(c if " " <= c <= "~" and c != "\\" else " "

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
-from .migrate import add_missing_columns
+from .migrations import add_missing_columns, run_migrations
 from .schema import metadata
 
 __all__ = ["Database", "RawStatement", "WriteBusy"]
@@ -78,6 +78,7 @@ class Database:
         self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._create_tables()
+        run_migrations(self)
 
     def _create_tables(self) -> None:
         """CREATE … IF NOT EXISTS; two processes starting together on a fresh

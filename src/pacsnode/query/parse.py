@@ -18,10 +18,51 @@ from .model import (Constraint, Fuzzy, ListOfUID, Query, Range, ReturnKey, Seque
                     SingleValue, Wildcard)
 
 __all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "QIDO_DEFAULTS",
-           "search_params", "match_constraints", "resolve_attribute"]
+           "search_params", "match_constraints", "resolve_attribute", "integer_param",
+           "MAX_INTEGER", "MAX_MATCH_KEYS", "MAX_UIDS"]
+
+#: The largest number any parameter may give (an offset, a sequence number):
+#: the largest LIMIT/OFFSET value SQLite and PostgreSQL take (2^63 - 1).
+MAX_INTEGER = 2 ** 63 - 1
+#: Attribute matching parameters (``Attribute=value``) in one search.  Each
+#: is one more condition; a thousand made SQLite's expression tree too deep.
+MAX_MATCH_KEYS = 64
+#: UIDs in one list (``StudyInstanceUID=a,b,…`` or a C-FIND value a\b\…).
+MAX_UIDS = 1000
+
+
+def integer_param(name: str, text: str, *, minimum: int = 0,
+                  maximum: int = MAX_INTEGER) -> int:
+    """A numeric parameter: ASCII digits only (``str.isdigit`` would take
+    '²', which ``int`` refuses, and '٣', which ``int`` reads as 3; ``int``
+    alone takes '1_000' and ' +5'), within ``minimum``..``maximum``;
+    otherwise BadQuery (400) saying so."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20 or \
+            not minimum <= int(digits) <= maximum:
+        raise BadQuery(f"{name} must be an integer from {minimum} to {maximum} "
+                       f"(digits 0-9), not {text[:40]!r}")
+    return int(digits)
+
 
 # Elements of an identifier that steer the query rather than match.
 _CONTROL = {0x00080052, 0x00080005, 0x00080056, 0x00080054, 0x00088000}
+
+
+#: What a date, time or date-time matching value looks like (PS3.4
+#: C.2.2.2.5 range matching; PS3.5 6.2 DA, TM, DT), said in a refusal.
+_FORMATS = {
+    "DA": "a date: use YYYYMMDD, or a range YYYYMMDD-YYYYMMDD (either end may be left out)",
+    "TM": "a time: use HHMMSS (or HH, HHMM, HHMMSS.FFFFFF), or a range HHMMSS-HHMMSS "
+          "(either end may be left out)",
+    "DT": "a date-time: use YYYYMMDDHHMMSS (or a leading part of it such as YYYYMMDD, "
+          "with .FFFFFF and a +ZZXX offset), or a range of two joined by - "
+          "(either end may be left out)",
+}
+
+
+def _not_a(keyword: str, vr: str, value: str) -> BadQuery:
+    return BadQuery(f"{keyword}: {value[:80]!r} is not {_FORMATS[vr]}")
 
 
 def _range(keyword: str, vr: str, value: str) -> Range:
@@ -36,10 +77,10 @@ def _range(keyword: str, vr: str, value: str) -> Range:
         else:
             low = norm_datetime(low_text) if low_text.strip() else None
             high = norm_datetime(high_text, high=True) if high_text.strip() else None
-    except ValueError as exc:
-        raise BadQuery(f"{keyword}: {exc}") from None
+    except ValueError:
+        raise _not_a(keyword, vr, value) from None
     if low is None and high is None:
-        raise BadQuery(f"{keyword}: {value!r} is not a range")
+        raise _not_a(keyword, vr, value)
     if low is not None and high is not None and low > high:
         raise BadQuery(f"{keyword}: range {value!r} ends before it starts")
     return Range(keyword, low, high)
@@ -53,6 +94,9 @@ def constraint_for(keyword: str, vr: str, value: str, fuzzy: bool = False) -> Co
         return None
     if vr == "UI":
         uids = tuple(u.strip() for u in value.split("\\") if u.strip())
+        if len(uids) > MAX_UIDS:
+            raise BadQuery(f"{keyword}: a list of {len(uids)} UIDs; at most {MAX_UIDS} "
+                           "are taken in one query")
         bad = [u for u in uids if not valid_uid(u)]
         if bad:
             raise BadQuery(f"{keyword}: {bad[0]!r} is not a valid UID")
@@ -66,8 +110,8 @@ def constraint_for(keyword: str, vr: str, value: str, fuzzy: bool = False) -> Co
             if vr == "TM":
                 return Range(keyword, norm_time(value), norm_time(value, high=True))
             return Range(keyword, norm_datetime(value), norm_datetime(value, high=True))
-        except ValueError as exc:
-            raise BadQuery(f"{keyword}: {exc}") from None
+        except ValueError:
+            raise _not_a(keyword, vr, value) from None
     if vr == "PN" and fuzzy:
         return Fuzzy(keyword, value)
     if "*" in value or "?" in value:
@@ -154,18 +198,17 @@ def search_params(params: Iterable[tuple[str, str]], query: Query) -> tuple[bool
         elif name == "includefield":
             includes.extend(v.strip() for v in value.split(",") if v.strip())
         elif name in ("limit", "offset"):
-            try:
-                number = int(value)
-            except ValueError:
-                raise BadQuery(f"{name} must be a non-negative integer, not {value!r}") from None
-            if number < 0:
-                raise BadQuery(f"{name} must be a non-negative integer, not {value!r}")
+            number = integer_param(name, value)
             if name == "limit":
                 query.limit = number
             else:
                 query.offset = number
         else:
             matches.append((name, value))
+    if len(matches) > MAX_MATCH_KEYS:
+        raise BadQuery(f"the query has {len(matches)} matching parameters; at most "
+                       f"{MAX_MATCH_KEYS} are taken (a list of UIDs is one parameter: "
+                       "a,b,c)")
     return fuzzy, includes, matches
 
 

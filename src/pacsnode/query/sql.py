@@ -9,6 +9,7 @@ for the size of the archive).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,22 @@ def _multi_like(col: ColumnElement, value: str, wildcard: bool) -> ColumnElement
     return col.like(f"%{sep}{like}{sep}%", escape=ESCAPE)
 
 
+#: The integer columns' range (PostgreSQL INTEGER; also IS's, PS3.5 6.2).
+_INT_MIN, _INT_MAX = -2 ** 31, 2 ** 31 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]{1,10}")
+
+
+def _integer_value(keyword: str, text: str) -> int:
+    """A matching value for an integer attribute (IS, US, UL): an optional
+    sign and the digits 0-9, within the columns' range; BadQuery otherwise
+    (``int`` alone takes '٣' as 3 and '1_0' as 10, and a bind beyond 64
+    bits failed inside the database driver)."""
+    if not _INTEGER.fullmatch(text.strip()) or not _INT_MIN <= int(text) <= _INT_MAX:
+        raise BadQuery(f"{keyword}: {text[:40]!r} is not an integer from {_INT_MIN} to "
+                       f"{_INT_MAX} (digits 0-9)")
+    return int(text)
+
+
 def attribute_condition(table: Any, attr: Attribute, c: Constraint) -> ColumnElement:
     """SQL condition of one constraint on a catalogue column of ``table``."""
     col = table.c[attr.column]
@@ -107,10 +124,7 @@ def attribute_condition(table: Any, attr: Attribute, c: Constraint) -> ColumnEle
         return and_(*parts)
     if isinstance(c, SingleValue):
         if kind == "int":
-            try:
-                return col == int(c.value)
-            except ValueError:
-                raise BadQuery(f"{attr.keyword}: {c.value!r} is not an integer") from None
+            return col == _integer_value(attr.keyword, c.value)
         if attr.multi_valued:
             return _multi_like(col, c.value, wildcard=False)
         return col == c.value

@@ -38,6 +38,7 @@ from ..dicom.header import valid_uid
 from ..errors import NotFound, PacsnodeError
 from ..index.schema import instances, series
 from ..node import Node
+from ..query.parse import MAX_INTEGER
 from ..remote import jobs as jobmod
 from ..remote import registry, scu
 from ..remote.errors import RemoteError
@@ -49,13 +50,19 @@ from .api_models import (CmdAction, CmdMeta, CmdRequest, CmdResponse, EchoResult
                          QueryResult, RetrieveAccepted, RetrieveCmdResult, RetrieveRequest,
                          RetrieveStatusResult, TagsGetResult)
 
-__all__ = ["router", "series_tags", "export_series", "ApiError", "Forbidden"]
+__all__ = ["router", "series_tags", "export_series", "ApiError", "Forbidden", "INTERNAL_ERROR"]
 
 log = logging.getLogger("pacsnode.web.api")
 
 #: Timeouts of the synchronous SCU calls made for an HTTP request (echo, find).
 CONNECT_TIMEOUT = 10.0
 FIND_TIMEOUT = 120.0
+
+
+#: What a client reads when something failed that it did not cause: never
+#: the exception's text (a Python internal, paths); the log has the details.
+INTERNAL_ERROR = ("internal error: the server could not complete this request; "
+                  "its log has the details")
 
 
 class ApiError(PacsnodeError):
@@ -104,9 +111,9 @@ class ApiRoute(APIRoute):
                 return JSONResponse({"error": exc.reason}, exc.http_status)
             except HTTPException:
                 raise  # already an HTTP answer (the app renders it as {"error": …})
-            except Exception as exc:  # noqa: BLE001 - a reason, never a stack trace
+            except Exception:  # noqa: BLE001 - a reason, never a stack trace
                 log.exception("%s %s failed", request.method, request.url.path)
-                return JSONResponse({"error": f"internal error: {exc}"}, 500)
+                return JSONResponse({"error": INTERNAL_ERROR}, 500)
 
         return route
 
@@ -281,7 +288,8 @@ def _job_out(job: jobmod.Job) -> JobOut:
             response_model=JobList, responses=_errors(400))
 def list_jobs(request: Request,
               limit: int = Query(100, ge=1, le=1000, description="At most this many."),
-              offset: int = Query(0, ge=0, description="Skip this many (newest first)."),
+              offset: int = Query(0, ge=0, le=MAX_INTEGER,
+                                  description="Skip this many (newest first)."),
               state: Literal["pending", "running", "succeeded", "failed", "canceled"] | None =
               Query(None, description="Only jobs in this state."),
               node: str | None = Query(None, description="Only jobs of this remote node."),
@@ -389,6 +397,7 @@ def _export_dir(roots: list[str], raw: str, create: bool) -> Path:
         raise Forbidden("export is disabled: no export_roots are configured")
     if not raw or "\x00" in raw:
         raise ApiError(400, "path is empty or holds a NUL character")
+    _check_path_lengths(raw)
     pure = PurePosixPath(raw)
     if not pure.is_absolute():
         raise Forbidden(f"path {raw!r} is relative; give an absolute path under an export "
@@ -404,8 +413,31 @@ def _export_dir(roots: list[str], raw: str, create: bool) -> Path:
             raise ApiError(400, f"{raw} exists and is not a folder")
         if not create:
             raise ApiError(400, f"folder {raw} does not exist (create_dir is false)")
-        os.makedirs(real, exist_ok=True)
+        try:
+            os.makedirs(real, exist_ok=True)
+        except OSError as exc:  # the system's words (permission, read-only, full)
+            raise ApiError(400, f"cannot create folder {raw}: "
+                                f"{exc.strerror or 'the file system refused'}") from None
     return Path(real)
+
+
+#: Bytes of one file name and of a whole path the file systems we write to
+#: take (Linux NAME_MAX and PATH_MAX).
+NAME_MAX = 255
+PATH_MAX = 4095
+
+
+def _check_path_lengths(raw: str) -> None:
+    """400 for a path no file system would take, before anything is made
+    (the check otherwise ends in "File name too long" from the kernel)."""
+    encoded = os.fsencode(raw)
+    if len(encoded) > PATH_MAX:
+        raise ApiError(400, f"path is {len(encoded)} bytes long; at most {PATH_MAX} are taken")
+    for part in encoded.split(b"/"):
+        if len(part) > NAME_MAX:
+            name = os.fsdecode(part)
+            raise ApiError(400, f"path component {name[:40]!r}... is {len(part)} bytes long; "
+                                f"a folder name takes at most {NAME_MAX}")
 
 
 def _open_dir(folder: Path, roots: list[str]) -> int:
@@ -536,9 +568,9 @@ class CmdRoute(APIRoute):
                 return _cmd_error(CmdError(exc.http_status, exc.reason))
             except HTTPException as exc:
                 return _cmd_error(CmdError(exc.status_code, str(exc.detail)))
-            except Exception as exc:  # noqa: BLE001
+            except Exception:  # noqa: BLE001
                 log.exception("pfdcm command failed")
-                return _cmd_error(CmdError(500, f"internal error: {exc}"))
+                return _cmd_error(CmdError(500, INTERNAL_ERROR))
 
         return route
 

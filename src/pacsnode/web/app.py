@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,41 @@ from ..errors import PacsnodeError
 from ..node import Node
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("pacsnode.web")
+
+
+class _Unexpected:
+    """Any exception a route lets through becomes a 500 whose body is a
+    plain sentence (``api.INTERNAL_ERROR``), never the exception's text; the
+    traceback goes to the log.  Caught here rather than left to Starlette,
+    whose handler re-raises to the server, which then drops the client's
+    keep-alive connection.  (An error after a response has started can only
+    end that response.)"""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            from .api import INTERNAL_ERROR
+            await JSONResponse({"error": INTERNAL_ERROR}, status_code=500)(scope, receive, send)
 
 
 class Health(BaseModel):
@@ -39,6 +75,9 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
     # carries no credentials) is answered before access is checked.
     app.add_middleware(AccessMiddleware, **access_options(node.settings, node.db,
                                                           app.state.audit))
+    # Outside the access check, inside CORS: any unexpected failure is a
+    # plain 500 sentence, never exception text, and the connection stays.
+    app.add_middleware(_Unexpected)
     if node.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(node.settings.cors_origins),
                            allow_methods=["*"], allow_headers=["*"],

@@ -35,10 +35,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import PacsnodeError
+from ..errors import BadQuery
 from ..events import Event
 from ..index.schema import changes
 from ..node import Node
+from ..query.parse import integer_param
 
 __all__ = ["router", "Change", "ChangesPage", "LatestChange", "DEFAULT_LIMIT", "MAX_LIMIT"]
 
@@ -106,16 +107,12 @@ def _node(request: Request) -> Node:
 
 
 def _int_param(request: Request, name: str, default: int | None, minimum: int) -> int | None:
+    """A numeric query parameter, ASCII digits within bounds (400 otherwise,
+    through the shared ``query.parse.integer_param``)."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise PacsnodeError(f"{name}={raw[:40]!r} is not an integer") from None
-    if value < minimum:
-        raise PacsnodeError(f"{name} must be at least {minimum}, not {value}")
-    return value
+    return integer_param(name, raw, minimum=minimum)
 
 
 def _settled(rows: list[Any], since: int, now: float) -> list[Any]:
@@ -234,7 +231,10 @@ async def stream_changes(request: Request) -> StreamingResponse:
     since = _int_param(request, "since", None, 0)
     if since is None:
         last_event_id = request.headers.get("last-event-id", "").strip()
-        since = int(last_event_id) if last_event_id.isdigit() else None
+        try:  # a header we cannot read starts at the present, as none would
+            since = integer_param("Last-Event-ID", last_event_id)
+        except BadQuery:
+            since = None
     if since is None:
         # Decided before the response starts, so nothing committed after the
         # client sees the response headers is missed.

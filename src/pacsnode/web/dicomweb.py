@@ -932,8 +932,9 @@ def _frame_numbers(text: str, info: PixelInfo) -> list[int]:
     numbers = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) < 1:
-            raise PacsnodeError(f"frame numbers are positive integers, not {part[:20]!r}")
+        if not (part.isascii() and part.isdigit()) or len(part) > 10 or int(part) < 1:
+            raise PacsnodeError(f"frame numbers are integers from 1 (digits 0-9), "
+                                f"not {part[:20]!r}")
         numbers.append(int(part))
     missing = [n for n in numbers if n > info.frames]
     if missing:

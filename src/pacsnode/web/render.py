@@ -13,6 +13,7 @@ PALETTE COLOR through its LUT) is scaled to 8 bits and not windowed.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ..errors import BadQuery
+from ..query.parse import integer_param
 from ..transcode import decoded_frame
 
 __all__ = ["RenderOptions", "parse_window", "parse_viewport", "parse_quality", "render_frame",
@@ -49,7 +51,9 @@ def parse_window(value: str | None) -> tuple[float, float, str] | None:
     try:
         center, width = float(parts[0]), float(parts[1])
     except ValueError:
-        raise BadQuery(f"window center and width must be numbers, not {value!r}") from None
+        center = width = math.nan
+    if not (value.isascii() and math.isfinite(center) and math.isfinite(width)):
+        raise BadQuery(f"window center and width must be numbers, not {value[:80]!r}")
     function = (parts[2] if len(parts) == 3 else "linear").lower()
     if function not in ("linear", "linear_exact", "sigmoid"):
         raise BadQuery(f"window function must be linear, linear_exact or sigmoid, "
@@ -66,10 +70,9 @@ def parse_viewport(value: str | None) -> tuple[int, int, tuple[int, int, int, in
     parts = [p.strip() for p in value.split(",")]
     if len(parts) not in (2, 6):
         raise BadQuery(f"viewport must be vw,vh or vw,vh,sx,sy,sw,sh, not {value!r}")
-    try:
-        numbers = [int(p) if p else 0 for p in parts]
-    except ValueError:
-        raise BadQuery(f"viewport values must be integers, not {value!r}") from None
+    if not all(p == "" or (p.isascii() and p.isdigit() and len(p) <= 9) for p in parts):
+        raise BadQuery(f"viewport values must be integers (digits 0-9), not {value[:80]!r}")
+    numbers = [int(p) if p else 0 for p in parts]
     vw, vh = numbers[0], numbers[1]
     if not (0 < vw <= 8192 and 0 < vh <= 8192):
         raise BadQuery(f"viewport width and height must be 1-8192, not {value!r}")
@@ -85,13 +88,7 @@ def parse_viewport(value: str | None) -> tuple[int, int, tuple[int, int, int, in
 def parse_quality(value: str | None) -> int:
     if value is None or value == "":
         return 90
-    try:
-        quality = int(value)
-    except ValueError:
-        raise BadQuery(f"quality must be an integer 1-100, not {value!r}") from None
-    if not 1 <= quality <= 100:
-        raise BadQuery(f"quality must be an integer 1-100, not {value!r}")
-    return quality
+    return integer_param("quality", value, minimum=1, maximum=100)
 
 
 def _frame_group(ds: Dataset, index: int, sequence: str) -> Dataset | None:

@@ -107,14 +107,15 @@ def _query_uid(request: Request, *names: str) -> str | None:
     if "=" not in raw and "&" not in raw:
         return unquote(raw).strip() or None
     for key, value in pairs:
-        if value == "" and key.replace(".", "").isdigit():
+        digits = key.replace(".", "")
+        if value == "" and digits.isascii() and digits.isdigit():
             return key  # "?1.2.3=" from clients that always append "="
     return None
 
 
 async def _body(request: Request, optional: bool = False) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
         raise _HTTPRefusal(413, f"the body is larger than {MAX_BODY} bytes")
     chunks = []
     size = 0
