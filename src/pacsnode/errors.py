@@ -40,6 +40,8 @@ class NotDicom(InvalidInstance):
     #: A data set (a C-STORE's, or after a Part 10 header) that does not
     #: start with a readable element.
     DATA_SET = "not DICOM: the data set does not start with a readable element"
+    #: Nothing after the file meta (or an empty C-STORE data set).
+    EMPTY = "not DICOM: the data set is empty"
 
     def __init__(self, reason: str = FILE, detail: str = "") -> None:
         super().__init__(f"{reason} ({detail})" if detail else reason)

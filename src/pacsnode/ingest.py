@@ -793,7 +793,7 @@ def _check_whole(fh: BinaryIO, size: int, is_part10: bool, data_set: bool) -> No
                 layout = file_layout(data)
                 start = layout.start
                 if start == size:
-                    raise NotDicom(NotDicom.DATA_SET, "it is empty")
+                    raise NotDicom(NotDicom.EMPTY)
                 check_rest(data, start, start, layout.transfer_syntax)
             else:
                 check_bare(data)

@@ -76,11 +76,10 @@ class Incomplete(Exception):
         """The reason in plain words, offsets counted from ``base`` (the
         start of what the sender sent) and ``of`` naming it ("of the data
         set")."""
-        at = f"byte {self.offset - base}{of}"
-        what = self.what.replace("{at}", at)
+        what = self.what.replace("{at}", f"byte {self.offset - base}")
         if self.truncated:
             return f"truncated at byte {self.end - base}{of}: {what}"
-        return f"malformed at {at}: {what}"
+        return f"malformed at byte {self.offset - base}{of}: {what}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +118,8 @@ def file_layout(data: Buffer) -> Layout:
     syntax: str | None = None
     while True:
         if pos + 8 > size:
-            if pos == size:
-                return Layout(pos, syntax)
+            if pos == size or (pos + 2 <= size and bytes(data[pos:pos + 2]) != b"\x02\x00"):
+                return Layout(pos, syntax)  # the data set starts (cut short, maybe)
             raise Incomplete(pos, "a file meta element header at {at} is cut off",
                              truncated=True, end=size)
         group, elem, vr, length = _HEADER_LE(data, pos)
@@ -272,7 +271,7 @@ def _elements(w: _Walk, pos: int, end: int, implicit: bool, top: bool, depth: in
                 pos += 8
             elif vr in long_vrs:
                 if pos + 12 > limit:
-                    raise Incomplete(start, f"the header of element {_tag(group, elem)} at "
+                    raise Incomplete(start, f"the header of {_tag(group, elem)} at "
                                      "{at} is cut off", truncated=limit == size, end=size,
                                      elements=w.elements)
                 length = ul(data, pos + 8)[0]
@@ -280,7 +279,7 @@ def _elements(w: _Walk, pos: int, end: int, implicit: bool, top: bool, depth: in
             elif vr in short_vrs:
                 pos += 8
             else:
-                raise Incomplete(start, f"element {_tag(group, elem)} at {{at}} has no valid "
+                raise Incomplete(start, f"{_tag(group, elem)} at {{at}} has no valid "
                                  f"VR ({bytes(vr)!r})", truncated=False, end=size,
                                  elements=w.elements)
         if group == 0xFFFE:
@@ -301,7 +300,7 @@ def _elements(w: _Walk, pos: int, end: int, implicit: bool, top: bool, depth: in
             elif vr == b"UN":  # PS3.5 6.2.2: its items are Implicit VR Little Endian
                 fragments, items_implicit = False, True
             else:
-                raise Incomplete(start, f"element {_tag(group, elem)} at {{at}} has an "
+                raise Incomplete(start, f"{_tag(group, elem)} at {{at}} has an "
                                  f"undefined length, which VR {vr.decode('latin-1')} cannot "
                                  "have", truncated=False, end=size, elements=w.elements)
             if fragments:
@@ -318,10 +317,10 @@ def _elements(w: _Walk, pos: int, end: int, implicit: bool, top: bool, depth: in
             if pos + length > limit:
                 left = limit - pos
                 if limit == size:
-                    raise Incomplete(start, f"element {_tag(group, elem)} at {{at}} declares "
+                    raise Incomplete(start, f"{_tag(group, elem)} at {{at}} declares "
                                      f"{length} bytes, {_follow(left)}", truncated=True,
                                      end=size, elements=w.elements)
-                raise Incomplete(start, f"element {_tag(group, elem)} at {{at}} declares "
+                raise Incomplete(start, f"{_tag(group, elem)} at {{at}} declares "
                                  f"{length} bytes, {left} are left in its item",
                                  truncated=False, end=size, elements=w.elements)
             if vr == b"SQ" or (implicit and length and _is_sequence(group << 16 | elem)):
@@ -432,14 +431,16 @@ def ends_file(head: Buffer, start: int, pos: int, size: int,
 
 def plausible_start(data: Buffer, start: int) -> bool:
     """Whether the first element of the data set at ``start`` looks like a
-    DICOM element (a known explicit VR, or in Implicit VR a tag of the
-    public dictionary or a private or group length tag): telling a data set
-    cut in its first element from bytes that are not DICOM at all."""
-    if start + 8 > len(data):
-        return False
-    if not _first_is_implicit(data, start, None):
+    DICOM element as far as it goes (a known explicit VR; a tag of the
+    public dictionary, or a private or group length tag; a group number
+    that exists): telling a data set cut in its first element from bytes
+    that are not DICOM at all."""
+    left = len(data) - start
+    if left < 4:
+        return left < 2 or 0x0008 <= _GROUP_LE(data, start)[0] <= 0x7FE0
+    group, elem = _TAG_LE(data, start)
+    if left >= 6 and not _first_is_implicit(data, start, None):
         return bytes(data[start + 4:start + 6]) in _LONG | _SHORT
-    group, elem, _length = _TAG_LENGTH_LE(data, start)
     if group & 1 or elem == 0:
         return 0x0008 <= group < 0xFFFE
     try:
@@ -447,3 +448,7 @@ def plausible_start(data: Buffer, start: int) -> bool:
     except KeyError:
         return False
     return True
+
+
+_GROUP_LE = Struct("<H").unpack_from
+_TAG_LE = Struct("<HH").unpack_from
