@@ -331,3 +331,56 @@ def _study(s: Sample) -> str:
     at = s.raw.index(tag_bytes(0x0020000D) + b"UI")
     length = struct.unpack_from("<H", s.raw, at + 6)[0]
     return s.raw[at + 8:at + 8 + length].rstrip(b"\0").decode()
+
+
+# -- the walk itself, in process ---------------------------------------------------------
+
+def test_pydicom_test_files_are_whole_but_the_cut_ones() -> None:
+    """Every file pydicom ships is whole, except the ones it ships cut (and
+    those that are not DICOM at all)."""
+    from pydicom.data import get_testdata_files
+
+    from pacsnode.dicom.wholeness import Incomplete, check_bare, check_file
+    refused = {}
+    for name in get_testdata_files("*"):
+        path = Path(name)
+        if not path.is_file():
+            continue
+        raw = path.read_bytes()
+        try:
+            check_file(raw) if raw[128:132] == b"DICM" else check_bare(raw)
+        except Incomplete as exc:
+            refused[path.name] = exc.describe()
+    cut = {n for n in refused if n.endswith((".dcm",)) and "truncated" in n}
+    assert cut == {"MR_truncated.dcm", "rtplan_truncated.dcm"}, refused
+    assert refused["MR_truncated.dcm"].startswith("truncated at byte 9630: (7FE0,0010)")
+    others = set(refused) - cut
+    # Not DICOM (text, JSON, gzip, ICC profile) or a data set pydicom itself
+    # reads as one garbage element (no_meta.dcm).
+    assert all(n.endswith((".txt", ".json", ".gz", ".icc", ".dump")) or n == "no_meta.dcm"
+               for n in others), others
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "image_dfl.dcm",
+                                  "MR_small_implicit.dcm", "ExplVR_BigEndNoMeta.dcm"])
+def test_other_encodings_cut_are_refused(tmp_path: Path, name: str) -> None:
+    """Big Endian, Deflated, Implicit VR and a Big Endian data set without
+    file meta: whole, stored; cut short, refused naming the byte."""
+    from pydicom.data import get_testdata_file
+
+    from pacsnode.config import load_settings
+    from pacsnode.events import Origin
+    from pacsnode.node import Node
+    node = Node(load_settings(overrides={"data_dir": tmp_path / "data", "fsync": False},
+                              environ={}))
+    try:
+        raw = Path(get_testdata_file(name)).read_bytes()
+        (tmp_path / "cut.dcm").write_bytes(raw[:-101])
+        result = node.ingestor.ingest_path(tmp_path / "cut.dcm", Origin("import"))
+        assert result.outcome.value == "refused"
+        assert result.reason.startswith(f"truncated at byte {len(raw) - 101}: "), result.reason
+        assert list((tmp_path / "data" / "studies").rglob("*.dcm")) == []
+        whole = node.ingestor.ingest_path(get_testdata_file(name), Origin("import"))
+        assert whole.outcome.value == "stored", whole.reason
+    finally:
+        node.close()

@@ -57,7 +57,11 @@ def serve(config_file: str | None, **options: Any) -> None:
 
     SIGTERM or Ctrl-C stops accepting new work, lets running associations
     finish (up to 10 s) and exits; an instance is acknowledged only once its
-    file and index row are durable, so nothing half-written remains."""
+    file and index row are durable, so nothing half-written remains.
+
+    At start, what a crashed process left in incoming/ is cleaned as `check
+    --repair` does: whole instances stored, the rest removed (never
+    indexed); files that another running process holds are left alone."""
     from .dimse.scp import DimseServer
     from .node import Node
     from .web.app import create_app

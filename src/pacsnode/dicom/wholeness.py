@@ -25,6 +25,7 @@ walks just the Pixel Data element and whatever follows it).
 
 from __future__ import annotations
 
+import mmap
 import zlib
 from dataclasses import dataclass
 from struct import Struct
@@ -35,7 +36,7 @@ from pydicom.datadict import dictionary_VR
 __all__ = ["Incomplete", "Layout", "check_file", "check_rest", "check_bare", "ends_file",
            "file_layout", "plausible_start"]
 
-Buffer = Union[bytes, bytearray, memoryview, "mmap.mmap"]  # noqa: F821
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
