@@ -57,7 +57,11 @@ def serve(config_file: str | None, **options: Any) -> None:
 
     SIGTERM or Ctrl-C stops accepting new work, lets running associations
     finish (up to 10 s) and exits; an instance is acknowledged only once its
-    file and index row are durable, so nothing half-written remains."""
+    file and index row are durable, so nothing half-written remains.
+
+    At start, what a crashed process left in incoming/ is cleaned as `check
+    --repair` does: whole instances stored, the rest removed (never
+    indexed); files that another running process holds are left alone."""
     from . import cluster
     from .access.setup import check_exposure, describe_access
     from .dimse.scp import DimseServer
@@ -79,6 +83,7 @@ def serve(config_file: str | None, **options: Any) -> None:
         node.close()
         raise click.ClickException(str(exc))
     node.db.refresh_statistics()  # an index filled while the node was down
+    _clean_in_flight(node, log)
     dimse = DimseServer(node)
     try:
         dimse.start()
@@ -112,6 +117,20 @@ def serve(config_file: str | None, **options: Any) -> None:
         leave_cluster()
         node.close()
         log.info("stopped")
+
+
+def _clean_in_flight(node: Any, log: logging.Logger) -> None:
+    """What a crash left in ``incoming/`` by processes that are gone: whole
+    instances stored, the rest removed (check.clean_in_flight); the files
+    of live processes sharing the blob root are left to them."""
+    from .check import clean_in_flight
+    for name, result in clean_in_flight(node):
+        if result.outcome.ok:
+            log.info("in-flight file %s left by a stopped process: %s (instance %s)", name,
+                     result.outcome.value, result.sop_instance_uid)
+        else:
+            log.warning("in-flight file %s left by a stopped process: %s, removed: %s", name,
+                        result.outcome.value, result.reason)
 
 
 class _DimseWorkers:
@@ -292,7 +311,7 @@ def import_(paths: tuple[str, ...], config_file: str | None, **options: Any) -> 
                                                      Origin("import", address=label))
             counts[result.outcome] += 1
             if not result.outcome.ok:
-                problems.append((label, result.reason))
+                problems.append((label, f"{result.outcome.value}: {result.reason}"))
             progress.advance(task)
     node.close()
     click.echo(f"stored {counts[Outcome.STORED]}, replaced {counts[Outcome.REPLACED]}, "
@@ -308,11 +327,19 @@ def import_(paths: tuple[str, ...], config_file: str | None, **options: Any) -> 
 
 @click.command("check")
 @click.option("--repair", is_flag=True, help="Index files that have no index row, drop "
-              "index rows whose file is gone, and remove stale temp files.")
+              "index rows whose file is gone, and ingest the stale temp files (whole "
+              "instances are stored, the rest removed; files of running processes are "
+              "left alone).")
 @_settings_options
 def check(repair: bool, config_file: str | None, **options: Any) -> None:
     """Reconcile the blob store and the index.  Exit 0 when consistent, 1 when
-    a problem was found (after --repair: 0 if everything was mended)."""
+    a problem was found (after --repair: 0 if everything was mended).
+
+    Stale temp files in incoming/ (left by a process that died while
+    receiving) are listed but are no inconsistency: nothing acknowledged
+    depends on them.  --repair, or the next `serve` start, stores those that
+    are whole instances and removes the rest; files that a running process
+    is writing are never touched."""
     from .check import reconcile
     from .node import Node
 

@@ -45,9 +45,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_port", 8080, "TCP port of the HTTP listener (DICOMweb, REST API).", int, shared=False),
     Setting("host", "127.0.0.1", "Address both listeners bind to.", shared=False),
     Setting("duplicate_policy", "replace", "What storing an existing SOP Instance UID with "
-            "different bytes does: 'replace' it, 'keep' the stored one (success), or 'reject' "
-            "(C-STORE 0x0111, STOW FailureReason 45070). Identical bytes are always accepted "
-            "as already stored."),
+            "a different data set does: 'replace' it, 'keep' the stored one (success), or "
+            "'reject' (C-STORE 0x0111, STOW FailureReason 45070). An identical data set is "
+            "always accepted as already stored, whatever its file meta says."),
     Setting("fsync", True, "fsync each blob and its folder before acknowledging (turn off "
             "only on throw-away archives).", bool, shared=False),
     Setting("max_associations", 32, "Most DIMSE associations served at once.", int, shared=False),

@@ -3,8 +3,9 @@ failure reason (STYLE.md habit 4)."""
 
 from __future__ import annotations
 
-__all__ = ["PacsnodeError", "InvalidInstance", "InvalidUID", "ConflictingInstance",
-           "DuplicateRefused", "StorageFailure", "BadQuery", "NotFound", "StudyMismatch"]
+__all__ = ["PacsnodeError", "InvalidInstance", "InvalidUID", "NotDicom", "NotWhole",
+           "ConflictingInstance", "DuplicateRefused", "StorageFailure", "BadQuery", "NotFound",
+           "StudyMismatch"]
 
 
 class PacsnodeError(Exception):
@@ -26,6 +27,32 @@ class InvalidInstance(PacsnodeError):
 
     dimse_status = 0xC000
     failure_reason = 0xC000
+
+
+class NotDicom(InvalidInstance):
+    """Bytes that do not read as DICOM at all.  The one place that says so:
+    every ingest path (C-STORE, STOW-RS, import, check --repair) gives these
+    words.  C-STORE 0xC000 "cannot understand"; STOW 0xC000 (PS3.4 B.2.3)."""
+
+    #: A file (STOW-RS part, imported file) with neither a Part 10 header
+    #: nor a data set that can be read.
+    FILE = "not DICOM: no 'DICM' prefix and no readable data set"
+    #: A data set (a C-STORE's, or after a Part 10 header) that does not
+    #: start with a readable element.
+    DATA_SET = "not DICOM: the data set does not start with a readable element"
+    #: Nothing after the file meta (or an empty C-STORE data set).
+    EMPTY = "not DICOM: the data set is empty"
+
+    def __init__(self, reason: str = FILE, detail: str = "") -> None:
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+
+
+class NotWhole(InvalidInstance):
+    """A data set that ends inside an element, or whose declared lengths run
+    past its end or its enclosing sequence (DESIGN.md §7): "truncated at
+    byte N: …" or "malformed at byte N: …".  C-STORE 0xC000 "cannot
+    understand" (PS3.4 B.2.3; the Error Comment names the byte); STOW
+    FailureReason 0xC000 with the reason in the Warning header."""
 
 
 class InvalidUID(InvalidInstance):

@@ -16,8 +16,8 @@ A crash before 4 leaves at worst a file with no index row, which
 from __future__ import annotations
 
 import enum
-import filecmp
 import logging
+import mmap
 import os
 import random
 import shutil
@@ -40,8 +40,11 @@ from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, f
 from .dicom.fastheader import parse_fast
 from .dicom.header import (ParsedHeader, describe, describe_json, pixel_data_marker,
                            read_header, sequence_items, valid_uid)
+from .dicom.wholeness import (Incomplete, check_bare, check_rest, ends_file, file_layout,
+                              plausible_start)
 from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, InvalidUID,
-                     PacsnodeError, SOPMismatch, StorageFailure, StudyMismatch)
+                     NotDicom, NotWhole, PacsnodeError, SOPMismatch, StorageFailure,
+                     StudyMismatch)
 from .events import Event, EventBus, Origin
 from .index.db import Database, RawStatement, WriteBusy
 from .index.schema import changes, instances, item_attrs, patients, series, studies
@@ -49,8 +52,8 @@ from .storage import FileStore, SubmitFsync, Syncing, blob_key
 
 log = logging.getLogger("pacsnode.ingest")
 
-__all__ = ["Outcome", "IngestResult", "Ingestor", "Staged", "IMPLEMENTATION_CLASS_UID",
-           "IMPLEMENTATION_VERSION"]
+__all__ = ["Outcome", "IngestResult", "Ingestor", "Staged", "same_data_set",
+           "IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION"]
 
 IMPLEMENTATION_VERSION = IMPLEMENTATION_VERSION_NAME
 
@@ -298,7 +301,8 @@ class Ingestor:
         try:
             if sync_first:
                 syncing = self.store.sync_temp(temp, submit)
-            parsed, size = self._parse(temp, fast_only=fast_only, head=head, size=size)
+            parsed, size = self._parse(temp, fast_only=fast_only, head=head, size=size,
+                                       data_set=expected_sop is not None)
             if not sync_first:
                 syncing = self.store.sync_temp(temp)
             self._validate(parsed, expected_study, expected_sop)
@@ -399,14 +403,18 @@ class Ingestor:
         return IngestResult(outcome, **uids)
 
     def _parse(self, temp: Path, fast_only: bool = False,
-               head: bytes | None = None, size: int = 0) -> tuple[ParsedHeader, int]:
-        """The header, read once, and the file's size.  ``fast_only``: raise
-        _NotFast rather than read it with pydicom.  ``head``: the file's
-        first bytes (up to HEAD_BYTES) and ``size`` its length, as the caller
-        wrote them — a Part 10 file with a zero preamble is then not read
-        again."""
+               head: bytes | None = None, size: int = 0,
+               data_set: bool = False) -> tuple[ParsedHeader, int]:
+        """The header, read once, and the file's size, once the file is
+        known to be whole (``_check_whole``).  ``fast_only``: raise _NotFast
+        rather than read it with pydicom.  ``head``: the file's first bytes
+        (up to HEAD_BYTES) and ``size`` its length, as the caller wrote
+        them — a Part 10 file with a zero preamble is then not read again.
+        ``data_set``: the file is a received data set behind a file meta
+        header of ours (C-STORE), so a refusal counts bytes from the data
+        set's start."""
         if head is not None and head[:132] == _ZERO_PREAMBLE_DICM:
-            parsed = self._walked(temp, head[:HEAD_BYTES], size)
+            parsed = self._walked(temp, head[:HEAD_BYTES], size, data_set)
             if parsed is not None:
                 return parsed, size
         with open(temp, "r+b") as fh:
@@ -418,11 +426,12 @@ class Ingestor:
                 fh.seek(0)
                 fh.write(b"\x00" * 128)
                 head = b"\x00" * 128 + head[128:]
-            parsed = self._walked(temp, head, size) if is_part10 else None
+            parsed = self._walked(temp, head, size, data_set) if is_part10 else None
             if parsed is not None:
                 return parsed, size
             if fast_only:
                 raise _NotFast()
+            _check_whole(fh, size, is_part10, data_set)
             fh.seek(0)
             try:
                 ds = read_header(fh)
@@ -438,22 +447,29 @@ class Ingestor:
             size = temp.stat().st_size
             has_pixels = "PixelData" in dcmread(temp, force=True, specific_tags=["PixelData"])
         if "SOPInstanceUID" not in ds:
-            raise InvalidInstance("cannot understand the data: no SOP Instance UID "
-                                  "(not a DICOM data set?)")
+            raise InvalidInstance("cannot understand the data: SOP Instance UID is missing")
         try:
             return describe(ds, has_pixels), size
         except Exception as exc:
             raise InvalidInstance(f"cannot understand the data: {exc}") from exc
 
     @staticmethod
-    def _walked(temp: Path, head: bytes, size: int) -> ParsedHeader | None:
+    def _walked(temp: Path, head: bytes, size: int, data_set: bool) -> ParsedHeader | None:
         """The header read by the fast reader from the first bytes of a Part
-        10 file of ``size`` bytes; None when it takes pydicom's path (a UID
-        the JSON model left out, invalid or missing, is named by pydicom's)."""
+        10 file of ``size`` bytes, the rest of the file checked whole; None
+        when it takes pydicom's path (a UID the JSON model left out, invalid
+        or missing, is named by pydicom's)."""
         fast = parse_fast(head, complete=len(head) == size)
         if fast is None or not all(key in fast.body for key in _UID_KEYS):
             return None
         has_pixels = fast.stop < size
+        if has_pixels and not ends_file(head, fast.start, fast.stop, size,
+                                        fast.transfer_syntax):
+            # What the fast reader walked is whole; the rest (encapsulated
+            # Pixel Data, elements after it, a length that does not fit)
+            # is walked here.
+            _check_rest(temp, head, size, fast.start, fast.stop, fast.transfer_syntax,
+                        data_set)
         body = fast.body
         if has_pixels:
             body["7FE00010"] = pixel_data_marker(body)
@@ -468,10 +484,12 @@ class Ingestor:
         it whole and write it back as Part 10, Explicit VR Little Endian."""
         try:
             ds = dcmread(temp, force=True)
-            ds.SOPInstanceUID  # noqa: B018 - raises if absent
-            ds.SOPClassUID  # noqa: B018
         except Exception as exc:
-            raise InvalidInstance(f"cannot understand the data: {exc}") from exc
+            raise NotDicom(detail=_plain(exc)) from exc
+        for name in ("SOPClassUID", "SOPInstanceUID"):
+            if name not in ds:
+                label = "SOP Class UID" if name == "SOPClassUID" else "SOP Instance UID"
+                raise InvalidInstance(f"cannot understand the data: {label} is missing")
         ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         ds.file_meta = file_meta(ds.SOPClassUID, ds.SOPInstanceUID,
                                   ts or ExplicitVRLittleEndian)
@@ -636,7 +654,7 @@ class Ingestor:
                     f"{old_study} series {old_series}")
             old_path = self.store.path(old_key)
             if old_path.is_file():
-                if filecmp.cmp(item.temp, old_path, shallow=False):
+                if same_data_set(item.temp, old_path):
                     item.outcome = Outcome.ALREADY_STORED
                     return
                 if self.duplicate_policy == "keep":
@@ -711,3 +729,89 @@ def _uids_or_empty(parsed: ParsedHeader | None) -> dict[str, str]:
     return dict(sop_class_uid=parsed.sop_class_uid, sop_instance_uid=parsed.sop_instance_uid,
                 study_uid=parsed.study_uid, series_uid=parsed.series_uid)
 
+
+
+#: Bytes compared at a time by ``same_data_set``.
+_COMPARE_CHUNK = 1 << 20
+
+
+def same_data_set(a: Path, b: Path) -> bool:
+    """Whether two Part 10 files hold the same instance: their data sets
+    (everything after the File Meta Information) are byte-identical and
+    their transfer syntaxes the same, whatever else the file meta says
+    (another sender's implementation UID, source AE; DESIGN.md §7).  Sizes
+    first, then the bytes, a chunk at a time."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        size_a, size_b = os.fstat(fa.fileno()).st_size, os.fstat(fb.fileno()).st_size
+        if not size_a or not size_b:
+            return size_a == size_b
+        with mmap.mmap(fa.fileno(), 0, access=mmap.ACCESS_READ) as da, \
+                mmap.mmap(fb.fileno(), 0, access=mmap.ACCESS_READ) as db:
+            try:
+                la, lb = file_layout(da), file_layout(db)
+            except Incomplete:
+                return False
+            if la.transfer_syntax != lb.transfer_syntax \
+                    or size_a - la.start != size_b - lb.start:
+                return False
+            for offset in range(0, size_a - la.start, _COMPARE_CHUNK):
+                if da[la.start + offset:la.start + offset + _COMPARE_CHUNK] \
+                        != db[lb.start + offset:lb.start + offset + _COMPARE_CHUNK]:
+                    return False
+            return True
+
+
+def _plain(exc: BaseException) -> str:
+    """An exception's message without Python's internals (its class, a
+    repr): for a reason that a sender reads."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text[:200]
+
+
+def _refusal(exc: Incomplete, data: Any, start: int, is_part10: bool,
+             data_set: bool) -> PacsnodeError:
+    """A walk's failure as the sender's reason: NotDicom when even the first
+    element does not read as one (the one place for those words), else
+    NotWhole naming the byte (of the data set, for a C-STORE)."""
+    if exc.elements == 0 and exc.offset == start and not plausible_start(data, start):
+        return NotDicom(NotDicom.DATA_SET if is_part10 or data_set else NotDicom.FILE)
+    if data_set:
+        return NotWhole(exc.describe(start, " of the data set"))
+    return NotWhole(exc.describe())
+
+
+def _check_whole(fh: BinaryIO, size: int, is_part10: bool, data_set: bool) -> None:
+    """Walk a whole file (the path of headers the fast reader leaves to
+    pydicom): refuse it unless every declared length fits and it ends on an
+    element boundary."""
+    if size == 0:
+        raise NotDicom(detail="the file is empty")
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start = 0
+        try:
+            if is_part10:
+                layout = file_layout(data)
+                start = layout.start
+                if start == size:
+                    raise NotDicom(NotDicom.EMPTY)
+                check_rest(data, start, start, layout.transfer_syntax)
+            else:
+                check_bare(data)
+        except Incomplete as exc:
+            raise _refusal(exc, data, start, is_part10, data_set) from None
+
+
+def _check_rest(temp: Path, head: bytes, size: int, start: int, pos: int,
+                transfer_syntax: str | None, data_set: bool) -> None:
+    """Walk a Part 10 file's top level data set from the element boundary
+    ``pos`` (its first bytes ``head``; the rest mapped when the file is
+    longer)."""
+    try:
+        if len(head) == size:
+            check_rest(head, start, pos, transfer_syntax)
+            return
+        with open(temp, "rb") as fh, \
+                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            check_rest(data, start, pos, transfer_syntax)
+    except Incomplete as exc:
+        raise _refusal(exc, head, start, True, data_set) from None

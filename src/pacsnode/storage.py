@@ -7,19 +7,24 @@ backend can follow the filesystem one (STYLE.md habit 8).  Keys are
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
+import re
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, Union
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["BlobStore", "FileStore", "SubmitFsync", "Syncing", "blob_key", "fsync_started",
-           "start_writeback"]
+__all__ = ["BlobStore", "FileStore", "InFlight", "SubmitFsync", "Syncing", "blob_key",
+           "fsync_started", "start_writeback"]
 
 #: A started fsync: the fsync threads' future, or an event loop's (AIO).
 Syncing = Union["Future[None]", "asyncio.Future[None]"]
@@ -30,6 +35,13 @@ Syncing = Union["Future[None]", "asyncio.Future[None]"]
 SubmitFsync = Callable[[int], "Syncing | None"]
 
 _TEMP_NUMBERS = itertools.count()
+#: In-flight file names: ``in-<writer>-<n>.part``.
+_IN_FLIGHT = re.compile(r"in-([0-9a-f]+)-\d+\.part")
+#: Folder (under the blob root) of the writers' lock files.
+WRITERS = ".writers"
+#: A writer's lock file still under its first name, younger than this, may
+#: be one being made (``_Writers.token``): left alone.
+_NEW_WRITER_AGE = 600.0
 #: Write buffer of a temp file: a small instance arriving in 16 KiB PDVs is
 #: one write() at the end instead of one per fragment.
 TEMP_BUFFER = 64 * 1024
@@ -92,6 +104,83 @@ def _fsync_and_close(fd: int, taken: threading.Lock | None = None) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A file in ``incoming/``; ``held``: its writer (a process of this node,
+    here or on another host sharing the blob root) is alive, so the file is
+    being written or ingested and is nobody else's to touch."""
+    path: Path
+    held: bool
+
+
+class _Writers:
+    """The in-flight files of a process belong to it (DESIGN.md §12).
+
+    Each process that writes under a blob root makes, once, a lock file
+    ``<root>/.writers/<token>.lock`` and holds an exclusive flock on it for
+    as long as it lives; its in-flight files are named
+    ``incoming/in-<token>-<n>.part``.  A file is therefore held while its
+    writer lives — through the writing, the fsync, the header walk and the
+    index transaction — and free once the writer is gone (flock locks go
+    with the process, ``kill -9`` included, and are seen across hosts on a
+    shared file system that supports them, as NFSv4 does).  One lock per
+    process and root, not per file: nothing is added to an instance's cost,
+    and no descriptor has to outlive the writer's file object."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: root → (pid, token, lock file descriptor)
+        self._tokens: dict[Path, tuple[int, str, int]] = {}
+
+    def token(self, root: Path) -> str:
+        """This process's token under ``root`` (made again in a forked
+        child)."""
+        entry = self._tokens.get(root)
+        pid = os.getpid()
+        if entry is not None and entry[0] == pid:
+            return entry[1]
+        with self._lock:
+            entry = self._tokens.get(root)
+            if entry is not None and entry[0] == pid:
+                return entry[1]
+            folder = root / WRITERS
+            folder.mkdir(parents=True, exist_ok=True)
+            while True:
+                token = secrets.token_hex(8)
+                # Locked under a first name and then renamed, so that a
+                # cleaner never finds the final name unlocked while it lives.
+                new = folder / f"{token}.new"
+                fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    os.rename(new, folder / f"{token}.lock")
+                except FileNotFoundError:
+                    os.close(fd)
+                    continue
+                self._tokens[root] = (pid, token, fd)
+                return token
+
+    def held(self, root: Path, token: str) -> bool:
+        """Whether the writer ``token`` under ``root`` is alive."""
+        entry = self._tokens.get(root)
+        if entry is not None and entry[0] == os.getpid() and entry[1] == token:
+            return True
+        try:
+            fd = os.open(root / WRITERS / f"{token}.lock", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # releases the probe's lock, if it got it
+        return False
+
+
+_WRITERS = _Writers()
+
+
 def blob_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
     # UIDs are validated before they get here (digits and dots only), so they
     # cannot climb out of the root.
@@ -128,11 +217,12 @@ class FileStore:
         self.fsync = fsync
 
     def new_temp(self) -> tuple[BinaryIO, Path]:
-        # Names from a per-process counter, cheaper than tempfile's random
-        # ones; O_EXCL still guards against a name left over by an earlier
-        # process with the same pid.
+        # Names from this writer's token (see _Writers: the file is held while
+        # this process lives) and a counter, cheaper than tempfile's random
+        # ones; O_EXCL guards all the same.
+        token = _WRITERS.token(self.root)
         while True:
-            name = str(self.incoming / f"in-{os.getpid()}-{next(_TEMP_NUMBERS)}.part")
+            name = str(self.incoming / f"in-{token}-{next(_TEMP_NUMBERS)}.part")
             try:
                 fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileExistsError:
@@ -203,6 +293,61 @@ class FileStore:
                 if name.endswith(".dcm"):
                     yield os.path.relpath(os.path.join(dirpath, name), self.root)
 
-    def temp_files(self) -> list[Path]:
-        return sorted(self.incoming.glob("in-*.part"))
+    def in_flight(self) -> list[InFlight]:
+        """The files in ``incoming/``, each with whether a live writer holds
+        it (any other name there is nobody's)."""
+        out: list[InFlight] = []
+        alive: dict[str, bool] = {}
+        for path in sorted(self.incoming.iterdir()):
+            if not path.is_file():
+                continue
+            match = _IN_FLIGHT.fullmatch(path.name)
+            held = False
+            if match is not None:
+                token = match.group(1)
+                if token not in alive:
+                    alive[token] = _WRITERS.held(self.root, token)
+                held = alive[token]
+            out.append(InFlight(path, held))
+        return out
+
+    def claim(self, path: Path) -> Path | None:
+        """Make an in-flight file nobody holds this process's (a rename to a
+        name of its own), so that of several processes cleaning at once
+        one alone ingests or removes it; None when another took it first."""
+        token = _WRITERS.token(self.root)
+        while True:
+            name = self.incoming / f"in-{token}-{next(_TEMP_NUMBERS)}.part"
+            if name.exists():
+                continue
+            try:
+                os.rename(path, name)
+            except FileNotFoundError:
+                return None
+            return name
+
+    def forget_writers(self) -> int:
+        """Remove the lock files of writers that are gone and hold no
+        in-flight file any more; how many."""
+        folder = self.root / WRITERS
+        if not folder.is_dir():
+            return 0
+        tokens = {m.group(1) for p in self.incoming.iterdir()
+                  if (m := _IN_FLIGHT.fullmatch(p.name)) is not None}
+        removed = 0
+        now = time.time()
+        for lock in folder.iterdir():
+            token, kind = lock.stem, lock.suffix
+            if token in tokens or kind not in (".lock", ".new"):
+                continue
+            try:
+                if kind == ".new" and now - lock.stat().st_mtime < _NEW_WRITER_AGE:
+                    continue
+            except FileNotFoundError:
+                continue
+            if kind == ".lock" and _WRITERS.held(self.root, token):
+                continue
+            lock.unlink(missing_ok=True)
+            removed += 1
+        return removed
 

@@ -105,6 +105,8 @@ class FastHeader:
     meta: dict[str, str]
     body: dict[str, Any]
     stop: int
+    #: Where the data set starts (the end of the file meta).
+    start: int = 0
 
 
 # Caches of what is looked up per element; bounded, since tags and private
@@ -224,7 +226,7 @@ def _parse(w: _Walk) -> FastHeader | None:
     body, stop = _read_dataset(w, pos, -1, size, implicit, True, 0)
     if w.us_or_ss:
         _resolve_us_or_ss(w, body)
-    return FastHeader(ts, meta, body, stop)
+    return FastHeader(ts, meta, body, stop, pos)
 
 
 def _read_meta(w: _Walk, pos: int) -> tuple[dict[str, str], int]:
