@@ -100,7 +100,7 @@ def test_a_client_leaving_mid_body_costs_only_its_response(web: WebServer,
     path = f"/dicomweb/studies/{study}/series/{series}"
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", web.port)) as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {AS_STORED}\r\n\r\n"
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {AS_STORED}\r\n\r\n"
                          .encode())
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
