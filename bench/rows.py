@@ -131,27 +131,11 @@ def _storescu_measured(server: Server, chunks: list[list[Path]],
                        scratch: Path) -> tuple[float, float, float]:
     """``_storescu_parallel``, and the CPU seconds the server and the
     storescu processes used meanwhile."""
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     server_cpu = server.cpu_seconds()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    for n, chunk in enumerate(chunks):
-        err = scratch / f"storescu-{n}.err"
-        with open(err, "wb") as fh:
-            procs.append((subprocess.Popen(_scu("storescu", server, *map(str, chunk)),
-                                           env=dcmtk_env(), stdout=subprocess.DEVNULL,
-                                           stderr=fh), err))
-    failures = []
-    for proc, err in procs:
-        proc.wait(1800)
-        text = err.read_text(errors="replace")
-        if proc.returncode != 0 or "\nE: " in "\n" + text:
-            failures.append(f"storescu exit {proc.returncode}: {text[-800:]}")
-    elapsed = time.perf_counter() - start
+    elapsed = _storescu_to([(server, chunk) for chunk in chunks], scratch)
     server_cpu = server.cpu_seconds() - server_cpu
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if failures:
-        raise RuntimeError("; ".join(failures))
     client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return elapsed, server_cpu, client_cpu
 

@@ -29,6 +29,7 @@ from sqlalchemy import delete, select, update
 
 from .errors import PacsnodeError
 from .index.cluster_tables import cluster_members as members
+from .remote.jobs import pid_alive
 
 if TYPE_CHECKING:
     from .node import Node
@@ -47,20 +48,10 @@ class ConfigMismatch(PacsnodeError):
     """This process's shared settings differ from a running member's."""
 
 
-def _alive_here(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_live(row: Any, now: float) -> bool:
     if row.heartbeat < now - STALE_SECONDS:
         return False
-    return not (row.host == _HOST and not _alive_here(int(row.pid)))
+    return not (row.host == _HOST and not pid_alive(int(row.pid)))
 
 
 def live_members(node: Node) -> list[Any]:

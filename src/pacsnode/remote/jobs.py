@@ -291,7 +291,8 @@ def claim_next(db: Database, owner: str, lease: float = LEASE_SECONDS) -> Job | 
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has ``pid`` (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -312,7 +313,7 @@ def _owner_is_dead(owner: str, me: str) -> bool:
         return False
     if host != _HOST or owner == me:
         return False
-    return pid == os.getpid() or not _pid_alive(pid)
+    return pid == os.getpid() or not pid_alive(pid)
 
 
 def _fail_running(db: Database, job_id: str, owner: str, reason: str) -> bool:
