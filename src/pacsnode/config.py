@@ -102,6 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit_syslog", "", "Also send each audit event as an RFC 5424 syslog message "
             "(body: the DICOM audit message XML) to udp://host:port or tcp://host:port; "
             "empty: the index only."),
+    Setting("ohif_dir", "", "Folder holding OHIF's prebuilt app (the dist/ of the npm "
+            "package @ohif/app), served at /ohif/ and configured for this node's /dicomweb; "
+            "empty: /ohif/ is not served. See docs/VIEWERS.md.", shared=False),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -148,6 +151,7 @@ class Settings:
     oidc_roles_claim: str = "roles"
     allowed_hosts: list[str] = field(default_factory=list)
     audit_syslog: str = ""
+    ohif_dir: str = ""
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
     @property
