@@ -24,8 +24,9 @@ export function Jobs({ refresh }) {
     ${!jobs.length ? html`<p class="muted">No job yet.</p>` : html`
     <table class="jobs"><thead><tr><th>Job</th><th>Node</th><th>What</th><th>State</th><th>Progress</th><th></th></tr></thead>
       <tbody>${jobs.map((j) => {
-        const total = j.remaining == null ? null : j.completed + j.failed + j.warning + j.remaining;
         const done = j.completed + j.warning;
+        const ended = !['pending', 'running'].includes(j.state);
+        const total = j.remaining != null ? done + j.failed + j.remaining : ended ? done + j.failed : null;
         return html`<tr class="job-row" data-job=${j.id} data-state=${j.state}>
           <td class="mono">${j.id.slice(0, 8)}</td><td>${j.node}</td>
           <td>${j.level} ${(j.series_uid || j.study_uid || '').slice(-16)}</td>

@@ -135,7 +135,7 @@ export function Viewer({ study, series }) {
       let w = win;
       if (!w) { w = defaultWindow(img); setWin(w); }
       draw(canvas.current, img, w[0], w[1]);
-      canvas.current.dataset.slice = String(index);
+      Object.assign(canvas.current.dataset, { slice: String(index), center: String(w[0]), width: String(w[1]) });
       prefetch();
     }, (e) => alive && setError(e.message));
     return () => { alive = false; };
@@ -145,6 +145,7 @@ export function Viewer({ study, series }) {
 
   const onWheel = (e) => { e.preventDefault(); step(e.deltaY > 0 ? 1 : -1); };
   const onKey = (e) => {
+    if (e.target.tagName === 'INPUT') return; // the slider moves itself
     if (e.key === 'ArrowDown' || e.key === 'ArrowRight' || e.key === 'PageDown') { step(1); e.preventDefault(); }
     if (e.key === 'ArrowUp' || e.key === 'ArrowLeft' || e.key === 'PageUp') { step(-1); e.preventDefault(); }
   };
