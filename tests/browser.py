@@ -5,20 +5,27 @@ launched headless with ``--no-sandbox`` (tests run as root).
 
 Use the ``browser`` fixture (import it into a test module): one browser per
 module; ``Recorder`` keeps each page's requests and failures, and
-``shot()`` saves a screenshot under the test's tmp folder."""
+``shot()`` saves a screenshot under the test's tmp folder.  Studies for the
+pages: ``write_series`` (CT files), ``storescu`` (over DIMSE), ``zip_of``."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.uid import generate_uid
 
-from conftest import require_tool
+from conftest import PacsnodeServer, dcmtk, require_tool
+from dicomfiles import make_ct
 
-__all__ = ["browser", "Recorder", "record", "shot", "canvas_grey"]
+__all__ = ["browser", "Recorder", "record", "shot", "canvas_grey", "write_series", "storescu",
+           "zip_of"]
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +85,28 @@ def canvas_grey(page: Any, selector: str = "canvas.image") -> list[int]:
              const out = new Array(d.length / 4);
              for (let i = 0; i < out.length; i++) out[i] = d[4 * i];
              return out; }""", selector)
+
+
+def write_series(folder: Path, n: int, **kw: Any) -> tuple[str, str, list[Path]]:
+    study, series = kw.pop("study_uid", None) or generate_uid(), generate_uid()
+    paths = []
+    for i in range(1, n + 1):
+        path = folder / series / f"{i:04d}.dcm"
+        make_ct(path, study_uid=study, series_uid=series, instance=i, **kw)
+        paths.append(path)
+    return study, series, paths
+
+
+def storescu(server: PacsnodeServer, files: list[Path]) -> None:
+    result = subprocess.run([dcmtk("storescu"), "-aet", "MODALITY", "-aec", server.aet,
+                             "127.0.0.1", str(server.dicom_port), *map(str, files)],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, TCP_NODELAY="1"))
+    assert result.returncode == 0, result.stderr
+
+
+def zip_of(path: Path, files: list[Path]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for f in files:
+            z.write(f, f"dicom/{f.parent.name}/{f.name}")
+    return path

@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import browser, record, shot  # noqa: F401  (fixture)
+from browser import browser, record, shot, storescu, write_series  # noqa: F401
 from conftest import PacsnodeServer, require_tool
-from test_ui_browser import storescu, write_series
 
 OHIF_PACKAGE = "@ohif/app@3.12.10"
 pytestmark = pytest.mark.timeout(300)

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from browser import browser, canvas_grey, record, shot  # noqa: F401  (fixture)
+from browser import browser, canvas_grey, record, shot, write_series  # noqa: F401
 from pacsnode.access.tokens import create_token
-from test_ui_browser import write_series
 from web_server import WebServer
 
 pytestmark = pytest.mark.timeout(120)

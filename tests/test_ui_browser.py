@@ -6,9 +6,6 @@ go to the module's tmp folder (``ui-shots``)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,41 +14,15 @@ import httpx
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import generate_uid
 
-from browser import browser, canvas_grey, record, shot  # noqa: F401  (fixture)
-from conftest import PacsnodeServer, dcmtk
-from dicomfiles import make_ct
-from orthanc_peer import Orthanc, start_orthanc
+from browser import (browser, canvas_grey, record, shot, storescu,  # noqa: F401  (fixture)
+                     write_series, zip_of)
+from conftest import PacsnodeServer
+from orthanc_peer import start_orthanc
 
 SLICES = 120
 SIZE = 64
 pytestmark = pytest.mark.timeout(120)
-
-
-def write_series(folder: Path, n: int, **kw: Any) -> tuple[str, str, list[Path]]:
-    study, series = kw.pop("study_uid", None) or generate_uid(), generate_uid()
-    paths = []
-    for i in range(1, n + 1):
-        path = folder / series / f"{i:04d}.dcm"
-        make_ct(path, study_uid=study, series_uid=series, instance=i, **kw)
-        paths.append(path)
-    return study, series, paths
-
-
-def storescu(server: PacsnodeServer, files: list[Path]) -> None:
-    result = subprocess.run([dcmtk("storescu"), "-aet", "MODALITY", "-aec", server.aet,
-                             "127.0.0.1", str(server.dicom_port), *map(str, files)],
-                            capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, TCP_NODELAY="1"))
-    assert result.returncode == 0, result.stderr
-
-
-def zip_of(path: Path, files: list[Path]) -> Path:
-    with zipfile.ZipFile(path, "w") as z:
-        for f in files:
-            z.write(f, f"dicom/{f.parent.name}/{f.name}")
-    return path
 
 
 @pytest.fixture(scope="module")

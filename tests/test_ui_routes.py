@@ -24,6 +24,7 @@ OHIF_INDEX = ("<!doctype html><html><head><script>window.PUBLIC_URL = '/';</scri
               '<link href="/app.bundle.css" rel="stylesheet"></head><body></body></html>')
 OHIF_BUNDLE = b'(() => {\n __webpack_require__.p = "/";\n})();\nconsole.log("app");\n'
 OHIF_CHUNK = b'console.log("chunk");\n'
+OHIF_CSS = b"@font-face{src:url(/31fb.woff2)}body{color:red}"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,9 @@ def ohif_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (dist / "85.bundle.4567.js").write_bytes(OHIF_CHUNK)
     (dist / "app-config.js").write_text("window.config = {dataSources: ['elsewhere']};")
     (dist / "a.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (dist / "app.bundle.css").write_bytes(OHIF_CSS)
+    (dist / "manifest.json").write_text('{"start_url": "/", "icons": [{"src": "/assets/a.png"}],'
+                                        ' "related": "//example.org/x"}')
     return dist
 
 
@@ -137,6 +141,12 @@ def test_ohif_bundles_load_chunks_from_ohif(client: httpx.Client) -> None:
     assert app.status_code == 200
     assert app.content == OHIF_BUNDLE.replace(b'p = "/"', b'p = "/ohif/"')
     assert client.get("/ohif/85.bundle.4567.js").content == OHIF_CHUNK
+    css = client.get("/ohif/app.bundle.css")
+    assert css.headers["content-type"].startswith("text/css")
+    assert css.content == b"@font-face{src:url(/ohif/31fb.woff2)}body{color:red}"
+    manifest = client.get("/ohif/manifest.json").json()
+    assert manifest == {"start_url": "/ohif/", "icons": [{"src": "/ohif/assets/a.png"}],
+                        "related": "//example.org/x"}
     wasm = client.get("/ohif/a.wasm")
     assert wasm.headers["content-type"] == "application/wasm"
     assert wasm.content == b"\0asm\1\0\0\0"

@@ -4,9 +4,10 @@
 OHIF's prebuilt files assume they sit at the root of a site: ``index.html``
 names its scripts and icons as ``/…``, sets ``window.PUBLIC_URL = '/'``, and
 each webpack runtime (the app bundle and its workers) loads its chunks from
-``__webpack_require__.p = "/"``.  Those few strings are rewritten to
-``/ohif/`` as the files are sent (the rewritten text is kept in memory,
-keyed by the file's size and modification time).  ``app-config.js`` is
+``__webpack_require__.p = "/"``; its stylesheet names its font as
+``url(/…)`` and ``manifest.json`` its icons as ``/assets/…``.  Those few
+strings are rewritten to ``/ohif/`` as the files are sent (the rewritten
+text is kept in memory, keyed by the file's size and modification time).  ``app-config.js`` is
 generated here: one DICOMweb data source, this node's ``/dicomweb``, and
 with ``auth = "on"`` the token the built-in UI keeps in the tab's
 ``sessionStorage`` sent as ``Authorization: Bearer``.  Any other path that
@@ -16,6 +17,7 @@ the single-page app's fallback."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from ..node import Node
 from .ui import static_file
 
-__all__ = ["router", "BASE", "TOKEN_KEY", "app_config", "rewrite_index", "rewrite_bundle"]
+__all__ = ["router", "BASE", "TOKEN_KEY", "app_config", "rewrite_index", "rewrite_bundle",
+           "rewrite_stylesheet", "rewrite_manifest"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -58,6 +61,17 @@ def rewrite_index(html: str, base: str = BASE) -> str:
 def rewrite_bundle(script: bytes, base: str = BASE) -> bytes:
     """A webpack runtime's public path moved from ``/`` to ``base``."""
     return script.replace(_PUBLIC_PATH, f'__webpack_require__.p = "{base}";'.encode())
+
+
+def rewrite_manifest(manifest: bytes, base: str = BASE) -> bytes:
+    """The web app manifest's root-relative values (icons, start_url)
+    moved to ``base``."""
+    return re.sub(rb'(":\s*")/(?!/)', rb"\1" + base.encode(), manifest)
+
+
+def rewrite_stylesheet(css: bytes, base: str = BASE) -> bytes:
+    """A stylesheet's root-relative ``url(/…)`` (OHIF's fonts) moved to ``base``."""
+    return css.replace(b"url(/", b"url(" + base.encode())
 
 
 def app_config(dicomweb: str, auth: bool) -> str:
@@ -113,6 +127,10 @@ def _rewritten(path: Path) -> bytes | None:
     raw = path.read_bytes()
     if path.suffix == ".html":
         body = rewrite_index(raw.decode("utf-8")).encode("utf-8")
+    elif path.name == "manifest.json":
+        body = rewrite_manifest(raw)
+    elif path.suffix == ".css":
+        body = rewrite_stylesheet(raw)
     else:
         body = rewrite_bundle(raw)
     result = None if body == raw else body
@@ -124,8 +142,10 @@ def _rewritten(path: Path) -> bytes | None:
 def _send(path: Path) -> Response:
     media = _TYPES.get(path.suffix, "application/octet-stream")
     headers = {"Cache-Control": "no-cache"}
-    # Only index.html and webpack's bundles name the root path.
-    if path.name == "index.html" or (path.suffix == ".js" and ".bundle." in path.name):
+    # Only these name the root path: index.html, the manifest, webpack's
+    # bundles and the stylesheets.
+    if path.name in ("index.html", "manifest.json") or path.suffix == ".css" or (
+            path.suffix == ".js" and ".bundle." in path.name):
         body = _rewritten(path)
         if body is not None:
             return Response(body, media_type=media, headers=headers)
@@ -156,7 +176,7 @@ def ohif_asset(asset: str, request: Request) -> Response:
     found = static_file(root, asset) if asset else None
     if found is not None:
         return _send(found)
-    if Path(asset).suffix in _ASSET_SUFFIXES:
+    if Path(asset).suffix in _ASSET_SUFFIXES or ".." in Path(asset).parts:
         return JSONResponse({"error": "No such file in OHIF's folder."}, status_code=404)
     index = root / "index.html"
     if not index.is_file():

@@ -38,7 +38,7 @@ _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 def static_file(root: Path, relative: str) -> Path | None:
     """``root/relative`` when it is a regular file inside ``root``; None for
     anything else (a folder, a missing file, a path escaping ``root``)."""
-    if "\x00" in relative:
+    if "\x00" in relative or ".." in Path(relative).parts:
         return None
     candidate = (root / relative.lstrip("/")).resolve()
     if not candidate.is_relative_to(root) or not candidate.is_file():
@@ -95,7 +95,7 @@ def ui_asset(asset: str) -> Response:
     found = static_file(STATIC_DIR, asset if asset.startswith("vendor/") else "ui/" + asset)
     if found is not None:
         return _send(found)
-    if asset.startswith("vendor/") or Path(asset).suffix in _TYPES:
+    if asset.startswith("vendor/") or Path(asset).suffix in _TYPES or ".." in Path(asset).parts:
         return Response(b'{"error":"No such file in the UI."}', status_code=404,
                         media_type="application/json")
     return _send(STATIC_DIR / "ui" / "index.html")
