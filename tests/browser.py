@@ -24,8 +24,8 @@ from pydicom.uid import generate_uid
 from conftest import PacsnodeServer, dcmtk, require_tool
 from dicomfiles import make_ct
 
-__all__ = ["browser", "Recorder", "record", "shot", "canvas_grey", "write_series", "storescu",
-           "zip_of"]
+__all__ = ["browser", "Recorder", "record", "script_errors", "shot", "canvas_grey",
+           "write_series", "storescu", "zip_of"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,12 @@ def record(page: Any) -> Recorder:
     page.on("console", lambda m: m.type == "error" and rec.console_errors.append(m.text))
     page.on("pageerror", lambda e: rec.console_errors.append(f"page error: {e}"))
     return rec
+
+
+def script_errors(rec: Recorder) -> list[str]:
+    """Errors of the page's scripts (not the console's notes on HTTP errors,
+    which the tests look at in ``rec.failures``)."""
+    return [e for e in rec.console_errors if "Failed to load resource" not in e]
 
 
 def shot(page: Any, folder: Path, name: str) -> Path:

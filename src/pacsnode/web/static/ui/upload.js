@@ -2,25 +2,12 @@
 // progress from the browser's upload events.
 import { html, useState } from '../vendor/htm-preact-standalone-3.1.1.js';
 import { authHeaders, TAG } from './api.js';
-import { isDicom, readFiles } from './files.js';
+import { entries, isDicom } from './files.js';
 
 const BATCH_BYTES = 32 * 1024 * 1024;
 const BATCH_FILES = 50;
 
-function batches(files) {
-  const out = [];
-  let cur = [], size = 0;
-  for (const f of files) {
-    if (cur.length && (size + f.bytes.length > BATCH_BYTES || cur.length >= BATCH_FILES)) {
-      out.push(cur); cur = []; size = 0;
-    }
-    cur.push(f); size += f.bytes.length;
-  }
-  if (cur.length) out.push(cur);
-  return out;
-}
-
-// One STOW-RS request; resolves to {stored, failed, reasons}.
+// One STOW-RS request; resolves to the counts {stored, failed}.
 function stow(batch, onBytes) {
   const boundary = 'pacsnode-ui-' + Math.random().toString(16).slice(2);
   const parts = [];
@@ -56,34 +43,36 @@ function stow(batch, onBytes) {
 export function Upload({ onDone }) {
   const [state, setState] = useState(null);
 
+  // Files are read and sent batch by batch: memory holds one batch (and
+  // the zip being read), whatever the size of the folder.
   const start = async (fileList) => {
     if (!fileList || !fileList.length) return;
-    setState({ phase: 'reading', done: 0, total: fileList.length });
-    let files;
+    const total = Array.from(fileList).reduce((n, f) => n + f.size, 0);
+    const s = { phase: 'sending', sent: 0, total, stored: 0, failed: 0, skipped: 0, files: 0 };
+    const show = (extra = {}) => setState({ ...s, ...extra });
+    let batch = [], batchBytes = 0, batchShare = 0;
+    const flush = async () => {
+      if (!batch.length) return;
+      const size = batchBytes, share = batchShare;
+      const result = await stow(batch, (loaded) => show({ sent: s.sent + (share * Math.min(loaded, size)) / size }));
+      batch = []; batchBytes = 0; batchShare = 0;
+      s.sent += share; s.stored += result.stored; s.failed += result.failed;
+      show();
+    };
+    show();
     try {
-      files = await readFiles(fileList, (done, total) => setState({ phase: 'reading', done, total }));
-    } catch (e) {
-      setState({ phase: 'error', message: `Could not read the files: ${e.message}` });
-      return;
-    }
-    const dicom = files.filter((f) => isDicom(f.bytes));
-    const skipped = files.length - dicom.length;
-    const total = dicom.reduce((n, f) => n + f.bytes.length, 0);
-    let sent = 0, stored = 0, failed = 0;
-    setState({ phase: 'sending', sent, total, stored, failed, skipped, files: dicom.length });
-    try {
-      for (const batch of batches(dicom)) {
-        const size = batch.reduce((n, f) => n + f.bytes.length, 0);
-        const result = await stow(batch, (loaded) =>
-          setState({ phase: 'sending', sent: sent + Math.min(loaded, size), total, stored, failed, skipped, files: dicom.length }));
-        sent += size; stored += result.stored; failed += result.failed;
-        setState({ phase: 'sending', sent, total, stored, failed, skipped, files: dicom.length });
+      for await (const entry of entries(fileList)) {
+        if (!isDicom(entry.bytes)) { s.skipped++; s.sent += entry.share; continue; }
+        s.files++;
+        batch.push(entry); batchBytes += entry.bytes.length; batchShare += entry.share;
+        if (batchBytes >= BATCH_BYTES || batch.length >= BATCH_FILES) await flush();
       }
+      await flush();
     } catch (e) {
-      setState({ phase: 'error', message: `Upload stopped: ${e.message}`, stored, failed, skipped });
+      setState({ ...s, phase: 'error', message: `Upload stopped: ${e.message}` });
       return;
     }
-    setState({ phase: 'done', sent, total, stored, failed, skipped, files: dicom.length });
+    setState({ ...s, sent: total, phase: 'done' });
     if (onDone) onDone();
   };
 
@@ -98,10 +87,9 @@ export function Upload({ onDone }) {
         <label class="button">Files or zips<input type="file" multiple hidden data-upload="files" onChange=${pick} /></label>
         <label class="button">A folder<input type="file" webkitdirectory multiple hidden data-upload="folder" onChange=${pick} /></label>
       </div>
-      ${state && state.phase === 'reading' && html`<p>Reading ${state.done} / ${state.total}…</p>`}
       ${state && (state.phase === 'sending' || state.phase === 'done') && html`
         <progress max="100" value=${pct}></progress> <span>${pct}%</span>
         <p class="upload-result">${state.phase === 'done' ? 'Done: ' : ''}${state.stored} stored${state.failed ? `, ${state.failed} refused` : ''}${state.skipped ? `, ${state.skipped} not DICOM (skipped)` : ''} of ${state.files} files.</p>`}
-      ${state && state.phase === 'error' && html`<p class="error">${state.message}</p>`}
+      ${state && state.phase === 'error' && html`<p class="error">${state.message} (${state.stored} stored before)</p>`}
     </section>`;
 }
