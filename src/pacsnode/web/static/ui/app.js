@@ -1,7 +1,7 @@
 // The pacsnode UI: a single page (Preact + htm, no build step) over the
 // node's own APIs.  Views are chosen by the URL's hash (#/study/UID …);
 // /ui/inspect is the local file inspector.
-import { html, render, useEffect, useState } from '../vendor/htm-preact-standalone-3.1.1.js';
+import { html, render, useEffect, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { allows, getJSON, HttpError, setToken, token } from './api.js';
 import { Inspect } from './inspect.js';
 import { Upload } from './upload.js';

@@ -1,7 +1,7 @@
 // Files chosen on the user's disk: plain files, folders and zips (unzipped
 // here with fflate), one file at a time so that a large folder is never held
 // in memory whole.
-import { unzipSync } from '../vendor/fflate-0.8.3.js';
+import { unzipSync } from './vendor/fflate-0.8.3.js';
 
 const isZip = (b) => b.length > 4 && b[0] === 0x50 && b[1] === 0x4b && b[2] === 0x03 && b[3] === 0x04;
 

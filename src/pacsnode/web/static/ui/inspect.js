@@ -2,7 +2,7 @@
 // here (dicom-parser) and shown as a searchable tag tree, with the image when
 // its pixel data is native.  Nothing is sent to the node: the only request
 // is for the data dictionary (tag names), a GET without a body.
-import { html, useEffect, useRef, useState } from '../vendor/htm-preact-standalone-3.1.1.js';
+import { html, useEffect, useRef, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { readFiles } from './files.js';
 import { defaultWindow, draw, makeImage, typedPixels } from './pixels.js';
 

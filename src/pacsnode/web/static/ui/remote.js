@@ -1,6 +1,6 @@
 // Remote DICOM nodes: the registry (/api/v1/nodes), C-ECHO, C-FIND through
 // the node, retrieve jobs and their live progress (/api/v1/jobs).
-import { html, useEffect, useState } from '../vendor/htm-preact-standalone-3.1.1.js';
+import { html, useEffect, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { formatDate, getJSON, request, sendJSON } from './api.js';
 
 const enc = encodeURIComponent;

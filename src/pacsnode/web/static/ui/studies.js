@@ -1,6 +1,6 @@
 // The study list (QIDO-RS search with paging), a study's page (series with
 // thumbnails, counts, classes; ZIP download; delete) and the viewer page.
-import { html, useEffect, useState } from '../vendor/htm-preact-standalone-3.1.1.js';
+import { html, useEffect, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { allows, formatDate, getJSON, imageURL, request, token, value, values }
   from './api.js';
 import { Viewer } from './viewer.js';

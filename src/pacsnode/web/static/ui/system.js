@@ -1,5 +1,5 @@
 // Recent arrivals (the change feed, polled) and the system page.
-import { html, useEffect, useRef, useState } from '../vendor/htm-preact-standalone-3.1.1.js';
+import { html, useEffect, useRef, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { allows, formatBytes, formatDate, getJSON, value } from './api.js';
 import { Jobs } from './remote.js';
 

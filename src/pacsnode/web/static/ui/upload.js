@@ -1,6 +1,6 @@
 // Upload: files, folders and zips stored through STOW-RS, in batches, with
 // progress from the browser's upload events.
-import { html, useState } from '../vendor/htm-preact-standalone-3.1.1.js';
+import { html, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { authHeaders, TAG } from './api.js';
 import { entries, isDicom } from './files.js';
 

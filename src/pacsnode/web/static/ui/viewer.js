@@ -1,7 +1,7 @@
 // The image viewer: a series' slices fetched as raw frames (WADO-RS frames,
 // native little endian) and windowed on a canvas here, so window/level and
 // scrolling need no round trip.  Slices are prefetched nearest first.
-import { html, useEffect, useRef, useState } from '../vendor/htm-preact-standalone-3.1.1.js';
+import { html, useEffect, useRef, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { authHeaders, getJSON, number, value, values, HttpError } from './api.js';
 import { canvasPoint, defaultWindow, draw, firstPart, makeImage, PRESETS, typedPixels, valueAt }
   from './pixels.js';
