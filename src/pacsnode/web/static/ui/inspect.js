@@ -136,7 +136,8 @@ export function Inspect() {
     setBusy('');
   };
 
-  const pick = (e) => { open(e.target.files); e.target.value = ''; };
+  // Copied before the input is cleared (which empties its live FileList).
+  const pick = (e) => { open(Array.from(e.target.files)); e.target.value = ''; };
   const drop = (e) => { e.preventDefault(); open(e.dataTransfer.files); };
   const current = files[selected];
   return html`

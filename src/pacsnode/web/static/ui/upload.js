@@ -76,7 +76,8 @@ export function Upload({ onDone }) {
     if (onDone) onDone();
   };
 
-  const pick = (e) => { start(e.target.files); e.target.value = ''; };
+  // Copied before the input is cleared (which empties its live FileList).
+  const pick = (e) => { start(Array.from(e.target.files)); e.target.value = ''; };
   const drop = (e) => { e.preventDefault(); start(e.dataTransfer.files); };
   const pct = state && state.total ? Math.round((100 * state.sent) / state.total) : 0;
   return html`
