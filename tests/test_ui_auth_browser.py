@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from browser import browser, canvas_grey, record, shot, write_series  # noqa: F401
 from pacsnode.access.tokens import create_token
-from web_server import WebServer
+from web_server import STOW_TYPE, WebServer, multipart_body
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,8 +28,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                   for role in ("reader", "editor")}
         study, series, files = write_series(work / "src", 3, patient_name="Auth^Ui",
                                             patient_id="AUTH1", size=32)
-        r = server.stow([f.read_bytes() for f in files],
-                        headers={"Authorization": f"Bearer {tokens['editor']}"})
+        r = httpx.post(server.dicomweb + "/studies",
+                       content=multipart_body([f.read_bytes() for f in files]),
+                       headers={"Content-Type": STOW_TYPE,
+                                "Authorization": f"Bearer {tokens['editor']}"}, timeout=60)
         assert r.status_code == 200, r.text
         shots = work / "auth-shots"
         shots.mkdir()
