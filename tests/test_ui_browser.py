@@ -20,7 +20,7 @@ from browser import (browser, canvas_grey, record, script_errors, shot,  # noqa:
 from conftest import PacsnodeServer
 from orthanc_peer import start_orthanc
 
-SLICES = 120
+SLICES = 300
 SIZE = 64
 pytestmark = pytest.mark.timeout(120)
 
