@@ -1,12 +1,14 @@
 // /ui/inspect: DICOM files, folders or zips from the user's disk parsed
 // here (dicom-parser) and shown as a searchable tag tree, with the image when
-// its pixel data is native.  Nothing is sent to the node: the only request
-// is for the data dictionary (tag names), a GET without a body.
+// its pixel data is native or baseline JPEG.  Nothing is sent to the node:
+// the only request is for the data dictionary (tag names), a GET without a
+// body.
 import { html, useEffect, useRef, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { readFiles } from './files.js';
 import { defaultWindow, draw, makeImage, typedPixels } from './pixels.js';
 
 const NATIVE_LE = ['1.2.840.10008.1.2', '1.2.840.10008.1.2.1'];
+const JPEG_BASELINE = '1.2.840.10008.1.2.4.50'; // the one the browser decodes itself
 const TEXT_VRS = new Set(['AE', 'AS', 'CS', 'DA', 'DS', 'DT', 'IS', 'LO', 'LT', 'PN', 'SH', 'ST', 'TM', 'UC', 'UI', 'UR', 'UT']);
 const NUMBER_VRS = { US: [2, 'uint16'], SS: [2, 'int16'], UL: [4, 'uint32'], SL: [4, 'int32'], FL: [4, 'float'], FD: [8, 'double'] };
 
@@ -94,18 +96,41 @@ function imageOf(ds) {
   return { image: makeImage(meta, typedPixels(raw, bits, signed)) };
 }
 
+// The first frame of baseline JPEG pixel data (8-bit), as the browser decodes it.
+async function jpegFrame(ds, canvas) {
+  const px = ds.elements.x7fe00010;
+  const frames = parseInt(ds.string('x00280008') || '1', 10) || 1;
+  const dp = window.dicomParser;
+  const bytes = frames === 1
+    ? dp.readEncapsulatedPixelDataFromFragments(ds, px, 0, px.fragments.length)
+    : px.basicOffsetTable && px.basicOffsetTable.length
+      ? dp.readEncapsulatedImageFrame(ds, px, 0)
+      : dp.readEncapsulatedPixelDataFromFragments(ds, px, 0, 1);
+  const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/jpeg' }));
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+}
+
 function Preview({ ds }) {
   const canvas = useRef(null);
   const [why, setWhy] = useState('');
   useEffect(() => {
+    const fail = (e) => setWhy(`cannot show the image: ${e.message || e}`);
     try {
+      const ts = (ds.string('x00020010') || '').trim();
+      if (ts === JPEG_BASELINE && ds.elements.x7fe00010) {
+        setWhy('');
+        jpegFrame(ds, canvas.current).catch(fail);
+        return;
+      }
       const r = imageOf(ds);
       if (r.image) {
         const [c, w] = defaultWindow(r.image);
         draw(canvas.current, r.image, c, w);
         setWhy('');
       } else setWhy(r.why);
-    } catch (e) { setWhy(`cannot show the image: ${e.message}`); }
+    } catch (e) { fail(e); }
   }, [ds]);
   return html`<div class="preview">
     <canvas ref=${canvas} class="image" hidden=${!!why}></canvas>
