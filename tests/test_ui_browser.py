@@ -19,6 +19,7 @@ from pydicom.data import get_testdata_file
 from browser import (browser, canvas_grey, record, script_errors, shot,  # noqa: F401
                      storescu, write_series, zip_of)
 from conftest import PacsnodeServer
+from dicomfiles import make_ct
 from orthanc_peer import start_orthanc
 from web_server import STOW_TYPE, multipart_body
 
@@ -334,8 +335,37 @@ def test_inspect_shows_a_baseline_jpeg_image(page: Any, env: dict[str, Any]) -> 
                            f"{ds.Columns}")
     rgba = np.array(page.evaluate(
         """() => { const c = document.querySelector('.preview canvas');
-             return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }"""),
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             return Array.from(d); }"""),
         dtype=np.float64).reshape(ds.Rows, ds.Columns, 4)[..., :3]
     want = ds.pixel_array  # pydicom 3 answers YBR JPEG as RGB
     # Two JPEG decoders: the same picture up to rounding.
     assert np.abs(rgba - want.astype(np.float64)).mean() < 3
+
+
+def test_paging_walks_through_every_match_once(page: Any, env: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    parts = []
+    for i in range(27):
+        path = tmp_path / f"page{i}.dcm"
+        make_ct(path, patient_id=f"PAGE{i:02d}", patient_name=f"Page^{i:02d}", size=8)
+        parts.append(path.read_bytes())
+    r = env["client"].post("/dicomweb/studies", content=multipart_body(parts),
+                           headers={"Content-Type": STOW_TYPE})
+    assert r.status_code == 200, r.text
+    page.goto("/ui/")
+    page.fill("input[name=patientID]", "PAGE")
+    page.click("form.search button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('tr.study-row').length === 25")
+    first = study_rows(page)
+    assert page.locator("button:text('Previous')").is_disabled()
+    assert page.inner_text(".pager span") == "1–25"
+    page.click("button:text('Next')")
+    page.wait_for_function("document.querySelectorAll('tr.study-row').length === 2")
+    second = study_rows(page)
+    assert page.inner_text(".pager span") == "26–27"
+    assert page.locator("button:text('Next')").is_disabled()
+    assert sorted(first + second) == [f"Page^{i:02d}" for i in range(27)]
+    page.click("button:text('Previous')")
+    page.wait_for_function("document.querySelectorAll('tr.study-row').length === 25")
+    assert study_rows(page) == first
