@@ -87,7 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth", "off", "'on': every HTTP route but health, the OpenAPI document, the "
             "docs page and the UI's static files needs 'Authorization: Bearer <token>' (an "
             "API token from 'pacsnode token create', or an OIDC access token); 'off': no "
-            "credentials asked, so serve listens on loopback only unless allow_insecure."),
+            "credentials asked, so serve listens on loopback only unless allow_insecure.",
+            choices=("off", "on")),
     Setting("allow_insecure", False, "Let serve listen on a non-loopback host with auth "
             "off (anyone who reaches the port may read, change and delete everything).",
             bool),
