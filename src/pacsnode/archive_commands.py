@@ -19,19 +19,36 @@ COMMANDS: list[click.Command] = []
 
 def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """One click option per setting (declared once in config.SETTINGS)."""
-    for setting in reversed(SETTINGS):
-        if not setting.cli:
-            continue
-        flag = "--" + setting.name.replace("_", "-")
-        if setting.type is bool:
-            func = click.option(flag + "/--no-" + setting.name.replace("_", "-"),
-                                setting.name, default=None, help=setting.help)(func)
-        else:
-            ctype = {int: int, Path: click.Path(path_type=Path)}.get(setting.type, str)
+    return settings_options()(func)
+
+
+def settings_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One click option per setting named (all of them when none is), so
+    that each command lists only the settings it uses; ``--config`` (whose
+    TOML file may hold any setting) always."""
+    chosen = [s for s in SETTINGS if s.cli and (not names or s.name in names)]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for setting in reversed(chosen):
+            flag = "--" + setting.name.replace("_", "-")
+            if setting.type is bool:
+                func = click.option(flag + "/--no-" + setting.name.replace("_", "-"),
+                                    setting.name, default=None, help=setting.help)(func)
+                continue
+            ctype: Any = {int: int, Path: click.Path(path_type=Path)}.get(setting.type, str)
+            if setting.choices:
+                ctype = click.Choice(setting.choices, case_sensitive=False)
             func = click.option(flag, setting.name, type=ctype, default=None,
                                 help=f"{setting.help} [default: {setting.default}]")(func)
-    return click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-                        help="TOML configuration file (options and [nodes.NAME]).")(func)
+        return click.option("--config", "config_file",
+                            type=click.Path(exists=True, dir_okay=False),
+                            help="TOML configuration file (options and [nodes.NAME]).")(func)
+
+    return decorate
+
+
+#: What ``import`` and ``check`` use: where the archive is and how it stores.
+_ARCHIVE_SETTINGS = ("data_dir", "database_url", "duplicate_policy", "fsync")
 
 
 def _load(config_file: str | None, options: dict[str, Any]) -> Settings:
@@ -84,12 +101,22 @@ def serve(config_file: str | None, **options: Any) -> None:
         raise click.ClickException(str(exc))
     node.db.refresh_statistics()  # an index filled while the node was down
     _clean_in_flight(node, log)
+    try:  # bound before anything starts, so a busy port stops serve at once
+        http_socket = _http_socket(settings.host, settings.http_port)
+    except OSError as exc:
+        leave_cluster()
+        node.close()
+        raise click.ClickException(f"cannot listen on HTTP port {settings.http_port} of "
+                                   f"{settings.host}: {exc.strerror or exc}") from None
     dimse = DimseServer(node)
     try:
         dimse.start()
     except OSError as exc:
+        http_socket.close()
         leave_cluster()
-        raise click.ClickException(f"cannot listen on DICOM port {settings.dicom_port}: {exc}")
+        node.close()
+        raise click.ClickException(f"cannot listen on DICOM port {settings.dicom_port}: "
+                                   f"{exc.strerror or exc}") from None
     workers = _DimseWorkers(settings, dimse)
     extras = _start_services(node)
     app = create_app(node, ready=lambda: dimse.listening and workers.started())
@@ -104,7 +131,7 @@ def serve(config_file: str | None, **options: Any) -> None:
     audit.application("start", http=f"{settings.host}:{settings.http_port}",
                       dicom_port=settings.dicom_port, auth=settings.auth)
     try:
-        server.run()
+        server.run(sockets=[http_socket])
     finally:
         audit.application("stop")
         audit.close()
@@ -212,6 +239,23 @@ class _DimseWorkers:
         self._done.set()
 
 
+def _http_socket(host: str, port: int) -> Any:
+    """The HTTP listener's socket, bound (uvicorn listens on it): bound
+    here, so that "HTTP listening" is logged only once it is true."""
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _http_server(config: Any) -> Any:
     """A uvicorn server that stops on SIGTERM/SIGINT without re-raising the
     signal afterwards (uvicorn does, which would kill the process before the
@@ -280,7 +324,7 @@ def _zip_member(archive: Path, name: str) -> Any:
 
 @click.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@_settings_options
+@settings_options(*_ARCHIVE_SETTINGS)
 def import_(paths: tuple[str, ...], config_file: str | None, **options: Any) -> None:
     """Ingest DICOM files, folders (recursively) and zip files into the archive,
     through the same path as C-STORE and STOW-RS.  Safe while `serve` runs on
@@ -330,7 +374,7 @@ def import_(paths: tuple[str, ...], config_file: str | None, **options: Any) -> 
               "index rows whose file is gone, and ingest the stale temp files (whole "
               "instances are stored, the rest removed; files of running processes are "
               "left alone).")
-@_settings_options
+@settings_options(*_ARCHIVE_SETTINGS)
 def check(repair: bool, config_file: str | None, **options: Any) -> None:
     """Reconcile the blob store and the index.  Exit 0 when consistent, 1 when
     a problem was found (after --repair: 0 if everything was mended).

@@ -56,6 +56,10 @@ EVENT_OF_PERMISSION = {
 #: Routes whose use is not an event (polled often, and they show no patient).
 NOT_AUDITED = frozenset({"/api/v1/me", "/api/v1/changes", "/api/v1/changes/latest",
                          "/api/v1/changes/stream", "/api/v1/statistics", "/metrics"})
+#: Routes that name their instance in the query string (WADO-URI):
+#: (query parameter, path parameter name) pairs.
+_WADO_URI_KEYS = (("studyUID", "study"), ("seriesUID", "series"), ("objectUID", "instance"))
+_QUERY_NAMED = {"/wado": _WADO_URI_KEYS, "/dicomweb": _WADO_URI_KEYS}
 #: Query parameters that page rather than match: left out of the keys.
 _PAGING = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 
@@ -156,6 +160,10 @@ class AuditTrail:
                 note: "RequestNote") -> None:
         """An answered HTTP request under ``rule``."""
         params = _path_params(rule, scope["path"])
+        if rule.template in _QUERY_NAMED:  # WADO-URI names its instance in the query
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            params.update({name: query[key] for key, name in _QUERY_NAMED[rule.template]
+                           if query.get(key)})
         detail: dict[str, Any] = {"request": f"{scope['method']} {scope['path']}",
                                   "status": note.status}
         event = EVENT_OF_PERMISSION[rule.permission]

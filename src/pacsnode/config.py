@@ -29,6 +29,9 @@ class Setting:
     #: title, ports, paths); True for what all of them must agree on (§12:
     #: nodes, policies, triggers …), checked when a process joins.
     shared: bool = True
+    #: The values allowed, when it is one of a few words (a choice on the
+    #: command line, checked for the TOML file and the environment too).
+    choices: tuple[str, ...] = ()
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -47,7 +50,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("duplicate_policy", "replace", "What storing an existing SOP Instance UID with "
             "a different data set does: 'replace' it, 'keep' the stored one (success), or "
             "'reject' (C-STORE 0x0111, STOW FailureReason 45070). An identical data set is "
-            "always accepted as already stored, whatever its file meta says."),
+            "always accepted as already stored, whatever its file meta says.",
+            choices=("replace", "keep", "reject")),
     Setting("fsync", True, "fsync each blob and its folder before acknowledging (turn off "
             "only on throw-away archives).", bool, shared=False),
     Setting("max_associations", 32, "Most DIMSE associations served at once.", int, shared=False),
@@ -77,12 +81,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("classification_rules", "", "Rule file (data-transfer-station's "
             "classifyRules.json format) that adds to and overrides the built-in series "
             "classes; empty means the built-in rules only."),
-    Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING).", shared=False),
+    Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).", shared=False,
+            choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     # Access control (DESIGN.md §8, docs/SECURITY.md).
     Setting("auth", "off", "'on': every HTTP route but health, the OpenAPI document, the "
             "docs page and the UI's static files needs 'Authorization: Bearer <token>' (an "
             "API token from 'pacsnode token create', or an OIDC access token); 'off': no "
-            "credentials asked, so serve listens on loopback only unless allow_insecure."),
+            "credentials asked, so serve listens on loopback only unless allow_insecure.",
+            choices=("off", "on")),
     Setting("allow_insecure", False, "Let serve listen on a non-loopback host with auth "
             "off (anyone who reaches the port may read, change and delete everything).",
             bool),
@@ -231,6 +237,9 @@ def load_settings(config_file: str | os.PathLike | None = None,
             values[name] = _coerce(_BY_NAME[name], value)
     settings = Settings(**values)
     settings.nodes = nodes
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, "
+                         f"not {settings.log_level!r}")
     if settings.duplicate_policy not in ("replace", "keep", "reject"):
         raise ValueError(f"duplicate_policy must be replace, keep or reject, "
                          f"not {settings.duplicate_policy!r}")

@@ -331,7 +331,10 @@ def parse_workitem_json(body: bytes, *, optional: bool = False) -> Dataset | Non
     try:
         return Dataset.from_json(obj)
     except Exception as exc:  # pydicom raises several types on bad JSON models
-        raise InvalidWorkitem(f"the body is not a valid DICOM JSON data set: {exc}") from None
+        log.info("UPS-RS: DICOM JSON body refused: %s", exc)
+        raise InvalidWorkitem("the body is not a valid DICOM JSON data set (each attribute "
+                              "is a tag key holding {\"vr\": …, \"Value\": [...]}, "
+                              "PS3.18 F.2)") from None
 
 
 def _has_value(elem: DataElement | None) -> bool:

@@ -57,6 +57,8 @@ from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndia
                          JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless,
                          JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 from pynetdicom import build_context
+
+from .. import metrics
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
                                        ImplementationVersionNameNotification,
@@ -478,6 +480,19 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+#: DIMSE command → the operation it counts as in ``pacsnode.metrics``.
+_OPERATION_NAMES = {m.C_FIND_RQ: "query", m.C_MOVE_RQ: "retrieve", m.C_GET_RQ: "retrieve",
+                    m.N_ACTION_RQ: "commitment"}
+
+
+def _store_outcome(status: int) -> str:
+    """A C-STORE status as a metrics outcome: success and warnings (0xBxxx)
+    ok, out of resources (0xA7xx) failed, the rest refused."""
+    if status == 0 or 0xB000 <= status <= 0xBFFF:
+        return "ok"
+    return "failed" if 0xA700 <= status <= 0xA7FF else "refused"
+
+
 @dataclass
 class Operation:
     command: m.Command
@@ -884,6 +899,7 @@ class Association:
             self._close()
             if self._counted:
                 self.server.limit.release()
+                metrics.ACTIVE_ASSOCIATIONS.dec()
             if self.is_established:
                 log.info("association %s: %s", self.outcome or "closed", self.describe())
             elif self.outcome:
@@ -990,6 +1006,8 @@ class Association:
             return await self._rejected(2, 3, 2, "local limit exceeded (max_associations "
                                   f"{self.server.limit.limit})")
         self._counted = True
+        metrics.ASSOCIATIONS.inc()
+        metrics.ACTIVE_ASSOCIATIONS.inc()
         self.writer.write(deal.ac)
         self.is_established = True
         log.info("association accepted: %s (%d of %d contexts, max PDU %s, pid %d)",
@@ -1263,6 +1281,7 @@ class Association:
             return
         if field == m.C_ECHO_RQ:
             log.info("C-ECHO from %s", self.origin.describe())
+            metrics.operation("dimse", "echo", "ok", 0.0)
             await self.send(context_id, m.response(
                 m.C_ECHO_RSP, command, 0x0000,
                 affected_sop_class=command.affected_sop_class or VERIFICATION))
@@ -1434,6 +1453,7 @@ class Association:
     async def _c_store(self, context_id: int, command: m.Command, temp: Path | None,
                        size: int = 0, head: bytes | None = None) -> None:
         sop_class, sop_uid = command.affected_sop_class, command.affected_sop_instance
+        started = time.perf_counter()
         if temp is None:
             status, comment = self._refusal or (0xA700, "cannot write")
             log.warning("C-STORE %s from %s failed: %s", sop_uid, self.origin.describe(),
@@ -1454,6 +1474,8 @@ class Association:
                 affected_sop_class=sop_class, affected_sop_instance=sop_uid))
         finally:
             self._tell()
+            metrics.operation("dimse", "store", _store_outcome(status),
+                              time.perf_counter() - started)
 
     def _tell(self) -> None:
         """The log lines and events of instances stored and answered (or
@@ -1470,6 +1492,7 @@ class Association:
         field = op.command.field
         handler = {m.C_FIND_RQ: self._c_find, m.C_MOVE_RQ: self._c_move,
                    m.C_GET_RQ: self._c_get, m.N_ACTION_RQ: self._n_action}[field]
+        started, outcome = time.perf_counter(), "ok"
         async with self.op_lock:
             self.busy += 1
             try:
@@ -1477,6 +1500,7 @@ class Association:
             except (ConnectionError, asyncio.CancelledError):
                 pass
             except Exception as exc:
+                outcome = "failed"
                 log.exception("DIMSE 0x%04X from %s failed", field, self.describe())
                 try:
                     await self._final(op, field | 0x8000, 0xC000, f"failed: {exc}")
@@ -1485,6 +1509,8 @@ class Association:
             finally:
                 self.busy -= 1
                 self.ops.pop(op.command.message_id, None)
+                metrics.operation("dimse", _OPERATION_NAMES.get(field, "other"), outcome,
+                                  time.perf_counter() - started)
 
     def _syntax(self, op: Operation) -> str:
         return str(self.contexts[op.context_id].transfer_syntax[0])

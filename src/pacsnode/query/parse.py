@@ -197,6 +197,8 @@ def search_params(params: Iterable[tuple[str, str]], query: Query) -> tuple[bool
             fuzzy = value.lower() == "true"
         elif name == "includefield":
             includes.extend(v.strip() for v in value.split(",") if v.strip())
+        elif name in ("accept", "charset"):
+            continue  # content negotiation (PS3.18 8.3.3), not matching
         elif name in ("limit", "offset"):
             number = integer_param(name, value)
             if name == "limit":

@@ -16,6 +16,8 @@ from ..access.routes import router as access_router
 from ..access.setup import access_options, make_audit_trail
 from ..errors import PacsnodeError
 from ..node import Node
+from .metrics import MetricsMiddleware
+from .openapi import allowed_methods, install_openapi
 
 __all__ = ["create_app"]
 
@@ -68,7 +70,7 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
     (access/policy.py) to every route mounted here; ``app.state.audit`` is
     the audit trail (``serve`` closes it)."""
     app = FastAPI(title="pacsnode", version="0.1.0", openapi_url="/api/v1/openapi.json",
-                  docs_url="/api/v1/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)  # docs: web/api_docs.py, no CDN
     app.state.node = node
     app.state.audit = make_audit_trail(node.settings, node.db)
     # Added before CORS, so CORS wraps it: a browser's preflight (which
@@ -78,16 +80,20 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
     # Outside the access check, inside CORS: any unexpected failure is a
     # plain 500 sentence, never exception text, and the connection stays.
     app.add_middleware(_Unexpected)
+    app.add_middleware(MetricsMiddleware)  # counts every answer, refusals too
     if node.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(node.settings.cors_origins),
                            allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["Warning", "Location", "Content-Location", "ETag"])
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Unknown routes, wrong methods: the same {"error": why} body as ours.
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # every method of the path, not the first route's
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers)
 
     @app.exception_handler(PacsnodeError)
     async def _pacsnode_error(_request: Request, exc: PacsnodeError) -> JSONResponse:
@@ -102,11 +108,13 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    for name in ("dicomweb", "ups", "api", "changes", "ui", "ohif"):
+    for name in ("dicomweb", "ups", "api", "changes", "wado_uri", "metrics", "archive_zip",
+                 "api_docs", "ui", "ohif"):
         try:
             module = __import__(f"pacsnode.web.{name}", fromlist=["router"])
         except ImportError:
             continue  # feature not built yet
         app.include_router(module.router)
     app.include_router(access_router)
+    install_openapi(app)
     return app
