@@ -7,11 +7,13 @@ they are stopped by PID whatever happens.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import resource
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -24,6 +26,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+from pydicom import dcmread
 
 from .data import (
     SCALE_QUERIES,
@@ -837,11 +840,62 @@ def _wado(url: str) -> tuple[int, float]:
     return int(size), float(seconds)
 
 
+# ------------------------------------------------------------------ auth
+
+#: The issue: with auth on and a token, QIDO and WADO "within 10% of auth off".
+AUTH_TARGET = Target(baseline="", baseline_ratio=1.1, text="≤1.1× auth off")
+
+
+def auth(bench: Bench) -> None:
+    """QIDO-RS and WADO-RS (one instance) latency with ``auth = "on"`` and a
+    reader token, against the same requests to a node with auth off, both
+    holding the retrieve study; requests alternate between the two."""
+    res, plan = bench.results, bench.plan
+    study = next(iter(bench.ct.studies()))
+    files = bench.ct.study_files(study)
+    series = bench.ct.studies()[study][0]
+    for kind, label in (("qido", "QIDO-RS studies by PatientID"),
+                        ("wado", "WADO-RS one CT instance")):
+        res.row(f"auth.{kind}.off", f"{label}, auth off", "ms", higher_is_better=False)
+        res.row(f"auth.{kind}.on", f"{label}, auth on (API token)", "ms",
+                higher_is_better=False,
+                target=dataclasses.replace(AUTH_TARGET, baseline=f"auth.{kind}.off"))
+    with bench.fleet() as fleet:
+        off = fleet.pacsnode()
+        on = fleet.pacsnode(settings='auth = "on"\n')
+        for server in (off, on):
+            _storescu_parallel(server, [files], server.workdir)
+        assert on.data_dir is not None
+        made = subprocess.run([sys.executable, "-m", "pacsnode", "token", "create", "bench",
+                               "--role", "reader", "--data-dir", str(on.data_dir)],
+                              capture_output=True, text=True, timeout=60, check=True)
+        token = made.stdout.split()[-1]
+        patient = dcmread(files[0], stop_before_pixels=True).PatientID
+        sop = dcmread(series.files[0], stop_before_pixels=True).SOPInstanceUID
+        wado = f"/studies/{study}/series/{series.series_uid}/instances/{sop}"
+        headers = {"off": {}, "on": {"Authorization": f"Bearer {token}"}}
+        with httpx.Client(timeout=60) as client:
+            for rep in range(plan.latency_reps * 3 + 1):
+                for name, server in (("off", off), ("on", on)):
+                    for kind, path, accept in (
+                            ("qido", f"/studies?PatientID={quote(patient)}",
+                             "application/dicom+json"),
+                            ("wado", wado, f"{MULTIPART_DICOM}; transfer-syntax=*")):
+                        start = time.perf_counter()
+                        r = client.get(server.dicomweb + path,
+                                       headers={"Accept": accept, **headers[name]})
+                        elapsed = time.perf_counter() - start
+                        r.raise_for_status()
+                        if rep:  # the first round warms caches
+                            res.add(f"auth.{kind}.{name}", "pacsnode", elapsed * 1000)
+    bench.log("auth on/off latency measured")
+
+
 # ------------------------------------------------------------------ groups
 
 #: Row groups selectable with ``--only``.
 GROUPS = ("cstore", "cluster", "large", "cfind", "qido", "wado", "metadata", "stow", "cmove",
-          "cget")
+          "cget", "auth")
 WEB_GROUPS = {"wado", "metadata", "stow", "cmove", "cget"}
 
 
@@ -858,6 +912,8 @@ def run_groups(bench: Bench, groups: list[str]) -> None:
         phases.append(("1 GiB instance", lambda: large(bench)))
     if selected & WEB_GROUPS:
         phases.append(("DICOMweb and retrieve", lambda: web_and_retrieve(bench, selected)))
+    if "auth" in selected:
+        phases.append(("auth on/off", lambda: auth(bench)))
     if selected & {"cfind", "qido"}:
         phases.append(("C-FIND/QIDO scale", lambda: scale_queries(
             bench, "cfind" in selected, "qido" in selected, "cstore" in selected)))

@@ -81,6 +81,7 @@ def serve(config_file: str | None, **options: Any) -> None:
     indexed); files that another running process holds are left alone."""
     from . import cluster
     from .access.setup import check_exposure, describe_access
+    from .access.tls import https_options
     from .dimse.scp import DimseServer
     from .node import Node
     from .web.app import create_app
@@ -122,10 +123,12 @@ def serve(config_file: str | None, **options: Any) -> None:
     app = create_app(node, ready=lambda: dimse.listening and workers.started())
     config = http_config(app, settings.host, settings.http_port,
                          log_level="warning", access_log=False, lifespan="off",
-                         timeout_graceful_shutdown=10)
+                         timeout_graceful_shutdown=10,
+                         read_timeout=settings.http_read_timeout,
+                         **https_options(settings))  # tls_cert/tls_key: HTTPS (§8)
     server = _http_server(config)
-    log.info("HTTP listening on http://%s:%s (DICOMweb /dicomweb, REST /api/v1)",
-             settings.host, settings.http_port)
+    log.info("HTTP listening on %s://%s:%s (DICOMweb /dicomweb, REST /api/v1)",
+             "https" if settings.tls_cert else "http", settings.host, settings.http_port)
     log.info("%s", describe_access(settings))
     audit = app.state.audit
     audit.application("start", http=f"{settings.host}:{settings.http_port}",

@@ -8,6 +8,7 @@ options of ``serve`` and the README's configuration table are generated from
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -111,9 +112,38 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ohif_dir", "", "Folder holding OHIF's prebuilt app (the dist/ of the npm "
             "package @ohif/app), served at /ohif/ and configured for this node's /dicomweb; "
             "empty: /ohif/ is not served. See docs/VIEWERS.md.", shared=False),
+    # DIMSE access control and limits (DESIGN.md §8).
+    Setting("dimse_unknown_ae", ["echo", "store", "find", "get", "move"], "DIMSE operations "
+            "an AE title not in [nodes] (or calling from another address than its node's "
+            "host) may use: echo, store, find, get, move; [] rejects its associations.",
+            list, cli=False),
+    Setting("check_called_ae", False, "Reject associations whose called AE title is not "
+            "ae_title (or cluster_ae_title).", bool),
+    Setting("max_associations_per_address", 8, "Most DIMSE associations served at once for "
+            "one peer address (all DIMSE processes together), so one peer cannot take every "
+            "place under max_associations.", int, shared=False),
+    Setting("node_networks", [], "Networks (CIDR, e.g. 10.0.0.0/8) a node registered over "
+            "HTTP must have its address in; empty: any address but link-local, unspecified "
+            "and multicast ones.", list, cli=False),
+    Setting("http_read_timeout", 30, "Seconds an HTTP request's headers may take to arrive, "
+            "and the longest pause inside its body; a slower request gets 408 and its "
+            "connection is closed (0: no limit).", int, shared=False),
+    # Transport security (DESIGN.md §8, docs/SECURITY.md).
+    Setting("tls_cert", "", "PEM certificate (chain) of this node: with tls_key, the HTTP "
+            "listener is HTTPS and dicom_tls_port opens a DICOM TLS listener.", shared=False),
+    Setting("tls_key", "", "PEM private key of tls_cert.", shared=False),
+    Setting("tls_ca", "", "PEM CA certificate(s): DICOM TLS peers must present a "
+            "certificate they signed (mutual TLS); also what our TLS associations to nodes "
+            "with tls = true trust (empty: the system's CAs).", shared=False),
+    Setting("dicom_tls_port", 0, "TCP port of the DICOM TLS listener (TLS 1.2+, BCP 195 "
+            "ciphers; needs tls_cert and tls_key); 0: none.", int, shared=False),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+
+
+#: The DIMSE operations a calling AE may be allowed (``[nodes.NAME] allow``).
+DIMSE_OPERATIONS = ("echo", "store", "find", "get", "move")
 
 
 @dataclass(frozen=True)
@@ -122,6 +152,10 @@ class NodeConfig:
     aet: str
     host: str
     port: int
+    #: What this AE may do when it calls us from ``host`` (DESIGN.md §8).
+    allow: tuple[str, ...] = DIMSE_OPERATIONS
+    #: Our associations to this node use TLS.
+    tls: bool = False
 
 
 @dataclass
@@ -158,6 +192,15 @@ class Settings:
     allowed_hosts: list[str] = field(default_factory=list)
     audit_syslog: str = ""
     ohif_dir: str = ""
+    dimse_unknown_ae: list[str] = field(default_factory=lambda: list(DIMSE_OPERATIONS))
+    check_called_ae: bool = False
+    max_associations_per_address: int = 8
+    node_networks: list[str] = field(default_factory=list)
+    http_read_timeout: int = 30
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    dicom_tls_port: int = 0
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
     @property
@@ -170,7 +213,7 @@ class Settings:
         settings and the ``[nodes]`` of the configuration, as JSON-able data."""
         view: dict[str, Any] = {s.name: _jsonable(getattr(self, s.name))
                                 for s in SETTINGS if s.shared}
-        view["nodes"] = {name: [n.aet, n.host, n.port] for name, n in sorted(self.nodes.items())}
+        view["nodes"] = {name: _node_view(n) for name, n in sorted(self.nodes.items())}
         return view
 
     @property
@@ -178,6 +221,13 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path(self.data_dir).resolve() / 'index.sqlite'}"
+
+
+def _node_view(node: NodeConfig) -> list[Any]:
+    view: list[Any] = [node.aet, node.host, node.port]
+    if node.allow != DIMSE_OPERATIONS or node.tls:  # the older view when not used
+        view += [list(node.allow), node.tls]
+    return view
 
 
 def _jsonable(value: Any) -> Any:
@@ -207,6 +257,21 @@ def _coerce(setting: Setting, value: Any) -> Any:
     return setting.type(value)
 
 
+def _operations(value: Any, where: str) -> tuple[str, ...]:
+    ops = [value] if isinstance(value, str) else list(value)
+    unknown = [op for op in ops if op not in DIMSE_OPERATIONS]
+    if unknown:
+        raise ValueError(f"{where}: unknown DIMSE operation {unknown[0]!r} (use "
+                         f"{', '.join(DIMSE_OPERATIONS)})")
+    return tuple(op for op in DIMSE_OPERATIONS if op in ops)
+
+
+def _node_config(name: str, node: dict[str, Any], path: Any) -> NodeConfig:
+    allow = _operations(node.get("allow", DIMSE_OPERATIONS), f"{path}: [nodes.{name}] allow")
+    return NodeConfig(name, str(node.get("aet", name)), str(node.get("host", "127.0.0.1")),
+                      int(node["port"]), allow, bool(node.get("tls", False)))
+
+
 def load_settings(config_file: str | os.PathLike | None = None,
                   overrides: dict[str, Any] | None = None,
                   environ: dict[str, str] | None = None) -> Settings:
@@ -221,9 +286,7 @@ def load_settings(config_file: str | os.PathLike | None = None,
         for name, raw in data.items():
             if name == "nodes":
                 for node_name, node in raw.items():
-                    nodes[node_name] = NodeConfig(node_name, str(node.get("aet", node_name)),
-                                                  str(node.get("host", "127.0.0.1")),
-                                                  int(node["port"]))
+                    nodes[node_name] = _node_config(node_name, node, path)
             elif name in _BY_NAME:
                 values[name] = _coerce(_BY_NAME[name], raw)
             else:
@@ -248,4 +311,15 @@ def load_settings(config_file: str | os.PathLike | None = None,
     if settings.audit_syslog and not settings.audit_syslog.startswith(("udp://", "tcp://")):
         raise ValueError(f"audit_syslog must be udp://host:port or tcp://host:port, not "
                          f"{settings.audit_syslog!r}")
+    settings.dimse_unknown_ae = list(_operations(settings.dimse_unknown_ae, "dimse_unknown_ae"))
+    for network in settings.node_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"node_networks: {network!r} is not a network such as "
+                             "10.0.0.0/8") from None
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ValueError("tls_cert and tls_key go together: set both, or neither")
+    if settings.dicom_tls_port and not settings.tls_cert:
+        raise ValueError("dicom_tls_port needs tls_cert and tls_key")
     return settings

@@ -37,11 +37,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fcntl
+import hashlib
 import logging
 import mmap
 import os
 import queue
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -67,6 +69,9 @@ from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotifi
 from pynetdicom.presentation import (AllStoragePresentationContexts, PresentationContext,
                                      negotiate_as_acceptor, negotiate_as_requestor)
 
+from ..access.dimse import NOT_AUTHORIZED, Admission
+from ..access.dimse_gate import DimseGate
+from ..access.tls import dicom_client_context, dicom_server_context
 from ..aiosync import AioSync
 from ..config import Settings
 from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -300,46 +305,98 @@ class AssociationLimit:
     the least busy process (``defer``)."""
 
     def __init__(self, limit: int, fd: int | None = None, slot: int = 0,
-                 slots: int = 1) -> None:
+                 slots: int = 1, per_address: int = 0) -> None:
         self.limit = limit
+        #: Most associations of one peer address (0: no such limit).
+        self.per_address = per_address
         self.fd, self.slot, self.slots = fd, slot, slots
         self.local = 0
+        #: This process's associations per peer address.
+        self.by_address: dict[str, int] = {}
         self.connections = 0
-        self._map = mmap.mmap(fd, self.file_size(slots)) if fd is not None else None
+        self._map = mmap.mmap(fd, self.file_size(slots, limit)) if fd is not None else None
         if self._map is not None:  # a restarted worker: its predecessor's count is gone
             struct.pack_into("<q", self._map, slot * 8, 0)
+            self._publish_addresses()
 
     @staticmethod
-    def file_size(slots: int) -> int:
-        return slots * 8 + slots * _LOAD.size
+    def file_size(slots: int, limit: int) -> int:
+        """Counts, loads, then per slot a table of ``limit`` (address key,
+        associations) pairs: a process never holds more than ``limit``."""
+        return slots * 8 + slots * _LOAD.size + slots * limit * _PEER.size
 
     @staticmethod
-    def shared_file(slots: int) -> int:
+    def shared_file(slots: int, limit: int) -> int:
         """A file descriptor for ``slots`` processes to share (no name on disk)."""
         fd, name = tempfile.mkstemp(prefix="pacsnode-dimse-")
         os.unlink(name)
-        os.ftruncate(fd, AssociationLimit.file_size(slots))
+        os.ftruncate(fd, AssociationLimit.file_size(slots, limit))
         return fd
 
-    def acquire(self) -> bool:
+    def acquire(self, address: str = "") -> str | None:
+        """Take a place for an association from ``address``: None, or which
+        limit is reached (for the log)."""
         if self._map is None:
-            if self.local >= self.limit:
-                return False
-            self.local += 1
-            return True
+            why = self._full(self.local, self.by_address.get(address, 0))
+            if why is None:
+                self._count(address, +1)
+            return why
         assert self.fd is not None
         fcntl.lockf(self.fd, fcntl.LOCK_EX)
         try:
-            if sum(struct.unpack_from(f"<{self.slots}q", self._map)) >= self.limit:
-                return False
-            self.local += 1
-            struct.pack_into("<q", self._map, self.slot * 8, self.local)
-            return True
+            why = self._full(sum(struct.unpack_from(f"<{self.slots}q", self._map)),
+                             self._node_wide(address) if self.per_address else 0)
+            if why is None:
+                self._count(address, +1)
+                struct.pack_into("<q", self._map, self.slot * 8, self.local)
+            return why
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
-    def release(self) -> None:
-        self.local -= 1
+    def _full(self, total: int, from_address: int) -> str | None:
+        if total >= self.limit:
+            return f"max_associations {self.limit}"
+        if self.per_address and from_address >= self.per_address:
+            return f"max_associations_per_address {self.per_address}"
+        return None
+
+    def _count(self, address: str, change: int) -> None:
+        self.local += change
+        left = self.by_address.get(address, 0) + change
+        if left > 0:
+            self.by_address[address] = left
+        else:
+            self.by_address.pop(address, None)
+        if self._map is not None and self.per_address:
+            self._publish_addresses()
+
+    def _node_wide(self, address: str) -> int:
+        """Associations from ``address`` in every process (under the lock)."""
+        assert self._map is not None
+        key = _peer_key(address)
+        total = 0
+        for slot in range(self.slots):
+            base = self._peer_offset(slot)
+            for n in range(self.limit):
+                peer, count = _PEER.unpack_from(self._map, base + n * _PEER.size)
+                if count and peer == key:
+                    total += count
+        return total
+
+    def _publish_addresses(self) -> None:
+        """This process's table (only this process writes it)."""
+        assert self._map is not None
+        base = self._peer_offset(self.slot)
+        rows = list(self.by_address.items())[:self.limit]
+        for n in range(self.limit):
+            peer, count = (_peer_key(rows[n][0]), rows[n][1]) if n < len(rows) else (0, 0)
+            _PEER.pack_into(self._map, base + n * _PEER.size, peer, count)
+
+    def _peer_offset(self, slot: int) -> int:
+        return self.slots * 8 + self.slots * _LOAD.size + slot * self.limit * _PEER.size
+
+    def release(self, address: str = "") -> None:
+        self._count(address, -1)
         if self._map is not None:  # only this process writes its slot
             struct.pack_into("<q", self._map, self.slot * 8, self.local)
 
@@ -392,6 +449,15 @@ class AssociationLimit:
 
 #: Per process in the AssociationLimit file: open connections, last alive.
 _LOAD = struct.Struct("<qd")
+#: Per association place in the AssociationLimit file: peer address key, count.
+_PEER = struct.Struct("<Qq")
+
+
+def _peer_key(address: str) -> int:
+    """A stable 64-bit key of a peer address (the same in every process;
+    never 0, which marks a free place)."""
+    return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(),
+                          "little") or 1
 #: A DIMSE process not heard from for this long takes no connections.
 ALIVE_SECONDS = 5.0
 #: How long an acceptor that left a connection to a less busy process waits
@@ -603,9 +669,12 @@ class AssociationServer:
 
     def __init__(self, services: Services, settings: Settings, *,
                  limit: AssociationLimit | None = None,
-                 listen_fd: int | None = None) -> None:
+                 listen_fd: int | None = None, gate: DimseGate | None = None) -> None:
         self.services = services
-        self.limit = limit or AssociationLimit(settings.max_associations)
+        self.limit = limit or AssociationLimit(
+            settings.max_associations, per_address=settings.max_associations_per_address)
+        #: Access control and audit (access/dimse_gate.py).
+        self.gate = gate or DimseGate(services.node, None)
         self.settings = settings
         #: The listening socket a worker process inherited from the main one.
         self.listen_fd = listen_fd
@@ -630,6 +699,10 @@ class AssociationServer:
         #: SQLite only, whose statements wait on no network.
         self.on_loop = services.node.db.is_sqlite
         self.listening = False
+        #: The DICOM TLS listener (dicom_tls_port; the main process only).
+        self.tls_sock: socket.socket | None = None
+        self.tls_context: ssl.SSLContext | None = None
+        self._client_tls: ssl.SSLContext | None = None
 
     # -- lifecycle (called from other threads)
 
@@ -641,6 +714,9 @@ class AssociationServer:
         else:
             sock = listen_socket(s.host, s.dicom_port)
         self.sock = sock
+        if s.dicom_tls_port and self.listen_fd is None:
+            self.tls_context = dicom_server_context(s)
+            self.tls_sock = listen_socket(s.host, s.dicom_tls_port)
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         failed: list[BaseException] = []
@@ -650,6 +726,8 @@ class AssociationServer:
             asyncio.set_event_loop(self.loop)
             try:
                 self.loop.add_reader(sock.fileno(), self._on_connection)
+                if self.tls_sock is not None:
+                    self.loop.add_reader(self.tls_sock.fileno(), self._on_tls_connection)
                 self.aio = AioSync.create(self.loop)
                 self.limit.alive()
                 watchdog = self.loop.create_task(self._watchdog())
@@ -696,6 +774,9 @@ class AssociationServer:
         assert self.sock is not None and self.loop is not None
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()  # our descriptor; workers may still hold theirs
+        if self.tls_sock is not None:
+            self.loop.remove_reader(self.tls_sock.fileno())
+            self.tls_sock.close()
         deadline = self.loop.time() + grace
         while self.associations and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -747,6 +828,53 @@ class AssociationServer:
         task = self.loop.create_task(self._connection(conn))
         self._connections.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._connections.discard)
+
+    def _on_tls_connection(self) -> None:
+        """A connection on the DICOM TLS port: the handshake, then the same
+        association machinery as the plain port's."""
+        assert self.loop is not None and self.tls_sock is not None
+        try:
+            conn, _ = self.tls_sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("cannot accept a DICOM TLS connection: %s", exc)
+            return
+        conn.setblocking(False)
+        set_nodelay(conn)
+        self.limit.connected(+1)
+        task = self.loop.create_task(self._tls_connection(conn))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _tls_connection(self, conn: socket.socket) -> None:
+        assert self.loop is not None
+        try:
+            try:
+                peer = conn.getpeername()[0]
+            except OSError:
+                peer = "?"
+            reader = asyncio.StreamReader(limit=4 * CHUNK)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await self.loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=self.tls_context, ssl_handshake_timeout=ARTIM)
+            except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+                why = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
+                log.warning("DICOM TLS connection from %s refused: %s", peer, why)
+                self.gate.tls_refused(peer, why)
+                conn.close()
+                return
+            writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
+            await self._accept(reader, writer)
+        finally:
+            self.limit.connected(-1)
+
+    def client_tls(self) -> ssl.SSLContext:
+        """The context of our TLS associations (nodes with ``tls = true``)."""
+        if self._client_tls is None:
+            self._client_tls = dicom_client_context(self.settings)
+        return self._client_tls
 
     def _resume_accepting(self) -> None:
         if self.listening and self.sock is not None and self.sock.fileno() >= 0:
@@ -835,6 +963,10 @@ class Association:
         self.closed = False
         self.requestor = False  # True on the associations we open (C-MOVE)
         self._counted = False  # holds a place under max_associations
+        #: What the DIMSE policy lets this association do (access/dimse.py),
+        #: and the operations already refused once (logged, audited).
+        self.admission = Admission(frozenset(), False)
+        self._refused_ops: set[str] = set()
         self._release_requested = False
         self.task: asyncio.Task[Any] | None = None
         self.ops: dict[int, Operation] = {}
@@ -898,8 +1030,10 @@ class Association:
         finally:
             self._close()
             if self._counted:
-                self.server.limit.release()
+                self.server.limit.release(self.address)
                 metrics.ACTIVE_ASSOCIATIONS.dec()
+            if self.is_established and self.server.gate.audit is not None:
+                self.server.gate.audit.association_ended(self.origin)
             if self.is_established:
                 log.info("association %s: %s", self.outcome or "closed", self.describe())
             elif self.outcome:
@@ -1000,11 +1134,17 @@ class Association:
                              called_aet=deal.called)
         if deal.rejection is not None:
             return await self._rejected(*deal.rejection)
+        # Access control hook (1 of 2): the DIMSE policy admits the association.
+        self.admission = await self.server.gate.admit(self.server.pool.run, deal.calling,
+                                                      deal.called, self.address, self.port)
+        if self.admission.rejection is not None:
+            await self._reject(*self.admission.rejection)
+            return False
         self.contexts = dict(deal.contexts)
         self.max_pdu = deal.max_pdu
-        if not self.server.limit.acquire():
-            return await self._rejected(2, 3, 2, "local limit exceeded (max_associations "
-                                  f"{self.server.limit.limit})")
+        full = self.server.limit.acquire(self.address)
+        if full is not None:
+            return await self._rejected(2, 3, 2, f"local limit exceeded ({full})")
         self._counted = True
         metrics.ASSOCIATIONS.inc()
         metrics.ACTIVE_ASSOCIATIONS.inc()
@@ -1181,7 +1321,10 @@ class Association:
             if field == m.C_STORE_RQ:
                 self._refusal = None
                 syntax = str(self.contexts[context_id].abstract_syntax)
-                if syntax in _NOT_STORAGE:
+                refused = self._refused(field)
+                if refused is not None:
+                    self._refusal = (NOT_AUTHORIZED, refused)
+                elif syntax in _NOT_STORAGE:
                     self._refusal = (0x0122, f"C-STORE on a {syntax} context")
                 else:
                     self._open_sink(context_id, command)
@@ -1241,6 +1384,14 @@ class Association:
         else:
             await self._dispatch(context_id, command, data)
 
+    def _refused(self, field: int) -> str | None:
+        """Access control hook (2 of 2): why the DIMSE policy refuses this
+        request (status 0x0124), or None."""
+        if self.requestor:  # our own association: the peer is the one we called
+            return None
+        return self.server.gate.refused(self.admission, self._refused_ops, field,
+                                        self.peer_aet, self.address)
+
     def _response(self, command: m.Command, data: bytes | None) -> None:
         future = self.waiting.pop(command.responded_to, None)
         if future is None or future.done():
@@ -1257,6 +1408,12 @@ class Association:
                         unusable[1])
             await self.send(context_id, m.response(field | 0x8000, command, unusable[0],
                                                    error_comment=unusable[1]))
+            return
+        refused = self._refused(field)
+        if refused is not None:
+            await self.send(context_id, m.response(
+                field | 0x8000, command, NOT_AUTHORIZED, error_comment=refused,
+                affected_sop_class=command.affected_sop_class or None))
             return
         syntax = str(self.contexts[context_id].abstract_syntax)
         allowed = {m.C_ECHO_RQ: None, m.C_STORE_RQ: "storage", m.C_FIND_RQ: FIND_MODELS,
@@ -1545,6 +1702,9 @@ class Association:
             await self._final(op, m.C_FIND_RSP, 0xC000, f"cannot decode identifier: {exc}")
             return
         syntax, command = self._syntax(op), op.command
+        if self.server.gate.audit is not None:
+            self.server.gate.audit.query(self.peer_aet, self.address,
+                                         command.affected_sop_class, identifier)
         responses = self.services.find(identifier, self.origin, op.cancel.is_set, syntax)
 
         pending: bytes | None = None
@@ -1642,7 +1802,8 @@ class Association:
             return
         try:
             sub = await connect(self.server, dest.host, dest.port, dest.aet,
-                                store_contexts(refs))
+                                store_contexts(refs),
+                                self.server.client_tls() if dest.tls else None)
         except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
             log.warning("C-MOVE from %s: cannot associate with %s at %s:%s: %s",
                         self.origin.describe(), dest_aet, dest.host, dest.port, exc)
@@ -1671,6 +1832,7 @@ class Association:
         log.info("C-MOVE from %s to %s: %d completed, %d failed, %d warning%s",
                  self.origin.describe(), dest_aet, ops.completed, ops.failed, ops.warning,
                  " (cancelled)" if cancelled else "")
+        self._audit_transfer("C-MOVE", refs, ops, dest_aet)
         await self._final(op, m.C_MOVE_RSP, ops.final_status(cancelled), ops=ops,
                           with_remaining=cancelled)
 
@@ -1694,8 +1856,17 @@ class Association:
         log.info("C-GET from %s: %d completed, %d failed, %d warning%s",
                  self.origin.describe(), ops.completed, ops.failed, ops.warning,
                  " (cancelled)" if cancelled else "")
+        self._audit_transfer("C-GET", refs, ops)
         await self._final(op, m.C_GET_RSP, ops.final_status(cancelled), ops=ops,
                           with_remaining=cancelled)
+
+    def _audit_transfer(self, verb: str, refs: list[Any], ops: SubOperations,
+                        destination: str = "") -> None:
+        """One DICOM Instances Transferred event per C-MOVE / C-GET."""
+        if self.server.gate.audit is not None:
+            self.server.gate.audit.transferred(
+                self.peer_aet, self.address, verb, {r.study_uid for r in refs},
+                ops.completed + ops.warning, ops.failed, destination)
 
     async def store_instance(self, ref: Any, originator: tuple[str, int] | None = None,
                              upcoming: Any = None) -> int | None:
@@ -1819,13 +1990,18 @@ class Association:
 
 
 async def connect(server: AssociationServer, host: str, port: int, called_aet: str,
-                  contexts: list[PresentationContext]) -> Association:
+                  contexts: list[PresentationContext],
+                  tls: ssl.SSLContext | None = None) -> Association:
     """Open an association as the requestor (the destination of a C-MOVE),
-    served by the same machinery as the ones we accept.  Raises
-    ConnectionError when the peer rejects or aborts it, or accepts no
-    presentation context."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, limit=4 * CHUNK), ARTIM)
+    served by the same machinery as the ones we accept, over TLS when
+    ``tls`` is given.  Raises ConnectionError when the peer rejects or
+    aborts it, or accepts no presentation context."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            host, port, limit=4 * CHUNK, ssl=tls, server_hostname=host if tls else None,
+            ssl_handshake_timeout=ARTIM if tls else None), ARTIM)
+    except ssl.SSLError as exc:
+        raise ConnectionError(f"TLS with {called_aet} at {host}:{port} failed: {exc}") from None
     set_nodelay(writer.get_extra_info("socket"))
     assoc = Association(server, reader, writer)
     assoc.requestor = True

@@ -62,6 +62,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import Row, func, select, update
 
+from ..access.tls import node_tls
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..index.db import Database
@@ -546,7 +547,8 @@ class JobRunner:
                 raise _JobFailed(f"unknown node {job.node!r} (not in the registry any more)")
             aet, host, port = cfg.aet, cfg.host, cfg.port
         return Peer(aet=aet, host=host, port=port, calling_aet=_destination(self.node, job),
-                    timeout=30.0, dimse_timeout=DIMSE_TIMEOUT)
+                    timeout=30.0, dimse_timeout=DIMSE_TIMEOUT,
+                    tls=node_tls(self.node.settings, job.node))
 
     def _execute(self, attempt: _Attempt) -> tuple[str, str]:
         job = attempt.job

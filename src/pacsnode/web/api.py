@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 
 from .. import __version__ as _version
 from ..access.addresses import check_node_address, public_failure
+from ..access.tls import node_tls
 from ..dicom.header import valid_uid
 from ..errors import NotFound, PacsnodeError
 from ..index.schema import instances, series
@@ -151,7 +152,8 @@ def _registered(node: Node, name: str) -> registry.RegisteredNode:
 def _peer(node: Node, entry: registry.RegisteredNode, dimse_timeout: float) -> Peer:
     return Peer(aet=entry.aet, host=entry.host, port=entry.port,
                 calling_aet=node.settings.ae_title, timeout=CONNECT_TIMEOUT,
-                dimse_timeout=dimse_timeout)
+                dimse_timeout=dimse_timeout,
+                tls=node_tls(node.settings, entry.name) if entry.source == "config" else None)
 
 
 def _node_out(entry: registry.RegisteredNode) -> NodeOut:
@@ -192,12 +194,12 @@ def put_node(name: str, body: NodeIn, request: Request, response: Response) -> N
     """Creates (201) or replaces (200) the runtime entry `name`.  A runtime
     entry named like a configuration-file node overrides it.  A host that is
     (or resolves to) a link-local, unspecified or multicast address is
-    refused (400)."""
+    refused (400), and so is one outside `node_networks` when that is set."""
     registry.check_name(name)
     registry.check_aet(body.aet)
     registry.check_host(body.host)
     registry.check_port(body.port)
-    check_node_address(body.host)
+    check_node_address(body.host, _node(request).settings.node_networks)
     entry, created = registry.put_node(_node(request), name, body.aet, body.host, body.port)
     response.status_code = 201 if created else 200
     log.info("node %s %s: %s@%s:%s", name, "added" if created else "replaced", entry.aet,
