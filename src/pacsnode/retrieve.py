@@ -1,5 +1,13 @@
-"""The only reader: everything that leaves the node (C-GET, C-MOVE
-sub-operations, WADO-RS, export) goes through here.
+"""What leaves the node, and in which transfer syntax: C-GET and C-MOVE
+sub-operations, WADO-RS instances and export locate the stored instances
+here and take their bytes from ``outgoing`` — the stored file unchanged or
+transcoded.  The adapters then read and send those bytes themselves
+(``dimse/server.py`` streams the file a block at a time; WADO-RS sends a
+stored file by sendfile, ``web/zerocopy.py``).  Two readers go around
+``outgoing`` on purpose: WADO-RS frames, bulk data and rendered images read
+single frames through ``transcode.py``'s frame functions (``pixel_info``,
+``native_frame``, ``stored_frame``, ``encode_frame``; ``web/render.py``),
+and the anonymized export reads the stored file with pydicom to rewrite it.
 
 * locating: ``locate`` / ``locate_query`` turn UIDs or a C-MOVE/C-GET
   identifier into stored instances (``InstanceRef``);
@@ -34,6 +42,7 @@ from pydicom.uid import (UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
 from sqlalchemy import Select, select
 
 from .dicom.catalogue import Level
+from .dicom.vr import LONG_LENGTH_CODES
 from .index.schema import instances, series, studies
 from .node import Node
 from .query.model import Query
@@ -224,10 +233,6 @@ def outgoing(ref: InstanceRef, accepted: Iterable[str],
 
 # -- the Part 10 layout --------------------------------------------------------------
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
-
-
 def dataset_offset(path: Path) -> tuple[int, str]:
     """Where the data set of a Part 10 file starts (after the File Meta
     Information, which is always Explicit VR Little Endian) and its transfer
@@ -247,7 +252,7 @@ def meta_end(head: bytes | memoryview, path: Path) -> tuple[int, str]:
         if group != 0x0002:
             break
         vr = head[pos + 4:pos + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_LENGTH_CODES:
             length = struct.unpack_from("<I", head, pos + 8)[0]
             start = pos + 12
         else:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..archive_commands import _load, _settings_options
+from ..options import command_settings as _load, settings_options as _settings_options
 
 __all__ = ["token"]
 

@@ -49,8 +49,9 @@ from .api_models import (CmdAction, CmdMeta, CmdRequest, CmdResponse, EchoResult
                          JobList, JobOut, NodeIn, NodeList, NodeOut, PullPathResult,
                          QueryResult, RetrieveAccepted, RetrieveCmdResult, RetrieveRequest,
                          RetrieveStatusResult, TagsGetResult)
+from .errors import INTERNAL_ERROR, WebError
 
-__all__ = ["router", "series_tags", "export_series", "ApiError", "Forbidden", "INTERNAL_ERROR"]
+__all__ = ["router", "series_tags", "export_series", "Forbidden"]
 
 log = logging.getLogger("pacsnode.web.api")
 
@@ -59,26 +60,12 @@ CONNECT_TIMEOUT = 10.0
 FIND_TIMEOUT = 120.0
 
 
-#: What a client reads when something failed that it did not cause: never
-#: the exception's text (a Python internal, paths); the log has the details.
-INTERNAL_ERROR = ("internal error: the server could not complete this request; "
-                  "its log has the details")
-
-
-class ApiError(PacsnodeError):
-    """A refusal with an explicit HTTP status."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.http_status = status
-
-
-class Forbidden(ApiError):
+class Forbidden(WebError):
     def __init__(self, reason: str) -> None:
         super().__init__(403, reason)
 
 
-class BadGateway(ApiError):
+class BadGateway(WebError):
     def __init__(self, reason: str) -> None:
         super().__init__(502, reason)
 
@@ -96,8 +83,9 @@ def _validation_reason(errors: list[Any]) -> str:
 
 
 class ApiRoute(APIRoute):
-    """Routes of this API: validation errors become 400 ``{"error": …}``,
-    pacsnode errors their own status, anything unexpected 500."""
+    """Routes of this API: an invalid body or parameter is a 400 with the
+    reason (FastAPI would answer 422), rendered like every other refusal
+    (web/errors.py)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -106,14 +94,7 @@ class ApiRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                return JSONResponse({"error": _validation_reason(list(exc.errors()))}, 400)
-            except PacsnodeError as exc:
-                return JSONResponse({"error": exc.reason}, exc.http_status)
-            except HTTPException:
-                raise  # already an HTTP answer (the app renders it as {"error": …})
-            except Exception:  # noqa: BLE001 - a reason, never a stack trace
-                log.exception("%s %s failed", request.method, request.url.path)
-                return JSONResponse({"error": INTERNAL_ERROR}, 500)
+                raise WebError(400, _validation_reason(list(exc.errors()))) from None
 
         return route
 
@@ -162,7 +143,7 @@ def _node_out(entry: registry.RegisteredNode) -> NodeOut:
 
 def _check_uid(uid: str, what: str) -> str:
     if not valid_uid(uid):
-        raise ApiError(400, f"{what} {uid[:80]!r} is not a valid UID (1-64 characters of "
+        raise WebError(400, f"{what} {uid[:80]!r} is not a valid UID (1-64 characters of "
                             "digits and dots)")
     return uid
 
@@ -244,7 +225,7 @@ def find_on_node(name: str, body: FindRequest, request: Request) -> FindResponse
     except RemoteError as exc:
         raise BadGateway(public_failure(exc, str(peer))) from None
     except (ValueError, TypeError, KeyError) as exc:
-        raise ApiError(400, str(exc)) from None
+        raise WebError(400, str(exc)) from None
     return FindResponse(results=results)
 
 
@@ -262,11 +243,11 @@ def retrieve_from_node(name: str, body: RetrieveRequest, request: Request,
     study = body.StudyInstanceUID or ""
     series_uid = body.SeriesInstanceUID or ""
     if level == "SERIES" and not series_uid:
-        raise ApiError(400, "SeriesInstanceUID is required at SERIES level")
+        raise WebError(400, "SeriesInstanceUID is required at SERIES level")
     if level == "STUDY" and not study:
-        raise ApiError(400, "StudyInstanceUID is required at STUDY level")
+        raise WebError(400, "StudyInstanceUID is required at STUDY level")
     if level == "STUDY" and series_uid:
-        raise ApiError(400, "SeriesInstanceUID given at STUDY level; use level SERIES")
+        raise WebError(400, "SeriesInstanceUID given at STUDY level; use level SERIES")
     if study:
         _check_uid(study, "StudyInstanceUID")
     if series_uid:
@@ -396,7 +377,7 @@ def _export_dir(roots: list[str], raw: str, create: bool) -> Path:
     if not real_roots:
         raise Forbidden("export is disabled: no export_roots are configured")
     if not raw or "\x00" in raw:
-        raise ApiError(400, "path is empty or holds a NUL character")
+        raise WebError(400, "path is empty or holds a NUL character")
     _check_path_lengths(raw)
     pure = PurePosixPath(raw)
     if not pure.is_absolute():
@@ -410,13 +391,13 @@ def _export_dir(roots: list[str], raw: str, create: bool) -> Path:
                         f"({', '.join(real_roots)})")
     if not os.path.isdir(real):
         if os.path.lexists(real):
-            raise ApiError(400, f"{raw} exists and is not a folder")
+            raise WebError(400, f"{raw} exists and is not a folder")
         if not create:
-            raise ApiError(400, f"folder {raw} does not exist (create_dir is false)")
+            raise WebError(400, f"folder {raw} does not exist (create_dir is false)")
         try:
             os.makedirs(real, exist_ok=True)
         except OSError as exc:  # the system's words (permission, read-only, full)
-            raise ApiError(400, f"cannot create folder {raw}: "
+            raise WebError(400, f"cannot create folder {raw}: "
                                 f"{exc.strerror or 'the file system refused'}") from None
     return Path(real)
 
@@ -432,11 +413,11 @@ def _check_path_lengths(raw: str) -> None:
     (the check otherwise ends in "File name too long" from the kernel)."""
     encoded = os.fsencode(raw)
     if len(encoded) > PATH_MAX:
-        raise ApiError(400, f"path is {len(encoded)} bytes long; at most {PATH_MAX} are taken")
+        raise WebError(400, f"path is {len(encoded)} bytes long; at most {PATH_MAX} are taken")
     for part in encoded.split(b"/"):
         if len(part) > NAME_MAX:
             name = os.fsdecode(part)
-            raise ApiError(400, f"path component {name[:40]!r}... is {len(part)} bytes long; "
+            raise WebError(400, f"path component {name[:40]!r}... is {len(part)} bytes long; "
                                 f"a folder name takes at most {NAME_MAX}")
 
 
@@ -491,7 +472,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
         try:
             from ..tools.anonymize import anonymize_dataset as anonymizer
         except ImportError:
-            raise ApiError(501, "anonymized export is not available in this installation "
+            raise WebError(501, "anonymized export is not available in this installation "
                                 "(pacsnode.tools.anonymize is missing)") from None
     roots = list(node.settings.export_roots)
     folder = _export_dir(roots, path, create_dir)
