@@ -43,6 +43,7 @@ from pydicom.tag import _LUT_DESCRIPTOR_TAGS
 from pydicom.uid import PrivateTransferSyntaxes
 
 from .header import BULK_DATA_THRESHOLD, BULK_URI_PREFIX
+from .values import person_name_json
 from .vr import LONG_LENGTH_VRS, VRS
 
 __all__ = ["FastHeader", "parse_fast", "BULK_DATA_THRESHOLD", "BULK_URI_PREFIX"]
@@ -532,12 +533,7 @@ def _pn(w: _Walk, raw: bytes | memoryview, tag: int, vr: str) -> dict[str, Any]:
     for groups in names:
         if not groups:
             raise _Fallback
-        name = {"Alphabetic": groups[0]}
-        if len(groups) > 1:
-            name["Ideographic"] = groups[1]
-            if len(groups) > 2:
-                name["Phonetic"] = groups[2]
-        out.append(name)
+        out.append(person_name_json(groups))
     return {"vr": vr, "Value": out}
 
 

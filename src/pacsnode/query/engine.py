@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, func, select
 
 from ..dicom.catalogue import ATTRIBUTES, BY_KEYWORD, COMPUTED, Attribute, Level
-from ..dicom.values import stored_to_dicom
+from ..dicom.values import person_name_json, stored_to_dicom
 from ..index.db import Database
 from ..index.schema import LEVEL_TABLES, instances, series, studies
 from .model import Query, ReturnKey
@@ -396,16 +396,7 @@ def _json_element(vr: str, value: Any) -> dict[str, Any]:
         return element
     values = value if isinstance(value, list) else [value]
     if vr == "PN":
-        names = []
-        for name in values:
-            groups = str(name).split("=")
-            comps = {"Alphabetic": groups[0]}
-            if len(groups) > 1:
-                comps["Ideographic"] = groups[1]
-            if len(groups) > 2:
-                comps["Phonetic"] = groups[2]
-            names.append(comps)
-        element["Value"] = names
+        element["Value"] = [person_name_json(str(name).split("=")) for name in values]
     elif vr in _INT_VRS:
         element["Value"] = [int(v) for v in values]
     elif vr in _FLOAT_VRS:

@@ -85,7 +85,8 @@ def _validation_reason(errors: list[Any]) -> str:
 class ApiRoute(APIRoute):
     """Routes of this API: an invalid body or parameter is a 400 with the
     reason (FastAPI would answer 422), rendered like every other refusal
-    (web/errors.py)."""
+    (web/errors.py).  A subclass answers failures in a shape of its own
+    (``failed``)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -93,10 +94,17 @@ class ApiRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except RequestValidationError as exc:
-                raise WebError(400, _validation_reason(list(exc.errors()))) from None
+            except Exception as exc:  # noqa: BLE001 - failed() answers or re-raises
+                return self.failed(exc)
 
         return route
+
+    def failed(self, exc: Exception) -> Response:
+        """The answer to ``exc``, raised by the route; re-raises what the
+        app's handlers answer (web/errors.py)."""
+        if isinstance(exc, RequestValidationError):
+            raise WebError(400, _validation_reason(list(exc.errors()))) from None
+        raise exc
 
 
 router = APIRouter(prefix="/api/v1", route_class=ApiRoute)
@@ -532,28 +540,20 @@ def _cmd_error(exc: CmdError) -> JSONResponse:
     return JSONResponse(body, exc.status)
 
 
-class CmdRoute(APIRoute):
+class CmdRoute(ApiRoute):
     """The pfdcm endpoint answers every failure in pfdcm's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return _cmd_error(CmdError(400, _validation_reason(list(exc.errors()))))
-            except CmdError as exc:
-                return _cmd_error(exc)
-            except PacsnodeError as exc:
-                return _cmd_error(CmdError(exc.http_status, exc.reason))
-            except HTTPException as exc:
-                return _cmd_error(CmdError(exc.status_code, str(exc.detail)))
-            except Exception:  # noqa: BLE001
-                log.exception("pfdcm command failed")
-                return _cmd_error(CmdError(500, INTERNAL_ERROR))
-
-        return route
+    def failed(self, exc: Exception) -> Response:
+        if isinstance(exc, RequestValidationError):
+            return _cmd_error(CmdError(400, _validation_reason(list(exc.errors()))))
+        if isinstance(exc, CmdError):
+            return _cmd_error(exc)
+        if isinstance(exc, PacsnodeError):
+            return _cmd_error(CmdError(exc.http_status, exc.reason))
+        if isinstance(exc, HTTPException):
+            return _cmd_error(CmdError(exc.status_code, str(exc.detail)))
+        log.exception("pfdcm command failed", exc_info=exc)
+        return _cmd_error(CmdError(500, INTERNAL_ERROR))
 
 
 _SERIES_FIELDS = ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
