@@ -477,11 +477,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
         raise NotFound(f"series {series_uid} is not in the archive")
     anonymizer: Any = None
     if anonymize:
-        try:
-            from ..tools.anonymize import anonymize_dataset as anonymizer
-        except ImportError:
-            raise WebError(501, "anonymized export is not available in this installation "
-                                "(pacsnode.tools.anonymize is missing)") from None
+        from ..tools.anonymize import anonymize_dataset as anonymizer
     roots = list(node.settings.export_roots)
     folder = _export_dir(roots, path, create_dir)
     dir_fd = _open_dir(folder, roots)
@@ -513,7 +509,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
 
 @router.post("/series/{series_uid}/export", tags=["archive"],
              summary="Write a series into a folder (pfdcm pullPath)",
-             response_model=ExportResult, responses=_errors(400, 403, 404, 501))
+             response_model=ExportResult, responses=_errors(400, 403, 404))
 def export(series_uid: str, body: ExportRequest, request: Request) -> ExportResult:
     """Writes the series' stored files as `<SOPInstanceUID>.dcm` into `path`,
     which must be an absolute folder under one of the configured
