@@ -17,9 +17,9 @@ from ..errors import BadQuery
 from .model import (Constraint, Fuzzy, ListOfUID, Query, Range, ReturnKey, Sequence,
                     SingleValue, Wildcard)
 
-__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "search_query", "QIDO_DEFAULTS",
-           "search_params", "match_constraints", "resolve_attribute", "integer_param",
-           "MAX_INTEGER", "MAX_MATCH_KEYS", "MAX_UIDS"]
+__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "search_query",
+           "QIDO_DEFAULTS", "search_params", "match_constraints", "resolve_attribute",
+           "integer_param", "MAX_INTEGER", "MAX_MATCH_KEYS", "MAX_UIDS"]
 
 #: The largest number any parameter may give (an offset, a sequence number):
 #: the largest LIMIT/OFFSET value SQLite and PostgreSQL take (2^63 - 1).

@@ -152,7 +152,7 @@ def _node_out(entry: registry.RegisteredNode) -> NodeOut:
 def _check_uid(uid: str, what: str) -> str:
     if not valid_uid(uid):
         raise WebError(400, f"{what} {uid[:80]!r} is not a valid UID (1-64 characters of "
-                            "digits and dots)")
+                       "digits and dots)")
     return uid
 
 
@@ -406,7 +406,7 @@ def _export_dir(roots: list[str], raw: str, create: bool) -> Path:
             os.makedirs(real, exist_ok=True)
         except OSError as exc:  # the system's words (permission, read-only, full)
             raise WebError(400, f"cannot create folder {raw}: "
-                                f"{exc.strerror or 'the file system refused'}") from None
+                           f"{exc.strerror or 'the file system refused'}") from None
     return Path(real)
 
 
@@ -426,7 +426,7 @@ def _check_path_lengths(raw: str) -> None:
         if len(part) > NAME_MAX:
             name = os.fsdecode(part)
             raise WebError(400, f"path component {name[:40]!r}... is {len(part)} bytes long; "
-                                f"a folder name takes at most {NAME_MAX}")
+                           f"a folder name takes at most {NAME_MAX}")
 
 
 def _open_dir(folder: Path, roots: list[str]) -> int:

@@ -136,7 +136,7 @@ def _accepts_json(request: Request) -> None:
                 "application/dicom+json" in part:
             return
     raise WebError(406, f"Workitems are sent as {DICOM_JSON}; the Accept header "
-                            f"({accept[:200]}) does not allow it")
+                        f"({accept[:200]}) does not allow it")
 
 
 # -- Create ---------------------------------------------------------------------
