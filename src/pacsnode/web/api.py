@@ -114,8 +114,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route may answer."""
     text = {400: "Invalid request (the reason says what)", 403: "Path outside the export "
             "roots (nothing written)", 404: "Not found", 409: "Conflict (the reason says "
-            "what)", 501: "Not available in this installation", 502: "The remote node failed "
-            "(refused, unreachable, error status)"}
+            "what)", 502: "The remote node failed (refused, unreachable, error status)"}
     out: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": text[code]} for code in codes}
     out["default"] = {"model": ErrorBody, "description": "Unexpected error"}
@@ -726,7 +725,6 @@ _CMD_ERRORS = {code: {"model": CmdResponse, "description": text} for code, text 
     (400, "Unknown action or invalid request: {\"status\": false, \"message\": …}"),
     (403, "pullPath outside the export roots"),
     (404, "Unknown series or PACS"),
-    (501, "Not available in this installation"),
     (502, "The remote node failed"),
     ("default", "Unexpected error"))}
 
