@@ -28,6 +28,7 @@ from sqlalchemy import insert, select
 
 from .index.access_tables import audit
 from .index.db import Database
+from .index.feeds import settled
 from .index.schema import patients, studies
 
 __all__ = ["AuditEvent", "AuditTrail", "list_events", "EVENTS", "outcome_for_status"]
@@ -297,7 +298,8 @@ def list_events(db: Database, since: int = 0, limit: int = 100) -> tuple[list[di
     seq returned (``since`` when none)."""
     stmt = select(audit).where(audit.c.seq > since).order_by(audit.c.seq).limit(limit)
     with db.read() as conn:
-        rows = _settled(conn.execute(stmt).all(), since, time.time())
+        rows = settled(conn.execute(stmt).all(), since, time.time(), written_at="time",
+                       grace=GAP_GRACE_SECONDS)
     events = [{"seq": int(r.seq), "time": _iso(r.time), "event": r.event,
                "outcome": int(r.outcome), "user": r.user, "address": r.address,
                "studies": json.loads(r.studies), "patients": json.loads(r.patients),
@@ -305,24 +307,8 @@ def list_events(db: Database, since: int = 0, limit: int = 100) -> tuple[list[di
     return events, (events[-1]["seq"] if events else since)
 
 
-#: A gap in ``seq`` younger than this may still fill (see ``_settled``).
+#: A gap in ``seq`` younger than this may still fill (``index.feeds.settled``).
 GAP_GRACE_SECONDS = 10.0
-
-
-def _settled(rows: list[Any], since: int, now: float) -> list[Any]:
-    """The rows up to the first gap that may still fill: on PostgreSQL two
-    processes' batches can commit out of ``seq`` order, and a reader that
-    handed out the later one would skip the other for good (as the change
-    feed, web/changes.py).  A gap whose next row is older than
-    GAP_GRACE_SECONDS is a rolled-back batch."""
-    out = []
-    expected = since + 1
-    for row in rows:
-        if row.seq != expected and now - float(row.time) < GAP_GRACE_SECONDS:
-            break
-        out.append(row)
-        expected = int(row.seq) + 1
-    return out
 
 
 def _iso(epoch: float) -> str:

@@ -32,11 +32,12 @@ def main() -> None:
 
 def _add_commands() -> None:
     # Each feature module exposes COMMANDS: a list of click commands.
+    from .access.commands import token
     from .archive_commands import COMMANDS as archive_commands
     from .classify.commands import COMMANDS as classify_commands
     from .remote.commands import COMMANDS as remote_commands
     from .tools.commands import COMMANDS as tool_commands
-    for command in (*archive_commands, *remote_commands, *tool_commands,
+    for command in (*archive_commands, token, *remote_commands, *tool_commands,
                     *classify_commands):
         main.add_command(command)
 

@@ -1,4 +1,8 @@
-"""Composition root: builds the stores and services from Settings."""
+"""The core of a node, built from Settings: index, blob store, event bus,
+the one ingest path and the one query engine — what every protocol adapter
+(DIMSE, DICOMweb, REST, the commands) is given.  The running ``serve``
+process (DIMSE server, HTTP server, background services) is assembled on
+top of it in ``serve.py``, which the adapters never import."""
 
 from __future__ import annotations
 

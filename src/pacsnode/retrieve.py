@@ -1,5 +1,13 @@
-"""The only reader: everything that leaves the node (C-GET, C-MOVE
-sub-operations, WADO-RS, WADO-URI, export, the study ZIP) goes through here.
+"""What leaves the node, and in which transfer syntax: C-GET and C-MOVE
+sub-operations, WADO-RS and WADO-URI instances, export and the study ZIP
+locate the stored instances here and take their bytes from ``outgoing`` —
+the stored file unchanged or transcoded; WADO-RS frames and pixel bulk data
+take theirs from ``frame_plan`` / ``frame_bytes``.  The adapters then send
+those bytes themselves (the DIMSE handlers stream the file a block at a
+time; WADO-RS sends a stored file by sendfile, ``web/zerocopy.py``).  Two
+readers go around this module on purpose: rendered images decode single
+frames through ``transcode.py`` (``web/render.py``), and the anonymized
+export reads the stored file with pydicom to rewrite it.
 
 * locating: ``locate`` / ``locate_query`` turn UIDs or a C-MOVE/C-GET
   identifier into stored instances (``InstanceRef``);
@@ -37,6 +45,7 @@ from pydicom.uid import (UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
 from sqlalchemy import Select, select
 
 from .dicom.catalogue import Level
+from .dicom.vr import LONG_LENGTH_CODES
 from .index.schema import instances, series, studies
 from .node import Node
 from .query.model import Query
@@ -290,10 +299,6 @@ def frame_bytes(path: Path, info: PixelInfo, plan: FramePlan, index: int) -> byt
 
 # -- the Part 10 layout --------------------------------------------------------------
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
-
-
 def dataset_offset(path: Path) -> tuple[int, str]:
     """Where the data set of a Part 10 file starts (after the File Meta
     Information, which is always Explicit VR Little Endian) and its transfer
@@ -313,7 +318,7 @@ def meta_end(head: bytes | memoryview, path: Path) -> tuple[int, str]:
         if group != 0x0002:
             break
         vr = head[pos + 4:pos + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_LENGTH_CODES:
             length = struct.unpack_from("<I", head, pos + 8)[0]
             start = pos + 12
         else:

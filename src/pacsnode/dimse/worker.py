@@ -65,7 +65,7 @@ def main() -> None:
     args: dict[str, Any] = pickle.load(sys.stdin.buffer)
     _die_with_parent(args["parent"])
     settings: Settings = args["settings"]
-    from ..archive_commands import _setup_logging
+    from ..logs import setup_logging as _setup_logging
     from ..node import Node
     from .scp import DimseServer
 

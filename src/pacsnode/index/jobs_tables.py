@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Index, Integer, String, Table, Text
 
-from .schema import metadata
+from .metadata import metadata
 
 __all__ = ["jobs", "JOB_STATES", "TERMINAL_STATES"]
 

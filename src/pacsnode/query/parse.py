@@ -5,7 +5,7 @@ protocols (PS3.4 C.2.2.2; PS3.18 8.3.4)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -17,9 +17,9 @@ from ..errors import BadQuery
 from .model import (Constraint, Fuzzy, ListOfUID, Query, Range, ReturnKey, Sequence,
                     SingleValue, Wildcard)
 
-__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "QIDO_DEFAULTS",
-           "search_params", "match_constraints", "resolve_attribute", "integer_param",
-           "MAX_INTEGER", "MAX_MATCH_KEYS", "MAX_UIDS"]
+__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "search_query",
+           "QIDO_DEFAULTS", "search_params", "match_constraints", "resolve_attribute",
+           "integer_param", "MAX_INTEGER", "MAX_MATCH_KEYS", "MAX_UIDS"]
 
 #: The largest number any parameter may give (an offset, a sequence number):
 #: the largest LIMIT/OFFSET value SQLite and PostgreSQL take (2^63 - 1).
@@ -263,6 +263,26 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
                     scope: dict[str, str] | None = None, max_limit: int = 1000) -> Query:
     """QIDO-RS query parameters → Query.  ``scope`` holds the UIDs from the
     URL path (e.g. ``/studies/{StudyInstanceUID}/series``)."""
+    defaults = [kw for lvl in (Level.STUDY, Level.SERIES, Level.IMAGE)
+                if lvl <= level and (lvl == level or scope is None or _scope_level(scope) < lvl)
+                for kw in QIDO_DEFAULTS[lvl]]
+    return search_query(level, params, defaults=defaults,
+                        searchable=lambda kw: kw in BY_KEYWORD or kw in COMPUTED,
+                        max_limit=max_limit,
+                        fixed=[SingleValue(key, uid) for key, uid in (scope or {}).items()])
+
+
+def search_query(level: Level, params: Iterable[tuple[str, str]], *,
+                 defaults: Iterable[str], searchable: Callable[[str], bool], max_limit: int,
+                 fixed: Iterable[Constraint] = (), not_matchable: Mapping[int, str] | None = None,
+                 what: str = "") -> Query:
+    """The search every DICOMweb service shares (QIDO-RS, UPS-RS; PS3.18
+    8.3.4): the ``defaults`` and ``includefield`` attributes are returned
+    (an attribute path returns its sequence), ``attribute=value`` pairs
+    become constraints after the ``fixed`` ones, ``limit`` is capped at
+    ``max_limit`` (0: no cap).  ``searchable(keyword)`` says whether an
+    attribute may be matched on; ``not_matchable`` names tags that may not
+    even be named as a match key, with the reason."""
     query = Query(level)
     fuzzy, includes, matches = search_params(params, query)
     seen: set[int] = set()
@@ -272,21 +292,21 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
             seen.add(tag)
             query.return_keys.append(ReturnKey(tag, keyword))
 
-    for lvl in (Level.STUDY, Level.SERIES, Level.IMAGE):
-        if lvl <= level and (lvl == level or scope is None or _scope_level(scope) < lvl):
-            for kw in QIDO_DEFAULTS[lvl]:
-                add_return(resolve_key(kw)[0], kw)
+    for keyword in defaults:
+        add_return(resolve_key(keyword)[0], keyword)
     for field in includes:
         if field == "all":
             query.include_all = True
             continue
-        tag, keyword = resolve_attribute(field)
-        add_return(tag, keyword)
-    for key, uid in (scope or {}).items():
-        query.constraints.append(SingleValue(key, uid))
-    query.constraints += match_constraints(
-        matches, fuzzy, lambda kw: kw in BY_KEYWORD or kw in COMPUTED, add_return)
-    if query.limit is None or query.limit > max_limit:
+        add_return(*resolve_attribute(field.split(".")[0]))
+    if not_matchable:
+        for name, _value in matches:
+            tag = resolve_attribute(name.split(".")[0])[0]
+            if tag in not_matchable:
+                raise BadQuery(not_matchable[tag])
+    query.constraints = [*fixed, *match_constraints(matches, fuzzy, searchable, add_return,
+                                                    what=what)]
+    if max_limit and (query.limit is None or query.limit > max_limit):
         query.limit = max_limit
     return query
 

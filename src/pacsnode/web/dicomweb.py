@@ -41,6 +41,7 @@ from ..retrieve import (FramePlan, InstanceRef, PixelFacts, choose_syntax, frame
                         frame_plan, locate, outgoing, pixel_facts, select_instances)
 from ..transcode import (PixelInfo, TranscodeError, little_endian_words,
                          media_type_for_syntax, native_frame, pixel_info)
+from .errors import WebError
 from .multipart import (MultipartError, MultipartParser, PartData, PartEnd, PartStart,
                         new_boundary, parse_content_type)
 from .render import RenderOptions, parse_quality, parse_viewport, parse_window, render_frame
@@ -63,14 +64,6 @@ SNAPSHOT_FILES = 512
 FIRST_BLOCK = 256 * 1024
 #: Instance headers of a metadata response read with one query.
 METADATA_BATCH = 200
-
-
-class WebError(PacsnodeError):
-    """An HTTP refusal that is not one of the core error types (406, 413, 415)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.http_status = status
 
 
 class DicomJSONResponse(JSONResponse):

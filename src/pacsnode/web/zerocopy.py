@@ -4,13 +4,12 @@
 sendfile(2).
 
 uvicorn offers neither extension, and without them every byte of a
-WADO-RS body was read or mapped by the process and copied into the socket
-from user space: a 50-instance CT series (26 MB) cost ~23 ms of CPU and
-went at ~1.2 GB/s, which a bare Starlette app on the same server did not
-beat.  With sendfile the kernel hands the page cache to the socket itself:
-~14 ms and ~1.9 GB/s (paired runs: 1.63x the rate).  Written here because
-no maintained ASGI server offers zerocopysend; Starlette's FileResponse
-already uses pathsend when a server offers it.
+WADO-RS body is read or mapped by the process and copied into the socket
+from user space.  With sendfile the kernel hands the page cache to the
+socket itself, at less CPU and a higher rate (the WADO rows of
+bench/RESULTS.md).  Written here because no maintained ASGI server offers
+zerocopysend; Starlette's FileResponse already uses pathsend when a server
+offers it.
 
 What this touches of uvicorn: ``HttpToolsProtocol`` (subclassed: each
 request's cycle gets a ``send`` that handles the two messages, and only
@@ -20,6 +19,8 @@ then does its scope advertise them), and the cycle's response state
 of that is missing (another uvicorn), nothing is advertised and bodies go
 the usual way, as they do where the body is not plain bytes on a plain
 socket (chunked, HEAD, TLS): the file is read and sent as a body message.
+pyproject.toml pins uvicorn to the versions tests/test_zerocopy.py passed
+on, and that test fails where the zero-copy send is not active.
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ def http_config(app: Any, host: str, port: int, *, read_timeout: float = READ_TI
                 **options: Any) -> uvicorn.Config:
     """uvicorn's settings for pacsnode's HTTP side: the zero-copy protocol
     with its read deadline, on asyncio's own loop (the one the tests run;
-    small requests measured the same as on uvloop, ~0.8 ms through httpx)."""
+    small requests took no longer than on uvloop)."""
     protocol = type("PacsnodeHttpProtocol", (ZeroCopyHttpToolsProtocol,),
                     {"read_timeout": float(read_timeout)})
     return uvicorn.Config(app, host=host, port=port, loop="asyncio", http=protocol, **options)
