@@ -16,9 +16,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, exists, literal, or_, select, true
 from sqlalchemy.sql.elements import ColumnClause
 
-from ..dicom.catalogue import BY_KEYWORD, COMPUTED, Attribute, Level
+from ..dicom import extra_tags
+from ..dicom.catalogue import BY_KEYWORD, COMPUTED, UNIQUE, Attribute, Level
 from ..dicom.values import fold, fuzzy_prefix
 from ..errors import BadQuery
+from ..index.extra_tables import extra_attrs
 from ..index.schema import LEVEL_TABLES, instances, item_attrs, patients, series, studies
 from .model import Constraint, Fuzzy, ListOfUID, Query, Range, Sequence, SingleValue, Wildcard
 
@@ -259,6 +261,21 @@ def item_value_condition(alias: Any, c: Constraint) -> ColumnElement:
     raise BadQuery(f"{c.keyword}: nested sequence matching is not supported")
 
 
+def _extra_condition(query_level: Level, extra: extra_tags.ExtraTag,
+                     c: Constraint) -> ColumnElement:
+    """An extra query tag (``extra_attrs``, one row per value) matches when a
+    value of its entity matches; at a level above the tag's, when one of the
+    entity's children's does — as for a built-in attribute."""
+    alias = extra_attrs.alias("ea")
+    owner = LEVEL_TABLES[extra.level].c[UNIQUE[extra.level].column]
+    cond = exists(select(literal(1)).select_from(alias).where(
+        alias.c.key == extra.key, alias.c.owner_uid == owner,
+        alias.c.level == int(extra.level), item_value_condition(alias, c)))
+    if extra.level > query_level:
+        return _below_exists(query_level, extra.level, cond)
+    return cond
+
+
 def where_for(query: Query) -> list[ColumnElement]:
     """SQL conditions of all of the query's constraints."""
     conds: list[ColumnElement] = []
@@ -271,7 +288,10 @@ def where_for(query: Query) -> list[ColumnElement]:
             continue
         attr = BY_KEYWORD.get(c.keyword)
         if attr is None:
-            continue  # not matchable here; the parser decided to let it through
+            extra = extra_tags.by_name(c.keyword)
+            if extra is not None:
+                conds.append(_extra_condition(query.level, extra, c))
+            continue  # else not matchable here; the parser decided to let it through
         table = LEVEL_TABLES[attr.level]
         cond = attribute_condition(table, attr, c)
         if attr.level > query.level:
