@@ -183,3 +183,55 @@ def test_bad_declarations_are_refused_with_a_reason(tmp_path: Path) -> None:
         path.write_text(body + "\n")
         with pytest.raises(ValueError, match=words):
             load_settings(path, environ={})
+
+
+def test_ingest_reindex_and_matching_on_each_database(tmp_path: Path, database_url: str) -> None:
+    """In process, on SQLite and PostgreSQL: the ingest's one call, reindex
+    (resumed, then restarted) and matching at the tag's level and above."""
+    from pacsnode.config import load_settings
+    from pacsnode.dicom import extra_tags
+    from pacsnode.dicom.catalogue import Level
+    from pacsnode.events import Origin
+    from pacsnode.index.extra_index import reindex
+    from pacsnode.node import Node
+    from pacsnode.query.parse import query_from_qido
+
+    before = write_series(tmp_path / "a", 2, sequence="*ep2d", private="P-OLD", block=0x11,
+                          patient_id="XDB1")
+    after = write_series(tmp_path / "b", 2, sequence="*ep2d", private="P-NEW", block=0x10,
+                         patient_id="XDB2")
+    plain = Node(load_settings(overrides={"data_dir": str(tmp_path / "d"), "fsync": False,
+                                          "database_url": database_url}, environ={}))
+    for path in before[2]:
+        assert plain.ingestor.ingest_path(path, Origin("import")).outcome.ok
+    plain.close()
+    config = tmp_path / "t.toml"
+    config.write_text(TAGS_TOML)
+    node = Node(load_settings(config, overrides={"data_dir": str(tmp_path / "d"),
+                                                 "fsync": False,
+                                                 "database_url": database_url}, environ={}))
+    try:
+        for path in after[2]:
+            assert node.ingestor.ingest_path(path, Origin("import")).outcome.ok
+
+        def series_for(**params: str) -> list[str]:
+            query = query_from_qido(Level.SERIES, list(params.items()))
+            return sorted(m["0020000E"]["Value"][0] for m in node.engine.search_json(query))
+
+        assert series_for(SequenceName="*ep2d") == [after[1]]
+        assert reindex(node.db, extra_tags.active(), batch=1) == 4  # every stored instance
+        assert series_for(SequenceName="*ep2d") == sorted([before[1], after[1]])
+        assert series_for(**{"0019109C": "P-OLD"}) == [before[1]]
+        assert reindex(node.db, extra_tags.active()) == 0
+        assert reindex(node.db, extra_tags.active(), restart=True) == 4
+        assert series_for(**{"0019109C": "P-*"}) == sorted([before[1], after[1]])
+        studies = node.engine.search_json(query_from_qido(Level.STUDY,
+                                                          [("0019109C", "P-NEW")]))
+        assert [s["0020000D"]["Value"][0] for s in studies] == [after[0]]
+        instances = node.engine.search_json(query_from_qido(
+            Level.IMAGE, [("SequenceName", "*ep2d"), ("includefield", "SequenceName")]))
+        assert len(instances) == 4
+        assert all(i["00180024"]["Value"] == ["*ep2d"] for i in instances)
+    finally:
+        node.close()
+        extra_tags.configure(())

@@ -17,8 +17,11 @@ extra_attrs = Table(
     Column("key", String(96), nullable=False),
     Column("value", Text, nullable=False),
     Column("value_ci", Text, nullable=False),
-    Index("ux_extra_attrs", "level", "owner_uid", "key", "value", unique=True),
-    Index("ix_extra_attrs_lookup", "key", "value", "owner_uid"),
+    # Matching: key and value lead, so the value drives the search (with the
+    # level first, SQLite without statistics walked every row of the level).
+    Index("ux_extra_attrs", "key", "value", "level", "owner_uid", unique=True),
+    # Return keys: the values of a page's entities.
+    Index("ix_extra_attrs_owner", "owner_uid", "key", "level", "value"),
 )
 
 #: How far ``pacsnode reindex`` got, per set of declared tags.

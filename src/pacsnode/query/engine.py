@@ -224,7 +224,8 @@ class QueryEngine:
                 rows = conn.execute(stmt.limit(size).offset(offset)).all()
                 if not rows:
                     return
-                extras = self._extras(conn, query, wanted_keywords, [r[0] for r in rows])
+                extras = self._extras(conn, query, wanted_keywords, [r[0] for r in rows],
+                                      rows)
             for row in rows:
                 yield row, extras
             if len(rows) < size:
@@ -266,7 +267,7 @@ class QueryEngine:
         return keys
 
     def _extras(self, conn: Any, query: Query, wanted: set[str],
-                ids: list[int]) -> dict[str, dict[int, Any]]:
+                ids: list[int], rows: Any = ()) -> dict[str, dict[int, Any]]:
         """Computed attributes and header JSON of representative instances,
         one batched query each for the page's ids."""
         out: dict[str, dict[int, Any]] = {}
@@ -286,7 +287,7 @@ class QueryEngine:
         extras = [t for t in (extra_tags.by_name(kw) for kw in wanted
                               if kw not in BY_KEYWORD) if t is not None]
         if extras:
-            out[_EXTRA] = _extra_values(conn, lvl, extras, ids)
+            out[_EXTRA] = _extra_values(conn, lvl, extras, ids, rows)
         # Attributes not in the catalogue come from a representative
         # instance's header JSON (the first stored of the entity).
         need_json = query.include_all and lvl == Level.IMAGE or any(
@@ -369,21 +370,34 @@ _EXTRA = "__extra__"
 
 
 def _extra_values(conn: Any, level: Level, tags: list[extra_tags.ExtraTag],
-                  ids: list[int]) -> dict[Any, Any]:
+                  ids: list[int], rows: Any = ()) -> dict[Any, Any]:
     """(name, row id) → the values of each extra tag at or above ``level``
-    for the page's rows (one query per tag)."""
+    for the page's rows: the owners' UIDs (from the page's rows, which hold
+    the unique keys of their level and above, else by a query), then their
+    values by the owner index (as one join, SQLite walked the table by key
+    instead)."""
     out: dict[Any, Any] = {}
     for tag in tags:
         if tag.level > level:
             continue  # a lower level's tag: matched on, not returned
-        owner = LEVEL_TABLES[tag.level].c[UNIQUE[tag.level].column]
-        stmt = base_select(level, LEVEL_TABLES[level].c.id, extra_attrs.c.value) \
-            .join(extra_attrs, (extra_attrs.c.owner_uid == owner)
-                  & (extra_attrs.c.key == tag.key)
-                  & (extra_attrs.c.level == int(tag.level))) \
-            .where(LEVEL_TABLES[level].c.id.in_(ids)).order_by(extra_attrs.c.value)
-        for row_id, value in conn.execute(stmt).all():
-            out.setdefault((tag.name, int(row_id)), []).append(value)
+        unique = UNIQUE[tag.level]
+        owners: dict[str, list[int]] = {}
+        if rows and unique.keyword in rows[0]._mapping:
+            pairs = [(r[0], r._mapping[unique.keyword]) for r in rows]
+        else:
+            owner = LEVEL_TABLES[tag.level].c[unique.column]
+            pairs = conn.execute(base_select(level, LEVEL_TABLES[level].c.id, owner)
+                                 .where(LEVEL_TABLES[level].c.id.in_(ids))).all()
+        for row_id, uid in pairs:
+            owners.setdefault(uid, []).append(int(row_id))
+        if not owners:
+            continue
+        found = conn.execute(select(extra_attrs.c.owner_uid, extra_attrs.c.value).where(
+            extra_attrs.c.owner_uid.in_(list(owners)), extra_attrs.c.key == tag.key,
+            extra_attrs.c.level == int(tag.level))).all()
+        for uid, value in sorted(found, key=lambda r: r[1]):
+            for row_id in owners[uid]:
+                out.setdefault((tag.name, row_id), []).append(value)
     return out
 
 
