@@ -109,6 +109,8 @@ def findscu(env: dict[str, Any], *keys: str) -> list[dict[str, str]]:
 def test_before_reindex_old_instances_are_not_found(env: dict[str, Any]) -> None:
     assert qido(env, SequenceName="*tse2d1_7") == []
     assert qido(env, **{"0019109C": "PROTO-A"}) == []
+    assert findscu(env, "SequenceName=*tse2d1_7") == []
+    assert findscu(env, f"(0019,0010)={CREATOR}", "(0019,109c)=PROTO-A") == []
     # an unknown private attribute is still refused
     r = env["client"].get("/dicomweb/series", params={"00191099": "x"})
     assert r.status_code == 400

@@ -419,7 +419,7 @@ async def ensure_local(node: Node, name: str, wanted: Wanted, *, role: Role | No
     did, True when it was pulled now.  Raises UnknownNode, PullRefused,
     NotFound (neither the archive nor the node holds it), NodeSilent or
     NodeFailed."""
-    cfg = gateway_node(node, name)
+    cfg = await run_in_threadpool(gateway_node, node, name)
     if await run_in_threadpool(held, node, cfg, wanted):
         return False
     if wanted.sop and await run_in_threadpool(held, node, cfg, wanted.pulled):
