@@ -35,10 +35,11 @@ def _add_commands() -> None:
     from .access.commands import token
     from .archive_commands import COMMANDS as archive_commands
     from .classify.commands import COMMANDS as classify_commands
+    from .reindex import COMMANDS as reindex_commands
     from .remote.commands import COMMANDS as remote_commands
     from .tools.commands import COMMANDS as tool_commands
     for command in (*archive_commands, token, *remote_commands, *tool_commands,
-                    *classify_commands):
+                    *classify_commands, *reindex_commands):
         main.add_command(command)
 
 

@@ -65,6 +65,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_stow_bytes", 4 * 1024**3, "Largest STOW-RS request body accepted (bytes).",
             int),
     Setting("qido_max_limit", 1000, "Most results one QIDO-RS/C-FIND page returns.", int),
+    Setting("gateway_cache_seconds", 5, "Seconds a remote node's C-FIND answer is reused by "
+            "/dicomweb/remote/{node}/... searches (docs/GATEWAY.md); 0: ask every time.", int),
+    Setting("extra_query_tags", [], "Attributes made matching and return keys of C-FIND "
+            "and QIDO-RS at their level: a list of {tag = \"gggg,eeee\", level = "
+            "\"STUDY|SERIES|IMAGE\"} (a private one with creator = \"...\"; found by its "
+            "creator wherever its block sits). Filled on ingest; 'pacsnode reindex' fills them "
+            "for instances already stored.", list, cli=False),
     Setting("cors_origins", [], "Origins allowed to call the HTTP API from a browser.",
             list, cli=False),
     Setting("export_roots", [], "Folders under which export/pull-to-path may write.",
@@ -156,6 +163,12 @@ class NodeConfig:
     allow: tuple[str, ...] = DIMSE_OPERATIONS
     #: Our associations to this node use TLS.
     tls: bool = False
+    #: How /dicomweb/remote/{node} pulls what the archive lacks: "move"
+    #: (C-MOVE to our own AE title, which the node must know) or "get".
+    retrieve_method: str = "move"
+    #: The least role whose WADO-RS request through the gateway may cause a
+    #: pull into the archive: "operator" (default) or "reader".
+    gateway_pull: str = "operator"
 
 
 @dataclass
@@ -174,6 +187,8 @@ class Settings:
     dimse_processes: int = 0
     max_stow_bytes: int = 4 * 1024**3
     qido_max_limit: int = 1000
+    gateway_cache_seconds: int = 5
+    extra_query_tags: list[dict[str, Any]] = field(default_factory=list)
     cors_origins: list[str] = field(default_factory=list)
     export_roots: list[str] = field(default_factory=list)
     stable_study_seconds: int = 60
@@ -267,9 +282,18 @@ def _operations(value: Any, where: str) -> tuple[str, ...]:
 
 
 def _node_config(name: str, node: dict[str, Any], path: Any) -> NodeConfig:
+    """A ``[nodes.NAME]`` table: address, what it may do when it calls us
+    (DESIGN.md §8), TLS, and the gateway's keys (docs/GATEWAY.md)."""
     allow = _operations(node.get("allow", DIMSE_OPERATIONS), f"{path}: [nodes.{name}] allow")
+    method = str(node.get("retrieve_method", "move"))
+    if method not in ("move", "get"):
+        raise ValueError(f"[nodes.{name}] retrieve_method must be move or get, not {method!r}")
+    pull = str(node.get("gateway_pull", "operator"))
+    if pull not in ("reader", "writer", "editor", "operator", "admin"):
+        raise ValueError(f"[nodes.{name}] gateway_pull must be a role (reader, writer, "
+                         f"editor, operator, admin), not {pull!r}")
     return NodeConfig(name, str(node.get("aet", name)), str(node.get("host", "127.0.0.1")),
-                      int(node["port"]), allow, bool(node.get("tls", False)))
+                      int(node["port"]), allow, bool(node.get("tls", False)), method, pull)
 
 
 def load_settings(config_file: str | os.PathLike | None = None,
@@ -306,6 +330,8 @@ def load_settings(config_file: str | os.PathLike | None = None,
     if settings.duplicate_policy not in ("replace", "keep", "reject"):
         raise ValueError(f"duplicate_policy must be replace, keep or reject, "
                          f"not {settings.duplicate_policy!r}")
+    from .dicom.extra_tags import parse_extra_tags
+    parse_extra_tags(settings.extra_query_tags)  # ValueError naming what is wrong
     if settings.auth not in ("on", "off"):
         raise ValueError(f"auth must be on or off, not {settings.auth!r}")
     if settings.audit_syslog and not settings.audit_syslog.startswith(("udp://", "tcp://")):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import NodeConfig, Settings
+from .dicom import extra_tags
 from .events import EventBus
 from .index.db import Database
 from .ingest import Ingestor
@@ -42,6 +43,7 @@ class Node:
         self.bus = EventBus()
         self.ingestor = Ingestor(self.db, self.store, self.bus, self.settings.duplicate_policy)
         self.engine = QueryEngine(self.db)
+        extra_tags.configure(extra_tags.parse_extra_tags(self.settings.extra_query_tags))
 
     def remote_nodes(self) -> dict[str, NodeConfig]:
         """Configured remote nodes: the TOML's, overlaid by those added at run

@@ -6,10 +6,12 @@ protocols (PS3.4 C.2.2.2; PS3.18 8.3.4)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
+from ..dicom import extra_tags
 from ..dicom.catalogue import BY_KEYWORD, COMPUTED, Level, UnknownAttribute, resolve_key
 from ..dicom.header import valid_uid
 from ..dicom.values import norm_date, norm_datetime, norm_time, text_value
@@ -120,6 +122,9 @@ def constraint_for(keyword: str, vr: str, value: str, fuzzy: bool = False) -> Co
 
 
 def _vr_of(tag: int, keyword: str) -> str:
+    extra = extra_tags.by_name(keyword)
+    if extra is not None:
+        return extra.vr
     if keyword in COMPUTED:
         return COMPUTED[keyword][1]
     try:
@@ -140,7 +145,10 @@ def query_from_identifier(identifier: Dataset) -> Query:
     query = Query(level)
     for elem in identifier:
         tag = int(elem.tag)
-        if tag in _CONTROL or elem.tag.is_private or elem.tag.group == 0x0000:
+        if elem.tag.is_private:
+            _private_key(identifier, elem, query)
+            continue
+        if tag in _CONTROL or elem.tag.group == 0x0000:
             continue
         keyword = elem.keyword or ""
         query.return_keys.append(ReturnKey(tag, keyword))
@@ -160,10 +168,35 @@ def query_from_identifier(identifier: Dataset) -> Query:
             continue
         c = constraint_for(keyword, elem.VR if elem.VR != "UN" else _vr_of(tag, keyword),
                            text_value(elem.value))
-        if c is not None and (keyword in BY_KEYWORD or keyword in COMPUTED):
+        if c is not None and (keyword in BY_KEYWORD or keyword in COMPUTED
+                              or extra_tags.by_name(keyword) is not None):
             query.constraints.append(c)
         # Other optional keys: matching not supported, returned (PS3.4 C.2.2.1.3).
     return query
+
+
+def _private_key(identifier: Dataset, elem: Any, query: Query) -> None:
+    """A private element of a C-FIND identifier is a key when it is an extra
+    query tag: found by its block's creator (PS3.5 7.8.1), whatever the block."""
+    group, element = elem.tag.group, elem.tag.element
+    if element < 0x1000 or not extra_tags.active():
+        return
+    creator = identifier.get((group << 16) | (element >> 8))
+    if creator is None:
+        return
+    name = creator.value.decode("latin-1") if isinstance(creator.value, bytes) \
+        else str(creator.value)
+    name = name.strip(" \x00")
+    extra = extra_tags.by_key(f"{group:04X}xx{element & 0xFF:02X}:{name}")
+    if extra is None:
+        return
+    query.return_keys.append(ReturnKey(extra.tag, extra.name))
+    value = elem.value
+    text = value.decode("latin-1").strip(" \x00") if isinstance(value, bytes) \
+        else text_value(value)
+    c = constraint_for(extra.name, extra.vr, text)
+    if c is not None:
+        query.constraints.append(c)
 
 
 #: PS3.18 Table 6.7.1-2: attributes returned by default per level (plus the
@@ -267,7 +300,8 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
                 if lvl <= level and (lvl == level or scope is None or _scope_level(scope) < lvl)
                 for kw in QIDO_DEFAULTS[lvl]]
     return search_query(level, params, defaults=defaults,
-                        searchable=lambda kw: kw in BY_KEYWORD or kw in COMPUTED,
+                        searchable=lambda kw: kw in BY_KEYWORD or kw in COMPUTED
+                        or extra_tags.by_name(kw) is not None,
                         max_limit=max_limit,
                         fixed=[SingleValue(key, uid) for key, uid in (scope or {}).items()])
 
@@ -326,5 +360,9 @@ def resolve_attribute(name: str) -> tuple[int, str]:
     except UnknownAttribute as exc:
         raise BadQuery(str(exc)) from None
     if not keyword:
-        raise BadQuery(f"{name}: private attributes cannot be searched")
+        extra = extra_tags.by_name(f"{tag:08X}")
+        if extra is not None:
+            return tag, extra.name
+        raise BadQuery(f"{name}: private attributes cannot be searched (unless declared "
+                       "in extra_query_tags)")
     return tag, keyword
