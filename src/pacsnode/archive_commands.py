@@ -82,6 +82,12 @@ def serve(config_file: str | None, **options: Any) -> None:
     except cluster.ConfigMismatch as exc:
         node.close()
         raise click.ClickException(str(exc))
+    try:
+        _check_arrival_settings(node)
+    except ValueError as exc:
+        leave_cluster()
+        node.close()
+        raise click.ClickException(str(exc)) from None
     node.db.refresh_statistics()  # an index filled while the node was down
     _clean_in_flight(node, log)
     dimse = DimseServer(node)
@@ -117,6 +123,18 @@ def serve(config_file: str | None, **options: Any) -> None:
         leave_cluster()
         node.close()
         log.info("stopped")
+
+
+def _check_arrival_settings(node: Any) -> None:
+    """Refuse to start with a classification rule file or a route that
+    cannot work (ValueError with a plain message)."""
+    from .classes import RuleError, server_rules
+    from .routes import check_routes
+    try:
+        server_rules(node.settings)
+    except RuleError as exc:
+        raise ValueError(f"classification_rules: {exc}") from None
+    check_routes(node)
 
 
 def _clean_in_flight(node: Any, log: logging.Logger) -> None:
@@ -255,6 +273,8 @@ def _start_services(node: Any) -> list[Callable[[], None]]:
         pass
     else:
         stops.append(start_jobs(node))
+    from .routes import start as start_routes
+    stops.append(start_routes(node))
     return stops
 
 

@@ -155,4 +155,4 @@ LEVEL_TABLES: dict[Level, Table] = {
 # Feature tables live beside their features but in the same database and
 # metadata; importing them here makes `create_all` see every table.
 from . import (  # noqa: E402,F401
-    access_tables, automation_tables, cluster_tables, jobs_tables, workitems)
+    access_tables, automation_tables, classes_tables, cluster_tables, jobs_tables, workitems)

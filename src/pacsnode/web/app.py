@@ -102,7 +102,7 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    for name in ("dicomweb", "ups", "api", "changes"):
+    for name in ("dicomweb", "ups", "api", "changes", "series_api"):
         try:
             module = __import__(f"pacsnode.web.{name}", fromlist=["router"])
         except ImportError:
