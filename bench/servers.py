@@ -276,10 +276,11 @@ class Fleet:
 
     def pacsnode(self, *, data_dir: Path | None = None,
                  nodes: dict[str, tuple[str, int]] | None = None,
-                 aet: str = "PACSNODE", database_url: str = "") -> Server:
+                 aet: str = "PACSNODE", database_url: str = "", config_text: str = "") -> Server:
         """``python -m pacsnode serve`` with default settings; ``nodes`` name
-        → (AE title, port) become ``[nodes.NAME]`` tables of a TOML config;
-        ``database_url`` puts the index elsewhere than SQLite in ``data_dir``."""
+        → (AE title, port) become ``[nodes.NAME]`` tables of a TOML config,
+        after ``config_text`` (more TOML); ``database_url`` puts the index
+        elsewhere than SQLite in ``data_dir``."""
         workdir = self._workdir("pacsnode")
         data = data_dir or workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -289,11 +290,11 @@ class Fleet:
                "--ae-title", aet, "--host", "127.0.0.1"]
         if database_url:
             cmd += ["--database-url", database_url]
-        if nodes:
+        if nodes or config_text:
             config = workdir / "pacsnode.toml"
-            config.write_text("".join(
+            config.write_text(config_text + "\n" + "".join(
                 f'[nodes.{name}]\naet = "{node_aet}"\nhost = "127.0.0.1"\nport = {port}\n\n'
-                for name, (node_aet, port) in nodes.items()))
+                for name, (node_aet, port) in (nodes or {}).items()))
             cmd += ["--config", str(config)]
         proc, log_path, log = self._spawn("pacsnode", cmd, workdir)
         server = Server("pacsnode", aet, dicom_port, workdir, proc, log_path, http_port,
