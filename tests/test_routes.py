@@ -197,6 +197,27 @@ def test_a_route_job_survives_kill_9_of_its_serve(tmp_path: Path) -> None:
         second.stop()
 
 
+def test_a_running_route_command_is_canceled(tmp_path: Path, pacsnode_factory) -> None:
+    script, log, gate = gated_script(tmp_path)
+    config = toml_config(tmp_path, routes=[{"name": "slow", "on": "stable_series",
+                                            "run": f"{script} {{series_uid}}"}])
+    server = pacsnode_factory(config=config)
+    made = write_series(tmp_path / "in", generate_uid(), {"sie-loc-1": ["localizer"]})
+    storescu(server.dicom_port, server.aet, made["sie-loc-1"][1])
+    started = wait_until(lambda: lines(log, "start"), 60, "the route command to start")
+    job = route_jobs(server)[0]
+    assert job["state"] == "running"
+    r = httpx.delete(f"{server.base_url}/api/v1/jobs/{job['id']}", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "canceled" and "canceled" in r.json()["error"]
+    with pytest.raises(ProcessLookupError):  # the command was ended, not left running
+        os.kill(int(started[0][1]), 0)
+    gate.touch()
+    time.sleep(1)
+    assert lines(log, "done") == [] and len(lines(log, "start")) == 1
+    assert route_jobs(server)[0]["state"] == "canceled"
+
+
 def test_two_serves_on_postgres_do_each_route_job_once(tmp_path: Path, postgres) -> None:
     log = tmp_path / "runs.log"
     script = tmp_path / "record.sh"

@@ -539,7 +539,7 @@ class RouteRunner:
     def _execute(self, row: Any, attempt: _Attempt) -> None:
         payload = json.loads(row.payload or "{}")
         if row.method == "run":
-            self._run_command(row, payload)
+            self._run_command(row, payload, attempt)
             return
         refs = self._instances(row, payload)
         if not refs:
@@ -632,7 +632,7 @@ class RouteRunner:
                 raise _Failed(f"export to {target}: {exc.strerror or exc}") from None
             self._counts(row, written, 0, max(0, len(refs) - written))
 
-    def _run_command(self, row: Any, payload: dict[str, Any]) -> None:
+    def _run_command(self, row: Any, payload: dict[str, Any], attempt: _Attempt) -> None:
         from .automation import build_command
         values = {k: str(v) for k, v in (payload.get("placeholders") or {}).items()}
         argv = build_command(payload.get("run", ""), values)
@@ -643,18 +643,39 @@ class RouteRunner:
         env["PACSNODE_EVENT"] = str(payload.get("event", ""))
         env["PACSNODE_ROUTE"] = row.route
         env["PACSNODE_INSTANCES"] = str(payload.get("instances", ""))
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, env=env, timeout=COMMAND_TIMEOUT,
-                                  check=False)
-        except subprocess.TimeoutExpired:
-            raise _Failed(f"{argv[0]} was killed after {COMMAND_TIMEOUT:g} s") from None
-        except OSError as exc:
-            raise _Failed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-        if proc.returncode != 0:
-            tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-            raise _Failed(f"{argv[0]} exited {proc.returncode}"
-                          + (f": {' | '.join(tail)}" if tail else ""))
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=err, env=env)
+            except OSError as exc:
+                raise _Failed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+            deadline = time.monotonic() + COMMAND_TIMEOUT
+            while True:
+                try:
+                    code = proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if attempt.cancel.is_set() or time.monotonic() > deadline:
+                    _end_process(proc)
+                    why = "canceled" if attempt.cancel.is_set() else \
+                        f"killed after {COMMAND_TIMEOUT:g} s"
+                    raise _Failed(f"{argv[0]} (pid {proc.pid}) {why}")
+            if code != 0:
+                err.seek(0)
+                tail = err.read().decode("utf-8", "replace").strip().splitlines()[-3:]
+                raise _Failed(f"{argv[0]} exited {code}"
+                              + (f": {' | '.join(tail)}" if tail else ""))
+
+
+def _end_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def runner_for(node: Node) -> RouteRunner | None:
