@@ -150,6 +150,31 @@ def test_a_destination_down_is_retried_with_backoff_and_canceled_jobs_stay(
         stop_process(proc)
 
 
+def test_a_study_route_exports_only_its_matching_series(tmp_path: Path,
+                                                       pacsnode_factory) -> None:
+    root = tmp_path / "exports"
+    (root / "loc").mkdir(parents=True)
+    config = toml_config(tmp_path, export_roots=[str(root)],
+                         routes=[{"name": "localizers", "on": "stable_study",
+                                  "match": {"classes": "LOCALIZER"},
+                                  "export_to": str(root / "loc")}])
+    server = pacsnode_factory(config=config)
+    study = generate_uid()
+    made = write_series(tmp_path / "in", study, {"sie-loc-1": ["localizer"],
+                                                 "sie-fmap-se-1": ["fieldmap"]})
+    storescu(server.dicom_port, server.aet, [f for _, fs in made.values() for f in fs])
+    jobs = wait_until(lambda: settled(server, 1), 60, "the export job to finish")
+    uid, files = made["sie-loc-1"]
+    assert [(j["state"], j["method"], j["level"], j["completed"]) for j in jobs] == \
+        [("succeeded", "export", "STUDY", len(files))]
+    written = sorted((root / "loc").rglob("*.dcm"))
+    assert {p.parent.relative_to(root / "loc") for p in written} == {Path(study) / uid}
+    stored = {p.stem: p.read_bytes()  # the archive's blobs, byte for byte
+              for p in (server.data_dir / "studies" / study / uid).glob("*.dcm")}
+    assert {p.stem: p.read_bytes() for p in written} == stored
+    assert set(stored) == {str(dcmread(f).SOPInstanceUID) for f in files}
+
+
 def gated_script(tmp_path: Path) -> tuple[Path, Path, Path]:
     """A command that records its start (with its pid), waits for a gate
     file, then records its end."""
