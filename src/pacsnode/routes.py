@@ -74,6 +74,8 @@ LEASE_SECONDS = 30.0
 POLL_SECONDS = 0.5
 HEARTBEAT_SECONDS = 1.0
 WORKERS = 2
+#: Instance counts of a running send are written at most this often.
+COUNT_INTERVAL = 0.5
 #: A route command still running after this long is killed (and retried).
 COMMAND_TIMEOUT = 3600.0
 #: The key that makes anonymized routes' pseudonyms, under the blob root
@@ -577,6 +579,7 @@ class RouteRunner:
         done = {"ok": 0, "failed": 0}
         total = len(refs)
         reasons: list[str] = []
+        last = [0.0]
 
         def on_result(result: Any) -> None:
             if result.ok:
@@ -585,7 +588,11 @@ class RouteRunner:
                 done["failed"] += 1
                 if result.reason and len(reasons) < 3:
                     reasons.append(result.reason)
-            self._counts(row, done["ok"], done["failed"], total - done["ok"] - done["failed"])
+            left = total - done["ok"] - done["failed"]
+            now = time.monotonic()
+            if left == 0 or now - last[0] >= COUNT_INTERVAL:  # one write per interval
+                last[0] = now
+                self._counts(row, done["ok"], done["failed"], left)
 
         with tempfile.TemporaryDirectory(prefix="pacsnode-route-") as scratch:
             paths = [r.path for r in refs]
