@@ -174,8 +174,14 @@ def check_routes(node: Node) -> list[Route]:
     """The routes of ``serve``, each checked against what it needs: its
     nodes registered, its export folder under ``export_roots``.  RouteError
     (refusing to start) for one that cannot work."""
+    from .automation import unknown_placeholders
     routes = configured_routes(node.settings)
     known = node.remote_nodes()
+    for route in routes:
+        bad = unknown_placeholders(route.run)
+        if bad:
+            log.warning("route %r: unknown placeholder(s) %s in run are left as written",
+                        route.name, ", ".join("{%s}" % b for b in bad))
     roots = [os.path.realpath(r) for r in node.settings.export_roots]
     for route in routes:
         for name in route.send_to:
