@@ -182,6 +182,10 @@ def test_stable_series_are_classified_summarised_and_shown(tmp_path: Path,
     assert r.status_code == 404
     r = httpx.get(f"{api}/series", params={"StudyInstanceUID": "1.2.x"})
     assert r.status_code == 400
+    # Deleting the study takes its summary.json (and so its folder) along.
+    r = httpx.delete(f"{server.base_url}/dicomweb/studies/{study}", timeout=60)
+    assert r.status_code in (200, 202, 204), r.text
+    wait_until(lambda: not summary_file.parent.exists(), 30, "the study folder to go")
 
 
 def test_reclassify_command_and_a_bad_rule_file_refused_at_start(tmp_path: Path,

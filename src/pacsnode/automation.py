@@ -210,6 +210,7 @@ class Automation:
         self._stop = threading.Event()
         self._written: dict[tuple[str, str], float] = {}  # (kind, uid) -> monotonic time
         self._written_lock = threading.Lock()
+        self._emptied: set[str] = set()  # studies with a delete since the last poll
         self._inflight: dict[tuple[str, str, int], threading.Event] = {}
         self._inflight_lock = threading.Lock()
         self._commands = threading.BoundedSemaphore(MAX_COMMANDS)
@@ -261,6 +262,9 @@ class Automation:
             return
         if event.action in ("stored", "replaced"):
             self.record_arrival(event)
+        elif event.action == "deleted" and self.write_summaries:
+            with self._written_lock:  # the poller drops the summary of a study now empty
+                self._emptied.add(event.study_uid)
 
     def record_arrival(self, event: Event) -> None:
         now_mono = time.monotonic()
@@ -327,6 +331,7 @@ class Automation:
                             row.kind, row.uid, row.claimed_by)
                 fired += self._fire(row)
         self._housekeeping(now)
+        self._drop_summaries()
         return fired
 
     def _claim(self, row: Any, now: float, *, takeover: bool) -> bool:
@@ -339,6 +344,18 @@ class Automation:
             where += [pending.c.fired.is_(False)]
         return claim(self.node.db, pending, where,
                      dict(fired=True, claimed_by=self.me, claimed_at=now))
+
+    def _drop_summaries(self) -> None:
+        """Remove the summary.json of studies deleted through this process
+        (the study folder would otherwise stay, holding only it)."""
+        with self._written_lock:
+            studies, self._emptied = self._emptied, set()
+        if not studies:
+            return
+        from .summary import remove_summary
+        for study_uid in studies:
+            if self._count_instances("study", study_uid) == 0:
+                remove_summary(self.node, study_uid)
 
     def _housekeeping(self, now: float) -> None:
         with self._inflight_lock:

@@ -26,7 +26,7 @@ from .index.schema import instances, patients, series, studies
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["study_summary", "write_summary", "summary_path", "SUMMARY_NAME"]
+__all__ = ["study_summary", "write_summary", "remove_summary", "summary_path", "SUMMARY_NAME"]
 
 log = logging.getLogger("pacsnode.summary")
 
@@ -109,3 +109,22 @@ def write_summary(node: Node, study_uid: str) -> Path | None:
             os.close(dir_fd)
     log.info("study %s: wrote %s (%d series)", study_uid, path, len(summary["series"]))
     return path
+
+
+def remove_summary(node: Node, study_uid: str) -> bool:
+    """Remove a deleted study's summary.json, and its folder when that is
+    then empty; True when there was one."""
+    try:
+        path = summary_path(node, study_uid)
+    except ValueError:
+        return False
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass  # something else lives there (a series sent again meanwhile)
+    log.info("study %s was deleted: removed its %s", study_uid, SUMMARY_NAME)
+    return True
