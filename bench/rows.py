@@ -313,6 +313,63 @@ def cluster(bench: Bench) -> None:
                           f"PostgreSQL, run {run + 1}: {data.count / seconds:.1f} inst/s")
 
 
+# ------------------------------------------- classification and routes
+
+#: The issue: "C-STORE ingest rate with classification and three routes
+#: configured within 10% of the rate without".
+ROUTES_TARGET = Target(baseline="routes.without", baseline_ratio=0.9,
+                       text="≥0.9× pacsnode without routes")
+#: Series and studies stable after 1 and 2 s, so that classification and the
+#: routes' jobs run while the senders are still sending; three routes that
+#: match (a command each: their cost is the node's, not a peer's).
+ROUTES_CONFIG = """stable_series_seconds = 1
+stable_study_seconds = 2
+write_summaries = true
+
+[[routes]]
+name = "every-series"
+on = "stable_series"
+run = "true {series_uid} {classes}"
+
+[[routes]]
+name = "ct-studies"
+on = "stable_study"
+match = { Modality = "CT" }
+run = "true {study_uid} {path}"
+
+[[routes]]
+name = "axial-ct"
+on = "stable_series"
+match = { classes = "axial", calling_aet = "*" }
+run = "true {series_uid}"
+"""
+
+
+def routes(bench: Bench) -> None:
+    """C-STORE (4 parallel storescu, the small set) into a serve with
+    default settings against one that classifies every series after 1 s of
+    quiet, writes summaries and has three routes queueing jobs."""
+    res, plan, data = bench.results, bench.plan, bench.small
+    chunks = split(data.files, plan.parallel)
+    without, with_ = "routes.without", "routes.with"
+    res.row(without, f"C-STORE small 64², {plan.parallel} storescu, default settings "
+            f"({data.count} inst.)", "inst/s", higher_is_better=True)
+    res.row(with_, f"C-STORE small 64², {plan.parallel} storescu, classification at 1 s, "
+            "summaries and three routes", "inst/s", higher_is_better=True,
+            target=ROUTES_TARGET)
+    for run in range(plan.runs):
+        for key, config in ((without, ""), (with_, ROUTES_CONFIG)):
+            with bench.fleet() as fleet:
+                server = fleet.pacsnode(config=config)
+                seconds = _storescu_to([(server, chunk) for chunk in chunks], fleet.root)
+                stored = _stored_count(server)
+            if stored != data.count:
+                res.note(f"{key} run {run + 1}: {stored} of {data.count} instances stored")
+            res.add(key, "pacsnode", data.count / seconds)
+            bench.log(f"C-STORE small ×{plan.parallel}, {key}, run {run + 1}: "
+                      f"{data.count / seconds:.1f} inst/s")
+
+
 # ------------------------------------------------- one large instance
 
 #: The issue: "≤ 200 MB while receiving a 1 GB multi-frame instance
@@ -966,7 +1023,7 @@ def extra_tags_rows(bench: Bench) -> None:
 
 #: Row groups selectable with ``--only``.
 GROUPS = ("cstore", "cluster", "large", "cfind", "qido", "wado", "metadata", "stow", "cmove",
-          "cget", "auth", "extratags")
+          "cget", "routes", "auth", "extratags")
 WEB_GROUPS = {"wado", "metadata", "stow", "cmove", "cget"}
 
 
@@ -981,6 +1038,8 @@ def run_groups(bench: Bench, groups: list[str]) -> None:
         phases.append(("two serve processes on PostgreSQL", lambda: cluster(bench)))
     if "large" in selected:
         phases.append(("1 GiB instance", lambda: large(bench)))
+    if "routes" in selected:
+        phases.append(("classification and routes", lambda: routes(bench)))
     if selected & WEB_GROUPS:
         phases.append(("DICOMweb and retrieve", lambda: web_and_retrieve(bench, selected)))
     if "auth" in selected:

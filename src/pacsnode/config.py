@@ -83,12 +83,24 @@ SETTINGS: tuple[Setting, ...] = (
             "template is split into arguments first, then {study_uid} {path} {study_path} "
             "{patient_id} {calling_aet} are replaced inside each argument."),
     Setting("on_stable_series", "", "Command run once per stable series (as on_stable_study, "
-            "plus {series_uid}; {path} is the series folder)."),
+            "plus {series_uid} and {classes}; {path} is the series folder)."),
     Setting("webhooks", [], "URLs that get a JSON POST for each stable study/series.",
             list, cli=False),
     Setting("classification_rules", "", "Rule file (data-transfer-station's "
             "classifyRules.json format) that adds to and overrides the built-in series "
             "classes; empty means the built-in rules only."),
+    Setting("write_summaries", False, "Write studies/<StudyInstanceUID>/summary.json (the "
+            "study summary of GET /api/v1/studies/{study}/summary) each time a study becomes "
+            "stable.", bool),
+    Setting("routes", [], "[[routes]] tables: name, on (stable_study or stable_series), match "
+            "(keyword, classes or calling_aet -> wildcard pattern) and actions send_to, "
+            "anonymize, export_to, run; each action for each match is a durable job "
+            "(docs/AUTOMATION.md).", list, cli=False),
+    Setting("route_attempts", 8, "Attempts of a failing route action before its job fails.",
+            int),
+    Setting("route_backoff_seconds", 10, "Wait after a route action's first failure; it "
+            "doubles after each further failure (8 attempts from 10 s: about 21 minutes of "
+            "retrying).", float),
     Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).", shared=False,
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     # Access control (DESIGN.md §8, docs/SECURITY.md).
@@ -197,6 +209,10 @@ class Settings:
     on_stable_series: str = ""
     webhooks: list[str] = field(default_factory=list)
     classification_rules: str = ""
+    write_summaries: bool = False
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    route_attempts: int = 8
+    route_backoff_seconds: float = 10.0
     log_level: str = "INFO"
     auth: str = "off"
     allow_insecure: bool = False

@@ -33,10 +33,11 @@ from typing import Any
 
 import uvicorn
 
-from . import automation, cluster
+from . import automation, cluster, routes
 from .access.setup import check_exposure, describe_access
 from .access.tls import https_options
 from .check import clean_in_flight
+from .classes import RuleError, server_rules
 from .config import Settings
 from .dimse.scp import DimseServer
 from .dimse.worker import spawn
@@ -54,6 +55,7 @@ log = logging.getLogger("pacsnode")
 BACKGROUND: tuple[tuple[str, Callable[[Node], Callable[[], None]]], ...] = (
     ("automation", automation.start),  # stable-study triggers (command, webhook)
     ("jobs", jobs.start),  # retrieve/send jobs of the REST API
+    ("routes", routes.start),  # route jobs ([[routes]], DESIGN.md §10)
 )
 
 #: Seconds running associations (and HTTP requests) get to finish at shutdown.
@@ -77,6 +79,12 @@ def run(settings: Settings) -> None:
     try:
         leave_cluster = cluster.join(node)
     except cluster.ConfigMismatch as exc:
+        node.close()
+        raise StartError(str(exc)) from None
+    try:
+        _check_arrival_settings(node)
+    except ValueError as exc:
+        leave_cluster()
         node.close()
         raise StartError(str(exc)) from None
     node.db.refresh_statistics()  # an index filled while the node was down
@@ -126,6 +134,16 @@ def run(settings: Settings) -> None:
         leave_cluster()
         node.close()
         log.info("stopped")
+
+
+def _check_arrival_settings(node: Node) -> None:
+    """Refuse to start with a classification rule file or a route that
+    cannot work (ValueError with a plain message)."""
+    try:
+        server_rules(node.settings)
+    except RuleError as exc:
+        raise ValueError(f"classification_rules: {exc}") from None
+    routes.check_routes(node)
 
 
 def _http_socket(host: str, port: int) -> socket.socket:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Index, Integer, String, Table, Text
 
-from .schema import metadata
+from .metadata import metadata
 
 __all__ = ["extra_attrs", "reindex_state"]
 

@@ -33,7 +33,7 @@ from ..dicom.header import GROUP_LENGTH_MARK, json_text, without_group_lengths
 from .schema import instances, metadata
 
 __all__ = ["MIGRATIONS", "migrations_table", "run_migrations", "drop_group_lengths",
-           "add_missing_columns"]
+           "classify_series", "add_missing_columns"]
 
 log = logging.getLogger("pacsnode.index")
 
@@ -82,10 +82,20 @@ def drop_group_lengths(db: Transactions) -> int:
             changed += len(rows)
 
 
+def classify_series(db: "Database") -> int:
+    """Classify, with the built-in rules, every series an index made before
+    series classes existed holds (``pacsnode reclassify`` applies a site's
+    ``classification_rules`` afterwards); returns how many."""
+    from ..classes import reclassify_all
+    from ..classify import load_rules
+    return reclassify_all(db, load_rules(None), only_missing=True)[""]
+
+
 #: (name, function) in the order they run.  Never rename or reorder one
 #: that has shipped; add new ones at the end.
 MIGRATIONS: tuple[tuple[str, Callable[[Transactions], int]], ...] = (
     ("drop-group-lengths", drop_group_lengths),
+    ("classify-series", classify_series),
 )
 
 

@@ -113,4 +113,5 @@ LEVEL_TABLES: dict[Level, Table] = {
 # metadata (index/metadata.py); importing them here makes `create_all` see
 # every table.
 from . import (  # noqa: E402,F401
-    access_tables, automation_tables, cluster_tables, extra_tables, jobs_tables, workitems)
+    access_tables, automation_tables, classes_tables, cluster_tables, extra_tables, jobs_tables,
+    workitems)

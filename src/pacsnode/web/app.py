@@ -14,7 +14,7 @@ from ..access.routes import router as access_router
 from ..access.setup import access_options, make_audit_trail
 from ..node import Node
 from . import (api, api_docs, archive_zip, changes, dicomweb, errors, gateway, metrics, ohif,
-               ui, ups, wado_uri)
+               series_api, ui, ups, wado_uri)
 from .metrics import MetricsMiddleware
 from .openapi import install_openapi
 
@@ -62,7 +62,7 @@ def create_app(node: Node, ready: Any = None) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     for module in (dicomweb, ups, api, changes, wado_uri, metrics, archive_zip, api_docs, ui,
-                   ohif, gateway):
+                   ohif, gateway, series_api):
         app.include_router(module.router)
     app.include_router(access_router)
     install_openapi(app)
