@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -61,6 +60,7 @@ from .events import Event
 from .index.automation_tables import automation_pending as pending
 from .index.schema import instances, series, studies
 from .leases import claim, owner_id
+from .placeholders import PLACEHOLDERS, build_command, unknown_placeholders
 
 if TYPE_CHECKING:
     from .node import Node
@@ -69,11 +69,6 @@ __all__ = ["start", "record_arrivals", "Automation", "Trigger", "build_command",
            "LEASE_SECONDS", "WEBHOOK_ATTEMPTS"]
 
 log = logging.getLogger("pacsnode.automation")
-
-#: Placeholders a command template may use (each inside any argument).
-PLACEHOLDERS = ("study_uid", "series_uid", "path", "study_path", "patient_id", "calling_aet",
-                "classes")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_]+)\}")
 
 #: A claim not renewed for this long belongs to a dead process: take it over.
 LEASE_SECONDS = 60.0
@@ -93,20 +88,6 @@ STOP_GRACE = 10.0
 #: Rows done for this long are pruned (a new arrival recreates them).
 DONE_RETENTION = 7 * 86400.0
 _TAIL = 2000
-
-
-def build_command(template: str, values: Mapping[str, str]) -> list[str]:
-    """Split ``template`` like a POSIX shell would (quotes, escapes), then
-    replace ``{name}`` inside each argument.  Values are never re-split or
-    re-scanned, so a patient ID such as ``$(rm -rf ~); `x``` stays one
-    literal argument.  Unknown placeholders are left as written."""
-    def one(arg: str) -> str:
-        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
-    return [one(arg) for arg in shlex.split(template)]
-
-
-def unknown_placeholders(template: str) -> list[str]:
-    return sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - set(PLACEHOLDERS))
 
 
 def _checked(kind: str, template: str) -> str:

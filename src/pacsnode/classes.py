@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -29,8 +30,20 @@ from .index.schema import instances, series, studies
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .index.db import Database
-    from .node import Node
+
+
+# What classification needs of the index and the node, as protocols: the
+# index's migrations classify an older index's series (index/migrations.py),
+# so naming index.db.Database or node.Node here would close an import circle.
+class Database(Protocol):
+    def read(self) -> AbstractContextManager[Connection]: ...
+
+    def write(self) -> AbstractContextManager[Connection]: ...
+
+
+class Node(Protocol):
+    db: Database
+    settings: Settings
 
 __all__ = ["server_rules", "classify_stored_series", "stored_classes", "classes_of",
            "classes_by_series", "SeriesRow", "find_series", "reclassify_all", "RuleError"]

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.datadict import tag_for_keyword
 from sqlalchemy import or_, select, update
@@ -57,11 +57,29 @@ from sqlalchemy.exc import IntegrityError
 
 from .index.jobs_tables import jobs
 from .leases import claim, owner_id, owner_is_dead
+from .placeholders import build_command, unknown_placeholders
 
 if TYPE_CHECKING:
-    from .automation import Trigger
     from .config import Settings
     from .node import Node
+
+class Trigger(Protocol):
+    """What a route needs of a stable study or series (automation.Trigger;
+    named as a protocol because automation imports this module)."""
+
+    kind: str
+    uid: str
+    study_uid: str
+    series_uid: str
+    calling_aet: str
+    generation: int
+    instances: int
+
+    @property
+    def event_name(self) -> str: ...
+
+    def placeholders(self) -> dict[str, str]: ...
+
 
 __all__ = ["Route", "RouteError", "configured_routes", "check_routes", "enqueue", "RouteRunner",
            "start", "runner_for", "KIND", "LEASE_SECONDS"]
@@ -174,7 +192,6 @@ def check_routes(node: Node) -> list[Route]:
     """The routes of ``serve``, each checked against what it needs: its
     nodes registered, its export folder under ``export_roots``.  RouteError
     (refusing to start) for one that cannot work."""
-    from .automation import unknown_placeholders
     routes = configured_routes(node.settings)
     known = node.remote_nodes()
     for route in routes:
@@ -646,7 +663,6 @@ class RouteRunner:
             self._counts(row, written, 0, max(0, len(refs) - written))
 
     def _run_command(self, row: Any, payload: dict[str, Any], attempt: _Attempt) -> None:
-        from .automation import build_command
         values = {k: str(v) for k, v in (payload.get("placeholders") or {}).items()}
         argv = build_command(payload.get("run", ""), values)
         if not argv:

@@ -43,7 +43,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 
 from .dicom.catalogue import Level
-from .dicom.header import sequence_items, valid_uid, without_group_lengths
+from .dicom.header import sequence_items, valid_uid
 from .dicom.values import attribute_columns, norm_date, norm_datetime, norm_time, text_value
 from .errors import NotFound, PacsnodeError
 from .events import Event, Origin

@@ -82,7 +82,7 @@ def drop_group_lengths(db: Transactions) -> int:
             changed += len(rows)
 
 
-def classify_series(db: "Database") -> int:
+def classify_series(db: Transactions) -> int:
     """Classify, with the built-in rules, every series an index made before
     series classes existed holds (``pacsnode reclassify`` applies a site's
     ``classification_rules`` afterwards); returns how many."""

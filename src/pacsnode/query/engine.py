@@ -22,7 +22,7 @@ from ..dicom.values import person_name_json, stored_to_dicom
 from ..index.db import Database
 from ..index.extra_tables import extra_attrs
 from ..index.schema import LEVEL_TABLES, instances, series, studies
-from .model import Query, ReturnKey
+from .model import Query
 from .sql import base_select, compile_query
 
 __all__ = ["QueryEngine", "Match", "MatchFields"]

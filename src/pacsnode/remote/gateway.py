@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from ..access.roles import Role, role_named
