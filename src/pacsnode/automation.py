@@ -51,10 +51,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, Row, delete, func, select, update
 
 from .events import Event
 from .index.automation_tables import automation_pending as pending
@@ -286,7 +287,7 @@ class Automation:
         now = time.time()
         fired = 0
         with self.node.db.read() as conn:
-            due = []
+            due: list[Row[Any]] = []
             for kind in self.kinds.values():
                 cutoff = now - kind.seconds - kind.throttle
                 due += conn.execute(
@@ -315,7 +316,7 @@ class Automation:
         self._drop_summaries()
         return fired
 
-    def _claim(self, row: Any, now: float, *, takeover: bool) -> bool:
+    def _claim(self, row: Row[Any], now: float, *, takeover: bool) -> bool:
         where = [pending.c.kind == row.kind, pending.c.uid == row.uid,
                  pending.c.generation == row.generation]
         if takeover:
@@ -357,7 +358,7 @@ class Automation:
 
     # -- firing
 
-    def _fire(self, row: Any) -> int:
+    def _fire(self, row: Row[Any]) -> int:
         root = self.node.store.root / "studies"
         study_path = root / row.study_uid
         if row.kind == "study":
@@ -417,9 +418,9 @@ class Automation:
         actions: list[Callable[[], None]] = []
         command = self.kinds[trigger.kind].command
         if command:
-            actions.append(lambda: self._run_command(command, trigger))
+            actions.append(partial(self._run_command, command, trigger))
         for url in self.webhooks:
-            actions.append(lambda url=url: self._deliver(url, trigger))
+            actions.append(partial(self._deliver, url, trigger))
         key = (trigger.kind, trigger.uid, trigger.generation)
         remaining = [len(actions)]
         lock = threading.Lock()
@@ -558,6 +559,7 @@ def _upsert_arrival(conn: Connection, is_sqlite: bool, kind: str, uid: str, stud
     if is_sqlite:
         from sqlalchemy.dialects.sqlite import insert
     else:
+        # (each dialect's insert has its own class; both build this statement)
         from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
     stmt = insert(pending).values(kind=kind, uid=uid, study_uid=study_uid,
                                   patient_id=patient_id, calling_aet=calling_aet,

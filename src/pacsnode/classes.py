@@ -42,8 +42,11 @@ class Database(Protocol):
 
 
 class Node(Protocol):
-    db: Database
-    settings: Settings
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
 __all__ = ["server_rules", "classify_stored_series", "stored_classes", "classes_of",
            "classes_by_series", "SeriesRow", "find_series", "reclassify_all", "RuleError"]

@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .node import Node
+
 __all__ = ["OPERATIONS", "LATENCY", "ASSOCIATIONS", "ACTIVE_ASSOCIATIONS", "operation",
            "registry_for", "IndexCollector", "statistics"]
 
@@ -59,7 +61,7 @@ def operation(protocol: str, name: str, outcome: str, seconds: float) -> None:
     children[1].observe(seconds)
 
 
-def statistics(node: Any) -> dict[str, int]:
+def statistics(node: Node) -> dict[str, int]:
     """``{"patients", "studies", "series", "instances", "bytes", "disk_free"}``
     of the archive: counts and summed sizes from the index (one query),
     free space of the blob store's file system."""
@@ -83,7 +85,7 @@ class IndexCollector(Collector):
     """The archive's sizes and the jobs by state, read from the index at
     each scrape (what every process of a cluster sees alike)."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -100,7 +102,7 @@ class IndexCollector(Collector):
                                 "Free space on the blob store's file system",
                                 value=stats["disk_free"])
         with self.node.db.read() as conn:
-            by_state = dict(conn.execute(select(jobs.c.state, func.count())
+            by_state: dict[str, int] = dict(conn.execute(select(jobs.c.state, func.count())
                                          .group_by(jobs.c.state)).all())
         family = GaugeMetricFamily("pacsnode_jobs", "Jobs by state", labels=["state"])
         for state in JOB_STATES:
@@ -108,7 +110,7 @@ class IndexCollector(Collector):
         yield family
 
 
-def registry_for(node: Any) -> CollectorRegistry:
+def registry_for(node: Node) -> CollectorRegistry:
     """The registry ``/metrics`` answers from: this process's counts (or,
     with ``PROMETHEUS_MULTIPROC_DIR``, those of every process of this
     serve) and the index's numbers."""
@@ -116,7 +118,7 @@ def registry_for(node: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client.multiprocess import MultiProcessCollector
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
     else:
         registry.register(_Ours(REGISTRY))
     registry.register(IndexCollector(node))

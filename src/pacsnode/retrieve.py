@@ -77,21 +77,21 @@ _COLUMNS = (instances.c.sopclassuid, instances.c.sopinstanceuid, studies.c.study
             instances.c.size, instances.c.instancenumber, instances.c.bitsallocated)
 
 
-def _refs(node: Node, stmt: object) -> list[InstanceRef]:
+def _refs(node: Node, stmt: Select[Any]) -> list[InstanceRef]:
     with node.db.read() as conn:
-        rows = conn.execute(stmt).all()  # type: ignore[call-overload]
+        rows = conn.execute(stmt).all()
     return [InstanceRef(r[0], r[1], r[2], r[3], r[4], node.store.path(r[5]), int(r[6]), r[7],
                         r[8]) for r in rows]
 
 
-def _ordered(stmt: object) -> object:
-    return stmt.order_by(instances.c.study_fk, instances.c.series_fk,  # type: ignore[attr-defined]
+def _ordered(stmt: Select[Any]) -> Select[Any]:
+    return stmt.order_by(instances.c.study_fk, instances.c.series_fk,
                          instances.c.instancenumber.is_(None), instances.c.instancenumber,
                          instances.c.id)
 
 
 def select_instances(*cols: Any, study_uid: str | None = None, series_uid: str | None = None,
-                     sop_uid: str | None = None) -> Select:
+                     sop_uid: str | None = None) -> Select[Any]:
     """SELECT ``cols`` over the instances of a study / series / instance
     (instances joined with their series and study)."""
     stmt = select(*cols).select_from(instances) \

@@ -7,14 +7,15 @@ an encoded C-FIND identifier."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from sqlalchemy import bindparam, func, select
+from pydicom.tag import Tag
+from sqlalchemy import Connection, Row, bindparam, func, select
 
 from ..dicom import extra_tags
 from ..dicom.catalogue import ATTRIBUTES, BY_KEYWORD, COMPUTED, UNIQUE, Attribute, Level
@@ -254,8 +255,7 @@ class QueryEngine:
                     keys.append((attr.tag, attr.keyword))
             for kw, (lvl, _vr) in COMPUTED.items():
                 if lvl == query.level:
-                    from pydicom.datadict import tag_for_keyword
-                    tag = int(tag_for_keyword(kw))
+                    tag = int(Tag(kw))
                     if tag not in have:
                         keys.append((tag, kw))
         # The unique keys of the query level and above are always returned.
@@ -265,11 +265,11 @@ class QueryEngine:
         keys.extend(u for u in uniques if u[0] not in have)
         return keys
 
-    def _extras(self, conn: Any, query: Query, wanted: set[str],
-                ids: list[int], rows: Any = ()) -> dict[str, dict[int, Any]]:
+    def _extras(self, conn: Connection, query: Query, wanted: set[str],
+                ids: list[int], rows: Sequence[Row[Any]] = ()) -> _Extras:
         """Computed attributes and header JSON of representative instances,
         one batched query each for the page's ids."""
-        out: dict[str, dict[int, Any]] = {}
+        out: _Extras = {}
         lvl = query.level
         params = {"ids": ids}
         for kw, (stmt, as_list) in _COMPUTED_STATEMENTS.get(lvl, {}).items():
@@ -303,8 +303,8 @@ class QueryEngine:
             out["__json__"] = {owner: metas.get(inst) for owner, inst in rep.items()}
         return out
 
-    def _fields(self, query: Query, plan: list[_Key], keys: tuple[str, ...], row: Any,
-                extras: dict[str, dict[int, Any]]) -> MatchFields:
+    def _fields(self, query: Query, plan: list[_Key], keys: tuple[str, ...], row: Row[Any],
+                extras: _Extras) -> MatchFields:
         """What a match says, for every rendering: per return key (tag, VR,
         value, header JSON entry or None), and the representative instance's
         header JSON if it was loaded."""
@@ -366,20 +366,26 @@ class _Key:
 
 _EXTRA = "__extra__"
 
+#: What ``_extras`` loads for a page, by what: a computed attribute's keyword
+#: (values by row id), ``_EXTRA`` (values by (extra tag name, row id)) or
+#: ``"__json__"`` (header JSON by row id); the keys differ by entry, hence Any.
+_Extras = dict[str, dict[Any, Any]]
 
-def _extra_values(conn: Any, level: Level, tags: list[extra_tags.ExtraTag],
-                  ids: list[int], rows: Any = ()) -> dict[Any, Any]:
+
+def _extra_values(conn: Connection, level: Level, tags: list[extra_tags.ExtraTag],
+                  ids: list[int], rows: Sequence[Row[Any]] = ()) -> dict[tuple[str, int], list[Any]]:
     """(name, row id) → the values of each extra tag at or above ``level``
     for the page's rows: the owners' UIDs (from the page's rows, which hold
     the unique keys of their level and above, else by a query), then their
     values by the owner index (as one join, SQLite walked the table by key
     instead)."""
-    out: dict[Any, Any] = {}
+    out: dict[tuple[str, int], list[Any]] = {}
     for tag in tags:
         if tag.level > level:
             continue  # a lower level's tag: matched on, not returned
         unique = UNIQUE[tag.level]
         owners: dict[str, list[int]] = {}
+        pairs: Sequence[Sequence[Any]]  # (row id, owner UID)
         if rows and unique.keyword in rows[0]._mapping:
             pairs = [(r[0], r._mapping[unique.keyword]) for r in rows]
         else:

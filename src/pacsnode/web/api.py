@@ -123,7 +123,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+    node: Node = request.app.state.node  # (Starlette's State holds Any)
+    return node
 
 
 def _client(request: Request) -> str:
@@ -146,7 +147,7 @@ def _peer(node: Node, entry: registry.RegisteredNode, dimse_timeout: float) -> P
 
 def _node_out(entry: registry.RegisteredNode) -> NodeOut:
     return NodeOut(name=entry.name, aet=entry.aet, host=entry.host, port=entry.port,
-                   source=entry.source,  # type: ignore[arg-type]
+                   source=entry.source,
                    overrides_config=entry.overrides_config)
 
 
@@ -661,6 +662,7 @@ def _cmd_retrieve_status(node: Node, meta: Any) -> CmdResponse:
     result = RetrieveStatusResult(status=job is not None or archived > 0, series_uid=uid,
                                   archived=archived)
     if job is not None:
+        # (jobs.py types the state str; it holds one of JobState's values)
         result.job, result.state = job.id, job.state  # type: ignore[assignment]
         result.completed, result.failed = job.completed, job.failed
         result.remaining, result.error = job.remaining, job.error or None

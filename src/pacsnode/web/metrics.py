@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..access.policy import rule_for
 from ..metrics import operation, registry_for, statistics
@@ -39,10 +40,10 @@ class MetricsMiddleware:
     """Counts each HTTP request when its answer has started (the latency of
     a streamed body is the time to its first byte)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import DicomDictionary  # type: ignore[attr-defined]  # pydicom has no __all__ for it
 
 from .. import __version__
 

@@ -68,6 +68,7 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
     read_timeout = READ_TIMEOUT
     _deadline: asyncio.TimerHandle | None = None
 
+    # (uvicorn narrows BaseProtocol's BaseTransport to Transport and ignores it too)
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
@@ -230,8 +231,13 @@ class _SocketWriter:
         return cls(asyncio.get_running_loop(), sock.fileno())
 
     async def _room(self) -> None:
-        ready = self.loop.create_future()
-        self.loop.add_writer(self.fd, lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = self.loop.create_future()
+
+        def writable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self.loop.add_writer(self.fd, writable)
         try:
             await ready
         finally:
