@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row, delete, func, select, update
 
@@ -64,6 +64,9 @@ from .leases import claim, owner_id
 from .placeholders import PLACEHOLDERS, build_command, unknown_placeholders
 
 if TYPE_CHECKING:
+    import httpx
+
+    from .classify import RuleSet
     from .node import Node
 
 __all__ = ["start", "record_arrivals", "Automation", "Trigger", "build_command", "PLACEHOLDERS",
@@ -198,7 +201,7 @@ class Automation:
         self._commands = threading.BoundedSemaphore(MAX_COMMANDS)
         self._deliveries = threading.BoundedSemaphore(MAX_DELIVERIES)
         self._arrivals = threading.BoundedSemaphore(MAX_ARRIVALS)
-        self._http: Any = None
+        self._http: httpx.Client | None = None
         self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
         self._last_prune = 0.0
@@ -510,12 +513,16 @@ class Automation:
         """POST the event, retrying transport errors, 408, 429 and 5xx with
         exponential back-off; other answers are final."""
         import httpx
+        http = self._http
+        if http is None:  # the client is made by start()
+            log.error("webhook %s: automation is not started, event not sent", url)
+            return
         body = trigger.payload()
         delay = WEBHOOK_FIRST_DELAY
         with self._deliveries:
             for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
                 try:
-                    response = self._http.post(url, json=body)
+                    response = http.post(url, json=body)
                 except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: closed at stop
                     problem = f"{type(exc).__name__}: {exc}"
                 else:
@@ -539,7 +546,7 @@ class Automation:
                   trigger.event_name, trigger.uid, attempt, problem)
 
 
-def _study_classes(node: Node, study_uid: str, rules: Any) -> list[str]:
+def _study_classes(node: Node, study_uid: str, rules: RuleSet) -> list[str]:
     """The classes of a study's series, each once, in series order; a
     series not classified yet (its own quiet period longer than the
     study's) is classified now."""
@@ -574,7 +581,7 @@ def _upsert_arrival(conn: Connection, is_sqlite: bool, kind: str, uid: str, stud
     conn.execute(stmt)
 
 
-def _tail(fh: Any) -> str:
+def _tail(fh: IO[bytes]) -> str:
     fh.seek(0, os.SEEK_END)
     size = fh.tell()
     fh.seek(max(0, size - _TAIL))

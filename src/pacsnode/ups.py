@@ -46,11 +46,12 @@ from .dicom.catalogue import Level
 from .dicom.header import sequence_items, valid_uid
 from .dicom.values import attribute_columns, norm_date, norm_datetime, norm_time, text_value
 from .errors import NotFound, PacsnodeError
-from .events import Event, Origin
+from .events import Event, EventBus, Origin
 from .index.db import Database, inserted_id
 from .index.schema import changes
 from .index.workitems import (WORKITEM_ATTRIBUTES, WORKITEM_BY_KEYWORD, workitem_item_attrs,
                               workitems)
+from .node import Node
 from .query.model import Query, Sequence
 from .query.parse import search_query
 from .query.sql import attribute_condition, sequence_exists
@@ -548,12 +549,12 @@ class Worklist:
     """The UPS worklist of one node (PS3.4 CC.1: one Worklist per service)."""
 
     db: Database
-    bus: Any = None  # events.EventBus; events are emitted after commit
+    bus: EventBus | None = None  # events are emitted after commit
     default_worklist_label: str = "PACSNODE"
     _max_retries: int = field(default=50, repr=False)
 
     @classmethod
-    def for_node(cls, node: Any) -> "Worklist":
+    def for_node(cls, node: Node) -> "Worklist":
         return cls(node.db, node.bus, node.settings.ae_title or "PACSNODE")
 
     # ---- Create (N-CREATE; PS3.18 11.4)

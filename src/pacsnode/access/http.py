@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import orjson
@@ -34,6 +34,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .policy import Rule, rule_for
 from .roles import PERMISSIONS, Role
+
+if TYPE_CHECKING:
+    from ..audit import AuditTrail
+    from .oidc import OidcVerifier
+    from .tokens import TokenLookup
 
 __all__ = ["AccessMiddleware", "Principal", "allowed_host_names", "LOOPBACK_NAMES"]
 
@@ -111,7 +116,8 @@ class AccessMiddleware:
     answered request (or is None)."""
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: frozenset[str] | None, auth: bool,
-                 tokens: Any = None, oidc: Any = None, audit: Any = None) -> None:
+                 tokens: TokenLookup | None = None, oidc: OidcVerifier | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self.app = app
         self.allowed_hosts = allowed_hosts
         self.auth = auth
@@ -190,17 +196,18 @@ class AccessMiddleware:
                 return 401, found, b'Bearer error="invalid_token"'
             return Principal(found.name, "token", found.role)
         if self.oidc is not None and credential.count(".") == 2:
-            return await self._check_jwt(credential)
+            return await self._check_jwt(self.oidc, credential)
         return 401, "the credential is neither an API token nor an access token this node " \
                     "accepts", b'Bearer error="invalid_token"'
 
-    async def _check_jwt(self, token: str) -> Principal | tuple[int, str, bytes]:
+    async def _check_jwt(self, oidc: OidcVerifier,
+                         token: str) -> Principal | tuple[int, str, bytes]:
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.time()
         known = self._jwts.get(key)
         if known is not None and known[0] > now:
             return known[1]
-        found = await anyio.to_thread.run_sync(self.oidc.check, token)
+        found = await anyio.to_thread.run_sync(oidc.check, token)
         if isinstance(found, str):
             return 401, found, b'Bearer error="invalid_token"'
         principal = Principal(found.name, "oidc", found.role)

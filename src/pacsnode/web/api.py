@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
 from .. import __version__ as _version
@@ -446,7 +447,7 @@ def _open_dir(folder: Path, roots: list[str]) -> int:
     return fd
 
 
-def _write_in(dir_fd: int, name: str, fill: Callable[[Any], None]) -> int:
+def _write_in(dir_fd: int, name: str, fill: Callable[[BinaryIO], None]) -> int:
     """Write ``name`` in the folder atomically (temp file + rename), never
     through a symlink; return the bytes written."""
     temp = f".{name}.part"
@@ -477,7 +478,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
     refs = locate(node, series_uid=series_uid)
     if not refs:
         raise NotFound(f"series {series_uid} is not in the archive")
-    anonymizer: Any = None
+    anonymizer: Callable[[Dataset, dict[str, str]], object] | None = None
     if anonymize:
         from ..tools.anonymize import anonymize_dataset as anonymizer
     roots = list(node.settings.export_roots)
@@ -497,7 +498,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
                 anonymizer(ds, uid_map)
                 name = f"{ds.SOPInstanceUID}.dcm"
 
-                def copy(fh: Any, ds: Any = ds) -> None:
+                def copy(fh: BinaryIO, ds: Dataset = ds) -> None:
                     ds.save_as(fh, enforce_file_format=True)
             total += _write_in(dir_fd, name, copy)
             files.append(name)
@@ -578,7 +579,7 @@ def _series_uid_of(on: dict[str, Any], key: str) -> str:
     return uid
 
 
-def _pacs(node: Node, meta: Any, key: str) -> registry.RegisteredNode:
+def _pacs(node: Node, meta: CmdMeta, key: str) -> registry.RegisteredNode:
     name = meta.PACS
     known = registry.list_nodes(node)
     if not name:
@@ -592,7 +593,7 @@ def _pacs(node: Node, meta: Any, key: str) -> registry.RegisteredNode:
                         f"{', '.join(e.name for e in known) or 'none'})", key)
 
 
-def _cmd_tags(node: Node, meta: Any) -> CmdResponse:
+def _cmd_tags(node: Node, meta: CmdMeta) -> CmdResponse:
     if (meta.do or "") != "DICOMtagsGet":
         raise CmdError(400, f"internalDB: unknown 'do' {meta.do!r} (known: DICOMtagsGet)")
     uid = _series_uid_of(_on(meta), "DICOMtagsGet")
@@ -603,7 +604,7 @@ def _cmd_tags(node: Node, meta: Any) -> CmdResponse:
     return CmdResponse(status=True, DICOMtagsGet=TagsGetResult(status=True, d_dicom=tags))
 
 
-def _cmd_pull_path(node: Node, meta: Any) -> CmdResponse:
+def _cmd_pull_path(node: Node, meta: CmdMeta) -> CmdResponse:
     uid = _series_uid_of(_on(meta), "pullPath")
     to = dict(meta.to or {})
     path = to.get("path")
@@ -620,7 +621,7 @@ def _cmd_pull_path(node: Node, meta: Any) -> CmdResponse:
         bytes=result.bytes))
 
 
-def _cmd_query(node: Node, meta: Any) -> CmdResponse:
+def _cmd_query(node: Node, meta: CmdMeta) -> CmdResponse:
     entry = _pacs(node, meta, "query")
     keys: dict[str, Any] = {}
     for key, value in _on(meta).items():
@@ -637,7 +638,7 @@ def _cmd_query(node: Node, meta: Any) -> CmdResponse:
                                                       count=len(records), data=records))
 
 
-def _cmd_retrieve(node: Node, meta: Any, requested_by: str) -> CmdResponse:
+def _cmd_retrieve(node: Node, meta: CmdMeta, requested_by: str) -> CmdResponse:
     entry = _pacs(node, meta, "retrieve")
     on = _on(meta)
     uid = _series_uid_of(on, "retrieve")
@@ -652,7 +653,7 @@ def _cmd_retrieve(node: Node, meta: Any, requested_by: str) -> CmdResponse:
         method=method, state=job.state))
 
 
-def _cmd_retrieve_status(node: Node, meta: Any) -> CmdResponse:
+def _cmd_retrieve_status(node: Node, meta: CmdMeta) -> CmdResponse:
     uid = _series_uid_of(_on(meta), "retrieveStatus")
     name = meta.PACS
     if name:
@@ -671,7 +672,7 @@ def _cmd_retrieve_status(node: Node, meta: Any) -> CmdResponse:
     return CmdResponse(status=True, retrieveStatus=result)
 
 
-def _cmd_pacs(node: Node, meta: Any, requested_by: str) -> CmdResponse:
+def _cmd_pacs(node: Node, meta: CmdMeta, requested_by: str) -> CmdResponse:
     do = meta.do or ""
     if do == "query":
         return _cmd_query(node, meta)

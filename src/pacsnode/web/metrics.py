@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..access.policy import rule_for
 from ..metrics import operation, registry_for, statistics
@@ -52,7 +52,7 @@ class MetricsMiddleware:
         protocol = "dicomweb" if path.startswith(("/dicomweb", "/wado")) else "rest"
         counted = False
 
-        async def watch(message: Any) -> None:
+        async def watch(message: Message) -> None:
             nonlocal counted
             if message["type"] == "http.response.start" and not counted:
                 counted = True
