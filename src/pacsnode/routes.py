@@ -440,7 +440,7 @@ class RouteRunner:
                 count += 1
         return count
 
-    def claim_next(self) -> Any:
+    def claim_next(self) -> Row[Any] | None:
         now = time.time()
         with self.node.db.read() as conn:
             ids = conn.execute(
@@ -617,7 +617,7 @@ class RouteRunner:
         reasons: list[str] = []
         last = [0.0]
 
-        def on_result(result: Any) -> None:
+        def on_result(result: scu.SendResult) -> None:
             if result.ok:
                 done["ok"] += 1
             else:

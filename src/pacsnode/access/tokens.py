@@ -19,7 +19,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -127,7 +126,7 @@ class TokenLookup:
         self._positional = db.engine.dialect.positional
         self._param = next(iter(compiled.params))
 
-    def _params(self, digest: str) -> Any:
+    def _params(self, digest: str) -> tuple[str] | dict[str, str]:
         return (digest,) if self._positional else {self._param: digest}
 
     def check(self, token: str) -> TokenPrincipal | str:

@@ -21,7 +21,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine.interfaces import DBAPICursor
 
@@ -45,7 +47,7 @@ def rows_for(tags: tuple[extra_tags.ExtraTag, ...], body: Mapping[str, Any],
     return rows
 
 
-def _insert_ignoring(db: Database) -> Any:
+def _insert_ignoring(db: Database) -> SqliteInsert | PgInsert:
     build = sqlite_insert if db.is_sqlite else pg_insert
     return build(extra_attrs).on_conflict_do_nothing()
 

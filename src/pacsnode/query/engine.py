@@ -15,7 +15,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from sqlalchemy import Connection, Row, bindparam, func, select
+from sqlalchemy import ColumnElement, Connection, Label, Row, Select, bindparam, func, select
 
 from ..dicom import extra_tags
 from ..dicom.catalogue import ATTRIBUTES, BY_KEYWORD, COMPUTED, UNIQUE, Attribute, Level
@@ -119,15 +119,16 @@ def _columns(level: Level, wanted: list[tuple[int, str]]) -> list[Any]:
 
 
 @lru_cache(maxsize=None)
-def _label(level: Level, column: str, keyword: str) -> Any:
+def _label(level: Level, column: str, keyword: str) -> Label[Any]:
     return LEVEL_TABLES[level].c[column].label(keyword)
 
 
-def _in_ids(column: Any) -> Any:
+def _in_ids(column: ColumnElement[Any]) -> ColumnElement[bool]:
     return column.in_(bindparam("ids", expanding=True))
 
 
-def _count_by(owner: Any, counted: Any = None, join: Any = None) -> Any:
+def _count_by(owner: ColumnElement[Any], counted: ColumnElement[Any] | None = None,
+              join: tuple[Any, ...] | None = None) -> Select[Any]:
     stmt = select(owner, func.count() if counted is None else func.count(counted))
     if join is not None:
         stmt = stmt.join(*join)
@@ -139,7 +140,7 @@ def _count_by(owner: Any, counted: Any = None, join: Any = None) -> Any:
 #: (owner, value) pairs to gather into lists rather than (owner, count)).
 #: Built once: building them for every page cost SQLAlchemy more than
 #: SQLite took to run them (the labels below are cached for the same reason).
-_COMPUTED_STATEMENTS: dict[Level, dict[str, tuple[Any, bool]]] = {
+_COMPUTED_STATEMENTS: dict[Level, dict[str, tuple[Select[Any], bool]]] = {
     Level.PATIENT: {
         "NumberOfPatientRelatedStudies": (_count_by(studies.c.patient_fk), False),
         "NumberOfPatientRelatedSeries": (_count_by(

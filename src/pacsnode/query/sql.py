@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, literal, or_, select, true
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, literal, or_, select, true
 from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.selectable import FromClause
 
@@ -194,8 +194,9 @@ def _split_values(c: Constraint) -> list[Constraint]:
     return [c]
 
 
-def sequence_exists(items: Any, owner_fk: str, c: Sequence,
-                    link: Callable[[Any, Select[Any]], tuple[Select[Any], ColumnElement[Any]]]) -> ColumnElement[Any]:
+def sequence_exists(items: Table, owner_fk: str, c: Sequence,
+                    link: Callable[[FromClause, Select[Any]], tuple[Select[Any], ColumnElement[Any]]]
+                    ) -> ColumnElement[Any]:
     """EXISTS over an item-attributes table (``seq``, ``item``, ``keyword``,
     ``value``, ``value_ci`` and an owner column ``owner_fk``): all item
     constraints must hold in one item of the sequence (PS3.4 C.2.2.2.6).
@@ -225,7 +226,7 @@ def _sequence_condition(query_level: Level, c: Sequence) -> ColumnElement[Any]:
     if query_level == Level.PATIENT:
         raise BadQuery("sequence matching is not supported at PATIENT level")
 
-    def link(first: Any, sub: Select[Any]) -> tuple[Select[Any], ColumnElement[Any]]:
+    def link(first: FromClause, sub: Select[Any]) -> tuple[Select[Any], ColumnElement[Any]]:
         if query_level == Level.IMAGE:
             return sub, first.c.instance_fk == instances.c.id
         inst = instances.alias("seq_inst")

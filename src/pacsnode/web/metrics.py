@@ -10,7 +10,6 @@ QIDO-RS a ``query``, WADO-RS/URI a ``retrieve``, …; its outcome by status
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
