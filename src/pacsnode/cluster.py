@@ -54,7 +54,7 @@ def _is_live(row: Row[Any], now: float) -> bool:
     return not (row.host == _HOST and not pid_alive(int(row.pid)))
 
 
-def live_members(node: Node) -> list[Any]:
+def live_members(node: Node) -> list[Row[Any]]:
     """The rows of the processes running on this database now."""
     now = time.time()
     with node.db.read() as conn:

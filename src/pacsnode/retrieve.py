@@ -38,7 +38,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydicom.uid import (UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                          JPEG2000Lossless, JPEGLSLossless, RLELossless)
@@ -53,6 +53,9 @@ from .query.sql import compile_query
 from .transcode import (FRAME_MEDIA_TYPES, LOSSY_PRODUCED, PRODUCIBLE, UNCOMPRESSED,
                         PixelInfo, TranscodeError, can_transcode, encode_frame,
                         media_type_for_syntax, native_frame, stored_frame, transcode_file)
+
+if TYPE_CHECKING:  # pynetdicom is imported when contexts are built
+    from pynetdicom.presentation import PresentationContext
 
 __all__ = ["InstanceRef", "locate", "locate_query", "select_instances", "PixelFacts",
            "pixel_facts", "AS_STORED", "choose_syntax", "Outgoing", "outgoing",
@@ -370,7 +373,7 @@ _COMPRESSED_FALLBACK = (JPEG2000Lossless, JPEGLSLossless, RLELossless)
 MAX_CONTEXTS = 128
 
 
-def store_contexts(refs: list[InstanceRef]) -> list[Any]:
+def store_contexts(refs: list[InstanceRef]) -> list[PresentationContext]:
     """Presentation contexts for sending these instances to a C-MOVE
     destination: per SOP class one with the uncompressed syntaxes we produce
     from anything (Explicit then Implicit VR Little Endian), one per stored

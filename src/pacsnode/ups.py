@@ -1017,8 +1017,8 @@ def _vr(tag: int) -> str:
         return "UN"
 
 
-def search_conditions(query: Query) -> list[ColumnElement[Any]]:
-    conds: list[ColumnElement[Any]] = []
+def search_conditions(query: Query) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
     for c in query.constraints:
         if isinstance(c, Sequence):
             conds.append(_sequence_condition(c))
@@ -1027,7 +1027,7 @@ def search_conditions(query: Query) -> list[ColumnElement[Any]]:
     return conds
 
 
-def _sequence_condition(c: Sequence) -> ColumnElement[Any]:
+def _sequence_condition(c: Sequence) -> ColumnElement[bool]:
     """Item matching through the shared ``query.sql.sequence_exists``."""
     return sequence_exists(workitem_item_attrs, "workitem_fk", c,
                            lambda first, sub: (sub, first.c.workitem_fk == workitems.c.id))

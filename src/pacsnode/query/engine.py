@@ -374,7 +374,8 @@ _Extras = dict[str, dict[Any, Any]]
 
 
 def _extra_values(conn: Connection, level: Level, tags: list[extra_tags.ExtraTag],
-                  ids: list[int], rows: Sequence[Row[Any]] = ()) -> dict[tuple[str, int], list[Any]]:
+                  ids: list[int], rows: Sequence[Row[Any]] = ()
+                  ) -> dict[tuple[str, int], list[Any]]:
     """(name, row id) → the values of each extra tag at or above ``level``
     for the page's rows: the owners' UIDs (from the page's rows, which hold
     the unique keys of their level and above, else by a query), then their

@@ -40,7 +40,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
-from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]  # pydicom has no __all__ for it
+# (pydicom imports it into pydicom.uid without declaring it exported)
+from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
 from .common import ToolError, file_meta_for, parse_tag, tag_text, write_atomic
 from .textvalues import ALL_VRS, check_value, check_vm, dictionary_vr, parse_text, values_of

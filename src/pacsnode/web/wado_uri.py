@@ -286,12 +286,12 @@ def _answer(request: Request) -> Response:
     return _rendered(ref, wado, media)
 
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {DICOM: {}, "image/jpeg": {}, "image/png": {}},
-                    "description": "the instance, as a DICOM file or rendered"},
-              400: {"description": "a missing or malformed parameter"},
-              404: {"description": "no such instance"},
-              406: {"description": "it cannot be given in the contentType or "
-                                   "transferSyntax asked for"}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {DICOM: {}, "image/jpeg": {}, "image/png": {}},
+          "description": "the instance, as a DICOM file or rendered"},
+    400: {"description": "a missing or malformed parameter"},
+    404: {"description": "no such instance"},
+    406: {"description": "it cannot be given in the contentType or transferSyntax asked for"}}
 
 
 @router.get("/wado", summary="WADO-URI: one instance (PS3.18 9)", responses=_RESPONSES)
