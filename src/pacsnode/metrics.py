@@ -22,10 +22,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .node import Node
@@ -48,7 +47,7 @@ ACTIVE_ASSOCIATIONS = Gauge("pacsnode_dimse_associations_active",
 
 
 #: The labelled children by (protocol, operation, outcome), found once.
-_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_CHILDREN: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
 
 def operation(protocol: str, name: str, outcome: str, seconds: float) -> None:
@@ -133,5 +132,5 @@ class _Ours(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         yield from self.registry.collect()

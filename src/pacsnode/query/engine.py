@@ -105,11 +105,11 @@ class MatchFields:
         return {f"{tag:08X}": out[tag] for tag in sorted(out)}
 
 
-def _columns(level: Level, wanted: list[tuple[int, str]]) -> list[Any]:
+def _columns(level: Level, wanted: list[tuple[int, str]]) -> list[Label[Any]]:
     """The index columns of the return keys ``wanted`` at ``level``, labelled
     with their keywords."""
-    cols = []
-    seen = set()
+    cols: list[Label[Any]] = []
+    seen: set[str] = set()
     for _tag, kw in wanted:
         attr = BY_KEYWORD.get(kw)
         if attr is not None and attr.level <= level and kw not in seen:
@@ -210,8 +210,8 @@ class QueryEngine:
         for row, extras in self._rows(query, wanted, cols, batch):
             yield self._fields(query, plan, keys, row, extras)
 
-    def _rows(self, query: Query, wanted: list[tuple[int, str]], cols: list[Any],
-              batch: int = 500) -> Iterator[tuple[Any, dict[str, Any]]]:
+    def _rows(self, query: Query, wanted: list[tuple[int, str]], cols: list[Label[Any]],
+              batch: int = 500) -> Iterator[tuple[Row[Any], _Extras]]:
         """(row, the page's extras) for each match, ``batch`` rows per SQL
         round trip; the row is the level's id, then ``cols``."""
         level_table = LEVEL_TABLES[query.level]
@@ -238,7 +238,7 @@ class QueryEngine:
     # -- building blocks
 
     @staticmethod
-    def _order(query: Query) -> list[Any]:
+    def _order(query: Query) -> list[ColumnElement[Any]]:
         table = LEVEL_TABLES[query.level]
         if query.level == Level.IMAGE:
             # Instances of a series in InstanceNumber order (DESIGN §4).

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from ..access.http import Principal
 from ..dicom.catalogue import Level
@@ -135,7 +135,7 @@ def _wanted(study: str, rest: str) -> gateway.Wanted:
     return gateway.Wanted(study, series_uid, sop)
 
 
-def _api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
+def _api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
     """Every APIRoute, through the routers the app includes."""
     for route in routes:
         inner = getattr(route, "original_router", None)  # FastAPI's included router
