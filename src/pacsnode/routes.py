@@ -62,6 +62,7 @@ from .placeholders import build_command, unknown_placeholders
 if TYPE_CHECKING:
     from .config import Settings
     from .node import Node
+    from .retrieve import InstanceRef
 
 class Trigger(Protocol):
     """What a route needs of a stable study or series (automation.Trigger;
@@ -589,7 +590,7 @@ class RouteRunner:
         else:
             raise _Failed(f"unknown route action {row.method!r}")
 
-    def _instances(self, row: Row[Any], payload: dict[str, Any]) -> list[Any]:
+    def _instances(self, row: Row[Any], payload: dict[str, Any]) -> list[InstanceRef]:
         from .retrieve import locate
         if row.series_uid:
             return locate(self.node, series_uid=row.series_uid)
@@ -597,7 +598,7 @@ class RouteRunner:
         wanted = set(payload.get("series") or ())
         return [r for r in refs if not wanted or r.series_uid in wanted]
 
-    def _send(self, row: Row[Any], payload: dict[str, Any], refs: list[Any],
+    def _send(self, row: Row[Any], payload: dict[str, Any], refs: list[InstanceRef],
               attempt: _Attempt) -> None:
         from .remote import scu
         from .remote.errors import RemoteError
@@ -644,7 +645,7 @@ class RouteRunner:
             raise _Failed(f"{done['failed']} of {total} instances were not stored by {peer}"
                           + (f" ({'; '.join(reasons)})" if reasons else ""))
 
-    def _anonymized(self, refs: list[Any], folder: Path) -> list[Path]:
+    def _anonymized(self, refs: list[InstanceRef], folder: Path) -> list[Path]:
         """De-identified copies (Basic Profile) with the deployment's key, so
         that a patient and a UID get the same pseudonyms in every job."""
         from pydicom import dcmread
@@ -660,7 +661,7 @@ class RouteRunner:
             out.append(path)
         return out
 
-    def _export(self, row: Row[Any], payload: dict[str, Any], refs: list[Any]) -> None:
+    def _export(self, row: Row[Any], payload: dict[str, Any], refs: list[InstanceRef]) -> None:
         from .errors import PacsnodeError
         from .web.api import export_series
         series_uids = list(dict.fromkeys(r.series_uid for r in refs))
