@@ -6,7 +6,8 @@ app-config has a data source ``remote-ORTHANC`` on
 the tab's sessionStorage as the built-in UI keeps it, OHIF lists the
 Orthanc study through that data source and renders one of its images with
 no failed request and none to another host; afterwards the instances are in
-pacsnode's own archive."""
+pacsnode's own archive.  The UI's Remote nodes page (an operator's) links
+each node to its OHIF data source."""
 
 from __future__ import annotations
 
@@ -52,13 +53,15 @@ def env(tmp_path_factory: pytest.TempPathFactory,
             f'port = {orthanc.dicom_port}\ngateway_pull = "reader"\n')
         server.config = str(config)
         reader = cli_token(server, "ohif-reader", "reader")
+        operator = cli_token(server, "ohif-operator", "operator")
         server.start()
         shots = work / "ohif-gateway-shots"
         shots.mkdir()
         client = httpx.Client(base_url=server.base_url, timeout=60,
                               headers={"Authorization": f"Bearer {reader}"})
         try:
-            yield {"server": server, "client": client, "reader": reader, "study": study,
+            yield {"server": server, "client": client, "reader": reader,
+                   "operator": operator, "study": study,
                    "series": series, "files": files, "shots": shots}
         finally:
             client.close()
@@ -121,3 +124,24 @@ def test_ohif_lists_and_opens_a_study_that_only_orthanc_holds(
     assert stored.status_code == 200, stored.text
     ((_headers, part),) = parse_multipart(stored)
     assert np.array_equal(dcmread(io.BytesIO(part)).pixel_array, dcmread(path).pixel_array)
+
+
+def test_the_remote_nodes_page_opens_the_node_in_ohif(browser: Any,  # noqa: F811
+                                                      env: dict[str, Any]) -> None:
+    base, source = env["server"].base_url, remote_source_name("ORTHANC")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.add_init_script(f"sessionStorage.setItem('{TOKEN_KEY}', '{env['operator']}');")
+    context.set_default_timeout(90_000)
+    page = context.new_page()
+    rec = record(page)
+    try:
+        page.goto(f"{base}/ui/#/remote")
+        link = page.locator("tr.node-row[data-node='ORTHANC'] a.open-ohif")
+        assert link.get_attribute("href") == f"/ohif/?datasources={source}"
+        shot(page, env["shots"], "ui-remote-nodes")
+        link.click()
+        page.locator("text=ORTHONLY").first.wait_for()  # OHIF's list, from Orthanc
+        assert page.url.startswith(f"{base}/ohif") and f"datasources={source}" in page.url
+        assert not rec.failures, rec.failures
+    finally:
+        context.close()
