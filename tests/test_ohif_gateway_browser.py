@@ -6,7 +6,7 @@ app-config has a data source ``remote-ORTHANC`` on
 the tab's sessionStorage as the built-in UI keeps it, OHIF lists the
 Orthanc study through that data source and renders one of its images with
 no failed request and none to another host; afterwards the instances are in
-pacsnode's own archive.  The UI's Remote nodes page (an operator's) links
+pacsnode's own archive (and OHIF's default data source lists the study).  The UI's Remote nodes page (an operator's) links
 each node to its OHIF data source."""
 
 from __future__ import annotations
@@ -110,6 +110,14 @@ def test_ohif_lists_and_opens_a_study_that_only_orthanc_holds(
         dicomweb = [u for _m, u, _b in rec.requests if "/dicomweb/" in u]
         assert any(f"/dicomweb/remote/ORTHANC/studies/{study}/series" in u for u in dicomweb)
         assert not [u for u in dicomweb if "/dicomweb/remote/" not in u], dicomweb
+        # Pulled: OHIF's default data source (this node's archive, the same
+        # token) lists the study too.
+        before = len(rec.requests)
+        page.goto(f"{base}/ohif/")
+        page.locator("text=ORTHONLY").first.wait_for()
+        local = [u for _m, u, _b in rec.requests[before:] if "/dicomweb/" in u]
+        assert local and all(u.startswith(f"{base}/dicomweb/studies") for u in local), local
+        assert not rec.failures, rec.failures
     finally:
         context.close()
     # The study is now in pacsnode's archive: every instance, same pixels.
