@@ -5,9 +5,10 @@ app-config has a data source ``remote-ORTHANC`` on
 ``/dicomweb/remote/ORTHANC``.  In a real browser, with a reader's token in
 the tab's sessionStorage as the built-in UI keeps it, OHIF lists the
 Orthanc study through that data source and renders one of its images with
-no failed request and none to another host; afterwards the instances are in
-pacsnode's own archive (and OHIF's default data source lists the study).  The UI's Remote nodes page (an operator's) links
-each node to its OHIF data source."""
+no failed request and none to another host; afterwards the instances are
+in pacsnode's own archive (and OHIF's default data source lists the study).
+The UI's Remote nodes page (an operator's) links each node to its OHIF
+data source."""
 
 from __future__ import annotations
 
