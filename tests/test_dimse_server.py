@@ -716,7 +716,7 @@ def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch, syncer):
         started.append(fd)
         return real_started(fd)
 
-    monkeypatch.setattr("pacsnode.dimse.store.fsync_started", fsync_started)
+    monkeypatch.setattr("pacsnode.durability.fsync_started", fsync_started)
 
     port = free_port()
     node = Node(load_settings(overrides={"data_dir": tmp_path / "data", "dicom_port": port,

@@ -40,8 +40,8 @@ from typing import Any, BinaryIO
 
 from pynetdicom.presentation import PresentationContext
 
+from ..dicom.read import HEAD_BYTES
 from ..events import Origin
-from ..ingest import HEAD_BYTES
 from ..retrieve import Outgoing, meta_end
 from ..storage import start_writeback
 from . import messages as m

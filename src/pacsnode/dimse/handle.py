@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pynetdicom.presentation import PresentationContext
 
     from ..aiosync import AioSync
+    from ..durability import IngestScheduler
     from ..node import Node
     from ..retrieve import Outgoing
     from .limit import AssociationLimit
@@ -71,6 +72,8 @@ class ServerHandle(Protocol):
     pool: "Workers"
     #: The loop's AIO fsyncs (Linux), else None: fsync on threads.
     aio: "AioSync | None"
+    #: When a received instance is fsynced and acknowledged.
+    scheduler: "IngestScheduler"
     #: Ingest and C-FIND on the loop: SQLite only.
     on_loop: bool
     #: dimse_timeout, in seconds.

@@ -77,7 +77,7 @@ class AssociationLimit:
 
     def alone(self) -> bool:
         """Whether this process's one association is the node's only one
-        (read without the lock: a hint, see ``Association._ingest``)."""
+        (read without the lock: a hint, see ``durability.IngestScheduler``)."""
         if self.local != 1:
             return False
         return self._map is None or sum(struct.unpack_from(f"<{self.slots}q", self._map)) == 1

@@ -44,6 +44,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
 from ..aiosync import AioSync
 from ..config import Settings
+from ..durability import IngestScheduler
 from ..events import Event, Origin
 from ..node import Node
 from .association import Association
@@ -94,9 +95,11 @@ class AssociationServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._background: set[asyncio.Future[Any]] = set()
-        #: Ingest and C-FIND on the loop (store.ingest_received, find._answer_here):
-        #: SQLite only, whose statements wait on no network.
+        #: Ingest and C-FIND on the loop (durability.IngestScheduler,
+        #: find._answer_here): SQLite only, whose statements wait on no network.
         self.on_loop = node.db.is_sqlite
+        self.scheduler = IngestScheduler(node, self.pool.run, self.limit.alone,
+                                         self.emit_later)
         self.listening = False
 
     # -- lifecycle (called from other threads)
@@ -118,7 +121,7 @@ class AssociationServer:
             asyncio.set_event_loop(self.loop)
             try:
                 self.loop.add_reader(sock.fileno(), self._on_connection)
-                self.aio = AioSync.create(self.loop)
+                self.aio = self.scheduler.aio = AioSync.create(self.loop)
                 self.limit.alive()
                 watchdog = self.loop.create_task(self._watchdog())
             except BaseException as exc:  # pragma: no cover - start-up failure
