@@ -115,7 +115,12 @@ class IngestScheduler:
                 if done is not None:
                     return done[0]
                 return (await self.run(ingestor.commit, [staged]))[0]
-        return await self.run(ingestor.ingest_temp, temp, origin, expected_sop=expected_sop)
+        return await self.run(self._ingest_here, temp, origin, expected_sop)
+
+    def _ingest_here(self, temp: Path, origin: Origin,
+                     expected_sop: tuple[str, str]) -> IngestResult:
+        """(On the pool.)  The whole ingest on this thread."""
+        return self.ingestor.ingest_temp(temp, origin, expected_sop=expected_sop)
 
     def _stage(self, temp: Path, origin: Origin, expected_sop: tuple[str, str],
                head: bytes | None, size: int, submit: SubmitFsync | None

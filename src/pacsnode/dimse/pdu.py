@@ -21,7 +21,8 @@ from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = ["ProtocolError", "a_abort", "a_associate_rj", "set_nodelay", "listen_socket",
            "our_user_information", "PDU_NAMES", "A_RELEASE_RQ", "A_RELEASE_RP",
-           "APPLICATION_CONTEXT", "MAX_PDU_RECEIVE", "MAX_ASSOCIATE_RQ", "CHUNK", "ARTIM",
+           "ABORT_SOURCES", "ABORT_REASONS", "APPLICATION_CONTEXT", "MAX_PDU_RECEIVE",
+           "MAX_ASSOCIATE_RQ", "CHUNK", "ARTIM",
            "LINGER", "REJECT_DELAY"]
 
 #: The DICOM Application Context Name (PS3.7 A.2.1).
