@@ -48,6 +48,7 @@ from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, Inv
 from .events import Event, EventBus, Origin
 from .index.db import Database, RawStatement, WriteBusy
 from .index.schema import changes, instances, item_attrs, patients, series, studies
+from .index.extra_index import record_extra_tags
 from .storage import FileStore, Syncing, blob_key
 
 log = logging.getLogger("pacsnode.ingest")
@@ -587,6 +588,8 @@ class Ingestor:
                    blob_key=item.key, size=item.size, stored_at=time.time(),
                    origin=item.origin.describe(), meta_json=p.meta_json)
         instance_id = sql.add(cur, "instances", row)
+        record_extra_tags(self.db, cur, p.meta_json, p.study_uid, p.series_uid,
+                          p.sop_instance_uid)
         if p.items:
             sql.insert_items.insert_many(cur, [
                 dict(instance_fk=instance_id, seq=s, item=n, keyword=k, value=v, value_ci=ci)

@@ -14,8 +14,11 @@ is closed, with a log line.  A silent peer is aborted after
 ``dimse_timeout`` seconds (the ARTIM timer before association).
 
 Two points decide who may do what: ``Association.admit`` (whether an
-association that negotiated is accepted) and ``Association.refusal`` (whether
-one request is carried out).
+association that negotiated is accepted: the DIMSE policy,
+``access/dimse_gate.py``, then ``max_associations`` and
+``max_associations_per_address``) and ``Association.refusal`` (whether one
+request is carried out: the policy again, 0x0124, then the presentation
+context).
 
 Operations are synchronous (no Asynchronous Operations Window is
 negotiated): a C-STORE is read, ingested and answered before the next PDU is
@@ -34,12 +37,15 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pynetdicom.presentation import PresentationContext
 
+from .. import metrics
+from ..access.dimse import NOT_AUTHORIZED, Admission
 from ..dicom.read import HEAD_BYTES
 from ..events import Origin
 from ..retrieve import Outgoing, meta_end
@@ -72,13 +78,14 @@ WRITEBACK = 256 << 10
 
 Handler = Callable[[Any, Operation, bytes], Awaitable[None]]
 
-#: The service handler of each request that runs beside the reader, and
-#: the abstract syntaxes (presentation contexts) it may come on.
-ROUTES: dict[int, tuple[Handler, set[str]]] = {
-    m.C_FIND_RQ: (c_find, FIND_MODELS),
-    m.C_MOVE_RQ: (c_move, MOVE_MODELS),
-    m.C_GET_RQ: (c_get, GET_MODELS),
-    m.N_ACTION_RQ: (n_action, {STORAGE_COMMITMENT}),
+#: The service handler of each request that runs beside the reader, the
+#: abstract syntaxes (presentation contexts) it may come on, and the
+#: operation it counts as in ``pacsnode.metrics``.
+ROUTES: dict[int, tuple[Handler, set[str], str]] = {
+    m.C_FIND_RQ: (c_find, FIND_MODELS, "query"),
+    m.C_MOVE_RQ: (c_move, MOVE_MODELS, "retrieve"),
+    m.C_GET_RQ: (c_get, GET_MODELS, "retrieve"),
+    m.N_ACTION_RQ: (n_action, {STORAGE_COMMITMENT}, "commitment"),
 }
 
 
@@ -103,6 +110,10 @@ class Association:
         self.closed = False
         self.requestor = False  # True on the associations we open (C-MOVE)
         self._counted = False  # holds a place under max_associations
+        #: What the DIMSE policy lets this association do (access/dimse.py),
+        #: and the operations already refused once (logged, audited).
+        self.admission = Admission(frozenset(), False)
+        self._refused_ops: set[str] = set()
         self._release_requested = False
         self.task: asyncio.Task[Any] | None = None
         self.ops: dict[int, Operation] = {}
@@ -165,12 +176,23 @@ class Association:
             self.abort(2, 0, f"internal error {exc.__class__.__name__}")
         finally:
             self._close()
-            if self._counted:
-                self.server.limit.release()
+            self._ended()
             if self.is_established:
                 log.info("association %s: %s", self.outcome or "closed", self.describe())
             elif self.outcome:
                 log.warning("connection from %s:%s %s", self.address, self.port, self.outcome)
+
+    def _ended(self) -> None:
+        """The association's end: its place under the limits given back,
+        counted, and what it stored audited (DICOM Instances Transferred)."""
+        if self._counted:
+            self._counted = False
+            self.server.limit.release(self.address)
+            metrics.ACTIVE_ASSOCIATIONS.dec()
+        if self.is_established and self.server.gate.audit is not None:
+            # after the events of its instances, which the audit gathers
+            # (emitted on the pool when an event handler may wait)
+            self.server.after_events(self.server.gate.audit.association_ended, self.origin)
 
     def _close(self) -> None:
         self.closed = True
@@ -264,7 +286,7 @@ class Association:
         self.peer_aet, self.called_aet = deal.calling, deal.called
         self.origin = Origin("dimse", peer_aet=deal.calling, address=self.address,
                              called_aet=deal.called)
-        rejection = self.admit(deal)
+        rejection = await self.admit(deal)
         if rejection is not None:
             return await self._rejected(*rejection)
         self.contexts = dict(deal.contexts)
@@ -276,17 +298,26 @@ class Association:
                  self.max_pdu or "unlimited", os.getpid())
         return True
 
-    def admit(self, deal: Negotiation) -> tuple[int, int, int, str] | None:
+    async def admit(self, deal: Negotiation) -> tuple[int, int, int, str] | None:
         """Whether an association that negotiated is accepted: None, or the
-        A-ASSOCIATE-RJ's result, source and reason, and why (for the log).
-        An accepted one holds a place under ``max_associations`` until it
-        ends."""
+        A-ASSOCIATE-RJ's result, source and reason, and why (for the log;
+        empty when the DIMSE gate has logged and audited it already).
+        The DIMSE policy decides first (``DimseGate.admit``: which calling
+        AE, from where, may do what, kept in ``admission``); an accepted
+        one then holds a place under ``max_associations`` and
+        ``max_associations_per_address`` until it ends."""
         if deal.rejection is not None:
             return deal.rejection
-        if not self.server.limit.acquire():
-            return (2, 3, 2, f"local limit exceeded (max_associations "
-                    f"{self.server.limit.limit})")
+        self.admission = await self.server.gate.admit(self.server.pool.run, deal.calling,
+                                                      deal.called, self.address, self.port)
+        if self.admission.rejection is not None:
+            return (*self.admission.rejection, "")
+        full = self.server.limit.acquire(self.address)
+        if full is not None:
+            return (2, 3, 2, f"local limit exceeded ({full})")
         self._counted = True
+        metrics.ASSOCIATIONS.inc()
+        metrics.ACTIVE_ASSOCIATIONS.inc()
         return None
 
     async def _reject(self, result: int, source: int, reason: int) -> None:
@@ -298,7 +329,8 @@ class Association:
         self.closed = True
 
     async def _rejected(self, result: int, source: int, reason: int, why: str) -> bool:
-        log.warning("association rejected: %s: %s", self.describe(), why)
+        if why:  # else the DIMSE gate said why
+            log.warning("association rejected: %s: %s", self.describe(), why)
         await self._reject(result, source, reason)
         return False
 
@@ -524,8 +556,16 @@ class Association:
         """Whether a request is carried out on this association: None, or the
         status and Error Comment of the failure response it gets instead
         (every request but C-CANCEL passes here, a C-STORE before its data
-        set is read)."""
+        set is read).  The DIMSE policy first: an operation the calling AE
+        may not use is refused 0x0124 (Not Authorized), logged and audited
+        once per association and kind (``DimseGate.refused``); never on an
+        association we requested, where the peer is the one we called."""
         field = command.field
+        if not self.requestor:
+            why = self.server.gate.refused(self.admission, self._refused_ops, field,
+                                           self.peer_aet, self.address)
+            if why is not None:
+                return NOT_AUTHORIZED, why
         syntax = str(self.contexts[context_id].abstract_syntax)
         if field == m.C_STORE_RQ:
             if syntax in NOT_STORAGE:
@@ -667,7 +707,8 @@ class Association:
 
     async def _operation(self, op: Operation, data: bytes) -> None:
         field = op.command.field
-        handler = ROUTES[field][0]
+        handler, _, name = ROUTES[field]
+        started, outcome = time.perf_counter(), "ok"
         async with self.op_lock:
             self.busy += 1
             try:
@@ -675,6 +716,7 @@ class Association:
             except (ConnectionError, asyncio.CancelledError):
                 pass
             except Exception as exc:
+                outcome = "failed"
                 log.exception("DIMSE 0x%04X from %s failed", field, self.describe())
                 try:
                     await final(self, op, field | 0x8000, 0xC000, f"failed: {exc}")
@@ -683,6 +725,7 @@ class Association:
             finally:
                 self.busy -= 1
                 self.ops.pop(op.command.message_id, None)
+                metrics.operation("dimse", name, outcome, time.perf_counter() - started)
 
     def syntax(self, context_id: int) -> str:
         """The transfer syntax accepted on a presentation context."""

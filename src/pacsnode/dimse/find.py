@@ -46,6 +46,9 @@ async def c_find(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
         await final(assoc, op, m.C_FIND_RSP, 0xC000, f"cannot decode identifier: {exc}")
         return
     syntax, command = assoc.syntax(op.context_id), op.command
+    audit = assoc.server.gate.audit
+    if audit is not None:
+        audit.query(assoc.peer_aet, assoc.address, command.affected_sop_class, ident)
     responses = matches(assoc.node, ident, assoc.origin, op.cancel.is_set, syntax)
 
     pending: bytes | None = None

@@ -6,15 +6,19 @@ of the server around it: the interface between the association machinery
 A handler is a coroutine ``handler(assoc, op, data)`` (``echo`` and
 ``store`` take the context and command as they come); it answers through
 ``assoc.send``/``assoc.write``, asks the peer through ``assoc.request``,
-runs blocking work on ``assoc.server.pool`` and reads who asks from
-``assoc.origin``.  This module names the machinery's types only for the
-type checker, so the handlers and the association never import each other
-in a circle (tests/test_dimse_layers.py).
+runs blocking work on ``assoc.server.pool``, reads who asks from
+``assoc.origin`` and records audit events through
+``assoc.server.gate.audit``.  Whether a request may run at all is decided
+before the handler is called (``Association.refusal``).  This module
+names the machinery's types only for the type checker, so the handlers
+and the association never import each other in a circle
+(tests/test_dimse_layers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +32,7 @@ from . import messages as m
 if TYPE_CHECKING:
     from pynetdicom.presentation import PresentationContext
 
+    from ..access.dimse_gate import DimseGate
     from ..aiosync import AioSync
     from ..durability import IngestScheduler
     from ..node import Node
@@ -79,13 +84,20 @@ class ServerHandle(Protocol):
     on_loop: bool
     #: dimse_timeout, in seconds.
     timeout: float
+    #: Access control and the DIMSE audit (``gate.audit``: None when not audited).
+    gate: "DimseGate"
 
     def negotiate(self, body: bytes) -> "Negotiation":
         """The answer to the body of an A-ASSOCIATE-RQ."""
         ...
 
-    def background(self, func: Callable[..., Any], *args: Any) -> None:
+    def background(self, func: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
         """Run ``func`` on the pool, outliving the association that asked."""
+        ...
+
+    def after_events(self, func: Callable[..., Any], *args: Any) -> None:
+        """Call ``func`` on the loop once the events handed to the pool so
+        far are emitted."""
         ...
 
     def keep(self, future: "asyncio.Future[Any]") -> None:
@@ -94,8 +106,14 @@ class ServerHandle(Protocol):
 
     def emit_later(self, event: Event) -> None: ...
 
+    def client_tls(self) -> ssl.SSLContext:
+        """The TLS context of the associations we request of nodes with
+        ``tls = true``."""
+        ...
+
     async def connect(self, host: str, port: int, called_aet: str,
-                      contexts: "list[PresentationContext]") -> "AssociationHandle": ...
+                      contexts: "list[PresentationContext]",
+                      tls: ssl.SSLContext | None = None) -> "AssociationHandle": ...
 
 
 class AssociationHandle(Protocol):
@@ -105,6 +123,8 @@ class AssociationHandle(Protocol):
     node: "Node"
     origin: Origin
     peer_aet: str
+    #: The peer's IP address.
+    address: str
     #: The peer's Maximum Length Received.
     max_pdu: int
     closed: bool

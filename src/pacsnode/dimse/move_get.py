@@ -49,7 +49,8 @@ async def c_move(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
         await final(assoc, op, m.C_MOVE_RSP, 0x0000, ops=SubOperations(0))
         return
     try:
-        sub = await assoc.server.connect(dest.host, dest.port, dest.aet, store_contexts(refs))
+        sub = await assoc.server.connect(dest.host, dest.port, dest.aet, store_contexts(refs),
+                                         assoc.server.client_tls() if dest.tls else None)
     except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
         log.warning("C-MOVE from %s: cannot associate with %s at %s:%s: %s",
                     assoc.origin.describe(), dest_aet, dest.host, dest.port, exc)
@@ -78,6 +79,7 @@ async def c_move(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
     log.info("C-MOVE from %s to %s: %d completed, %d failed, %d warning%s",
              assoc.origin.describe(), dest_aet, ops.completed, ops.failed, ops.warning,
              " (cancelled)" if cancelled else "")
+    _audit_transfer(assoc, "C-MOVE", refs, ops, dest_aet)
     await final(assoc, op, m.C_MOVE_RSP, ops.final_status(cancelled), ops=ops,
                 with_remaining=cancelled)
 
@@ -102,8 +104,18 @@ async def c_get(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
     log.info("C-GET from %s: %d completed, %d failed, %d warning%s",
              assoc.origin.describe(), ops.completed, ops.failed, ops.warning,
              " (cancelled)" if cancelled else "")
+    _audit_transfer(assoc, "C-GET", refs, ops)
     await final(assoc, op, m.C_GET_RSP, ops.final_status(cancelled), ops=ops,
                 with_remaining=cancelled)
+
+
+def _audit_transfer(assoc: AssociationHandle, verb: str, refs: list[InstanceRef],
+                    ops: SubOperations, destination: str = "") -> None:
+    """One DICOM Instances Transferred event per C-MOVE / C-GET."""
+    audit = assoc.server.gate.audit
+    if audit is not None:
+        audit.transferred(assoc.peer_aet, assoc.address, verb, {r.study_uid for r in refs},
+                          ops.completed + ops.warning, ops.failed, destination)
 
 
 async def _refs(assoc: AssociationHandle, op: Operation, data: bytes,

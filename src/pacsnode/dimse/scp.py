@@ -17,6 +17,9 @@ from __future__ import annotations
 import logging
 import os
 
+from ..access.dimse_audit import DimseAudit
+from ..access.dimse_gate import DimseGate
+from ..access.setup import make_audit_trail
 from ..config import Settings
 from ..node import Node
 from .limit import AssociationLimit
@@ -62,17 +65,25 @@ class DimseServer:
         worker = worker_slot is not None
         shared = worker or self.processes > 1
         if shared and limit_fd is None:
-            limit_fd = AssociationLimit.shared_file(self.processes)
+            limit_fd = AssociationLimit.shared_file(self.processes, s.max_associations)
         self.limit_fd = limit_fd
         limit = AssociationLimit(s.max_associations, limit_fd, worker_slot or 0,
-                                 self.processes) if shared else None
-        self.server = AssociationServer(node, s, limit=limit, listen_fd=listen_fd)
+                                 self.processes, s.max_associations_per_address) \
+            if shared else None
+        # The audit trail of this process's DIMSE side (DESIGN.md §8).
+        self.audit = make_audit_trail(s, node.db)
+        gate = DimseGate(node, DimseAudit(self.audit, node.bus))
+        self.server = AssociationServer(node, s, limit=limit, listen_fd=listen_fd, gate=gate)
 
     def start(self) -> None:
         self.server.start()
         s = self.node.settings
         log.info("DIMSE listening on %s:%s as %s (pid %d)", s.host, s.dicom_port, s.ae_title,
                  os.getpid())
+        if self.server.tls_sock is not None:
+            log.info("DICOM TLS listening on %s:%s (TLS 1.2+, BCP 195%s)", s.host,
+                     s.dicom_tls_port, ", client certificates signed by tls_ca required"
+                     if s.tls_ca else "")
 
     @property
     def listen_fd(self) -> int:
@@ -89,6 +100,7 @@ class DimseServer:
         seconds, then abort the rest (nothing unacknowledged is kept; nothing
         acknowledged is lost: ingest is atomic)."""
         self.server.stop(grace)
+        self.audit.close()
 
     @property
     def active_associations(self) -> int:

@@ -2,7 +2,9 @@
 asyncio — one event loop in its own thread, one coroutine per association
 (``association.py``), PDUs read straight off the socket — and ``connect``,
 the associations we request (the destinations of C-MOVEs) on the same
-machinery.
+machinery.  With ``dicom_tls_port`` the main process also listens for
+DICOM TLS (``access/tls.py``: the handshake, then the same associations),
+and ``connect`` speaks TLS to nodes with ``tls = true``.
 
 Why not pynetdicom's acceptor: it polls (a DUL thread that sleeps between
 reactor loops, an association thread, queues with timeouts) and flushes per
@@ -33,6 +35,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -42,6 +45,8 @@ from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
+from ..access.dimse_gate import DimseGate
+from ..access.tls import dicom_client_context, dicom_server_context
 from ..aiosync import AioSync
 from ..config import Settings
 from ..durability import IngestScheduler
@@ -72,9 +77,13 @@ class AssociationServer:
 
     def __init__(self, node: Node, settings: Settings, *,
                  limit: AssociationLimit | None = None,
-                 listen_fd: int | None = None) -> None:
+                 listen_fd: int | None = None, gate: DimseGate | None = None) -> None:
         self.node = node
-        self.limit = limit or AssociationLimit(settings.max_associations)
+        self.limit = limit or AssociationLimit(
+            settings.max_associations, per_address=settings.max_associations_per_address)
+        #: Access control and audit (access/dimse_gate.py), asked by
+        #: Association.admit and Association.refusal.
+        self.gate = gate or DimseGate(node, None)
         self.settings = settings
         #: The listening socket a worker process inherited from the main one.
         self.listen_fd = listen_fd
@@ -95,12 +104,18 @@ class AssociationServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        #: Events being emitted on the pool (emit_later), not yet done.
+        self._emitting: set[asyncio.Future[Any]] = set()
         #: Ingest and C-FIND on the loop (durability.IngestScheduler,
         #: find._answer_here): SQLite only, whose statements wait on no network.
         self.on_loop = node.db.is_sqlite
         self.scheduler = IngestScheduler(node, self.pool.run, self.limit.alone,
                                          self.emit_later)
         self.listening = False
+        #: The DICOM TLS listener (dicom_tls_port; the main process only).
+        self.tls_sock: socket.socket | None = None
+        self.tls_context: ssl.SSLContext | None = None
+        self._client_tls: ssl.SSLContext | None = None
 
     # -- lifecycle (called from other threads)
 
@@ -112,6 +127,9 @@ class AssociationServer:
         else:
             sock = listen_socket(s.host, s.dicom_port)
         self.sock = sock
+        if s.dicom_tls_port and self.listen_fd is None:
+            self.tls_context = dicom_server_context(s)
+            self.tls_sock = listen_socket(s.host, s.dicom_tls_port)
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         failed: list[BaseException] = []
@@ -121,6 +139,8 @@ class AssociationServer:
             asyncio.set_event_loop(self.loop)
             try:
                 self.loop.add_reader(sock.fileno(), self._on_connection)
+                if self.tls_sock is not None:
+                    self.loop.add_reader(self.tls_sock.fileno(), self._on_tls_connection)
                 self.aio = self.scheduler.aio = AioSync.create(self.loop)
                 self.limit.alive()
                 watchdog = self.loop.create_task(self._watchdog())
@@ -167,6 +187,9 @@ class AssociationServer:
         assert self.sock is not None and self.loop is not None
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()  # our descriptor; workers may still hold theirs
+        if self.tls_sock is not None:
+            self.loop.remove_reader(self.tls_sock.fileno())
+            self.tls_sock.close()
         deadline = self.loop.time() + grace
         while self.associations and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -219,6 +242,53 @@ class AssociationServer:
         self._connections.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._connections.discard)
 
+    def _on_tls_connection(self) -> None:
+        """A connection on the DICOM TLS port: the handshake, then the same
+        association machinery as the plain port's."""
+        assert self.loop is not None and self.tls_sock is not None
+        try:
+            conn, _ = self.tls_sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("cannot accept a DICOM TLS connection: %s", exc)
+            return
+        conn.setblocking(False)
+        set_nodelay(conn)
+        self.limit.connected(+1)
+        task = self.loop.create_task(self._tls_connection(conn))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _tls_connection(self, conn: socket.socket) -> None:
+        assert self.loop is not None
+        try:
+            try:
+                peer = conn.getpeername()[0]
+            except OSError:
+                peer = "?"
+            reader = asyncio.StreamReader(limit=4 * CHUNK)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await self.loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=self.tls_context, ssl_handshake_timeout=ARTIM)
+            except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+                why = f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
+                log.warning("DICOM TLS connection from %s refused: %s", peer, why)
+                self.gate.tls_refused(peer, why)
+                conn.close()
+                return
+            writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
+            await self._accept(reader, writer)
+        finally:
+            self.limit.connected(-1)
+
+    def client_tls(self) -> ssl.SSLContext:
+        """The context of our TLS associations (nodes with ``tls = true``)."""
+        if self._client_tls is None:
+            self._client_tls = dicom_client_context(self.settings)
+        return self._client_tls
+
     def _resume_accepting(self) -> None:
         if self.listening and self.sock is not None and self.sock.fileno() >= 0:
             assert self.loop is not None
@@ -259,14 +329,33 @@ class AssociationServer:
 
     def emit_later(self, event: Event) -> None:
         """Emit an ingest event on the pool (from the loop: a handler may wait)."""
-        self.background(self.node.bus.emit, event)
+        future = self.background(self.node.bus.emit, event)
+        self._emitting.add(future)
+        future.add_done_callback(self._emitting.discard)
 
-    def background(self, func: Callable[..., Any], *args: Any) -> None:
+    def after_events(self, func: Callable[..., Any], *args: Any) -> None:
+        """Call ``func`` on the loop once the events handed to the pool so
+        far are emitted (at once when none are): an association's end is
+        audited after the events of what it stored."""
+        assert self.loop is not None
+        pending = set(self._emitting)
+        if not pending:
+            func(*args)
+            return
+
+        async def later() -> None:
+            await asyncio.wait(pending)
+            func(*args)
+
+        self.keep(self.loop.create_task(later()))
+
+    def background(self, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``func`` on the pool, outliving the association that asked."""
         assert self.loop is not None
         future = self.loop.create_future()
         self.pool.submit(self.loop, future, func, args)
         self.keep(future)
+        return future
 
     def keep(self, future: asyncio.Future[Any]) -> None:
         """Hold ``future`` (a task that outlives its association) until it
@@ -275,19 +364,25 @@ class AssociationServer:
         future.add_done_callback(self._background.discard)
 
     async def connect(self, host: str, port: int, called_aet: str,
-                      contexts: list[PresentationContext]) -> Association:
+                      contexts: list[PresentationContext],
+                      tls: ssl.SSLContext | None = None) -> Association:
         """An association we request, served by this server (see ``connect``)."""
-        return await connect(self, host, port, called_aet, contexts)
+        return await connect(self, host, port, called_aet, contexts, tls)
 
 
 async def connect(server: AssociationServer, host: str, port: int, called_aet: str,
-                  contexts: list[PresentationContext]) -> Association:
+                  contexts: list[PresentationContext],
+                  tls: ssl.SSLContext | None = None) -> Association:
     """Open an association as the requestor (the destination of a C-MOVE),
-    served by the same machinery as the ones we accept.  Raises
-    ConnectionError when the peer rejects or aborts it, or accepts no
-    presentation context."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, limit=4 * CHUNK), ARTIM)
+    served by the same machinery as the ones we accept, over TLS when
+    ``tls`` is given.  Raises ConnectionError when the peer rejects or
+    aborts it, or accepts no presentation context."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            host, port, limit=4 * CHUNK, ssl=tls, server_hostname=host if tls else None,
+            ssl_handshake_timeout=ARTIM if tls else None), ARTIM)
+    except ssl.SSLError as exc:
+        raise ConnectionError(f"TLS with {called_aet} at {host}:{port} failed: {exc}") from None
     set_nodelay(writer.get_extra_info("socket"))
     assoc = Association(server, reader, writer)
     assoc.requestor = True

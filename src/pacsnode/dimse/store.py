@@ -10,8 +10,10 @@ node's one path, ``Ingestor``.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
+from .. import metrics
 from ..events import Origin
 from ..ingest import IngestResult
 from . import messages as m
@@ -19,7 +21,7 @@ from .handle import AssociationHandle
 
 log = logging.getLogger("pacsnode.dimse")
 
-__all__ = ["c_store", "store_status"]
+__all__ = ["c_store", "store_status", "store_outcome"]
 
 
 async def c_store(assoc: AssociationHandle, context_id: int, command: m.Command,
@@ -28,6 +30,7 @@ async def c_store(assoc: AssociationHandle, context_id: int, command: m.Command,
     """Ingest the received instance in ``temp`` (None: refused while it was
     received, for ``refusal``) and answer the C-STORE-RQ."""
     sop_class, sop_uid = command.affected_sop_class, command.affected_sop_instance
+    started = time.perf_counter()
     if temp is None:
         status, comment = refusal or (0xA700, "cannot write")
         log.warning("C-STORE %s from %s failed: %s", sop_uid, assoc.origin.describe(),
@@ -50,6 +53,8 @@ async def c_store(assoc: AssociationHandle, context_id: int, command: m.Command,
             affected_sop_class=sop_class, affected_sop_instance=sop_uid))
     finally:
         _tell(assoc)
+        metrics.operation("dimse", "store", store_outcome(status),
+                          time.perf_counter() - started)
 
 
 def _tell(assoc: AssociationHandle) -> None:
@@ -62,6 +67,14 @@ def _tell(assoc: AssociationHandle) -> None:
             tell()
         except Exception:  # a handler's bug: the instance is stored
             log.exception("after storing an instance from %s", assoc.describe())
+
+
+def store_outcome(status: int) -> str:
+    """A C-STORE status as a metrics outcome: success and warnings (0xBxxx)
+    ok, out of resources (0xA7xx) failed, the rest refused."""
+    if status == 0 or 0xB000 <= status <= 0xBFFF:
+        return "ok"
+    return "failed" if 0xA700 <= status <= 0xA7FF else "refused"
 
 
 def store_status(result: IngestResult, origin: Origin, sop_uid: str) -> tuple[int, str | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class Peer:
     calling_aet: str = "PACSNODE"
     timeout: float = 30.0
     dimse_timeout: float | None = 600.0
+    #: TLS for the association (a node with ``tls = true``, access/tls.py).
+    tls: ssl.SSLContext | None = None
 
     def __str__(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"
@@ -111,7 +114,8 @@ def associate(peer: Peer, contexts: Sequence[PresentationContext], *,
     evt_handlers: list[Any] = [(evt.EVT_CONN_OPEN, _connection_opened, [state]),
                               *handlers]
     assoc = ae.associate(peer.host, peer.port, contexts=list(contexts), ae_title=peer.aet,
-                         max_pdu=MAX_PDU, ext_neg=ext_neg, evt_handlers=evt_handlers)
+                         max_pdu=MAX_PDU, ext_neg=ext_neg, evt_handlers=evt_handlers,
+                         tls_args=(peer.tls, peer.host) if peer.tls is not None else None)
     if not assoc.is_established:
         _raise_not_established(peer, assoc, state["connected"])
     ok = False
