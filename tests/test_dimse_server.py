@@ -706,7 +706,7 @@ def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch, syncer):
     from pacsnode.aiosync import AioSync
     from pacsnode.config import load_settings
     from pacsnode.dimse.scp import DimseServer
-    from pacsnode.dimse.server import AssociationLimit
+    from pacsnode.dimse.limit import AssociationLimit
     from pacsnode.node import Node
 
     if syncer != "started":  # as if other associations were open
@@ -718,7 +718,7 @@ def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch, syncer):
         started.append(fd)
         return real_started(fd)
 
-    monkeypatch.setattr("pacsnode.dimse.server.fsync_started", fsync_started)
+    monkeypatch.setattr("pacsnode.durability.fsync_started", fsync_started)
 
     port = free_port()
     node = Node(load_settings(overrides={"data_dir": tmp_path / "data", "dicom_port": port,

@@ -27,11 +27,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 #: Circles known and being removed elsewhere; each entry is the set of
 #: modules of one strongly connected component.  Keep it minimal: the lead
 #: empties it when the branch that removes the circle is merged.
-ALLOWED: list[frozenset[str]] = [
-    # dimse/ is being split into layers (issue 22, Build 1): the handlers in
-    # services.py call back into server.py's Association until then.
-    frozenset({"pacsnode.dimse.server", "pacsnode.dimse.services"}),
-]
+ALLOWED: list[frozenset[str]] = []
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -174,11 +170,7 @@ def test_the_allowed_circles_still_exist() -> None:
 
 #: Files allowed an ``except ImportError`` (or ModuleNotFoundError) until
 #: their owner's branch lands; keep it minimal.
-OPTIONAL_IMPORT_ALLOWED = {
-    # the DIMSE worker's guard around automation.record_arrivals: dimse/ is
-    # being split into layers (issue 22, Build 1) and drops it there.
-    "pacsnode/dimse/worker.py",
-}
+OPTIONAL_IMPORT_ALLOWED: set[str] = set()
 
 
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:

@@ -90,7 +90,7 @@ def fsync_started(fd: int) -> "Future[None]":
     caller next lets go of the GIL.  For a caller whose next steps hold the
     GIL (the header walk) and that has a CPU to spare: Linux AIO's fsync
     runs on a kernel worker of the submitting CPU, in the caller's way (see
-    ``Association._ingest``)."""
+    ``durability.IngestScheduler``)."""
     taken = threading.Lock()
     taken.acquire()
     future = _syncer().submit(_fsync_and_close, fd, taken)

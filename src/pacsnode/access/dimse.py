@@ -1,5 +1,5 @@
 """Who may do what over DIMSE (DESIGN.md §8): the decision, apart from the
-protocol code that asks for it (``dimse/server.py``).
+protocol code that asks for it (``dimse/association.py``).
 
 A calling AE is *known* when a node (``[nodes.NAME]`` or registered at run
 time) has its AE title and the association comes from that node's host;

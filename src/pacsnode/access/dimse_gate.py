@@ -1,10 +1,11 @@
-"""What ``dimse/server.py`` asks about access control: the DIMSE policy of
-the node as it is now (``access/dimse.py``, rebuilt from the registry at
-most every :data:`POLICY_SECONDS`, off the event loop), the logging and
-auditing of each refusal, and the DIMSE audit events (``dimse_audit``).
+"""What the DIMSE associations (``dimse/association.py``) ask about
+access control: the DIMSE policy of the node as it is now
+(``access/dimse.py``, rebuilt from the registry at most every
+:data:`POLICY_SECONDS`, off the event loop), the logging and auditing of
+each refusal, and the DIMSE audit events (``dimse_audit``).
 
 The server calls it at few points (see the hooks named in
-``Association._associate`` and ``Association._refused``): once per
+``Association.admit`` and ``Association.refusal``): once per
 association and once per operation, never per PDU.
 """
 

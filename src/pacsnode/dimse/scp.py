@@ -1,9 +1,11 @@
 """The node's DIMSE service class provider.
 
-``DimseServer(node)`` is what ``serve`` starts: the asyncio upper layer of
-``dimse/server.py`` listening on ``dicom_port``, handing each request to
-``dimse/services.py`` (C-STORE → ingest, C-FIND → query engine,
-C-MOVE/C-GET → retrieve, N-ACTION → storage commitment).
+``DimseServer(node)`` is what ``serve`` starts: the asyncio listener of
+``dimse/server.py`` on ``dicom_port``, whose associations
+(``dimse/association.py``) hand each request to its service handler
+(``store.py``: C-STORE → ingest, ``find.py``: C-FIND → query engine,
+``move_get.py``: C-MOVE/C-GET → retrieve, ``commitment.py``: N-ACTION →
+storage commitment, ``echo.py``: C-ECHO).
 
 With ``dimse_processes`` above 1, ``serve`` runs more of these in worker
 processes (``dimse/worker.py``) on the main process's listening socket;
@@ -20,8 +22,10 @@ from ..access.dimse_gate import DimseGate
 from ..access.setup import make_audit_trail
 from ..config import Settings
 from ..node import Node
-from .server import TRANSFER_SYNTAXES, AssociationLimit, AssociationServer, set_nodelay
-from .services import Services
+from .limit import AssociationLimit
+from .negotiation import TRANSFER_SYNTAXES
+from .pdu import set_nodelay
+from .server import AssociationServer
 
 log = logging.getLogger("pacsnode.dimse")
 
@@ -69,8 +73,7 @@ class DimseServer:
         # The audit trail of this process's DIMSE side (DESIGN.md §8).
         self.audit = make_audit_trail(s, node.db)
         gate = DimseGate(node, DimseAudit(self.audit, node.bus))
-        self.server = AssociationServer(Services(node), s, limit=limit, listen_fd=listen_fd,
-                                        gate=gate)
+        self.server = AssociationServer(node, s, limit=limit, listen_fd=listen_fd, gate=gate)
 
     def start(self) -> None:
         self.server.start()
