@@ -114,8 +114,10 @@ class IngestScheduler:
                 done = ingestor.commit_now([staged], emit=emit, announce=announce)
                 if done is not None:
                     return done[0]
-                return (await self.run(ingestor.commit, [staged]))[0]
-        return await self.run(self._ingest_here, temp, origin, expected_sop)
+                committed: list[IngestResult] = await self.run(ingestor.commit, [staged])
+                return committed[0]
+        result: IngestResult = await self.run(self._ingest_here, temp, origin, expected_sop)
+        return result
 
     def _ingest_here(self, temp: Path, origin: Origin,
                      expected_sop: tuple[str, str]) -> IngestResult:

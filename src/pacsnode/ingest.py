@@ -33,10 +33,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypedDict, cast
 
+from pydicom.filebase import DicomIO
 from pydicom.filewriter import write_file_meta_info
 from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from .dicom.catalogue import Level
 from .dicom.header import ParsedHeader, valid_uid
@@ -104,7 +106,7 @@ class _Statements:
         self.insert_items = inserting(item_attrs)
         # Column defaults, so a row needs only the values it has.
         self.defaults = {t.name: {c.name: c.default.arg for c in t.c
-                                  if c.default is not None and not callable(c.default.arg)}
+                                  if isinstance(c.default, ScalarElementColumnDefault)}
                          for t in (patients, studies, series, instances, changes)}
 
     def add(self, cur: Any, table: str, values: dict[str, Any]) -> int:
@@ -205,7 +207,7 @@ class Ingestor:
 
     # -- entry points: each gets the bytes into a temp file, then ingest_temp
 
-    def ingest_path(self, path: str | os.PathLike, origin: Origin, **kw: Any) -> IngestResult:
+    def ingest_path(self, path: str | os.PathLike[str], origin: Origin, **kw: Any) -> IngestResult:
         """Copy a file into the store's temp area and ingest it."""
         fh, temp = self.store.new_temp()
         try:
@@ -235,8 +237,10 @@ class Ingestor:
         try:
             with fh:
                 fh.write(b"\x00" * 128 + b"DICM")
-                write_file_meta_info(fh, file_meta(sop_class_uid, sop_instance_uid,
-                                                    transfer_syntax), enforce_standard=True)
+                # pydicom only calls fp.write (it encodes into its own buffer)
+                write_file_meta_info(cast(DicomIO, fh),
+                                     file_meta(sop_class_uid, sop_instance_uid,
+                                               transfer_syntax), enforce_standard=True)
                 if isinstance(dataset_bytes, (bytes, bytearray, memoryview)):
                     fh.write(dataset_bytes)
                 else:
@@ -640,11 +644,20 @@ class Ingestor:
             RawStatement(stmt, self.db.engine).execute(cur, {})
 
 
-def _uids_or_empty(parsed: ParsedHeader | None) -> dict[str, str]:
+class _Uids(TypedDict, total=False):
+    """The identifying fields of an IngestResult, as keyword arguments."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+
+
+def _uids_or_empty(parsed: ParsedHeader | None) -> _Uids:
     if parsed is None:
         return {}
-    return dict(sop_class_uid=parsed.sop_class_uid, sop_instance_uid=parsed.sop_instance_uid,
-                study_uid=parsed.study_uid, series_uid=parsed.series_uid)
+    return _Uids(sop_class_uid=parsed.sop_class_uid, sop_instance_uid=parsed.sop_instance_uid,
+                 study_uid=parsed.study_uid, series_uid=parsed.series_uid)
 
 
 

@@ -59,10 +59,11 @@ def supported_contexts() -> list[PresentationContext]:
     TRANSFER_SYNTAXES, in both roles (a C-GET SCU is the storage SCP on its
     own association); Patient/Study Root FIND, MOVE, GET; Storage Commitment
     Push Model (either role: the report may go either way)."""
-    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    uncompressed: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     contexts = [build_context(VERIFICATION, uncompressed)]
     for cx in AllStoragePresentationContexts:
-        storage = build_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        assert cx.abstract_syntax is not None
+        storage = build_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
         storage.scu_role = storage.scp_role = True
         contexts.append(storage)
     for model in sorted(FIND_MODELS | MOVE_MODELS | GET_MODELS):
@@ -110,12 +111,13 @@ def negotiate(body: bytes, supported: list[PresentationContext]) -> Negotiation:
     if str(request.application_context_name) != APPLICATION_CONTEXT:
         return dataclasses.replace(deal, rejection=(
             1, 1, 2, f"application context {request.application_context_name} not supported"))
-    roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
+    roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
              for item in request.user_information
              if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
     result, reply_roles = negotiate_as_acceptor(proposed, supported, roles)
     _choose_sending_syntaxes(result, proposed)
-    contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
+    contexts = {cx.context_id: cx for cx in result
+                if cx.result == 0x00 and cx.context_id is not None}
     if not contexts:
         offered = sorted({str(cx.abstract_syntax) for cx in proposed})
         return dataclasses.replace(deal, rejection=(

@@ -31,6 +31,7 @@ async def c_store(assoc: AssociationHandle, context_id: int, command: m.Command,
     received, for ``refusal``) and answer the C-STORE-RQ."""
     sop_class, sop_uid = command.affected_sop_class, command.affected_sop_instance
     started = time.perf_counter()
+    comment: str | None
     if temp is None:
         status, comment = refusal or (0xA700, "cannot write")
         log.warning("C-STORE %s from %s failed: %s", sop_uid, assoc.origin.describe(),
