@@ -11,11 +11,9 @@ one write.
 
 pynetdicom is still used for what it does well and where speed does not
 matter: the A-ASSOCIATE PDUs (``pynetdicom.pdu``), presentation context and
-role negotiation (``negotiate_as_acceptor`` / ``_as_requestor``), and as the
-requestor of a storage commitment report that cannot go back on the
-requesting association (``services.py``).  The associations a C-MOVE opens
-to its destination are ours (``connect``): the same reader and writer, so
-the stored bytes go out as fast as on a C-GET.
+role negotiation (``negotiate_as_acceptor``).  The associations a C-MOVE
+opens to its destination are the one requestor's (``dimse.client``), which
+streams the stored bytes as this reader does on a C-GET.
 
 Association life (PS3.8 9.2): A-ASSOCIATE-RQ → -AC (or -RJ: bad request,
 no acceptable presentation context, too many associations); then P-DATA-TF
@@ -58,27 +56,25 @@ from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndia
                          JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 from pynetdicom import build_context
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
-                                       ImplementationVersionNameNotification,
-                                       MaximumLengthNotification,
-                                       SCP_SCU_RoleSelectionNegotiation)
+from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import (AllStoragePresentationContexts, PresentationContext,
-                                     negotiate_as_acceptor, negotiate_as_requestor)
+                                     negotiate_as_acceptor)
 
 from ..aiosync import AioSync
 from ..config import Settings
-from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..ingest import HEAD_BYTES
 from ..storage import fsync_started, start_writeback
+from . import client
 from . import messages as m
+from .errors import RemoteError
 from ..retrieve import Outgoing, meta_end, outgoing, sending_syntax, store_contexts
 from .services import COMMITMENT_INSTANCE, STORAGE_COMMITMENT, Services, SubOperations
 
 log = logging.getLogger("pacsnode.dimse")
 
-__all__ = ["AssociationServer", "AssociationLimit", "Association", "connect",
+__all__ = ["AssociationServer", "AssociationLimit", "Association",
            "TRANSFER_SYNTAXES", "supported_contexts", "set_nodelay", "listen_socket",
            "MAX_PDU_RECEIVE"]
 
@@ -140,15 +136,10 @@ _ABORT_REASONS = {0: "not specified", 1: "unrecognized PDU", 2: "unexpected PDU"
 
 
 def _our_user_information() -> list[Any]:
-    """The user information items we send in A-ASSOCIATE-AC and -RQ: maximum
-    length received, implementation class UID and version name (PS3.7 D.3.3)."""
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = MAX_PDU_RECEIVE
-    class_uid = ImplementationClassUIDNotification()
-    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    return [max_length, class_uid, version]
+    """The user information items we send in A-ASSOCIATE-AC: maximum length
+    received, implementation class UID and version name (PS3.7 D.3.3)."""
+    return client.user_information(MAX_PDU_RECEIVE)
+
 
 def a_abort(source: int, reason: int) -> bytes:
     return struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, reason)
@@ -1614,10 +1605,11 @@ class Association:
         if not refs:
             await self._final(op, m.C_MOVE_RSP, 0x0000, ops=SubOperations(0))
             return
+        target = client.Destination(dest.aet, dest.host, dest.port,
+                                    self.server.settings.ae_title, ARTIM, self.server.timeout)
         try:
-            sub = await connect(self.server, dest.host, dest.port, dest.aet,
-                                store_contexts(refs))
-        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            sub = await client.connect(target, store_contexts(refs))
+        except RemoteError as exc:
             log.warning("C-MOVE from %s: cannot associate with %s at %s:%s: %s",
                         self.origin.describe(), dest_aet, dest.host, dest.port, exc)
             await self._final(op, m.C_MOVE_RSP, 0xA801,
@@ -1632,12 +1624,9 @@ class Association:
                     break
                 status = None
                 if not sub.closed:
-                    try:
-                        status = await sub.store_instance(
-                            ref, originator=(self.peer_aet, command.message_id),
-                            upcoming=refs[n + 1] if n + 1 < len(refs) else None)
-                    except ConnectionError as exc:
-                        log.warning("C-MOVE to %s: association lost: %s", dest_aet, exc)
+                    status = await self._move_one(
+                        sub, ref, (self.peer_aet, command.message_id),
+                        refs[n + 1] if n + 1 < len(refs) else None)
                 ops.count(status, ref.sop_instance_uid)
                 await self._final(op, m.C_MOVE_RSP, 0xFF00, ops=ops, with_remaining=True)
         finally:
@@ -1647,6 +1636,38 @@ class Association:
                  " (cancelled)" if cancelled else "")
         await self._final(op, m.C_MOVE_RSP, ops.final_status(cancelled), ops=ops,
                           with_remaining=cancelled)
+
+    async def _move_one(self, sub: client.Requested, ref: Any, originator: tuple[str, int],
+                        upcoming: Any) -> int | None:
+        """One C-MOVE sub-operation on the association the requestor opened
+        to the destination: the stored bytes when the peer accepted that
+        syntax, otherwise transcoded (``retrieve.outgoing``).  The response
+        status, or None when it could not be sent."""
+        usable = sub.accepted(ref.sop_class_uid)
+        try:
+            if ref.transfer_syntax in usable:  # as stored: nothing to read here
+                out = outgoing(ref, usable)
+            else:
+                out = await self.server.pool.run(outgoing, ref, usable)
+        except Exception as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, sub.name, reason)
+            return None
+        ahead = None
+        if upcoming is not None:
+            context_id = sub.accepted(upcoming.sop_class_uid).get(upcoming.transfer_syntax)
+            ahead = None if context_id is None else (upcoming.path, context_id)
+        try:
+            rsp = await sub.store(usable[out.transfer_syntax], ref.sop_class_uid,
+                                  ref.sop_instance_uid, path=out.path, data=out.data,
+                                  offset=out.offset, originator=originator, upcoming=ahead)
+        except RemoteError as exc:
+            log.warning("C-MOVE to %s: association lost: %s", sub.name, exc)
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, sub.name, exc)
+            return None
+        return rsp.status
 
     async def _c_get(self, op: Operation, data: bytes) -> None:
         """C-GET: the instances come back on this association, a pending
@@ -1790,73 +1811,3 @@ class Association:
         except (ConnectionError, asyncio.TimeoutError) as exc:
             log.info("storage commitment report on the same association failed: %s", exc)
         self.server.background(self.services.send_commitment, self.peer_aet, report)
-
-
-async def connect(server: AssociationServer, host: str, port: int, called_aet: str,
-                  contexts: list[PresentationContext]) -> Association:
-    """Open an association as the requestor (the destination of a C-MOVE),
-    served by the same machinery as the ones we accept.  Raises
-    ConnectionError when the peer rejects or aborts it, or accepts no
-    presentation context."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, limit=4 * CHUNK), ARTIM)
-    set_nodelay(writer.get_extra_info("socket"))
-    assoc = Association(server, reader, writer)
-    assoc.requestor = True
-    assoc.peer_aet = called_aet
-    assoc.origin = Origin("dimse", peer_aet=called_aet, address=assoc.address,
-                          called_aet=called_aet)
-    proposed = []
-    for n, cx in enumerate(contexts[:128]):
-        cx.context_id = 2 * n + 1
-        proposed.append(cx)
-    request = A_ASSOCIATE()
-    request.application_context_name = APPLICATION_CONTEXT
-    request.calling_ae_title = server.settings.ae_title
-    request.called_ae_title = called_aet
-    request.presentation_context_definition_list = proposed
-    request.user_information = _our_user_information()
-    rq = A_ASSOCIATE_RQ()
-    rq.from_primitive(request)
-    writer.write(rq.encode())
-    try:
-        pdu_type, length = await asyncio.wait_for(assoc._header(), ARTIM)
-        if length > MAX_ASSOCIATE_RQ:
-            raise ProtocolError(f"{_PDU_NAMES.get(pdu_type, 'PDU')} of length {length}")
-        body = await asyncio.wait_for(reader.readexactly(length), ARTIM)
-        if pdu_type == 0x03 and length >= 4:
-            raise ConnectionError(f"{called_aet} rejected the association (result {body[1]}, "
-                                  f"source {body[2]}, reason {body[3]})")
-        if pdu_type == 0x07:
-            raise ConnectionError(f"{called_aet} aborted the association")
-        if pdu_type != 0x02:
-            raise ProtocolError(f"{_PDU_NAMES.get(pdu_type, 'unknown PDU')} instead of "
-                                "A-ASSOCIATE-AC", reason=2)
-        ac = A_ASSOCIATE_AC()
-        try:
-            ac.decode(struct.pack(">BBI", 0x02, 0, length) + body)
-            reply = ac.to_primitive()
-        except Exception as exc:
-            raise ProtocolError(f"malformed A-ASSOCIATE-AC: {exc}") from None
-        roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
-                 for item in reply.user_information
-                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
-        result = negotiate_as_requestor(proposed,
-                                        reply.presentation_context_definition_results_list,
-                                        roles)
-        assoc.contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
-        assoc.max_pdu = int(reply.maximum_length_received or 0)
-        if not assoc.contexts:
-            raise ProtocolError(f"{called_aet} accepted no presentation context", reason=0)
-    except ProtocolError as exc:
-        writer.write(a_abort(0, 0))
-        writer.close()
-        raise ConnectionError(str(exc)) from None
-    except BaseException:
-        writer.close()
-        raise
-    assoc.is_established = True
-    assoc.task = assoc.loop.create_task(assoc.run())
-    log.info("association requested: %s (%d of %d contexts accepted, max PDU %s)",
-             assoc.describe(), len(assoc.contexts), len(proposed), assoc.max_pdu or "unlimited")
-    return assoc

@@ -109,22 +109,6 @@ def _encode_match(match: MatchFields, level: Any, charset: Any,
     return encode_dataset(ds, transfer_syntax)
 
 
-def _nodelay(event: Any) -> None:
-    from .server import set_nodelay
-    set_nodelay(getattr(event.assoc.dul.socket, "socket", None))
-
-
-def _requestor(node: Node) -> Any:
-    """A pynetdicom AE for a storage commitment report that could not go back
-    on the requesting association: rare, so pynetdicom's requestor will do."""
-    from pynetdicom import AE
-    ae = AE(ae_title=node.settings.ae_title)
-    ae.acse_timeout = 30
-    ae.dimse_timeout = node.settings.dimse_timeout
-    ae.network_timeout = node.settings.dimse_timeout
-    return ae
-
-
 class Services:
     """The DIMSE services of one node."""
 
@@ -263,30 +247,25 @@ class Services:
 
     def send_commitment(self, peer_aet: str, report: tuple[int, Dataset]) -> bool:
         """The N-EVENT-REPORT on a new association to the configured node
-        whose AE title is ``peer_aet`` (PS3.4 J.3.3)."""
-        from pynetdicom import evt
+        whose AE title is ``peer_aet`` (PS3.4 J.3.3), through the requestor
+        (``dimse.client``); we propose the SCP role of Storage Commitment."""
         node = self.node.node_by_aet(peer_aet)
         if node is None:
             log.warning("storage commitment: cannot report to %s (not a configured node)",
                         peer_aet)
             return False
+        from . import client
+        from .errors import RemoteError
         event_type, ds = report
-        ae = _requestor(self.node)
-        ae.add_requested_context(STORAGE_COMMITMENT)
-        from pynetdicom import build_role
-        assoc = ae.associate(node.host, node.port, ae_title=node.aet,
-                             ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True)],
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
-        if not assoc.is_established:
-            log.warning("storage commitment: cannot associate with %s at %s:%s", node.aet,
-                        node.host, node.port)
-            return False
+        target = client.Destination(node.aet, node.host, node.port, self.node.settings.ae_title,
+                                    30.0, self.node.settings.dimse_timeout)
         try:
-            status, _reply = assoc.send_n_event_report(ds, event_type, STORAGE_COMMITMENT,
-                                                       COMMITMENT_INSTANCE)
-            ok = getattr(status, "Status", None) == 0
-        finally:
-            assoc.release()
+            status = client.run(client.report_event(
+                target, STORAGE_COMMITMENT, COMMITMENT_INSTANCE, event_type, ds))
+        except RemoteError as exc:
+            log.warning("storage commitment: cannot report to %s: %s", node.aet, exc)
+            return False
+        ok = status == 0x0000
         log.info("storage commitment %s reported to %s on a new association: %s",
-                 ds.TransactionUID, node.aet, "ok" if ok else "no success response")
+                 ds.TransactionUID, node.aet, "ok" if ok else f"status 0x{status:04X}")
         return ok
