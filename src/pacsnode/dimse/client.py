@@ -73,6 +73,8 @@ CHUNK = 1 << 20
 READ_AHEAD = 4 << 20
 #: How often a wait for a response looks at its cancel flag and idle clock.
 POLL = 0.05
+#: How often an association looks at how long the peer has been silent.
+IDLE_CHECK = 1.0
 #: Seconds we wait for the A-RELEASE-RP.
 RELEASE_WAIT = 10.0
 
@@ -310,6 +312,18 @@ class Requested:
         self._usable: dict[str, dict[str, int]] = {}
         self._ahead: tuple[Path, int, bytes] | None = None
         self._task = self.loop.create_task(self._read())
+        self._watchdog = self.loop.call_later(IDLE_CHECK, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Abort when a request waits and the peer has sent nothing for
+        ``dimse_timeout`` seconds (checked every IDLE_CHECK seconds)."""
+        if self.closed:
+            return
+        limit = self.target.dimse_timeout
+        if limit is not None and self._queues and self.loop.time() - self.last_rx > limit:
+            self.abort(f"no answer within {limit:g} s")
+            return
+        self._watchdog = self.loop.call_later(IDLE_CHECK, self._check_idle)
 
     # -- contexts
 
@@ -421,6 +435,7 @@ class Requested:
             raise _ProtocolError(f"unexpected {_PDU_NAMES.get(pdu_type, 'unknown PDU')}")
 
     def _closed(self, why: str) -> None:
+        self._watchdog.cancel()
         if not self.closed:
             self.closed = True
             self.why_closed = why
@@ -507,11 +522,10 @@ class Requested:
     async def response(self, message_id: int, cancel: threading.Event | None = None,
                        on_cancel: Callable[[], Awaitable[None]] | None = None
                        ) -> tuple[m.Command, bytes | None]:
-        """The next response to ``message_id``.  Waits at most
-        ``dimse_timeout`` without a PDU from the peer (then aborts); when
+        """The next response to ``message_id``.  The association is aborted
+        after ``dimse_timeout`` seconds without a PDU (``_check_idle``); when
         ``cancel`` gets set, awaits ``on_cancel`` once and keeps waiting."""
         queue = self._queues[message_id]
-        limit = self.target.dimse_timeout
         while True:
             if cancel is not None and on_cancel is not None and cancel.is_set():
                 cancel_once, on_cancel = on_cancel, None
@@ -519,15 +533,14 @@ class Requested:
             if not queue.empty():
                 item = queue.get_nowait()
                 break
+            if cancel is None or on_cancel is None:  # silence is _check_idle's
+                item = await queue.get()
+                break
             try:
                 item = await asyncio.wait_for(queue.get(), POLL)
                 break
             except asyncio.TimeoutError:
                 pass
-            if limit is not None and self.loop.time() - self.last_rx > limit:
-                self.abort(f"no answer within {limit:g} s")
-                raise AssociationAborted(self.name, f"no response (association aborted, or no "
-                                                    f"answer within {limit:g} s)")
         if item is _END:
             queue.put_nowait(_END)
             raise AssociationAborted(self.name, f"association {self.why_closed or 'closed'} "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -471,6 +470,21 @@ async def _send_all(peer: Peer, shares: list[list[_Header]],
             raise outcome
 
 
+#: Seconds between two hand-overs of send results to the calling thread.
+HAND_OVER = 0.05
+
+
+def _wait(future: Any, seconds: float) -> bool:
+    """Whether ``future`` (concurrent) finished within ``seconds``."""
+    try:
+        future.exception(timeout=seconds)
+    except TimeoutError:
+        return False
+    except BaseException:  # noqa: BLE001 - cancelled: finished too
+        pass
+    return True
+
+
 def send(peer: Peer, paths: Iterable[str | Path], *,
          on_result: Callable[[SendResult], None] | None = None,
          cancel: threading.Event | None = None, parallel: int = 1) -> list[SendResult]:
@@ -513,12 +527,19 @@ def send(peer: Peer, paths: Iterable[str | Path], *,
     size = -(-len(headers) // ways)
     shares = [headers[i:i + size] for i in range(0, len(headers), size)]
     first_sent = len(results)
-    done: queue.SimpleQueue[SendResult | None] = queue.SimpleQueue()
-    future = asyncio.run_coroutine_threadsafe(_send_all(peer, shares, done.put, cancel),
+    # Results are handed over in batches (a wake-up of this thread per file
+    # cost more than the file's C-STORE).
+    sent: list[SendResult] = []
+    future = asyncio.run_coroutine_threadsafe(_send_all(peer, shares, sent.append, cancel),
                                               client.loop())
-    future.add_done_callback(lambda _: done.put(None))
-    while (item := done.get()) is not None:
-        report(item)
+    taken = 0
+    while True:
+        finished = future.done() or _wait(future, HAND_OVER)
+        while taken < len(sent):
+            report(sent[taken])
+            taken += 1
+        if finished:
+            break
     try:
         future.result()
     except RemoteError as exc:
