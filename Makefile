@@ -6,10 +6,17 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test bench deps system-deps clean
 
-# Python side: a venv with pacsnode (editable) and the test tools.
-$(STAMP): pyproject.toml
+# Python side: a venv with pacsnode (editable); `deps` adds the test tools,
+# `make run` needs only what the node itself needs.
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+
+$(RUNTIME_STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -21,7 +28,7 @@ deps: $(STAMP)
 system-deps:
 	bash scripts/install-system-deps.sh
 
-run: deps
+run: $(RUNTIME_STAMP)
 	$(VENV)/bin/pacsnode serve --data-dir ./pacsnode-data
 
 test: system-deps deps

@@ -7,6 +7,7 @@ they are stopped by PID whatever happens.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import resource
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+from pydicom import dcmread
 
 from .data import (
     SCALE_QUERIES,
@@ -309,6 +311,63 @@ def cluster(bench: Bench) -> None:
                 res.add(key, "pacsnode", data.count / seconds)
                 bench.log(f"C-STORE small ×{plan.parallel} into {processes} process(es) on "
                           f"PostgreSQL, run {run + 1}: {data.count / seconds:.1f} inst/s")
+
+
+# ------------------------------------------- classification and routes
+
+#: The issue: "C-STORE ingest rate with classification and three routes
+#: configured within 10% of the rate without".
+ROUTES_TARGET = Target(baseline="routes.without", baseline_ratio=0.9,
+                       text="≥0.9× pacsnode without routes")
+#: Series and studies stable after 1 and 2 s, so that classification and the
+#: routes' jobs run while the senders are still sending; three routes that
+#: match (a command each: their cost is the node's, not a peer's).
+ROUTES_CONFIG = """stable_series_seconds = 1
+stable_study_seconds = 2
+write_summaries = true
+
+[[routes]]
+name = "every-series"
+on = "stable_series"
+run = "true {series_uid} {classes}"
+
+[[routes]]
+name = "ct-studies"
+on = "stable_study"
+match = { Modality = "CT" }
+run = "true {study_uid} {path}"
+
+[[routes]]
+name = "axial-ct"
+on = "stable_series"
+match = { classes = "axial", calling_aet = "*" }
+run = "true {series_uid}"
+"""
+
+
+def routes(bench: Bench) -> None:
+    """C-STORE (4 parallel storescu, the small set) into a serve with
+    default settings against one that classifies every series after 1 s of
+    quiet, writes summaries and has three routes queueing jobs."""
+    res, plan, data = bench.results, bench.plan, bench.small
+    chunks = split(data.files, plan.parallel)
+    without, with_ = "routes.without", "routes.with"
+    res.row(without, f"C-STORE small 64², {plan.parallel} storescu, default settings "
+            f"({data.count} inst.)", "inst/s", higher_is_better=True)
+    res.row(with_, f"C-STORE small 64², {plan.parallel} storescu, classification at 1 s, "
+            "summaries and three routes", "inst/s", higher_is_better=True,
+            target=ROUTES_TARGET)
+    for run in range(plan.runs):
+        for key, config in ((without, ""), (with_, ROUTES_CONFIG)):
+            with bench.fleet() as fleet:
+                server = fleet.pacsnode(config=config)
+                seconds = _storescu_to([(server, chunk) for chunk in chunks], fleet.root)
+                stored = _stored_count(server)
+            if stored != data.count:
+                res.note(f"{key} run {run + 1}: {stored} of {data.count} instances stored")
+            res.add(key, "pacsnode", data.count / seconds)
+            bench.log(f"C-STORE small ×{plan.parallel}, {key}, run {run + 1}: "
+                      f"{data.count / seconds:.1f} inst/s")
 
 
 # ------------------------------------------------- one large instance
@@ -885,11 +944,133 @@ def _wado(url: str) -> tuple[int, float]:
     return int(size), float(seconds)
 
 
+# ------------------------------------------------------------------ auth
+
+#: The issue: with auth on and a token, QIDO and WADO "within 10% of auth off".
+AUTH_TARGET = Target(baseline="", baseline_ratio=1.1, text="≤1.1× auth off")
+
+
+def auth(bench: Bench) -> None:
+    """QIDO-RS and WADO-RS (one instance) latency with ``auth = "on"`` and a
+    reader token, against the same requests to a node with auth off, both
+    holding the retrieve study; requests alternate between the two."""
+    res, plan = bench.results, bench.plan
+    study = next(iter(bench.ct.studies()))
+    files = bench.ct.study_files(study)
+    series = bench.ct.studies()[study][0]
+    for kind, label in (("qido", "QIDO-RS studies by PatientID"),
+                        ("wado", "WADO-RS one CT instance")):
+        res.row(f"auth.{kind}.off", f"{label}, auth off", "ms", higher_is_better=False)
+        res.row(f"auth.{kind}.on", f"{label}, auth on (API token)", "ms",
+                higher_is_better=False,
+                target=dataclasses.replace(AUTH_TARGET, baseline=f"auth.{kind}.off"))
+    with bench.fleet() as fleet:
+        off = fleet.pacsnode()
+        on = fleet.pacsnode(config='auth = "on"\n')
+        for server in (off, on):
+            _storescu_parallel(server, [files], server.workdir)
+        assert on.data_dir is not None
+        made = subprocess.run([sys.executable, "-m", "pacsnode", "token", "create", "bench",
+                               "--role", "reader", "--data-dir", str(on.data_dir)],
+                              capture_output=True, text=True, timeout=60, check=True)
+        token = made.stdout.split()[-1]
+        patient = dcmread(files[0], stop_before_pixels=True).PatientID
+        sop = dcmread(series.files[0], stop_before_pixels=True).SOPInstanceUID
+        wado = f"/studies/{study}/series/{series.series_uid}/instances/{sop}"
+        headers = {"off": {}, "on": {"Authorization": f"Bearer {token}"}}
+        with httpx.Client(timeout=60) as client:
+            for rep in range(plan.latency_reps * 3 + 1):
+                for name, server in (("off", off), ("on", on)):
+                    for kind, path, accept in (
+                            ("qido", f"/studies?PatientID={quote(patient)}",
+                             "application/dicom+json"),
+                            ("wado", wado, f"{MULTIPART_DICOM}; transfer-syntax=*")):
+                        start = time.perf_counter()
+                        r = client.get(server.dicomweb + path,
+                                       headers={"Accept": accept, **headers[name]})
+                        elapsed = time.perf_counter() - start
+                        r.raise_for_status()
+                        if rep:  # the first round warms caches
+                            res.add(f"auth.{kind}.{name}", "pacsnode", elapsed * 1000)
+    bench.log("auth on/off latency measured")
+
+
+# ------------------------------------------------------------ extra query tags
+
+#: The extra query tag of the ``extratags`` rows: a series-level public
+#: attribute the index does not hold, with a value shared by 4 series (as
+#: many as an exact PatientID selects at SERIES level: 2 studies of 2).
+EXTRA_TAGS_TOML = 'extra_query_tags = [{tag = "0018,0024", level = "SERIES"}]\n'
+EXTRA_VALUES = 5000
+
+
+def _extra_value(series_id: int) -> str:
+    return f"SEQ{(series_id - 1) % EXTRA_VALUES:04d}"
+
+
+def extra_tags_rows(bench: Bench) -> None:
+    """QIDO-RS at SERIES level on an extra query tag (SequenceName) at the
+    largest scale, against the same query on a built-in indexed key
+    (PatientID exact); the issue asks for at most 2× the built-in key."""
+    from sqlalchemy import select as sa_select
+
+    from pacsnode.index.extra_tables import extra_attrs
+    from pacsnode.index.schema import series
+
+    n = max(bench.plan.scales)
+    res, reps = bench.results, bench.plan.latency_reps
+    label = _scale_label(n)
+    res.row(f"extratags.builtin.{n}", f"QIDO-RS SERIES PatientID exact @{label} "
+            "(built-in indexed key)", "ms", higher_is_better=False)
+    res.row(f"extratags.extra.{n}", f"QIDO-RS SERIES SequenceName exact @{label} "
+            "(extra query tag)", "ms", higher_is_better=False,
+            target=Target(text="≤2× the built-in key", baseline=f"extratags.builtin.{n}",
+                          baseline_ratio=2.0))
+    data_dir = bench.root / f"pacsnode-extratags-{uuid.uuid4().hex[:8]}"
+    data_dir.mkdir()
+    loader = IndexLoader(f"sqlite:///{data_dir / 'index.sqlite'}")
+    try:
+        seconds = loader.load_until(n)
+        with loader.db.write() as conn:
+            rows = conn.execute(sa_select(series.c.id, series.c.seriesinstanceuid)).all()
+            conn.execute(extra_attrs.insert(), [
+                dict(level=2, owner_uid=uid, key="00180024", value=_extra_value(int(sid)),
+                     value_ci=_extra_value(int(sid))) for sid, uid in rows])
+        bench.log(f"extratags: {n} scale instances, {len(rows)} series tagged "
+                  f"({seconds:.1f}s loading)")
+    finally:
+        loader.close()
+    expected = len([1 for sid, _uid in rows if _extra_value(int(sid)) == "SEQ0007"])
+    try:
+        with bench.fleet() as fleet:
+            server = fleet.pacsnode(data_dir=data_dir, config=EXTRA_TAGS_TOML)
+            client = httpx.Client(timeout=300)
+            try:
+                for key, query in ((f"extratags.builtin.{n}", {"PatientID": "SC0000007"}),
+                                   (f"extratags.extra.{n}", {"SequenceName": "SEQ0007"})):
+                    answers = [_qido(client, server.dicomweb, "SERIES", query)
+                               for _ in range(reps + 1)]
+                    count = answers[0][1]
+                    want = expected if "SequenceName" in query else \
+                        expected_matches(n, query, "SERIES")
+                    res.rows[key].extra.setdefault("matches", {})["pacsnode"] = count
+                    if count != want:
+                        res.note(f"{res.rows[key].title}: pacsnode answered {count} "
+                                 f"matches, expected {want}")
+                    for elapsed, _count in answers[1:]:
+                        res.add(key, "pacsnode", elapsed * 1000)
+            finally:
+                client.close()
+            fleet.stop(server, remove=False)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 # ------------------------------------------------------------------ groups
 
 #: Row groups selectable with ``--only``.
 GROUPS = ("cstore", "cluster", "large", "cfind", "qido", "wado", "metadata", "stow", "cmove",
-          "cget", "send")
+          "cget", "routes", "auth", "extratags", "send")
 WEB_GROUPS = {"wado", "metadata", "stow", "cmove", "cget"}
 
 
@@ -904,13 +1085,19 @@ def run_groups(bench: Bench, groups: list[str]) -> None:
         phases.append(("two serve processes on PostgreSQL", lambda: cluster(bench)))
     if "large" in selected:
         phases.append(("1 GiB instance", lambda: large(bench)))
+    if "routes" in selected:
+        phases.append(("classification and routes", lambda: routes(bench)))
     if "send" in selected:
         phases.append(("pacsnode send", lambda: send(bench)))
     if selected & WEB_GROUPS:
         phases.append(("DICOMweb and retrieve", lambda: web_and_retrieve(bench, selected)))
+    if "auth" in selected:
+        phases.append(("auth on/off", lambda: auth(bench)))
     if selected & {"cfind", "qido"}:
         phases.append(("C-FIND/QIDO scale", lambda: scale_queries(
             bench, "cfind" in selected, "qido" in selected, "cstore" in selected)))
+    if "extratags" in selected:
+        phases.append(("extra query tags", lambda: extra_tags_rows(bench)))
     for name, phase in phases:
         bench.log(f"— {name}")
         start = time.perf_counter()

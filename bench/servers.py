@@ -276,10 +276,12 @@ class Fleet:
 
     def pacsnode(self, *, data_dir: Path | None = None,
                  nodes: dict[str, tuple[str, int]] | None = None,
-                 aet: str = "PACSNODE", database_url: str = "") -> Server:
+                 aet: str = "PACSNODE", database_url: str = "",
+                 config: str = "") -> Server:
         """``python -m pacsnode serve`` with default settings; ``nodes`` name
         → (AE title, port) become ``[nodes.NAME]`` tables of a TOML config;
-        ``database_url`` puts the index elsewhere than SQLite in ``data_dir``."""
+        ``database_url`` puts the index elsewhere than SQLite in ``data_dir``;
+        ``config``: TOML lines of settings (``auth = "on"``), written before the nodes."""
         workdir = self._workdir("pacsnode")
         data = data_dir or workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -289,12 +291,12 @@ class Fleet:
                "--ae-title", aet, "--host", "127.0.0.1"]
         if database_url:
             cmd += ["--database-url", database_url]
-        if nodes:
-            config = workdir / "pacsnode.toml"
-            config.write_text("".join(
+        if nodes or config:  # config: more TOML (settings before any [nodes.X])
+            path = workdir / "pacsnode.toml"
+            path.write_text(config + "".join(
                 f'[nodes.{name}]\naet = "{node_aet}"\nhost = "127.0.0.1"\nport = {port}\n\n'
-                for name, (node_aet, port) in nodes.items()))
-            cmd += ["--config", str(config)]
+                for name, (node_aet, port) in (nodes or {}).items()))
+            cmd += ["--config", str(path)]
         proc, log_path, log = self._spawn("pacsnode", cmd, workdir)
         server = Server("pacsnode", aet, dicom_port, workdir, proc, log_path, http_port,
                         f"http://127.0.0.1:{http_port}/dicomweb", data_dir=data, _log=log)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite talks to: DCMTK, Orthanc with its
-# DICOMweb plugin, PostgreSQL and dicom3tools (dciodvfy). Only as root and
+# DICOMweb plugin, PostgreSQL and dicom3tools (dciodvfy); Chromium and npm for
+# the browser tests of the UI. Only as root and
 # only when something is missing, so repeated `make test` runs stay fast.
 set -euo pipefail
 need=()
@@ -10,6 +11,8 @@ command -v Orthanc  >/dev/null 2>&1 || need+=(orthanc)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v curl     >/dev/null 2>&1 || need+=(curl)  # make bench's WADO-RS client
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the UI's browser tests (Playwright)
+command -v npm      >/dev/null 2>&1 || need+=(npm)  # fetches OHIF (npm pack @ohif/app) for its test
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -40,7 +40,10 @@ def two_nodes(tmp_path: Path, database_url: str):
     """Two nodes (as two processes) on one index and blob store, each with
     its automation recording arrivals but not polling on its own."""
     marker = tmp_path / "fired"
-    cfg = dict(stable_study_seconds=1, on_stable_study=f"sh -c 'echo {{study_uid}} >> {marker}'")
+    # Series are always tracked now (each is classified once stable): keep
+    # their quiet period out of these study-trigger counts.
+    cfg = dict(stable_study_seconds=1, stable_series_seconds=3600,
+               on_stable_study=f"sh -c 'echo {{study_uid}} >> {marker}'")
     nodes = [make_node(tmp_path, database_url, **cfg) for _ in range(2)]
     autos = [Automation(n) for n in nodes]
     for node, auto in zip(nodes, autos):
@@ -137,8 +140,9 @@ def test_a_deleted_study_fires_nothing_and_its_row_goes(two_nodes, tmp_path: Pat
     _make_due(a, study)
     assert auto_a.poll_once() == 0
     assert not marker.exists()
-    with a.db.read() as conn:
-        assert conn.execute(select(pending).where(pending.c.study_uid == study)).all() == []
+    with a.db.read() as conn:  # (its series' row goes once the series' own period is over)
+        assert conn.execute(select(pending).where(pending.c.study_uid == study,
+                                                  pending.c.kind == "study")).all() == []
 
 
 def test_a_resend_right_after_a_delete_still_fires(two_nodes, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from web_server import WebServer, make_instance, uid
 from pacsnode.dimse import messages as m
 from pacsnode.errors import BadQuery
 from pacsnode.query.parse import constraint_for
-from pacsnode.web.api import INTERNAL_ERROR
+from pacsnode.web.errors import INTERNAL_ERROR
 
 HUGE = "9223372036854775808"  # 2^63: one more than SQLite and PostgreSQL take
 

@@ -245,7 +245,12 @@ def test_concurrent_writers_page_without_repeats_or_skips(tmp_path: Path,
 def test_a_gap_holds_back_later_changes_until_it_is_settled() -> None:
     from types import SimpleNamespace
 
-    from pacsnode.web.changes import GAP_GRACE_SECONDS, _settled
+    from pacsnode.index.feeds import settled
+    from pacsnode.web.changes import GAP_GRACE_SECONDS
+
+    def _settled(rows: list[SimpleNamespace], since: int, now: float) -> list[SimpleNamespace]:
+        return settled(rows, since, now, written_at="at", grace=GAP_GRACE_SECONDS)
+
     now = 1000.0
     rows = [SimpleNamespace(seq=s, at=at) for s, at in ((5, now - 1), (6, now - 1),
                                                          (8, now - 1), (9, now))]

@@ -348,7 +348,7 @@ def test_c_get_of_a_series_read_ahead_sends_each_instance_whole(node, tmp_path, 
     from pynetdicom import AE, build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-    from pacsnode.dimse.server import READ_AHEAD
+    from pacsnode.dimse.move_get import READ_AHEAD
 
     study, series = "1.2.826.0.1.3680043.8.498.7001", "1.2.826.0.1.3680043.8.498.7001.1"
     sizes = [16, 1536, 16, 64, 16]  # 1536² × 2 bytes: more than READ_AHEAD

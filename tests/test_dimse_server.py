@@ -434,7 +434,9 @@ def test_associations_spread_over_processes(pacsnode_factory, tmp_path):
     """With dimse_processes = 2 the kernel spreads associations over both
     processes; what each stores is in the one index, and killing the node
     with -9 leaves no worker holding the port."""
-    node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_PROCESSES": "2"})
+    # 24 senders at once from one address: above max_associations_per_address's default.
+    node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_PROCESSES": "2",
+                                       "PACSNODE_MAX_ASSOCIATIONS_PER_ADDRESS": "32"})
     deadline = time.monotonic() + 20
     while len(_serve_pids(node)) < 2 or node.log().count("DIMSE listening") < 2:
         assert time.monotonic() < deadline, node.log()
@@ -704,7 +706,7 @@ def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch, syncer):
     from pacsnode.aiosync import AioSync
     from pacsnode.config import load_settings
     from pacsnode.dimse.scp import DimseServer
-    from pacsnode.dimse.server import AssociationLimit
+    from pacsnode.dimse.limit import AssociationLimit
     from pacsnode.node import Node
 
     if syncer != "started":  # as if other associations were open
@@ -716,7 +718,7 @@ def test_failed_fsync_fails_that_c_store_only(tmp_path, monkeypatch, syncer):
         started.append(fd)
         return real_started(fd)
 
-    monkeypatch.setattr("pacsnode.dimse.server.fsync_started", fsync_started)
+    monkeypatch.setattr("pacsnode.durability.fsync_started", fsync_started)
 
     port = free_port()
     node = Node(load_settings(overrides={"data_dir": tmp_path / "data", "dicom_port": port,

@@ -59,8 +59,9 @@ def test_failed_batch_is_retried_one_by_one_and_keeps_every_blob(node, tmp_path,
 
 
 def test_stage_then_commit_without_waiting(node, tmp_path):
-    """The two steps the DIMSE loop takes: ``stage`` (fsync started, header
-    read) and ``commit(wait=False)``, which on SQLite gives up at once, with
+    """The steps the DIMSE loop takes (durability.IngestScheduler): ``check``
+    (header read with the fast reader only), ``staged`` (with its fsync
+    under way) and ``commit_now``, which on SQLite gives up at once, with
     nothing done, while another writer holds the index — and succeeds
     afterwards; on PostgreSQL it never writes (the loop must not wait on
     the network) and the waiting commit does."""
@@ -71,16 +72,18 @@ def test_stage_then_commit_without_waiting(node, tmp_path):
     fh, temp = node.store.new_temp()
     with fh:
         fh.write(path.read_bytes())
-    staged = node.ingestor.stage(temp, Origin("test"), fast_only=True)
+    checked = node.ingestor.check(temp, Origin("test"), fast_only=True)
+    assert isinstance(checked, tuple)
+    staged = node.ingestor.staged(temp, Origin("test"), *checked, node.store.sync_temp(temp))
     assert isinstance(staged, Staged)
     staged.wait()
     if node.db.is_sqlite:
         with another_writer(node.db):
-            assert node.ingestor.commit([staged], wait=False) is None
+            assert node.ingestor.commit_now([staged]) is None
             assert temp.exists()  # nothing consumed
-        results = node.ingestor.commit([staged], wait=False)
+        results = node.ingestor.commit_now([staged])
     else:
-        assert node.ingestor.commit([staged], wait=False) is None
+        assert node.ingestor.commit_now([staged]) is None
         results = node.ingestor.commit([staged])
     assert results is not None and results[0].outcome is Outcome.STORED
     assert not temp.exists()

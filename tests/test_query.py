@@ -199,7 +199,7 @@ def test_identifier_encoding_equals_pydicoms(node, tmp_path):
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     from pacsnode.dimse import messages as m
-    from pacsnode.dimse.services import _encode_match
+    from pacsnode.dimse.find import encode_match as _encode_match
     store(node, tmp_path, "a", patient_id="A", patient_name="Doe^John=ドウ^ジョン=どう^じょん",
           study_date="20200102", study_time="101500.25", accession="X_1%",
           charset="ISO_IR 192", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"], PatientWeight="70.5",

@@ -534,7 +534,7 @@ def test_sending_syntax_for_c_get_contexts() -> None:
     """The syntax accepted for a C-GET SCU's storage context: its first
     choice we can produce (Explicit over Implicit VR LE), else the first we
     store, else none."""
-    from pacsnode.dimse.server import TRANSFER_SYNTAXES
+    from pacsnode.dimse.negotiation import TRANSFER_SYNTAXES
     from pacsnode.retrieve import sending_syntax
     assert sending_syntax([ILE, ELE, DEFL, BE], TRANSFER_SYNTAXES) == ELE
     assert sending_syntax([ILE], TRANSFER_SYNTAXES) == ILE

@@ -177,3 +177,22 @@ def test_pieces_keep_their_order_with_or_without_a_content_length(bare) -> None:
     assert chunked.headers["transfer-encoding"] == "chunked"
     assert chunked.content == expected
     assert all(zerocopy.ZEROCOPYSEND in e and zerocopy.PATHSEND in e for e in app.extensions)
+
+
+def test_the_installed_uvicorn_runs_the_zero_copy_send(bare, sent_files: list[int]) -> None:
+    """web/zerocopy.py reaches into uvicorn's httptools protocol and its
+    request cycle.  On a uvicorn where those changed it advertises nothing
+    and bodies quietly go the slow way (read and copied by the process);
+    this fails then, naming the version.  pyproject.toml pins uvicorn to the
+    versions this passed on: widen the pin only with this test green."""
+    app, base, data = bare
+    with httpx.Client(base_url=base, timeout=30) as client:
+        r = client.get("/fixed")
+    half = len(data) // 2
+    assert r.content == data[:half] + b"<>" + data[half:]
+    where = f"uvicorn {uvicorn.__version__}"
+    assert app.extensions and all(zerocopy.ZEROCOPYSEND in e and zerocopy.PATHSEND in e
+                                  for e in app.extensions), \
+        f"{where}: the zero-copy send is not advertised (web/zerocopy.py no longer fits it)"
+    assert sent_files == [half, len(data) - half], \
+        f"{where}: the file pieces did not go by sendfile(2): {sent_files}"

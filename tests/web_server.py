@@ -40,7 +40,8 @@ class WebServer:
         self.port = free_port()
         # As ``pacsnode serve`` configures it (zero-copy file bodies).
         config = http_config(self.app, "127.0.0.1", self.port, log_level="warning",
-                             lifespan="off", access_log=False)
+                             lifespan="off", access_log=False,
+                             read_timeout=settings.http_read_timeout)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self._clients: list[Any] = []

@@ -17,10 +17,9 @@ def _import_pydicom_without_requests() -> None:
     pydicom imports ``requests`` (and with it urllib3, charset_normalizer,
     idna, certifi) at import time only to download its own test files
     (``pydicom.data.download``), and falls back to urllib when it is missing.
-    pacsnode never downloads them, and each server process would pay ~5 MiB
-    for it (measured on ``serve``: main process 112 → 108 MiB, DIMSE worker
-    85 → 79 MiB).  The hold ends with the import: ``import requests`` later,
-    here or in the user's code, works as usual."""
+    pacsnode never downloads them, and each server process would pay some
+    MiB of memory for it.  The hold ends with the import: ``import
+    requests`` later, here or in the user's code, works as usual."""
     if "pydicom" in _sys.modules or "requests" in _sys.modules:
         return
     _sys.modules["requests"] = None  # type: ignore[assignment]  # makes its import fail

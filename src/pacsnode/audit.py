@@ -19,7 +19,6 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,6 +27,7 @@ from sqlalchemy import insert, select
 
 from .index.access_tables import audit
 from .index.db import Database
+from .index.feeds import settled
 from .index.schema import patients, studies
 
 __all__ = ["AuditEvent", "AuditTrail", "list_events", "EVENTS", "outcome_for_status"]
@@ -56,6 +56,10 @@ EVENT_OF_PERMISSION = {
 #: Routes whose use is not an event (polled often, and they show no patient).
 NOT_AUDITED = frozenset({"/api/v1/me", "/api/v1/changes", "/api/v1/changes/latest",
                          "/api/v1/changes/stream", "/api/v1/statistics", "/metrics"})
+#: Routes that name their instance in the query string (WADO-URI):
+#: (query parameter, path parameter name) pairs.
+_WADO_URI_KEYS = (("studyUID", "study"), ("seriesUID", "series"), ("objectUID", "instance"))
+_QUERY_NAMED = {"/wado": _WADO_URI_KEYS, "/dicomweb": _WADO_URI_KEYS}
 #: Query parameters that page rather than match: left out of the keys.
 _PAGING = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 
@@ -156,6 +160,10 @@ class AuditTrail:
                 note: "RequestNote") -> None:
         """An answered HTTP request under ``rule``."""
         params = _path_params(rule, scope["path"])
+        if rule.template in _QUERY_NAMED:  # WADO-URI names its instance in the query
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            params.update({name: query[key] for key, name in _QUERY_NAMED[rule.template]
+                           if query.get(key)})
         detail: dict[str, Any] = {"request": f"{scope['method']} {scope['path']}",
                                   "status": note.status}
         event = EVENT_OF_PERMISSION[rule.permission]
@@ -289,7 +297,8 @@ def list_events(db: Database, since: int = 0, limit: int = 100) -> tuple[list[di
     seq returned (``since`` when none)."""
     stmt = select(audit).where(audit.c.seq > since).order_by(audit.c.seq).limit(limit)
     with db.read() as conn:
-        rows = _settled(conn.execute(stmt).all(), since, time.time())
+        rows = settled(conn.execute(stmt).all(), since, time.time(), written_at="time",
+                       grace=GAP_GRACE_SECONDS)
     events = [{"seq": int(r.seq), "time": _iso(r.time), "event": r.event,
                "outcome": int(r.outcome), "user": r.user, "address": r.address,
                "studies": json.loads(r.studies), "patients": json.loads(r.patients),
@@ -297,24 +306,8 @@ def list_events(db: Database, since: int = 0, limit: int = 100) -> tuple[list[di
     return events, (events[-1]["seq"] if events else since)
 
 
-#: A gap in ``seq`` younger than this may still fill (see ``_settled``).
+#: A gap in ``seq`` younger than this may still fill (``index.feeds.settled``).
 GAP_GRACE_SECONDS = 10.0
-
-
-def _settled(rows: list[Any], since: int, now: float) -> list[Any]:
-    """The rows up to the first gap that may still fill: on PostgreSQL two
-    processes' batches can commit out of ``seq`` order, and a reader that
-    handed out the later one would skip the other for good (as the change
-    feed, web/changes.py).  A gap whose next row is older than
-    GAP_GRACE_SECONDS is a rolled-back batch."""
-    out = []
-    expected = since + 1
-    for row in rows:
-        if row.seq != expected and now - float(row.time) < GAP_GRACE_SECONDS:
-            break
-        out.append(row)
-        expected = int(row.seq) + 1
-    return out
 
 
 def _iso(epoch: float) -> str:

@@ -49,6 +49,8 @@ def _code(parent: ET.Element, tag: str, code: str, system: str, text: str) -> No
 
 def audit_message_xml(event: "AuditEvent", source_id: str) -> bytes:
     event_code, action = EVENT_CODES[event.event]
+    if event.detail.get("request") == "C-STORE received":
+        action = "C"  # Instances Transferred, as their destination (PS3.15 A.5.3.2)
     root = ET.Element("AuditMessage")
     ident = ET.SubElement(root, "EventIdentification", {
         "EventActionCode": action,

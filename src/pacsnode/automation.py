@@ -7,6 +7,12 @@ URL in ``webhooks``; more instances arriving later make it pending again, and
 it fires again once quiet.  This replaces storescp ``--exec-on-reception``
 plus a "touch a file per study, find the ones older than 16 s" script.
 
+Before its command and webhooks, the node itself acts on a stable series or
+study (§10, ``_arrived``): a series is classified (``pacsnode.classes``; so
+every series is tracked, whatever the commands), a study's summary.json is
+written (``write_summaries``), and the jobs of the matching routes are
+queued (``pacsnode.routes``) — all on the poller's side, off the ingest path.
+
 How it works (see docs/AUTOMATION.md):
 
 * ``start(node)`` subscribes to the event bus.  Every "stored"/"replaced"
@@ -38,16 +44,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
-import socket
 import subprocess
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +59,8 @@ from sqlalchemy import Connection, delete, func, select, update
 from .events import Event
 from .index.automation_tables import automation_pending as pending
 from .index.schema import instances, series, studies
+from .leases import claim, owner_id
+from .placeholders import PLACEHOLDERS, build_command, unknown_placeholders
 
 if TYPE_CHECKING:
     from .node import Node
@@ -64,10 +69,6 @@ __all__ = ["start", "record_arrivals", "Automation", "Trigger", "build_command",
            "LEASE_SECONDS", "WEBHOOK_ATTEMPTS"]
 
 log = logging.getLogger("pacsnode.automation")
-
-#: Placeholders a command template may use (each inside any argument).
-PLACEHOLDERS = ("study_uid", "series_uid", "path", "study_path", "patient_id", "calling_aet")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_]+)\}")
 
 #: A claim not renewed for this long belongs to a dead process: take it over.
 LEASE_SECONDS = 60.0
@@ -80,25 +81,13 @@ COMMAND_TIMEOUT = 3600.0
 #: Most commands / webhook deliveries running at once in one process.
 MAX_COMMANDS = 4
 MAX_DELIVERIES = 8
+#: Most stable series/studies classified, summarised and routed at once.
+MAX_ARRIVALS = 2
 #: How long shutdown waits for running actions before leaving them to the lease.
 STOP_GRACE = 10.0
 #: Rows done for this long are pruned (a new arrival recreates them).
 DONE_RETENTION = 7 * 86400.0
 _TAIL = 2000
-
-
-def build_command(template: str, values: Mapping[str, str]) -> list[str]:
-    """Split ``template`` like a POSIX shell would (quotes, escapes), then
-    replace ``{name}`` inside each argument.  Values are never re-split or
-    re-scanned, so a patient ID such as ``$(rm -rf ~); `x``` stays one
-    literal argument.  Unknown placeholders are left as written."""
-    def one(arg: str) -> str:
-        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
-    return [one(arg) for arg in shlex.split(template)]
-
-
-def unknown_placeholders(template: str) -> list[str]:
-    return sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - set(PLACEHOLDERS))
 
 
 def _checked(kind: str, template: str) -> str:
@@ -136,6 +125,8 @@ class Trigger:
     study_path: str
     instances: int
     at: float
+    #: The series' classes (a study: those of its series), comma-separated.
+    classes: str = ""
 
     @property
     def event_name(self) -> str:
@@ -144,7 +135,8 @@ class Trigger:
     def placeholders(self) -> dict[str, str]:
         return {"study_uid": self.study_uid, "series_uid": self.series_uid,
                 "path": self.path, "study_path": self.study_path,
-                "patient_id": self.patient_id, "calling_aet": self.calling_aet}
+                "patient_id": self.patient_id, "calling_aet": self.calling_aet,
+                "classes": self.classes}
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -156,6 +148,7 @@ class Trigger:
             body["series_uid"] = self.series_uid
         body.update(patient_id=self.patient_id, path=self.path,
                     calling_aet=self.calling_aet, instances=self.instances,
+                    classes=[c for c in self.classes.split(",") if c],
                     at=datetime.fromtimestamp(self.at, timezone.utc).isoformat())
         return body
 
@@ -184,16 +177,26 @@ class Automation:
                        _checked("study", s.on_stable_study)),
                  _Kind("series", float(s.stable_series_seconds),
                        _checked("series", s.on_stable_series))]
-        self.kinds = {k.name: k for k in kinds if k.command or self.webhooks}
-        self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Every series is classified once stable (§10), so the series kind
+        # always runs; a study's only when something acts on it.
+        self.write_summaries = bool(s.write_summaries)
+        from .routes import configured_routes
+        self.routes = configured_routes(s)
+        wanted = {"series": True,
+                  "study": bool(self.write_summaries or any(r.on == "stable_study"
+                                                           for r in self.routes))}
+        self.kinds = {k.name: k for k in kinds if k.command or self.webhooks or wanted[k.name]}
+        self.me = owner_id()
         self.poll_interval = max(0.05, min([1.0] + [k.seconds / 4 for k in self.kinds.values()]))
         self._stop = threading.Event()
         self._written: dict[tuple[str, str], float] = {}  # (kind, uid) -> monotonic time
         self._written_lock = threading.Lock()
+        self._emptied: set[str] = set()  # studies with a delete since the last poll
         self._inflight: dict[tuple[str, str, int], threading.Event] = {}
         self._inflight_lock = threading.Lock()
         self._commands = threading.BoundedSemaphore(MAX_COMMANDS)
         self._deliveries = threading.BoundedSemaphore(MAX_DELIVERIES)
+        self._arrivals = threading.BoundedSemaphore(MAX_ARRIVALS)
         self._http: Any = None
         self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
@@ -240,6 +243,9 @@ class Automation:
             return
         if event.action in ("stored", "replaced"):
             self.record_arrival(event)
+        elif event.action == "deleted" and self.write_summaries:
+            with self._written_lock:  # the poller drops the summary of a study now empty
+                self._emptied.add(event.study_uid)
 
     def record_arrival(self, event: Event) -> None:
         now_mono = time.monotonic()
@@ -306,6 +312,7 @@ class Automation:
                             row.kind, row.uid, row.claimed_by)
                 fired += self._fire(row)
         self._housekeeping(now)
+        self._drop_summaries()
         return fired
 
     def _claim(self, row: Any, now: float, *, takeover: bool) -> bool:
@@ -316,10 +323,20 @@ class Automation:
                       pending.c.claimed_at == row.claimed_at]
         else:
             where += [pending.c.fired.is_(False)]
-        with self.node.db.write() as conn:
-            result = conn.execute(update(pending).where(*where)
-                                  .values(fired=True, claimed_by=self.me, claimed_at=now))
-        return bool(result.rowcount == 1)
+        return claim(self.node.db, pending, where,
+                     dict(fired=True, claimed_by=self.me, claimed_at=now))
+
+    def _drop_summaries(self) -> None:
+        """Remove the summary.json of studies deleted through this process
+        (the study folder would otherwise stay, holding only it)."""
+        with self._written_lock:
+            studies, self._emptied = self._emptied, set()
+        if not studies:
+            return
+        from .summary import remove_summary
+        for study_uid in studies:
+            if self._count_instances("study", study_uid) == 0:
+                remove_summary(self.node, study_uid)
 
     def _housekeeping(self, now: float) -> None:
         with self._inflight_lock:
@@ -359,18 +376,53 @@ class Automation:
                           str(study_path), count, time.time())
         log.info("%s %s is stable (%d instance(s), quiet for %.1fs)", trigger.kind, trigger.uid,
                  count, trigger.at - row.last_arrival)
+        key = (trigger.kind, trigger.uid, trigger.generation)
+        finished = threading.Event()
+        with self._inflight_lock:
+            self._inflight[key] = finished
+        threading.Thread(target=self._stable, args=(trigger, finished), daemon=True,
+                         name=f"pacsnode-stable-{trigger.kind}").start()
+        return 1
+
+    def _arrived(self, trigger: Trigger) -> Trigger:
+        """What the node itself does with a stable series or study, before
+        its command and webhooks: classify the series (so ``{classes}`` is
+        current), write the study's summary, queue the route jobs."""
+        from . import classes as classmod
+        from .routes import enqueue
+        if trigger.kind == "series":
+            found = classmod.classify_stored_series(
+                self.node.db, trigger.uid, classmod.server_rules(self.node.settings)) or []
+        else:
+            found = _study_classes(self.node, trigger.study_uid,
+                                   classmod.server_rules(self.node.settings))
+            if self.write_summaries:
+                from .summary import write_summary
+                write_summary(self.node, trigger.study_uid)
+        trigger = replace(trigger, classes=",".join(found))
+        if self.routes and enqueue(self.node, self.routes, trigger):
+            from .routes import runner_for
+            runner = runner_for(self.node)
+            if runner is not None:
+                runner.wake()
+        return trigger
+
+    def _stable(self, trigger: Trigger, finished: threading.Event) -> None:
+        try:
+            with self._arrivals:
+                trigger = self._arrived(trigger)
+        except Exception:  # the command and webhooks still run
+            log.exception("stable %s %s: classification, summary or routes failed",
+                          trigger.kind, trigger.uid)
         actions: list[Callable[[], None]] = []
-        command = self.kinds[row.kind].command
+        command = self.kinds[trigger.kind].command
         if command:
             actions.append(lambda: self._run_command(command, trigger))
         for url in self.webhooks:
             actions.append(lambda url=url: self._deliver(url, trigger))
         key = (trigger.kind, trigger.uid, trigger.generation)
-        finished = threading.Event()
         remaining = [len(actions)]
         lock = threading.Lock()
-        with self._inflight_lock:
-            self._inflight[key] = finished
 
         def one(action: Callable[[], None]) -> None:
             try:
@@ -395,7 +447,6 @@ class Automation:
         for action in actions:
             threading.Thread(target=one, args=(action,), daemon=True,
                              name=f"pacsnode-stable-{trigger.kind}").start()
-        return 1
 
     def _count_instances(self, kind: str, uid: str) -> int:
         with self.node.db.read() as conn:
@@ -487,6 +538,21 @@ class Automation:
                   trigger.event_name, trigger.uid, attempt, problem)
 
 
+def _study_classes(node: Node, study_uid: str, rules: Any) -> list[str]:
+    """The classes of a study's series, each once, in series order; a
+    series not classified yet (its own quiet period longer than the
+    study's) is classified now."""
+    from .classes import classify_stored_series, find_series, stored_classes
+    seen: dict[str, str] = {}
+    for row in find_series(node.db, study_uid=study_uid, limit=100000):
+        names = row.classes
+        if stored_classes(node.db, row.series_uid) is None:
+            names = classify_stored_series(node.db, row.series_uid, rules) or []
+        for name in names:
+            seen.setdefault(name.casefold(), name)
+    return list(seen.values())
+
+
 def _upsert_arrival(conn: Connection, is_sqlite: bool, kind: str, uid: str, study_uid: str,
                     patient_id: str, calling_aet: str, now: float) -> None:
     if is_sqlite:
@@ -516,7 +582,8 @@ def _tail(fh: Any) -> str:
 
 def start(node: Node) -> Callable[[], None]:
     """Start the automation of a ``serve`` process; returns its stop function.
-    Nothing runs (and nothing is recorded) when no command or webhook is set."""
+    Series are always tracked (each is classified once stable); studies when
+    a command, webhook, route on stable_study or write_summaries acts on them."""
     automation = Automation(node)
     automation.start()
     return automation.stop
@@ -525,9 +592,8 @@ def start(node: Node) -> Callable[[], None]:
 def record_arrivals(node: Node) -> None:
     """Record arrivals without polling, for a process that ingests but does
     not serve (``pacsnode import`` beside a running ``serve``): the ``serve``
-    processes on the same index fire the triggers.  Like ``start``, it does
-    nothing unless this process's settings configure a trigger (give it the
-    same ``--config`` as ``serve``)."""
+    processes on the same index fire the triggers.  Give it the same
+    ``--config`` as ``serve``, so that it records the same kinds."""
     automation = Automation(node)
     if automation.enabled:
         node.bus.subscribe(automation.on_event, blocking=True)

@@ -8,6 +8,7 @@ options of ``serve`` and the README's configuration table are generated from
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -29,6 +30,9 @@ class Setting:
     #: title, ports, paths); True for what all of them must agree on (§12:
     #: nodes, policies, triggers …), checked when a process joins.
     shared: bool = True
+    #: The values allowed, when it is one of a few words (a choice on the
+    #: command line, checked for the TOML file and the environment too).
+    choices: tuple[str, ...] = ()
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -47,7 +51,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("duplicate_policy", "replace", "What storing an existing SOP Instance UID with "
             "a different data set does: 'replace' it, 'keep' the stored one (success), or "
             "'reject' (C-STORE 0x0111, STOW FailureReason 45070). An identical data set is "
-            "always accepted as already stored, whatever its file meta says."),
+            "always accepted as already stored, whatever its file meta says.",
+            choices=("replace", "keep", "reject")),
     Setting("fsync", True, "fsync each blob and its folder before acknowledging (turn off "
             "only on throw-away archives).", bool, shared=False),
     Setting("max_associations", 32, "Most DIMSE associations served at once.", int, shared=False),
@@ -60,6 +65,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_stow_bytes", 4 * 1024**3, "Largest STOW-RS request body accepted (bytes).",
             int),
     Setting("qido_max_limit", 1000, "Most results one QIDO-RS/C-FIND page returns.", int),
+    Setting("gateway_cache_seconds", 5, "Seconds a remote node's C-FIND answer is reused by "
+            "/dicomweb/remote/{node}/... searches (docs/GATEWAY.md); 0: ask every time.", int),
+    Setting("extra_query_tags", [], "Attributes made matching and return keys of C-FIND "
+            "and QIDO-RS at their level: a list of {tag = \"gggg,eeee\", level = "
+            "\"STUDY|SERIES|IMAGE\"} (a private one with creator = \"...\"; found by its "
+            "creator wherever its block sits). Filled on ingest; 'pacsnode reindex' fills them "
+            "for instances already stored.", list, cli=False),
     Setting("cors_origins", [], "Origins allowed to call the HTTP API from a browser.",
             list, cli=False),
     Setting("export_roots", [], "Folders under which export/pull-to-path may write.",
@@ -71,18 +83,32 @@ SETTINGS: tuple[Setting, ...] = (
             "template is split into arguments first, then {study_uid} {path} {study_path} "
             "{patient_id} {calling_aet} are replaced inside each argument."),
     Setting("on_stable_series", "", "Command run once per stable series (as on_stable_study, "
-            "plus {series_uid}; {path} is the series folder)."),
+            "plus {series_uid} and {classes}; {path} is the series folder)."),
     Setting("webhooks", [], "URLs that get a JSON POST for each stable study/series.",
             list, cli=False),
     Setting("classification_rules", "", "Rule file (data-transfer-station's "
             "classifyRules.json format) that adds to and overrides the built-in series "
             "classes; empty means the built-in rules only."),
-    Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING).", shared=False),
+    Setting("write_summaries", False, "Write studies/<StudyInstanceUID>/summary.json (the "
+            "study summary of GET /api/v1/studies/{study}/summary) each time a study becomes "
+            "stable.", bool),
+    Setting("routes", [], "[[routes]] tables: name, on (stable_study or stable_series), match "
+            "(keyword, classes or calling_aet -> wildcard pattern) and actions send_to, "
+            "anonymize, export_to, run; each action for each match is a durable job "
+            "(docs/AUTOMATION.md).", list, cli=False),
+    Setting("route_attempts", 8, "Attempts of a failing route action before its job fails.",
+            int),
+    Setting("route_backoff_seconds", 10, "Wait after a route action's first failure; it "
+            "doubles after each further failure (8 attempts from 10 s: about 21 minutes of "
+            "retrying).", float),
+    Setting("log_level", "INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).", shared=False,
+            choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     # Access control (DESIGN.md §8, docs/SECURITY.md).
     Setting("auth", "off", "'on': every HTTP route but health, the OpenAPI document, the "
             "docs page and the UI's static files needs 'Authorization: Bearer <token>' (an "
             "API token from 'pacsnode token create', or an OIDC access token); 'off': no "
-            "credentials asked, so serve listens on loopback only unless allow_insecure."),
+            "credentials asked, so serve listens on loopback only unless allow_insecure.",
+            choices=("off", "on")),
     Setting("allow_insecure", False, "Let serve listen on a non-loopback host with auth "
             "off (anyone who reaches the port may read, change and delete everything).",
             bool),
@@ -102,9 +128,41 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit_syslog", "", "Also send each audit event as an RFC 5424 syslog message "
             "(body: the DICOM audit message XML) to udp://host:port or tcp://host:port; "
             "empty: the index only."),
+    Setting("ohif_dir", "", "Folder holding OHIF's prebuilt app (the dist/ of the npm "
+            "package @ohif/app), served at /ohif/ and configured for this node's /dicomweb; "
+            "empty: /ohif/ is not served. See docs/VIEWERS.md.", shared=False),
+    # DIMSE access control and limits (DESIGN.md §8).
+    Setting("dimse_unknown_ae", ["echo", "store", "find", "get", "move"], "DIMSE operations "
+            "an AE title not in [nodes] (or calling from another address than its node's "
+            "host) may use: echo, store, find, get, move; [] rejects its associations.",
+            list, cli=False),
+    Setting("check_called_ae", False, "Reject associations whose called AE title is not "
+            "ae_title (or cluster_ae_title).", bool),
+    Setting("max_associations_per_address", 8, "Most DIMSE associations served at once for "
+            "one peer address (all DIMSE processes together), so one peer cannot take every "
+            "place under max_associations.", int, shared=False),
+    Setting("node_networks", [], "Networks (CIDR, e.g. 10.0.0.0/8) a node registered over "
+            "HTTP must have its address in; empty: any address but link-local, unspecified "
+            "and multicast ones.", list, cli=False),
+    Setting("http_read_timeout", 30, "Seconds an HTTP request's headers may take to arrive, "
+            "and the longest pause inside its body; a slower request gets 408 and its "
+            "connection is closed (0: no limit).", int, shared=False),
+    # Transport security (DESIGN.md §8, docs/SECURITY.md).
+    Setting("tls_cert", "", "PEM certificate (chain) of this node: with tls_key, the HTTP "
+            "listener is HTTPS and dicom_tls_port opens a DICOM TLS listener.", shared=False),
+    Setting("tls_key", "", "PEM private key of tls_cert.", shared=False),
+    Setting("tls_ca", "", "PEM CA certificate(s): DICOM TLS peers must present a "
+            "certificate they signed (mutual TLS); also what our TLS associations to nodes "
+            "with tls = true trust (empty: the system's CAs).", shared=False),
+    Setting("dicom_tls_port", 0, "TCP port of the DICOM TLS listener (TLS 1.2+, BCP 195 "
+            "ciphers; needs tls_cert and tls_key); 0: none.", int, shared=False),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+
+
+#: The DIMSE operations a calling AE may be allowed (``[nodes.NAME] allow``).
+DIMSE_OPERATIONS = ("echo", "store", "find", "get", "move")
 
 
 @dataclass(frozen=True)
@@ -113,6 +171,16 @@ class NodeConfig:
     aet: str
     host: str
     port: int
+    #: What this AE may do when it calls us from ``host`` (DESIGN.md §8).
+    allow: tuple[str, ...] = DIMSE_OPERATIONS
+    #: Our associations to this node use TLS.
+    tls: bool = False
+    #: How /dicomweb/remote/{node} pulls what the archive lacks: "move"
+    #: (C-MOVE to our own AE title, which the node must know) or "get".
+    retrieve_method: str = "move"
+    #: The least role whose WADO-RS request through the gateway may cause a
+    #: pull into the archive: "operator" (default) or "reader".
+    gateway_pull: str = "operator"
 
 
 @dataclass
@@ -131,6 +199,8 @@ class Settings:
     dimse_processes: int = 0
     max_stow_bytes: int = 4 * 1024**3
     qido_max_limit: int = 1000
+    gateway_cache_seconds: int = 5
+    extra_query_tags: list[dict[str, Any]] = field(default_factory=list)
     cors_origins: list[str] = field(default_factory=list)
     export_roots: list[str] = field(default_factory=list)
     stable_study_seconds: int = 60
@@ -139,6 +209,10 @@ class Settings:
     on_stable_series: str = ""
     webhooks: list[str] = field(default_factory=list)
     classification_rules: str = ""
+    write_summaries: bool = False
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    route_attempts: int = 8
+    route_backoff_seconds: float = 10.0
     log_level: str = "INFO"
     auth: str = "off"
     allow_insecure: bool = False
@@ -148,6 +222,16 @@ class Settings:
     oidc_roles_claim: str = "roles"
     allowed_hosts: list[str] = field(default_factory=list)
     audit_syslog: str = ""
+    ohif_dir: str = ""
+    dimse_unknown_ae: list[str] = field(default_factory=lambda: list(DIMSE_OPERATIONS))
+    check_called_ae: bool = False
+    max_associations_per_address: int = 8
+    node_networks: list[str] = field(default_factory=list)
+    http_read_timeout: int = 30
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    dicom_tls_port: int = 0
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
     @property
@@ -160,7 +244,7 @@ class Settings:
         settings and the ``[nodes]`` of the configuration, as JSON-able data."""
         view: dict[str, Any] = {s.name: _jsonable(getattr(self, s.name))
                                 for s in SETTINGS if s.shared}
-        view["nodes"] = {name: [n.aet, n.host, n.port] for name, n in sorted(self.nodes.items())}
+        view["nodes"] = {name: _node_view(n) for name, n in sorted(self.nodes.items())}
         return view
 
     @property
@@ -168,6 +252,13 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path(self.data_dir).resolve() / 'index.sqlite'}"
+
+
+def _node_view(node: NodeConfig) -> list[Any]:
+    view: list[Any] = [node.aet, node.host, node.port]
+    if node.allow != DIMSE_OPERATIONS or node.tls:  # the older view when not used
+        view += [list(node.allow), node.tls]
+    return view
 
 
 def _jsonable(value: Any) -> Any:
@@ -197,6 +288,30 @@ def _coerce(setting: Setting, value: Any) -> Any:
     return setting.type(value)
 
 
+def _operations(value: Any, where: str) -> tuple[str, ...]:
+    ops = [value] if isinstance(value, str) else list(value)
+    unknown = [op for op in ops if op not in DIMSE_OPERATIONS]
+    if unknown:
+        raise ValueError(f"{where}: unknown DIMSE operation {unknown[0]!r} (use "
+                         f"{', '.join(DIMSE_OPERATIONS)})")
+    return tuple(op for op in DIMSE_OPERATIONS if op in ops)
+
+
+def _node_config(name: str, node: dict[str, Any], path: Any) -> NodeConfig:
+    """A ``[nodes.NAME]`` table: address, what it may do when it calls us
+    (DESIGN.md §8), TLS, and the gateway's keys (docs/GATEWAY.md)."""
+    allow = _operations(node.get("allow", DIMSE_OPERATIONS), f"{path}: [nodes.{name}] allow")
+    method = str(node.get("retrieve_method", "move"))
+    if method not in ("move", "get"):
+        raise ValueError(f"[nodes.{name}] retrieve_method must be move or get, not {method!r}")
+    pull = str(node.get("gateway_pull", "operator"))
+    if pull not in ("reader", "writer", "editor", "operator", "admin"):
+        raise ValueError(f"[nodes.{name}] gateway_pull must be a role (reader, writer, "
+                         f"editor, operator, admin), not {pull!r}")
+    return NodeConfig(name, str(node.get("aet", name)), str(node.get("host", "127.0.0.1")),
+                      int(node["port"]), allow, bool(node.get("tls", False)), method, pull)
+
+
 def load_settings(config_file: str | os.PathLike | None = None,
                   overrides: dict[str, Any] | None = None,
                   environ: dict[str, str] | None = None) -> Settings:
@@ -211,9 +326,7 @@ def load_settings(config_file: str | os.PathLike | None = None,
         for name, raw in data.items():
             if name == "nodes":
                 for node_name, node in raw.items():
-                    nodes[node_name] = NodeConfig(node_name, str(node.get("aet", node_name)),
-                                                  str(node.get("host", "127.0.0.1")),
-                                                  int(node["port"]))
+                    nodes[node_name] = _node_config(node_name, node, path)
             elif name in _BY_NAME:
                 values[name] = _coerce(_BY_NAME[name], raw)
             else:
@@ -227,12 +340,28 @@ def load_settings(config_file: str | os.PathLike | None = None,
             values[name] = _coerce(_BY_NAME[name], value)
     settings = Settings(**values)
     settings.nodes = nodes
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, "
+                         f"not {settings.log_level!r}")
     if settings.duplicate_policy not in ("replace", "keep", "reject"):
         raise ValueError(f"duplicate_policy must be replace, keep or reject, "
                          f"not {settings.duplicate_policy!r}")
+    from .dicom.extra_tags import parse_extra_tags
+    parse_extra_tags(settings.extra_query_tags)  # ValueError naming what is wrong
     if settings.auth not in ("on", "off"):
         raise ValueError(f"auth must be on or off, not {settings.auth!r}")
     if settings.audit_syslog and not settings.audit_syslog.startswith(("udp://", "tcp://")):
         raise ValueError(f"audit_syslog must be udp://host:port or tcp://host:port, not "
                          f"{settings.audit_syslog!r}")
+    settings.dimse_unknown_ae = list(_operations(settings.dimse_unknown_ae, "dimse_unknown_ae"))
+    for network in settings.node_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"node_networks: {network!r} is not a network such as "
+                             "10.0.0.0/8") from None
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ValueError("tls_cert and tls_key go together: set both, or neither")
+    if settings.dicom_tls_port and not settings.tls_cert:
+        raise ValueError("dicom_tls_port needs tls_cert and tls_key")
     return settings

@@ -3,14 +3,20 @@
 
 Order of a store (two phases, events after commit):
   1. the bytes are in a temp file under the blob root (same filesystem);
-  2. the header is read once (up to Pixel Data; the fast reader, else
-     pydicom) and validated, while the temp file is fsynced beside it;
+  2. the header is read once (``dicom/read.py``: up to Pixel Data, the fast
+     reader, else pydicom) and validated, while the temp file is fsynced
+     beside it;
   3. the instance joins a group commit: in one write transaction with the
      instances that arrived meanwhile, duplicate check, index rows, and the
      rename into ``studies/<Study>/<Series>/<SOP>.dcm`` as the last step;
   4. commit — only now is the instance acknowledged — then the event.
 A crash before 4 leaves at worst a file with no index row, which
 ``pacsnode check --repair`` indexes; never an index row without its file.
+
+``ingest_temp``/``ingest_temps`` take those steps on the caller's thread and
+return once the instance is durable and indexed.  A caller that must not
+block (the DIMSE event loop) takes them one at a time — ``check``, ``staged``,
+``commit_now`` — as ``durability.IngestScheduler`` decides.
 """
 
 from __future__ import annotations
@@ -29,26 +35,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydicom import dcmread, dcmwrite
-from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import bindparam, delete, insert, select, update
 
 from .dicom.catalogue import Level
+from .dicom.header import ParsedHeader, valid_uid
+from .dicom.read import NeedsPydicom, read_instance
 from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
-from .dicom.fastheader import parse_fast
-from .dicom.header import (ParsedHeader, describe, describe_json, pixel_data_marker,
-                           read_header, sequence_items, valid_uid)
-from .dicom.wholeness import (Incomplete, check_bare, check_rest, ends_file, file_layout,
-                              plausible_start)
+from .dicom.wholeness import Incomplete, file_layout
 from .errors import (ConflictingInstance, DuplicateRefused, InvalidInstance, InvalidUID,
-                     NotDicom, NotWhole, PacsnodeError, SOPMismatch, StorageFailure,
-                     StudyMismatch)
+                     PacsnodeError, SOPMismatch, StorageFailure, StudyMismatch)
 from .events import Event, EventBus, Origin
 from .index.db import Database, RawStatement, WriteBusy
 from .index.schema import changes, instances, item_attrs, patients, series, studies
-from .storage import FileStore, SubmitFsync, Syncing, blob_key
+from .index.extra_index import record_extra_tags
+from .storage import FileStore, Syncing, blob_key
 
 log = logging.getLogger("pacsnode.ingest")
 
@@ -58,12 +59,6 @@ __all__ = ["Outcome", "IngestResult", "Ingestor", "Staged", "same_data_set",
 IMPLEMENTATION_VERSION = IMPLEMENTATION_VERSION_NAME
 
 
-#: Bytes of a file read for the fast header walk; a header longer than this
-#: (rare) takes pydicom's path.
-HEAD_BYTES = 128 * 1024
-_ZERO_PREAMBLE_DICM = b"\x00" * 128 + b"DICM"
-#: JSON keys of SOP Class, SOP Instance, Study and Series Instance UID.
-_UID_KEYS = ("00080016", "00080018", "0020000D", "0020000E")
 #: Attempts at one instance's transaction (on PostgreSQL, writers of other
 #: processes creating the same patient/study/series, or a deadlock between two
 #: batches, make one fail and the next succeed).
@@ -133,7 +128,7 @@ class _Pending:
     error: BaseException | None = None
     done: bool = False
     #: A thread's fsync still under way, waited for in the transaction
-    #: before the rename (``commit``'s ``fsync_in_transaction``).
+    #: before the rename (``commit_now``).
     syncing: Future[None] | None = None
 
 
@@ -156,13 +151,9 @@ class Staged:
             self.syncing = None
 
 
-class _NotFast(Exception):
-    """The header needs pydicom's reader (``stage(fast_only=True)``)."""
-
-
 class _NotDurable(Exception):
-    """An instance's fsync failed inside its transaction
-    (``fsync_in_transaction``)."""
+    """An instance's fsync failed inside its transaction (``commit_now``
+    of an instance whose fsync was under way)."""
 
     def __init__(self, item: _Pending, error: BaseException) -> None:
         super().__init__(str(error))
@@ -276,75 +267,93 @@ class Ingestor:
         for item in staged:
             if isinstance(item, Staged):
                 item.wait()
-        results = self.commit(staged)
-        assert results is not None
-        return results
+        return self.commit(staged)
 
     def stage(self, temp: Path, origin: Origin, *, expected_study: str | None = None,
-              expected_sop: tuple[str, str] | None = None, fast_only: bool = False,
-              head: bytes | None = None, size: int = 0,
-              submit: SubmitFsync | None = None) -> Staged | IngestResult | None:
+              expected_sop: tuple[str, str] | None = None) -> Staged | IngestResult:
         """Steps 1-2 of a store, which take no lock: start the temp file's
-        fsync and meanwhile read and validate its header.  A refusal comes
-        back as an IngestResult (the temp file removed).  ``fast_only``:
-        None, with nothing done, when the header needs pydicom's reader
-        (which can read a whole file) — the caller's thread must not wait.
-        ``head``/``size``: the file's first bytes and length, known to a
-        caller that just wrote it (see ``_parse``).  ``submit``: how to
-        start the fsync without a thread (FileStore.sync_temp)."""
-        parsed = None
-        # The fsync starts first, to run beside the parse, unless it would go
-        # to a thread from a caller that must not wait (the event loop): that
-        # thread waits for the GIL until the caller pauses anyway, so parse
-        # first and a refusal costs no fsync.
-        sync_first = submit is not None or not fast_only
+        fsync (on the fsync threads) and meanwhile read and validate its
+        header.  A refusal comes back as an IngestResult (the temp file
+        removed)."""
         try:
-            if sync_first:
-                syncing = self.store.sync_temp(temp, submit)
-            parsed, size = self._parse(temp, fast_only=fast_only, head=head, size=size,
-                                       data_set=expected_sop is not None)
-            if not sync_first:
-                syncing = self.store.sync_temp(temp)
+            syncing = self.store.sync_temp(temp)
+        except Exception as exc:
+            return self.failed(temp, origin, exc, None)
+        checked = self.check(temp, origin, expected_study=expected_study,
+                             expected_sop=expected_sop)
+        if isinstance(checked, IngestResult):
+            return checked
+        assert checked is not None
+        return self.staged(temp, origin, *checked, syncing)
+
+    def check(self, temp: Path, origin: Origin, *, expected_study: str | None = None,
+              expected_sop: tuple[str, str] | None = None, head: bytes | None = None,
+              size: int = 0, fast_only: bool = False
+              ) -> tuple[ParsedHeader, int] | IngestResult | None:
+        """Step 2 alone: the header read (``dicom.read.read_instance``) and
+        validated, and the file's size; a refusal as an IngestResult (the
+        temp file removed).  ``head``/``size``: the file's first bytes and
+        length, known to a caller that just wrote it.  ``fast_only``: None,
+        with nothing done, when the header needs pydicom's reader (which can
+        read a whole file)."""
+        parsed = None
+        try:
+            parsed, size = read_instance(temp, fast_only=fast_only, head=head, size=size,
+                                         data_set=expected_sop is not None)
             self._validate(parsed, expected_study, expected_sop)
-        except _NotFast:
+        except NeedsPydicom:
             return None
         except Exception as exc:
-            return self._failed(temp, origin, exc, parsed)
+            return self.failed(temp, origin, exc, parsed)
+        return parsed, size
+
+    @staticmethod
+    def staged(temp: Path, origin: Origin, parsed: ParsedHeader, size: int,
+               syncing: Syncing | None) -> Staged:
+        """A checked instance whose fsync is under way (``syncing``), to commit."""
         key = blob_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid)
         return Staged(_Pending(temp, key, size, parsed, origin), syncing)
 
-    def commit(self, staged: list[Staged | IngestResult], *, wait: bool = True,
-               emit: Callable[[Event], None] | None = None,
-               announce: list[Callable[[], None]] | None = None,
-               fsync_in_transaction: bool = False
-               ) -> list[IngestResult] | None:
+    def commit(self, staged: list[Staged | IngestResult]) -> list[IngestResult]:
         """Steps 3-4 for instances whose fsync is done (``Staged.wait``):
         index rows and blobs in place, in order, in a group commit; then the
-        log lines and events (through ``emit``, by default the bus's) — or,
-        given ``announce``, those appended to it, for the caller to run once
-        it has answered the sender.  One result per item.  ``wait=False``:
-        on SQLite, None with nothing done when the write lock is not free at
-        once (another batch of this process, or another process, is
-        writing).
+        log lines and events.  One result per item."""
+        results = self._commit(staged, True, None, None)
+        assert results is not None
+        return results
 
-        ``fsync_in_transaction`` (with ``wait=False``): the fsyncs, on the
-        fsync threads, may still be under way.  The rows are written
-        meanwhile, and each blob is renamed into place only once its fsync
-        is done (a failed one fails that instance alone), so the order stays
-        fsync, rename, commit.  When None comes back the fsyncs are still
-        the caller's to wait for."""
-        assert not (fsync_in_transaction and wait)
+    def commit_now(self, staged: list[Staged | IngestResult], *,
+                   emit: Callable[[Event], None] | None = None,
+                   announce: list[Callable[[], None]] | None = None
+                   ) -> list[IngestResult] | None:
+        """``commit`` without waiting for the index: on SQLite, None with
+        nothing done when the write lock is not free at once (another batch
+        of this process, or another process, is writing); on PostgreSQL
+        always None.  Events go through ``emit`` (by default the bus's) —
+        or, given ``announce``, the log lines and events are appended to it,
+        for the caller to run once it has answered the sender.
+
+        An instance whose fsync (on the fsync threads) is still under way
+        has its rows written meanwhile, and its blob renamed into place only
+        once that fsync is done (a failed one fails that instance alone), so
+        the order stays fsync, rename, commit.  When None comes back the
+        fsyncs are still the caller's to wait for."""
+        return self._commit(staged, False, emit, announce)
+
+    def _commit(self, staged: list[Staged | IngestResult], wait: bool,
+                emit: Callable[[Event], None] | None,
+                announce: list[Callable[[], None]] | None) -> list[IngestResult] | None:
         results: list[IngestResult | None] = [None] * len(staged)
         pendings: list[tuple[int, _Pending]] = []
         for n, item in enumerate(staged):
             if isinstance(item, IngestResult):
                 results[n] = item
             elif item.error is not None:
-                results[n] = self._failed(item.pending.temp, item.pending.origin, item.error,
-                                          item.pending.parsed)
+                results[n] = self.failed(item.pending.temp, item.pending.origin, item.error,
+                                         item.pending.parsed)
             else:
                 if item.syncing is not None:
-                    assert fsync_in_transaction, "fsync not waited for"
+                    assert not wait, "fsync not waited for"
                     assert isinstance(item.syncing, Future), "an AIO fsync is awaited first"
                 item.pending.syncing = item.syncing
                 pendings.append((n, item.pending))
@@ -359,14 +368,14 @@ class Ingestor:
                 for pending in batch:
                     pending.error = pending.error or exc
         for n, pending in pendings:
-            results[n] = (self._failed(pending.temp, pending.origin, pending.error,
-                                       pending.parsed)
+            results[n] = (self.failed(pending.temp, pending.origin, pending.error,
+                                      pending.parsed)
                           if pending.error is not None else
                           self._finish(pending, emit or self.bus.emit, announce))
         return [r for r in results if r is not None]
 
-    def _failed(self, temp: Path, origin: Origin, exc: BaseException,
-                parsed: ParsedHeader | None) -> IngestResult:
+    def failed(self, temp: Path, origin: Origin, exc: BaseException,
+               parsed: ParsedHeader | None) -> IngestResult:
         """A refusal (PacsnodeError) or a failure (disk, database: never the
         caller's problem); the temp file is removed."""
         temp.unlink(missing_ok=True)
@@ -401,100 +410,6 @@ class Ingestor:
         else:
             announce.append(tell)
         return IngestResult(outcome, **uids)
-
-    def _parse(self, temp: Path, fast_only: bool = False,
-               head: bytes | None = None, size: int = 0,
-               data_set: bool = False) -> tuple[ParsedHeader, int]:
-        """The header, read once, and the file's size, once the file is
-        known to be whole (``_check_whole``).  ``fast_only``: raise _NotFast
-        rather than read it with pydicom.  ``head``: the file's first bytes
-        (up to HEAD_BYTES) and ``size`` its length, as the caller wrote
-        them — a Part 10 file with a zero preamble is then not read again.
-        ``data_set``: the file is a received data set behind a file meta
-        header of ours (C-STORE), so a refusal counts bytes from the data
-        set's start."""
-        if head is not None and head[:132] == _ZERO_PREAMBLE_DICM:
-            parsed = self._walked(temp, head[:HEAD_BYTES], size, data_set)
-            if parsed is not None:
-                return parsed, size
-        with open(temp, "r+b") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            head = fh.read(min(size, HEAD_BYTES))
-            is_part10 = len(head) >= 132 and head[128:132] == b"DICM"
-            if is_part10 and head[:128] != b"\x00" * 128:
-                # The preamble is not trusted (PS3.10 7.5): zero it.
-                fh.seek(0)
-                fh.write(b"\x00" * 128)
-                head = b"\x00" * 128 + head[128:]
-            parsed = self._walked(temp, head, size, data_set) if is_part10 else None
-            if parsed is not None:
-                return parsed, size
-            if fast_only:
-                raise _NotFast()
-            _check_whole(fh, size, is_part10, data_set)
-            fh.seek(0)
-            try:
-                ds = read_header(fh)
-            except Exception as exc:
-                raise InvalidInstance(f"cannot understand the data: {exc}") from exc
-            # stop_before_pixels leaves the file position at Pixel Data.
-            has_pixels = fh.tell() < size
-        if getattr(ds, "file_meta", {}).get("TransferSyntaxUID") == "1.2.840.10008.1.2.1.99":
-            # Deflated: the position is the end of the compressed stream.
-            has_pixels = "PixelData" in dcmread(temp, force=True, specific_tags=["PixelData"])
-        if not is_part10 or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
-            ds = self._rewrite_as_part10(temp)
-            size = temp.stat().st_size
-            has_pixels = "PixelData" in dcmread(temp, force=True, specific_tags=["PixelData"])
-        if "SOPInstanceUID" not in ds:
-            raise InvalidInstance("cannot understand the data: SOP Instance UID is missing")
-        try:
-            return describe(ds, has_pixels), size
-        except Exception as exc:
-            raise InvalidInstance(f"cannot understand the data: {exc}") from exc
-
-    @staticmethod
-    def _walked(temp: Path, head: bytes, size: int, data_set: bool) -> ParsedHeader | None:
-        """The header read by the fast reader from the first bytes of a Part
-        10 file of ``size`` bytes, the rest of the file checked whole; None
-        when it takes pydicom's path (a UID the JSON model left out, invalid
-        or missing, is named by pydicom's)."""
-        fast = parse_fast(head, complete=len(head) == size)
-        if fast is None or not all(key in fast.body for key in _UID_KEYS):
-            return None
-        has_pixels = fast.stop < size
-        if has_pixels and not ends_file(head, fast.start, fast.stop, size,
-                                        fast.transfer_syntax):
-            # What the fast reader walked is whole; the rest (encapsulated
-            # Pixel Data, elements after it, a length that does not fit)
-            # is walked here.
-            _check_rest(temp, head, size, fast.start, fast.stop, fast.transfer_syntax,
-                        data_set)
-        body = fast.body
-        if has_pixels:
-            body["7FE00010"] = pixel_data_marker(body)
-        try:
-            return describe_json(body, fast.meta, has_pixels,
-                                 lambda: sequence_items(read_header(temp)))
-        except Exception as exc:
-            raise InvalidInstance(f"cannot understand the data: {exc}") from exc
-
-    def _rewrite_as_part10(self, temp: Path) -> Dataset:
-        """A data set without file meta (e.g. a raw ACR-NEMA style file): read
-        it whole and write it back as Part 10, Explicit VR Little Endian."""
-        try:
-            ds = dcmread(temp, force=True)
-        except Exception as exc:
-            raise NotDicom(detail=_plain(exc)) from exc
-        for name in ("SOPClassUID", "SOPInstanceUID"):
-            if name not in ds:
-                label = "SOP Class UID" if name == "SOPClassUID" else "SOP Instance UID"
-                raise InvalidInstance(f"cannot understand the data: {label} is missing")
-        ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-        ds.file_meta = file_meta(ds.SOPClassUID, ds.SOPInstanceUID,
-                                  ts or ExplicitVRLittleEndian)
-        dcmwrite(temp, ds, enforce_file_format=True)
-        return read_header(temp)
 
     def _validate(self, p: ParsedHeader, expected_study: str | None,
                   expected_sop: tuple[str, str] | None) -> None:
@@ -673,6 +588,8 @@ class Ingestor:
                    blob_key=item.key, size=item.size, stored_at=time.time(),
                    origin=item.origin.describe(), meta_json=p.meta_json)
         instance_id = sql.add(cur, "instances", row)
+        record_extra_tags(self.db, cur, p.meta_json, p.study_uid, p.series_uid,
+                          p.sop_instance_uid)
         if p.items:
             sql.insert_items.insert_many(cur, [
                 dict(instance_fk=instance_id, seq=s, item=n, keyword=k, value=v, value_ci=ci)
@@ -761,57 +678,3 @@ def same_data_set(a: Path, b: Path) -> bool:
             return True
 
 
-def _plain(exc: BaseException) -> str:
-    """An exception's message without Python's internals (its class, a
-    repr): for a reason that a sender reads."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return text[:200]
-
-
-def _refusal(exc: Incomplete, data: Any, start: int, is_part10: bool,
-             data_set: bool) -> PacsnodeError:
-    """A walk's failure as the sender's reason: NotDicom when even the first
-    element does not read as one (the one place for those words), else
-    NotWhole naming the byte (of the data set, for a C-STORE)."""
-    if exc.elements == 0 and exc.offset == start and not plausible_start(data, start):
-        return NotDicom(NotDicom.DATA_SET if is_part10 or data_set else NotDicom.FILE)
-    if data_set:
-        return NotWhole(exc.describe(start, " of the data set"))
-    return NotWhole(exc.describe())
-
-
-def _check_whole(fh: BinaryIO, size: int, is_part10: bool, data_set: bool) -> None:
-    """Walk a whole file (the path of headers the fast reader leaves to
-    pydicom): refuse it unless every declared length fits and it ends on an
-    element boundary."""
-    if size == 0:
-        raise NotDicom(detail="the file is empty")
-    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        start = 0
-        try:
-            if is_part10:
-                layout = file_layout(data)
-                start = layout.start
-                if start == size:
-                    raise NotDicom(NotDicom.EMPTY)
-                check_rest(data, start, start, layout.transfer_syntax)
-            else:
-                check_bare(data)
-        except Incomplete as exc:
-            raise _refusal(exc, data, start, is_part10, data_set) from None
-
-
-def _check_rest(temp: Path, head: bytes, size: int, start: int, pos: int,
-                transfer_syntax: str | None, data_set: bool) -> None:
-    """Walk a Part 10 file's top level data set from the element boundary
-    ``pos`` (its first bytes ``head``; the rest mapped when the file is
-    longer)."""
-    try:
-        if len(head) == size:
-            check_rest(head, start, pos, transfer_syntax)
-            return
-        with open(temp, "rb") as fh, \
-                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            check_rest(data, start, pos, transfer_syntax)
-    except Incomplete as exc:
-        raise _refusal(exc, head, start, True, data_set) from None

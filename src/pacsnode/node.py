@@ -1,4 +1,8 @@
-"""Composition root: builds the stores and services from Settings."""
+"""The core of a node, built from Settings: index, blob store, event bus,
+the one ingest path and the one query engine — what every protocol adapter
+(DIMSE, DICOMweb, REST, the commands) is given.  The running ``serve``
+process (DIMSE server, HTTP server, background services) is assembled on
+top of it in ``serve.py``, which the adapters never import."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import NodeConfig, Settings
+from .dicom import extra_tags
 from .events import EventBus
 from .index.db import Database
 from .ingest import Ingestor
@@ -38,6 +43,7 @@ class Node:
         self.bus = EventBus()
         self.ingestor = Ingestor(self.db, self.store, self.bus, self.settings.duplicate_policy)
         self.engine = QueryEngine(self.db)
+        extra_tags.configure(extra_tags.parse_extra_tags(self.settings.extra_query_tags))
 
     def remote_nodes(self) -> dict[str, NodeConfig]:
         """Configured remote nodes: the TOML's, overlaid by those added at run

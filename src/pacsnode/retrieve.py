@@ -1,5 +1,13 @@
-"""The only reader: everything that leaves the node (C-GET, C-MOVE
-sub-operations, WADO-RS, export) goes through here.
+"""What leaves the node, and in which transfer syntax: C-GET and C-MOVE
+sub-operations, WADO-RS and WADO-URI instances, export and the study ZIP
+locate the stored instances here and take their bytes from ``outgoing`` —
+the stored file unchanged or transcoded; WADO-RS frames and pixel bulk data
+take theirs from ``frame_plan`` / ``frame_bytes``.  The adapters then send
+those bytes themselves (the DIMSE handlers stream the file a block at a
+time; WADO-RS sends a stored file by sendfile, ``web/zerocopy.py``).  Two
+readers go around this module on purpose: rendered images decode single
+frames through ``transcode.py`` (``web/render.py``), and the anonymized
+export reads the stored file with pydicom to rewrite it.
 
 * locating: ``locate`` / ``locate_query`` turn UIDs or a C-MOVE/C-GET
   identifier into stored instances (``InstanceRef``);
@@ -10,6 +18,9 @@ sub-operations, WADO-RS, export) goes through here.
   transcodes (through the codec layer, ``pacsnode.transcode``), and
   ``Outgoing`` is what is sent: the stored file unchanged, or the
   transcoded Part 10 bytes, with where the data set starts in them;
+* frames: ``frame_plan`` picks the media type and syntax of WADO-RS
+  frames and pixel bulk data from what the client accepts, and
+  ``frame_bytes`` produces one frame that way;
 * negotiating: ``sending_syntax`` (the syntax we accept for a storage
   context on which we send, C-GET) and ``store_contexts`` (what we propose
   for a C-MOVE's sub-operations).
@@ -37,12 +48,14 @@ from .index.schema import instances, series, studies
 from .node import Node
 from .query.model import Query
 from .query.sql import compile_query
-from .transcode import (LOSSY_PRODUCED, PRODUCIBLE, UNCOMPRESSED, TranscodeError,
-                        can_transcode, transcode_file)
+from .transcode import (FRAME_MEDIA_TYPES, LOSSY_PRODUCED, PRODUCIBLE, UNCOMPRESSED,
+                        PixelInfo, TranscodeError, can_transcode, encode_frame,
+                        media_type_for_syntax, native_frame, stored_frame, transcode_file)
 
 __all__ = ["InstanceRef", "locate", "locate_query", "select_instances", "PixelFacts",
            "pixel_facts", "AS_STORED", "choose_syntax", "Outgoing", "outgoing",
-           "dataset_offset", "meta_end", "sending_syntax", "store_contexts"]
+           "dataset_offset", "meta_end", "sending_syntax", "store_contexts", "FramePlan",
+           "frame_plan", "frame_bytes"]
 
 @dataclass(frozen=True)
 class InstanceRef:
@@ -219,6 +232,67 @@ def outgoing(ref: InstanceRef, accepted: Iterable[str],
         return Outgoing(ref, ts)
     data = transcode_file(ref.path, ts)
     return Outgoing(ref, ts, data, meta_end(data, ref.path)[0])
+
+
+# -- frames (WADO-RS frames and pixel bulk data) ----------------------------------------
+
+#: The syntax a frame is encoded into for a compressed media type it is not
+#: stored in.
+FRAME_ENCODE = {"image/jp2": "1.2.840.10008.1.2.4.90",
+                "image/x-dicom-rle": "1.2.840.10008.1.2.5",
+                "image/jpeg": "1.2.840.10008.1.2.4.50"}
+
+_OCTETS = ("application/octet-stream", "*/*", "application/*")
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How frames go out: ``mode`` "native" (uncompressed little endian
+    bytes), "stored" (the compressed frame as stored) or "encode"
+    (re-encoded into ``transfer_syntax``)."""
+
+    mode: str
+    media_type: str
+    transfer_syntax: str
+
+
+def frame_plan(accepted: Iterable[tuple[str, str | None]], info: PixelInfo) -> FramePlan | None:
+    """The first of ``accepted`` — (part media type, transfer-syntax
+    parameter or None), the client's preference order — that we can give
+    the frames of ``info`` in; None when none.  ``*`` as transfer syntax
+    means "as stored"."""
+    stored = info.transfer_syntax
+    native = FramePlan("native", "application/octet-stream", ExplicitVRLittleEndian)
+    as_stored = FramePlan("stored", media_type_for_syntax(stored), stored)
+    for part, ts in accepted:
+        if part in _OCTETS:
+            if ts == AS_STORED and info.encapsulated:
+                return as_stored
+            if ts in (None, AS_STORED, ExplicitVRLittleEndian):
+                return native
+            continue
+        if part == "image/*" and ts in (None, AS_STORED) and info.encapsulated:
+            return as_stored
+        syntaxes = FRAME_MEDIA_TYPES.get(part)
+        if syntaxes is None or (ts not in (None, AS_STORED) and ts not in syntaxes):
+            continue
+        if stored in syntaxes and ts in (None, AS_STORED, stored):
+            return FramePlan("stored", part, stored)
+        target = ts if ts not in (None, AS_STORED) else FRAME_ENCODE.get(part)
+        if target and can_transcode(ExplicitVRLittleEndian, target,
+                                    bits_allocated=info.bits_allocated) \
+                and UID(target).is_compressed:
+            return FramePlan("encode", part, target)
+    return None
+
+
+def frame_bytes(path: Path, info: PixelInfo, plan: FramePlan, index: int) -> bytes:
+    """Frame ``index`` (0-based) as ``plan`` says."""
+    if plan.mode == "stored":
+        return stored_frame(path, info, index)
+    if plan.mode == "encode":
+        return encode_frame(path, info, index, plan.transfer_syntax)
+    return native_frame(path, info, index)
 
 
 # -- the Part 10 layout --------------------------------------------------------------

@@ -1,8 +1,11 @@
 """The blob store: where instance files live.
 
-A small protocol (put / open / path / delete / keys) so that an object-store
-backend can follow the filesystem one (STYLE.md habit 8).  Keys are
-``studies/<StudyUID>/<SeriesUID>/<SOPUID>.dcm`` — browsable by a person.
+``FileStore`` is the one backend: files under ``data_dir``, written to a
+temp file in ``incoming/`` and renamed into place once synced.  The
+readers (``retrieve.py``, WADO-RS, C-GET/C-MOVE) open the files by path,
+so another backend (an object store) would need more than these methods.
+Keys are ``studies/<StudyUID>/<SeriesUID>/<SOPUID>.dcm`` — browsable by a
+person.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["BlobStore", "FileStore", "InFlight", "SubmitFsync", "Syncing", "blob_key",
+__all__ = ["FileStore", "InFlight", "SubmitFsync", "Syncing", "blob_key",
            "fsync_started", "start_writeback"]
 
 #: A started fsync: the fsync threads' future, or an event loop's (AIO).
@@ -87,7 +90,7 @@ def fsync_started(fd: int) -> "Future[None]":
     caller next lets go of the GIL.  For a caller whose next steps hold the
     GIL (the header walk) and that has a CPU to spare: Linux AIO's fsync
     runs on a kernel worker of the submitting CPU, in the caller's way (see
-    ``Association._ingest``)."""
+    ``durability.IngestScheduler``)."""
     taken = threading.Lock()
     taken.acquire()
     future = _syncer().submit(_fsync_and_close, fd, taken)
@@ -185,17 +188,6 @@ def blob_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
     # UIDs are validated before they get here (digits and dots only), so they
     # cannot climb out of the root.
     return f"studies/{study_uid}/{series_uid}/{sop_uid}.dcm"
-
-
-class BlobStore(Protocol):
-    def new_temp(self) -> tuple[BinaryIO, Path]: ...
-    def sync_temp(self, temp: Path, submit: SubmitFsync | None = None) -> Syncing | None: ...
-    def commit_temp(self, temp: Path, key: str) -> None: ...
-    def uncommit_temp(self, key: str, temp: Path) -> None: ...
-    def open(self, key: str) -> BinaryIO: ...
-    def path(self, key: str) -> Path: ...
-    def delete(self, key: str) -> None: ...
-    def keys(self) -> Iterator[str]: ...
 
 
 class FileStore:

@@ -1,8 +1,9 @@
 """The codec layer under ``pacsnode.retrieve``: transfer syntax conversion
-of whole data sets, and frame access.  ``retrieve.py`` is the one reader: it
-picks the syntax for a peer and calls ``transcode_file`` here; C-GET, C-MOVE,
+of whole data sets, and frame access.  ``retrieve.outgoing`` picks the
+syntax for a peer and calls ``transcode_file`` here; C-GET, C-MOVE,
 WADO-RS and export never call this module for whole instances themselves
-(WADO-RS frames and bulk data use the frame functions at the end).
+(WADO-RS frames, bulk data and rendered images use the frame functions at
+the end).
 
 What we can produce (``PRODUCIBLE``), from anything we can decode:
 
@@ -50,6 +51,7 @@ from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndia
                          JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 
 from .dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from .dicom.vr import LONG_LENGTH_CODES
 from .errors import PacsnodeError
 
 __all__ = ["TranscodeError", "UNCOMPRESSED", "PRODUCIBLE", "LOSSY", "LOSSY_PRODUCED",
@@ -360,7 +362,7 @@ def pixel_info(path: str | Path) -> PixelInfo | None:
                 offset = pos + 8
             else:
                 vr = head[4:6]
-                if vr in (b"OB", b"OW", b"UN", b"OV", b"OL", b"OD", b"OF", b"UT", b"UC"):
+                if vr in LONG_LENGTH_CODES:
                     length = struct.unpack(end + "L", head[8:12])[0]
                     offset = pos + 12
                 else:

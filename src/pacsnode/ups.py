@@ -43,16 +43,16 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 
 from .dicom.catalogue import Level
-from .dicom.header import sequence_items, valid_uid, without_group_lengths
+from .dicom.header import sequence_items, valid_uid
 from .dicom.values import attribute_columns, norm_date, norm_datetime, norm_time, text_value
-from .errors import BadQuery, NotFound, PacsnodeError
+from .errors import NotFound, PacsnodeError
 from .events import Event, Origin
 from .index.db import Database
 from .index.schema import changes
 from .index.workitems import (WORKITEM_ATTRIBUTES, WORKITEM_BY_KEYWORD, workitem_item_attrs,
                               workitems)
-from .query.model import Query, ReturnKey, Sequence
-from .query.parse import match_constraints, resolve_attribute as _resolve, search_params
+from .query.model import Query, Sequence
+from .query.parse import search_query
 from .query.sql import attribute_condition, sequence_exists
 
 __all__ = ["UPS_PUSH_SOP_CLASS", "SCHEDULED", "IN_PROGRESS", "COMPLETED", "CANCELED", "STATES",
@@ -331,7 +331,10 @@ def parse_workitem_json(body: bytes, *, optional: bool = False) -> Dataset | Non
     try:
         return Dataset.from_json(obj)
     except Exception as exc:  # pydicom raises several types on bad JSON models
-        raise InvalidWorkitem(f"the body is not a valid DICOM JSON data set: {exc}") from None
+        log.info("UPS-RS: DICOM JSON body refused: %s", exc)
+        raise InvalidWorkitem("the body is not a valid DICOM JSON data set (each attribute "
+                              "is a tag key holding {\"vr\": …, \"Value\": [...]}, "
+                              "PS3.18 F.2)") from None
 
 
 def _has_value(elem: DataElement | None) -> bool:
@@ -995,32 +998,14 @@ def _record(conn: Connection, action: str, ds: Dataset, origin: Origin | None) -
 
 def parse_search(params: Iterable[tuple[str, str]], max_limit: int) -> Query:
     """UPS-RS search parameters (PS3.18 8.3.4, 11.9.1.2) → Query, through the
-    same parameter and value rules as QIDO-RS (``query.parse``)."""
-    query = Query(Level.IMAGE)  # the level is unused for workitems
-    fuzzy, includes, matches = search_params(params, query)
-    seen: set[int] = set()
-
-    def add_return(tag: int, keyword: str) -> None:
-        if tag not in seen:
-            seen.add(tag)
-            query.return_keys.append(ReturnKey(tag, keyword))
-
-    for keyword in DEFAULT_RETURN_KEYS:
-        add_return(_tag(keyword), keyword)
-    for name in includes:
-        if name == "all":
-            query.include_all = True
-            continue
-        tag, keyword = _resolve(name.split(".")[0])
-        add_return(tag, keyword)
-    for name, _value in matches:
-        if _resolve(name.split(".")[0])[0] == _TRANSACTION_UID:
-            raise BadQuery("TransactionUID cannot be queried (PS3.4 Table CC.2.5-3)")
-    query.constraints = match_constraints(matches, fuzzy, WORKITEM_BY_KEYWORD.__contains__,
-                                          add_return, what=" for Workitems")
-    if max_limit and (query.limit is None or query.limit > max_limit):
-        query.limit = max_limit
-    return query
+    search QIDO-RS makes (``query.parse.search_query``); ``max_limit`` 0 is
+    no cap."""
+    return search_query(Level.IMAGE,  # the level is unused for workitems
+                        params, defaults=DEFAULT_RETURN_KEYS,
+                        searchable=WORKITEM_BY_KEYWORD.__contains__, max_limit=max_limit,
+                        not_matchable={_TRANSACTION_UID: "TransactionUID cannot be queried "
+                                                         "(PS3.4 Table CC.2.5-3)"},
+                        what=" for Workitems")
 
 
 def _vr(tag: int) -> str:

@@ -9,7 +9,10 @@ from typing import Any
 
 import click
 
-from ..archive_commands import _load, _settings_options
+from ..options import command_settings as _load, settings_options
+
+#: The token commands only need to find the index.
+_settings_options = settings_options("data_dir", "database_url")
 
 __all__ = ["token"]
 

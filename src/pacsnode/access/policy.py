@@ -93,9 +93,18 @@ ROUTE_POLICY: tuple[tuple[str, str, str], ...] = (
     ("PUT,PATCH,DELETE", "/dicomweb/workitems", "query"),
     ("PUT,PATCH,DELETE", "/dicomweb/workitems/{uid}", "query"),
     ("GET,POST,PUT,PATCH,DELETE", "/dicomweb/workitems/{uid}/{rest:path}", "query"),
-    # --- DICOMweb in front of a remote DIMSE node: queries and pulls there
-    ("GET", "/dicomweb/remote/{node}", "remote"),
-    ("GET", "/dicomweb/remote/{node}/{rest:path}", "remote"),
+    # --- DICOMweb in front of a remote DIMSE node (§11, docs/GATEWAY.md):
+    # searching there and reading what the archive holds is a reader's; a
+    # read that must first pull into the archive needs [nodes.X] gateway_pull
+    # (default operator), checked by the gateway itself.
+    ("GET", "/dicomweb/remote/{node}/studies", "query"),
+    ("GET", "/dicomweb/remote/{node}/series", "query"),
+    ("GET", "/dicomweb/remote/{node}/instances", "query"),
+    ("GET", "/dicomweb/remote/{node}" + _S + "/series", "query"),
+    ("GET", "/dicomweb/remote/{node}" + _S + "/instances", "query"),
+    ("GET", "/dicomweb/remote/{node}" + _SE + "/instances", "query"),
+    ("GET", "/dicomweb/remote/{node}" + _S, "retrieve"),
+    ("GET", "/dicomweb/remote/{node}" + _S + "/{rest:path}", "retrieve"),
     # --- REST: the archive
     ("GET", "/api/v1/series/{series}/tags", "retrieve"),
     ("GET", "/api/v1/studies/{study}/archive", "retrieve"),

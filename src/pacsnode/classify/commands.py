@@ -83,4 +83,46 @@ def classify_command(paths: Sequence[str], rules_file: str | None, as_json: bool
         sys.exit(1)
 
 
-COMMANDS: list[click.Command] = [classify_command]
+def _reclassify_command() -> click.Command:
+    from ..options import settings_options
+
+    @click.command("reclassify")
+    @settings_options()  # the options of serve
+    def reclassify(config_file: str | None, **options: object) -> None:
+        """Apply the current rules (built-in + classification_rules) to every
+        series of the archive, e.g. after changing the rule file.  Takes the
+        options of `serve`; safe while `serve` runs on the same index.  Prints
+        how many series got each class."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from ..options import command_settings
+        from ..classes import reclassify_all, server_rules
+        from ..node import Node
+        from .rules import RuleError
+
+        settings = command_settings(config_file, dict(options))
+        try:
+            rules = server_rules(settings)
+        except RuleError as exc:
+            raise click.ClickException(f"classification_rules: {exc}") from None
+        node = Node(settings)
+        console = Console(stderr=True)
+        bar = Progress(TextColumn("classifying series"), BarColumn(), MofNCompleteColumn(),
+                       console=console, transient=True, disable=not console.is_terminal)
+        task = bar.add_task("reclassify", total=None)
+        try:
+            with bar:
+                counts = reclassify_all(
+                    node.db, rules, progress=lambda done, total: bar.update(
+                        task, completed=done, total=total))
+        finally:
+            node.close()
+        click.echo(f"classified {counts.pop('')} series")
+        for name, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            click.echo(f"  {name}\t{count}")
+
+    return reclassify
+
+
+COMMANDS: list[click.Command] = [classify_command, _reclassify_command()]

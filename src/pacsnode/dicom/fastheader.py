@@ -2,8 +2,8 @@
 JSON.
 
 Why hand-written: at ingest, pydicom's reader (``dcmread`` with
-``stop_before_pixels``) plus ``Dataset.to_json_dict`` cost about 1.3 ms per
-small instance, several times the rest of the store.  This walker reads the
+``stop_before_pixels``) plus ``Dataset.to_json_dict`` cost several times
+the rest of the store of a small instance.  This walker reads the
 common encodings (Implicit and Explicit VR Little Endian, and the
 encapsulated syntaxes whose data set is Explicit VR Little Endian) with
 ``struct.unpack_from`` and builds the JSON directly, in a small fraction of
@@ -43,6 +43,8 @@ from pydicom.tag import _LUT_DESCRIPTOR_TAGS
 from pydicom.uid import PrivateTransferSyntaxes
 
 from .header import BULK_DATA_THRESHOLD, BULK_URI_PREFIX
+from .values import person_name_json
+from .vr import LONG_LENGTH_VRS, VRS
 
 __all__ = ["FastHeader", "parse_fast", "BULK_DATA_THRESHOLD", "BULK_URI_PREFIX"]
 
@@ -78,13 +80,8 @@ _LATIN_1, _UTF_8 = "latin-1", "utf-8"
 _ENCODINGS = {"": _LATIN_1, "ISO_IR 6": _LATIN_1, "ISO_IR 100": _LATIN_1,
               "ISO_IR 192": _UTF_8}
 
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN",
-                       "UR", "UT", "UV"})
 #: Explicit VR code → (VR, whether its length takes 4 bytes after 2 reserved).
-_VR_CODES = {vr.encode(): (vr, vr in _LONG_VRS) for vr in (
-    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD",
-    "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI",
-    "UL", "UN", "UR", "US", "UT", "UV")}
+_VR_CODES = {vr.encode(): (vr, vr in LONG_LENGTH_VRS) for vr in VRS}
 _NO_VR = (None, False)
 
 # pydicom's validation regexes (valuerep.VR_REGEXES), anchored at the very
@@ -536,12 +533,7 @@ def _pn(w: _Walk, raw: bytes | memoryview, tag: int, vr: str) -> dict[str, Any]:
     for groups in names:
         if not groups:
             raise _Fallback
-        name = {"Alphabetic": groups[0]}
-        if len(groups) > 1:
-            name["Ideographic"] = groups[1]
-            if len(groups) > 2:
-                name["Phonetic"] = groups[2]
-        out.append(name)
+        out.append(person_name_json(groups))
     return {"vr": vr, "Value": out}
 
 

@@ -11,7 +11,7 @@ from pydicom.multival import MultiValue
 from .catalogue import ATTRIBUTES, Attribute, Level
 
 __all__ = ["norm_time", "norm_datetime", "fuzzy_tokens", "fold",
-           "text_value", "TIME_LOW", "TIME_HIGH"]
+           "text_value", "TIME_LOW", "TIME_HIGH", "person_name_json"]
 
 
 def fold(text: str) -> str:
@@ -217,3 +217,14 @@ def stored_to_dicom(attr: Attribute, stored: Any) -> Any:
     if "\\" in text:
         return text.split("\\")
     return text
+
+
+#: The DICOM JSON names of a Person Name's component groups (PS3.18 F.2.2).
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def person_name_json(groups: list[str]) -> dict[str, str]:
+    """A Person Name value's groups (its text split at "=") as the DICOM JSON
+    object: ``{"Alphabetic": …, "Ideographic": …, "Phonetic": …}``, as many
+    as there are groups (at most three)."""
+    return dict(zip(_PN_GROUPS, groups))

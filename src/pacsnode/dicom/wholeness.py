@@ -33,6 +33,8 @@ from typing import Union
 
 from pydicom.datadict import dictionary_VR
 
+from .vr import LONG_LENGTH_CODES, SHORT_LENGTH_CODES
+
 __all__ = ["Incomplete", "Layout", "check_file", "check_rest", "check_bare", "ends_file",
            "file_layout", "plausible_start"]
 
@@ -50,12 +52,6 @@ _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 #: Syntaxes whose data set (after the file meta) is a raw deflate stream.
 _DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
 
-#: VRs whose explicit header has 2 reserved bytes and a 4-byte length.
-_LONG = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                   b"UR", b"UT", b"UV"})
-_SHORT = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
-                    b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
-                    b"US"})
 #: VRs that may have an undefined length (PS3.5 7.1.1): SQ and UN hold
 #: items; OB and OW encapsulated fragments.
 _FRAGMENT_VRS = frozenset({b"OB", b"OW"})
@@ -127,13 +123,13 @@ def file_layout(data: Buffer) -> Layout:
         if group != 2:
             return Layout(pos, syntax)
         start = pos
-        if vr in _LONG:
+        if vr in LONG_LENGTH_CODES:
             if pos + 12 > size:
                 raise Incomplete(pos, "a file meta element header at {at} is cut off",
                                  truncated=True, end=size)
             length = _UL_LE(data, pos + 8)[0]
             pos += 12
-        elif vr in _SHORT:
+        elif vr in SHORT_LENGTH_CODES:
             pos += 8
         else:
             raise Incomplete(start, f"file meta element (0002,{elem:04X}) has no valid VR",
@@ -244,7 +240,7 @@ def _elements(w: _Walk, pos: int, end: int, implicit: bool, top: bool, depth: in
         header, tag_length, ul = _HEADER_BE, _TAG_LENGTH_BE, _UL_BE
     else:
         header, tag_length, ul = _HEADER_LE, _TAG_LENGTH_LE, _UL_LE
-    long_vrs, short_vrs = _LONG, _SHORT
+    long_vrs, short_vrs = LONG_LENGTH_CODES, SHORT_LENGTH_CODES
     while pos != end:
         if pos + 8 > limit:
             if pos > limit:  # cannot happen: each step is checked below
@@ -421,7 +417,7 @@ def ends_file(head: Buffer, start: int, pos: int, size: int,
         end = pos + 8 + length
     else:
         vr = bytes(head[pos + 4:pos + 6])
-        if vr in _LONG:
+        if vr in LONG_LENGTH_CODES:
             length = _UL_LE(head, pos + 8)[0]
             end = pos + 12 + length
         else:
@@ -441,7 +437,7 @@ def plausible_start(data: Buffer, start: int) -> bool:
         return left < 2 or 0x0008 <= _GROUP_LE(data, start)[0] <= 0x7FE0
     group, elem = _TAG_LE(data, start)
     if left >= 6 and not _first_is_implicit(data, start, None):
-        return bytes(data[start + 4:start + 6]) in _LONG | _SHORT
+        return bytes(data[start + 4:start + 6]) in LONG_LENGTH_CODES | SHORT_LENGTH_CODES
     if group & 1 or elem == 0:
         return 0x0008 <= group < 0xFFFE
     try:

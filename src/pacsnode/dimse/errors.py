@@ -9,12 +9,9 @@ or a CLI error is enough to know which node misbehaved.  All derive from
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pynetdicom.status import code_to_category
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..remote.peer import Peer
 
 __all__ = ["RemoteError", "ConnectionFailed", "AssociationRejected", "AssociationAborted",
            "NoAcceptedContext", "status_text"]
@@ -31,10 +28,12 @@ def status_text(status: int, table: dict[int, tuple[str, str]] | None = None) ->
 
 
 class RemoteError(Exception):
-    """A DICOM peer failed us.  ``status`` is the DIMSE status when the peer
-    answered with a failure status (PS3.7 Annex C), else ``None``."""
+    """A DICOM peer failed us.  ``peer`` is what names it (a ``Peer``, whose
+    text is ``AET@host:port``, or that text); ``status`` is the DIMSE status
+    when the peer answered with a failure status (PS3.7 Annex C), else
+    ``None``."""
 
-    def __init__(self, peer: Peer | str, message: str, *, status: int | None = None,
+    def __init__(self, peer: object, message: str, *, status: int | None = None,
                  result: Any = None) -> None:
         self.peer = str(peer)
         self.status = status
@@ -55,7 +54,7 @@ class AssociationRejected(RemoteError):
     not recognised".
     """
 
-    def __init__(self, peer: Peer | str, result: str, source: str, reason: str) -> None:
+    def __init__(self, peer: object, result: str, source: str, reason: str) -> None:
         self.result_text, self.source, self.reason = result, source, reason
         super().__init__(peer, f"association rejected ({result}, by {source}): {reason}")
 

@@ -28,6 +28,8 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
+from ..dicom.vr import LONG_LENGTH_VRS as _LONG_LENGTH
+
 __all__ = ["Command", "part10_header", "decode_command", "encode_command", "pdata",
            "pdata_header", "message", "decode_dataset", "encode_dataset", "encode_elements",
            "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
@@ -356,9 +358,6 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     return read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
 
 
-#: VRs with a 4-byte length (and 2 reserved bytes) in Explicit VR (PS3.5 7.1.2).
-_LONG_LENGTH = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
-                          "UT", "UV"})
 #: VRs whose text may use the data set's character set (PS3.5 6.1.2.3).
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 #: Text VRs written as they are (ASCII).

@@ -1,9 +1,11 @@
 """The node's DIMSE service class provider.
 
-``DimseServer(node)`` is what ``serve`` starts: the asyncio upper layer of
-``dimse/server.py`` listening on ``dicom_port``, handing each request to
-``dimse/services.py`` (C-STORE → ingest, C-FIND → query engine,
-C-MOVE/C-GET → retrieve, N-ACTION → storage commitment).
+``DimseServer(node)`` is what ``serve`` starts: the asyncio listener of
+``dimse/server.py`` on ``dicom_port``, whose associations
+(``dimse/association.py``) hand each request to its service handler
+(``store.py``: C-STORE → ingest, ``find.py``: C-FIND → query engine,
+``move_get.py``: C-MOVE/C-GET → retrieve, ``commitment.py``: N-ACTION →
+storage commitment, ``echo.py``: C-ECHO).
 
 With ``dimse_processes`` above 1, ``serve`` runs more of these in worker
 processes (``dimse/worker.py``) on the main process's listening socket;
@@ -15,10 +17,15 @@ from __future__ import annotations
 import logging
 import os
 
+from ..access.dimse_audit import DimseAudit
+from ..access.dimse_gate import DimseGate
+from ..access.setup import make_audit_trail
 from ..config import Settings
 from ..node import Node
-from .server import TRANSFER_SYNTAXES, AssociationLimit, AssociationServer, set_nodelay
-from .services import Services
+from .limit import AssociationLimit
+from .negotiation import TRANSFER_SYNTAXES
+from .pdu import set_nodelay
+from .server import AssociationServer
 
 log = logging.getLogger("pacsnode.dimse")
 
@@ -58,17 +65,25 @@ class DimseServer:
         worker = worker_slot is not None
         shared = worker or self.processes > 1
         if shared and limit_fd is None:
-            limit_fd = AssociationLimit.shared_file(self.processes)
+            limit_fd = AssociationLimit.shared_file(self.processes, s.max_associations)
         self.limit_fd = limit_fd
         limit = AssociationLimit(s.max_associations, limit_fd, worker_slot or 0,
-                                 self.processes) if shared else None
-        self.server = AssociationServer(Services(node), s, limit=limit, listen_fd=listen_fd)
+                                 self.processes, s.max_associations_per_address) \
+            if shared else None
+        # The audit trail of this process's DIMSE side (DESIGN.md §8).
+        self.audit = make_audit_trail(s, node.db)
+        gate = DimseGate(node, DimseAudit(self.audit, node.bus))
+        self.server = AssociationServer(node, s, limit=limit, listen_fd=listen_fd, gate=gate)
 
     def start(self) -> None:
         self.server.start()
         s = self.node.settings
         log.info("DIMSE listening on %s:%s as %s (pid %d)", s.host, s.dicom_port, s.ae_title,
                  os.getpid())
+        if self.server.tls_sock is not None:
+            log.info("DICOM TLS listening on %s:%s (TLS 1.2+, BCP 195%s)", s.host,
+                     s.dicom_tls_port, ", client certificates signed by tls_ca required"
+                     if s.tls_ca else "")
 
     @property
     def listen_fd(self) -> int:
@@ -85,6 +100,7 @@ class DimseServer:
         seconds, then abort the rest (nothing unacknowledged is kept; nothing
         acknowledged is lost: ingest is atomic)."""
         self.server.stop(grace)
+        self.audit.close()
 
     @property
     def active_associations(self) -> int:

@@ -65,7 +65,8 @@ def main() -> None:
     args: dict[str, Any] = pickle.load(sys.stdin.buffer)
     _die_with_parent(args["parent"])
     settings: Settings = args["settings"]
-    from ..archive_commands import _setup_logging
+    from ..automation import record_arrivals
+    from ..logs import setup_logging as _setup_logging
     from ..node import Node
     from .scp import DimseServer
 
@@ -74,12 +75,7 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     node = Node(settings)
-    try:  # stable-study triggers: arrivals are recorded where the write happens
-        from ..automation import record_arrivals
-    except ImportError:
-        pass
-    else:
-        record_arrivals(node)
+    record_arrivals(node)  # stable-study triggers: arrivals are recorded where the write happens
     dimse = DimseServer(node, worker_slot=args["slot"], limit_fd=args["limit_fd"],
                         listen_fd=args["listen_fd"])
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, Integer, String, Table, Text
 
-from .schema import _ID, metadata
+from .metadata import ID, metadata
 
 __all__ = ["api_tokens", "audit"]
 
@@ -35,7 +35,7 @@ api_tokens = Table(
 
 audit = Table(
     "audit", metadata,
-    Column("seq", _ID, primary_key=True, autoincrement=True),
+    Column("seq", ID, primary_key=True, autoincrement=True),
     #: Epoch seconds.
     Column("time", Float, nullable=False),
     #: The PS3.15 A.5 event name ("Query", "DICOM Instances Accessed", …).

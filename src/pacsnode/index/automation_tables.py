@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, String, Table, Text
 
-from .schema import metadata
+from .metadata import metadata
 
 __all__ = ["automation_pending"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, Integer, String, Table, Text
 
-from .schema import metadata
+from .metadata import metadata
 
 __all__ = ["cluster_members"]
 

@@ -188,8 +188,8 @@ class Database:
 
         Without statistics SQLite's planner walks a table in id order to
         spare itself a sort: a SERIES query on PatientName=DOE* scanned every
-        series (8.2 ms at 100k instances, growing with the archive) instead
-        of going from the name's index to the few matching series (2.1 ms).
+        series (a time growing with the archive) instead of going from the
+        name's index to the few matching series.
         Called by ``serve`` when it starts and after writes; skipped, not
         waited for, while another writer holds the index.  The size they
         were taken at is read from ``sqlite_stat1``, so processes and

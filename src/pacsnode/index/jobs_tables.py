@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Index, Integer, String, Table, Text
 
-from .schema import metadata
+from .metadata import metadata
 
 __all__ = ["jobs", "JOB_STATES", "TERMINAL_STATES"]
 
@@ -60,6 +60,13 @@ jobs = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
     # Who asked (REST client address, "pfdcm", …), for people.
     Column("requested_by", Text, nullable=False, default=""),
+    # Route jobs (kind "route", pacsnode.routes): the route's name, the
+    # action's details as JSON (what to send where, the placeholders of a
+    # command, the series it covers), attempts made and when the next is due.
+    Column("route", String(64), nullable=False, default=""),
+    Column("payload", Text, nullable=False, default=""),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_try", Float, nullable=True),
     Index("ix_jobs_state_created", "state", "created"),
     Index("ix_jobs_created", "created"),
     Index("ix_jobs_series", "series_uid"),

@@ -22,22 +22,30 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import Protocol
 
-from sqlalchemy import (Column, Engine, Float, MetaData, String, Table, bindparam, insert, inspect,
-                        select, text, update)
+from sqlalchemy import (Column, Connection, Engine, Float, MetaData, String, Table, bindparam,
+                        insert, inspect, select, text, update)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..dicom.header import GROUP_LENGTH_MARK, json_text, without_group_lengths
 from .schema import instances, metadata
 
-if TYPE_CHECKING:
-    from .db import Database
-
 __all__ = ["MIGRATIONS", "migrations_table", "run_migrations", "drop_group_lengths",
-           "add_missing_columns"]
+           "classify_series", "add_missing_columns"]
 
 log = logging.getLogger("pacsnode.index")
+
+
+class Transactions(Protocol):
+    """What a migration needs of the ``index.db.Database`` that runs it (a
+    Protocol, so that this module does not import db.py back)."""
+
+    def read(self) -> AbstractContextManager[Connection]: ...
+
+    def write(self) -> AbstractContextManager[Connection]: ...
+
 
 migrations_table = Table(
     "index_migrations", metadata,
@@ -50,7 +58,7 @@ migrations_table = Table(
 BATCH = 500
 
 
-def drop_group_lengths(db: "Database") -> int:
+def drop_group_lengths(db: Transactions) -> int:
     """Remove Group Length elements (gggg,0000) from the stored header JSON
     of every instance (PS3.18 F.2.2 leaves them out of the DICOM JSON model;
     versions before this one kept them when the file held them).  Rows are
@@ -74,14 +82,24 @@ def drop_group_lengths(db: "Database") -> int:
             changed += len(rows)
 
 
+def classify_series(db: Transactions) -> int:
+    """Classify, with the built-in rules, every series an index made before
+    series classes existed holds (``pacsnode reclassify`` applies a site's
+    ``classification_rules`` afterwards); returns how many."""
+    from ..classes import reclassify_all
+    from ..classify import load_rules
+    return reclassify_all(db, load_rules(None), only_missing=True)[""]
+
+
 #: (name, function) in the order they run.  Never rename or reorder one
 #: that has shipped; add new ones at the end.
-MIGRATIONS: tuple[tuple[str, Callable[["Database"], int]], ...] = (
+MIGRATIONS: tuple[tuple[str, Callable[[Transactions], int]], ...] = (
     ("drop-group-lengths", drop_group_lengths),
+    ("classify-series", classify_series),
 )
 
 
-def run_migrations(db: "Database") -> list[str]:
+def run_migrations(db: Transactions) -> list[str]:
     """Run the migrations not yet recorded; the names of those run now."""
     with db.read() as conn:
         done = set(conn.execute(select(migrations_table.c.name)).scalars())

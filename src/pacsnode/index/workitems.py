@@ -15,15 +15,13 @@ top-level sequence, for sequence matching (PS3.4 C.2.2.2.6) in SQL, like
 
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, Integer, String, Table,
-                        Text, UniqueConstraint)
+from sqlalchemy import (Column, Float, ForeignKey, Index, Integer, String, Table, Text,
+                        UniqueConstraint)
 
 from ..dicom.catalogue import Attribute, Level
-from .schema import columns_for, metadata
+from .metadata import ID, columns_for, metadata
 
 __all__ = ["WORKITEM_ATTRIBUTES", "WORKITEM_BY_KEYWORD", "workitems", "workitem_item_attrs"]
-
-_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def _w(keyword: str) -> Attribute:
@@ -69,7 +67,7 @@ def _attribute_columns() -> list[Column]:
 
 workitems = Table(
     "workitems", metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("id", ID, primary_key=True, autoincrement=True),
     # The locking Transaction UID (PS3.4 CC.1.1); "" while SCHEDULED.
     Column("transaction_uid", String(64), nullable=False, default=""),
     # Bumped by every write; writes are conditional on it (optimistic locking).
@@ -84,7 +82,7 @@ workitems = Table(
 
 workitem_item_attrs = Table(
     "workitem_item_attrs", metadata,
-    Column("workitem_fk", _ID, ForeignKey("workitems.id", ondelete="CASCADE"), nullable=False),
+    Column("workitem_fk", ID, ForeignKey("workitems.id", ondelete="CASCADE"), nullable=False),
     Column("seq", String(64), nullable=False),
     Column("item", Integer, nullable=False),
     Column("keyword", String(64), nullable=False),

@@ -5,11 +5,13 @@ protocols (PS3.4 C.2.2.2; PS3.18 8.3.4)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
+from ..dicom import extra_tags
 from ..dicom.catalogue import BY_KEYWORD, COMPUTED, Level, UnknownAttribute, resolve_key
 from ..dicom.header import valid_uid
 from ..dicom.values import norm_date, norm_datetime, norm_time, text_value
@@ -17,9 +19,9 @@ from ..errors import BadQuery
 from .model import (Constraint, Fuzzy, ListOfUID, Query, Range, ReturnKey, Sequence,
                     SingleValue, Wildcard)
 
-__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "QIDO_DEFAULTS",
-           "search_params", "match_constraints", "resolve_attribute", "integer_param",
-           "MAX_INTEGER", "MAX_MATCH_KEYS", "MAX_UIDS"]
+__all__ = ["constraint_for", "query_from_identifier", "query_from_qido", "search_query",
+           "QIDO_DEFAULTS", "search_params", "match_constraints", "resolve_attribute",
+           "integer_param", "MAX_INTEGER", "MAX_MATCH_KEYS", "MAX_UIDS"]
 
 #: The largest number any parameter may give (an offset, a sequence number):
 #: the largest LIMIT/OFFSET value SQLite and PostgreSQL take (2^63 - 1).
@@ -120,6 +122,9 @@ def constraint_for(keyword: str, vr: str, value: str, fuzzy: bool = False) -> Co
 
 
 def _vr_of(tag: int, keyword: str) -> str:
+    extra = extra_tags.by_name(keyword)
+    if extra is not None:
+        return extra.vr
     if keyword in COMPUTED:
         return COMPUTED[keyword][1]
     try:
@@ -140,7 +145,10 @@ def query_from_identifier(identifier: Dataset) -> Query:
     query = Query(level)
     for elem in identifier:
         tag = int(elem.tag)
-        if tag in _CONTROL or elem.tag.is_private or elem.tag.group == 0x0000:
+        if elem.tag.is_private:
+            _private_key(identifier, elem, query)
+            continue
+        if tag in _CONTROL or elem.tag.group == 0x0000:
             continue
         keyword = elem.keyword or ""
         query.return_keys.append(ReturnKey(tag, keyword))
@@ -160,10 +168,35 @@ def query_from_identifier(identifier: Dataset) -> Query:
             continue
         c = constraint_for(keyword, elem.VR if elem.VR != "UN" else _vr_of(tag, keyword),
                            text_value(elem.value))
-        if c is not None and (keyword in BY_KEYWORD or keyword in COMPUTED):
+        if c is not None and (keyword in BY_KEYWORD or keyword in COMPUTED
+                              or extra_tags.by_name(keyword) is not None):
             query.constraints.append(c)
         # Other optional keys: matching not supported, returned (PS3.4 C.2.2.1.3).
     return query
+
+
+def _private_key(identifier: Dataset, elem: Any, query: Query) -> None:
+    """A private element of a C-FIND identifier is a key when it is an extra
+    query tag: found by its block's creator (PS3.5 7.8.1), whatever the block."""
+    group, element = elem.tag.group, elem.tag.element
+    if element < 0x1000 or not extra_tags.active():
+        return
+    creator = identifier.get((group << 16) | (element >> 8))
+    if creator is None:
+        return
+    name = creator.value.decode("latin-1") if isinstance(creator.value, bytes) \
+        else str(creator.value)
+    name = name.strip(" \x00")
+    extra = extra_tags.by_key(f"{group:04X}xx{element & 0xFF:02X}:{name}")
+    if extra is None:
+        return
+    query.return_keys.append(ReturnKey(extra.tag, extra.name))
+    value = elem.value
+    text = value.decode("latin-1").strip(" \x00") if isinstance(value, bytes) \
+        else text_value(value)
+    c = constraint_for(extra.name, extra.vr, text)
+    if c is not None:
+        query.constraints.append(c)
 
 
 #: PS3.18 Table 6.7.1-2: attributes returned by default per level (plus the
@@ -197,6 +230,8 @@ def search_params(params: Iterable[tuple[str, str]], query: Query) -> tuple[bool
             fuzzy = value.lower() == "true"
         elif name == "includefield":
             includes.extend(v.strip() for v in value.split(",") if v.strip())
+        elif name in ("accept", "charset"):
+            continue  # content negotiation (PS3.18 8.3.3), not matching
         elif name in ("limit", "offset"):
             number = integer_param(name, value)
             if name == "limit":
@@ -261,6 +296,27 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
                     scope: dict[str, str] | None = None, max_limit: int = 1000) -> Query:
     """QIDO-RS query parameters → Query.  ``scope`` holds the UIDs from the
     URL path (e.g. ``/studies/{StudyInstanceUID}/series``)."""
+    defaults = [kw for lvl in (Level.STUDY, Level.SERIES, Level.IMAGE)
+                if lvl <= level and (lvl == level or scope is None or _scope_level(scope) < lvl)
+                for kw in QIDO_DEFAULTS[lvl]]
+    return search_query(level, params, defaults=defaults,
+                        searchable=lambda kw: kw in BY_KEYWORD or kw in COMPUTED
+                        or extra_tags.by_name(kw) is not None,
+                        max_limit=max_limit,
+                        fixed=[SingleValue(key, uid) for key, uid in (scope or {}).items()])
+
+
+def search_query(level: Level, params: Iterable[tuple[str, str]], *,
+                 defaults: Iterable[str], searchable: Callable[[str], bool], max_limit: int,
+                 fixed: Iterable[Constraint] = (), not_matchable: Mapping[int, str] | None = None,
+                 what: str = "") -> Query:
+    """The search every DICOMweb service shares (QIDO-RS, UPS-RS; PS3.18
+    8.3.4): the ``defaults`` and ``includefield`` attributes are returned
+    (an attribute path returns its sequence), ``attribute=value`` pairs
+    become constraints after the ``fixed`` ones, ``limit`` is capped at
+    ``max_limit`` (0: no cap).  ``searchable(keyword)`` says whether an
+    attribute may be matched on; ``not_matchable`` names tags that may not
+    even be named as a match key, with the reason."""
     query = Query(level)
     fuzzy, includes, matches = search_params(params, query)
     seen: set[int] = set()
@@ -270,21 +326,21 @@ def query_from_qido(level: Level, params: Iterable[tuple[str, str]], *,
             seen.add(tag)
             query.return_keys.append(ReturnKey(tag, keyword))
 
-    for lvl in (Level.STUDY, Level.SERIES, Level.IMAGE):
-        if lvl <= level and (lvl == level or scope is None or _scope_level(scope) < lvl):
-            for kw in QIDO_DEFAULTS[lvl]:
-                add_return(resolve_key(kw)[0], kw)
+    for keyword in defaults:
+        add_return(resolve_key(keyword)[0], keyword)
     for field in includes:
         if field == "all":
             query.include_all = True
             continue
-        tag, keyword = resolve_attribute(field)
-        add_return(tag, keyword)
-    for key, uid in (scope or {}).items():
-        query.constraints.append(SingleValue(key, uid))
-    query.constraints += match_constraints(
-        matches, fuzzy, lambda kw: kw in BY_KEYWORD or kw in COMPUTED, add_return)
-    if query.limit is None or query.limit > max_limit:
+        add_return(*resolve_attribute(field.split(".")[0]))
+    if not_matchable:
+        for name, _value in matches:
+            tag = resolve_attribute(name.split(".")[0])[0]
+            if tag in not_matchable:
+                raise BadQuery(not_matchable[tag])
+    query.constraints = [*fixed, *match_constraints(matches, fuzzy, searchable, add_return,
+                                                    what=what)]
+    if max_limit and (query.limit is None or query.limit > max_limit):
         query.limit = max_limit
     return query
 
@@ -304,5 +360,9 @@ def resolve_attribute(name: str) -> tuple[int, str]:
     except UnknownAttribute as exc:
         raise BadQuery(str(exc)) from None
     if not keyword:
-        raise BadQuery(f"{name}: private attributes cannot be searched")
+        extra = extra_tags.by_name(f"{tag:08X}")
+        if extra is not None:
+            return tag, extra.name
+        raise BadQuery(f"{name}: private attributes cannot be searched (unless declared "
+                       "in extra_query_tags)")
     return tag, keyword

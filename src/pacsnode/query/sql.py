@@ -16,9 +16,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, exists, literal, or_, select, true
 from sqlalchemy.sql.elements import ColumnClause
 
-from ..dicom.catalogue import BY_KEYWORD, COMPUTED, Attribute, Level
+from ..dicom import extra_tags
+from ..dicom.catalogue import BY_KEYWORD, COMPUTED, UNIQUE, Attribute, Level
 from ..dicom.values import fold, fuzzy_prefix
 from ..errors import BadQuery
+from ..index.extra_tables import extra_attrs
 from ..index.schema import LEVEL_TABLES, instances, item_attrs, patients, series, studies
 from .model import Constraint, Fuzzy, ListOfUID, Query, Range, Sequence, SingleValue, Wildcard
 
@@ -259,6 +261,32 @@ def item_value_condition(alias: Any, c: Constraint) -> ColumnElement:
     raise BadQuery(f"{c.keyword}: nested sequence matching is not supported")
 
 
+def _extra_condition(query_level: Level, extra: extra_tags.ExtraTag,
+                     c: Constraint) -> ColumnElement:
+    """An extra query tag (``extra_attrs``, one row per value) matches when a
+    value of its entity matches; at a level above the tag's, when one of the
+    entity's children's does — as for a built-in attribute.
+
+    Written ``uid IN (SELECT owner_uid …)`` so that the value index drives
+    the query: as a correlated EXISTS, SQLite walked the searched table and
+    probed each row (4 ms for a series match at 100k instances, 70-130 ms
+    at IMAGE level, against 0.07 and 0.04 ms this way — the numbers of an
+    indexed column)."""
+    owners = select(extra_attrs.c.owner_uid).where(
+        extra_attrs.c.key == extra.key, extra_attrs.c.level == int(extra.level),
+        item_value_condition(extra_attrs, c))
+    owner_uid = LEVEL_TABLES[extra.level].c[UNIQUE[extra.level].column]
+    if extra.level <= query_level:
+        return owner_uid.in_(owners)
+    if query_level == Level.PATIENT:
+        return _below_exists(query_level, extra.level, owner_uid.in_(owners))
+    # The searched level's ids among the parents of the matching entities.
+    child = LEVEL_TABLES[extra.level]
+    parent_fk = child.c.study_fk if query_level == Level.STUDY else child.c.series_fk
+    return LEVEL_TABLES[query_level].c.id.in_(
+        select(parent_fk).where(owner_uid.in_(owners)))
+
+
 def where_for(query: Query) -> list[ColumnElement]:
     """SQL conditions of all of the query's constraints."""
     conds: list[ColumnElement] = []
@@ -271,7 +299,10 @@ def where_for(query: Query) -> list[ColumnElement]:
             continue
         attr = BY_KEYWORD.get(c.keyword)
         if attr is None:
-            continue  # not matchable here; the parser decided to let it through
+            extra = extra_tags.by_name(c.keyword)
+            if extra is not None:
+                conds.append(_extra_condition(query.level, extra, c))
+            continue  # else not matchable here; the parser decided to let it through
         table = LEVEL_TABLES[attr.level]
         cond = attribute_condition(table, attr, c)
         if attr.level > query.level:

@@ -50,7 +50,6 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -62,10 +61,13 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import Row, func, select, update
 
+from ..access.tls import node_tls
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..index.db import Database
 from ..index.jobs_tables import TERMINAL_STATES, jobs
+from ..leases import HOST as _HOST
+from ..leases import claim, owner_id, owner_is_dead, pid_alive  # noqa: F401 (cluster.py)
 from ..node import Node
 from . import scu
 from .errors import RemoteError
@@ -91,7 +93,8 @@ HEARTBEAT_SECONDS = 1.0
 #: responses must finish the whole transfer within it).
 DIMSE_TIMEOUT = 600.0
 
-_HOST = socket.gethostname()
+#: The ``kind`` of the jobs this module runs (route jobs share the table).
+KIND = "retrieve"
 
 
 class JobNotFound(PacsnodeError):
@@ -130,6 +133,11 @@ class Job:
     peer_host: str = ""
     peer_port: int = 0
     destination: str = ""
+    #: Route jobs (``kind == "route"``, pacsnode.routes): the route's name,
+    #: attempts made so far and when the next one is due.
+    route: str = ""
+    attempts: int = 0
+    next_try: float | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Job:
@@ -144,7 +152,8 @@ class Job:
                    owner=m["owner"] or "", cancel_requested=bool(m["cancel_requested"]),
                    requested_by=m["requested_by"] or "", peer_aet=m["peer_aet"] or "",
                    peer_host=m["peer_host"] or "", peer_port=int(m["peer_port"] or 0),
-                   destination=m["destination"] or "")
+                   destination=m["destination"] or "", route=m.get("route") or "",
+                   attempts=int(m.get("attempts") or 0), next_try=m.get("next_try"))
 
     @property
     def done(self) -> bool:
@@ -163,6 +172,8 @@ class Job:
             "cancel_requested": self.cancel_requested,
             "requested_by": self.requested_by or None,
             "destination": self.destination or None,
+            **({"route": self.route, "attempts": self.attempts,
+                "next_try": iso(self.next_try)} if self.kind == "route" else {}),
         }
 
 
@@ -274,46 +285,20 @@ def request_cancel(node: Node, job_id: str, wait: float = 10.0) -> Job:
 
 
 def claim_next(db: Database, owner: str, lease: float = LEASE_SECONDS) -> Job | None:
-    """Claim the oldest pending job for ``owner``; None when there is none.
-    The conditional UPDATE makes the claim atomic across processes."""
+    """Claim the oldest pending retrieve job for ``owner``; None when there
+    is none.  The conditional UPDATE makes the claim atomic across processes
+    (``leases.claim``)."""
     with db.read() as conn:
-        ids = conn.execute(select(jobs.c.id).where(jobs.c.state == "pending")
+        ids = conn.execute(select(jobs.c.id).where(jobs.c.state == "pending",
+                                                   jobs.c.kind == KIND)
                            .order_by(jobs.c.created, jobs.c.id).limit(16)).scalars().all()
     for job_id in ids:
         now = time.time()
-        with db.write() as conn:
-            claimed = conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.state == "pending")
-                .values(state="running", owner=owner, lease_until=now + lease, started=now,
-                        updated=now)).rowcount
-        if claimed == 1:
+        if claim(db, jobs, [jobs.c.id == job_id, jobs.c.state == "pending"],
+                 dict(state="running", owner=owner, lease_until=now + lease, started=now,
+                      updated=now)):
             return get_job(db, job_id)
     return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host has ``pid`` (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owner_is_dead(owner: str, me: str) -> bool:
-    """True when ``owner`` was a process on this host that no longer runs:
-    its pid is gone, or it is our pid but not us (a restart that got the
-    same pid, as in a container)."""
-    try:
-        host, pid_text, _nonce = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != _HOST or owner == me:
-        return False
-    return pid == os.getpid() or not pid_alive(pid)
 
 
 def _fail_running(db: Database, job_id: str, owner: str, reason: str) -> bool:
@@ -331,10 +316,10 @@ def recover(db: Database, me: str) -> int:
     restart"); return how many."""
     with db.read() as conn:
         rows = conn.execute(select(jobs.c.id, jobs.c.owner)
-                            .where(jobs.c.state == "running")).all()
+                            .where(jobs.c.state == "running", jobs.c.kind == KIND)).all()
     count = 0
     for row in rows:
-        if _owner_is_dead(row.owner, me):
+        if owner_is_dead(row.owner, me):
             pid = row.owner.rsplit(":", 2)[1]
             if _fail_running(db, row.id, row.owner, "interrupted by restart: the pacsnode "
                              f"serve process running it (pid {pid}) stopped"):
@@ -348,7 +333,7 @@ def reap_expired(db: Database) -> int:
     on another host that died)."""
     now = time.time()
     with db.write() as conn:
-        n = conn.execute(update(jobs).where(jobs.c.state == "running",
+        n = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.kind == KIND,
                                             jobs.c.lease_until < now)
                          .values(state="failed", updated=now, finished=now, lease_until=None,
                                  error="interrupted: the pacsnode serve process running it "
@@ -392,7 +377,7 @@ class JobRunner:
     def __init__(self, node: Node, workers: int = WORKERS) -> None:
         self.node = node
         self.workers = workers
-        self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner_id()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -546,7 +531,8 @@ class JobRunner:
                 raise _JobFailed(f"unknown node {job.node!r} (not in the registry any more)")
             aet, host, port = cfg.aet, cfg.host, cfg.port
         return Peer(aet=aet, host=host, port=port, calling_aet=_destination(self.node, job),
-                    timeout=30.0, dimse_timeout=DIMSE_TIMEOUT)
+                    timeout=30.0, dimse_timeout=DIMSE_TIMEOUT,
+                    tls=node_tls(self.node.settings, job.node))
 
     def _execute(self, attempt: _Attempt) -> tuple[str, str]:
         job = attempt.job

@@ -36,7 +36,7 @@ class Peer:
     ``timeout`` bounds the TCP connect and the association negotiation;
     ``dimse_timeout`` bounds the wait for each DIMSE response (a C-MOVE that
     sends no pending responses needs it to cover the whole transfer) and the
-    idle time on the socket.  ``None`` waits forever.  ``ssl_context``: speak
+    idle time on the socket.  ``None`` waits forever.  ``tls``: speak
     TLS (PS3.15 B.1) with it.
     """
 
@@ -46,7 +46,8 @@ class Peer:
     calling_aet: str = "PACSNODE"
     timeout: float = 30.0
     dimse_timeout: float | None = 600.0
-    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    #: TLS for the association (a node with ``tls = true``, access/tls.py).
+    tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"
@@ -123,7 +124,7 @@ def associate(peer: Peer, contexts: Sequence[PresentationContext], *,
     classes), ``on_store`` taking the peer's C-STOREs on them.
     """
     assoc = client.run(client.connect(peer, contexts, scp_roles=scp_roles,
-                                      ssl=peer.ssl_context, required=required,
+                                      ssl=peer.tls, required=required,
                                       on_store=on_store, on_event=on_event))
     ok = False
     try:

@@ -445,7 +445,7 @@ async def _send_share(peer: Peer, headers: list[_Header], report: Callable[[Send
                 return
             contexts = storage_contexts((h.sop_class, h.transfer_syntax) for h in pending)
             try:
-                assoc = await client.connect(peer, contexts, ssl=peer.ssl_context)
+                assoc = await client.connect(peer, contexts, ssl=peer.tls)
             except NoAcceptedContext as exc:
                 while pending:
                     header = pending.pop()

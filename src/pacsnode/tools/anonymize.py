@@ -46,6 +46,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from ..dicom.vr import LONG_LENGTH_CODES
 from .common import (NotDicomError, TagMask, ToolError, file_meta_for, parse_tag_mask,
                      read_dicom, write_atomic)
 from .deid_profile import Action, rule_for
@@ -457,8 +458,7 @@ def _data_set_digest(path: Path) -> bytes:
     if raw[128:132] == b"DICM":
         start = 132
         while start + 8 <= len(raw) and raw[start:start + 2] == b"\x02\x00":
-            if raw[start + 4:start + 6] in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ",
-                                           b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"):
+            if raw[start + 4:start + 6] in LONG_LENGTH_CODES:
                 start += 12 + int.from_bytes(raw[start + 8:start + 12], "little")
             else:
                 start += 8 + int.from_bytes(raw[start + 6:start + 8], "little")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import click
 
@@ -17,6 +18,16 @@ __all__ = ["COMMANDS"]
 
 def _error(command: str, message: str) -> None:
     click.echo(f"pacsnode {command}: {message}", err=True)
+
+
+@contextmanager
+def _exits_on_error(command: str, status: int = 1) -> Iterator[None]:
+    """A ToolError in the block: its message on standard error, and exit."""
+    try:
+        yield
+    except ToolError as exc:
+        _error(command, str(exc))
+        sys.exit(status)
 
 
 @click.command("dump")
@@ -47,11 +58,8 @@ def dump_command(files: Sequence[str], as_json: bool, tags: Sequence[str], full:
     from .common import parse_tag
 
     failed = False
-    try:
+    with _exits_on_error("dump", status=2):
         wanted = [int(parse_tag(k)) for k in tags]
-    except ToolError as exc:
-        _error("dump", str(exc))
-        sys.exit(2)
     documents = []
     for path in files:
         try:
@@ -111,13 +119,10 @@ def modify_command(files: Sequence[str], modify: Sequence[str], insert: Sequence
     if not (modify or insert or erase):
         _error("modify", "nothing to do: give -m, -i or -e")
         sys.exit(2)
-    try:
+    with _exits_on_error("modify", status=2):
         changes = [parse_change(Operation.ERASE, k) for k in erase] + \
             [parse_change(Operation.INSERT, k) for k in insert] + \
             [parse_change(Operation.MODIFY, k) for k in modify]
-    except ToolError as exc:
-        _error("modify", str(exc))
-        sys.exit(2)
     # stable: SpecificCharacterSet first, then the order above
     charset_first = sorted(changes, key=lambda c: c.path[-1].tag != 0x00080005)
     failed = False
@@ -156,11 +161,8 @@ def create_command(out: str, dump: str) -> None:
     """
     from .create import create_from_dump
 
-    try:
+    with _exits_on_error("create"):
         notes = create_from_dump(out, dump)
-    except ToolError as exc:
-        _error("create", str(exc))
-        sys.exit(1)
     for note in notes:
         _error("create", f"warning: {dump}: {note}")
 
@@ -194,11 +196,8 @@ def img2dcm_command(image: str, out: str, series_from: str | None,
     from .img2dcm import image_to_dicom
 
     notes: list[str] = []
-    try:
+    with _exits_on_error("img2dcm"):
         image_to_dicom(image, out, series_from=series_from, study_from=study_from, notes=notes)
-    except ToolError as exc:
-        _error("img2dcm", str(exc))
-        sys.exit(1)
     for note in notes:
         _error("img2dcm", f"warning: {series_from or study_from}: {note}")
 
@@ -255,11 +254,8 @@ def anonymize_command(paths: Sequence[str], key: str | None, key_file: str | Non
         _error("anonymize", "give either --key or --key-file, not both")
         sys.exit(2)
     inputs, out = list(paths[:-1]), paths[-1]
-    try:
+    with _exits_on_error("anonymize", status=2):
         secret: str | bytes | None = read_key_file(key_file) if key_file is not None else key
-    except ToolError as exc:
-        _error("anonymize", str(exc))
-        sys.exit(2)
     console = Console(stderr=True)
     bar = Progress(TextColumn("anonymizing"), BarColumn(), MofNCompleteColumn(),
                    console=console, transient=True, disable=not console.is_terminal)
@@ -272,13 +268,9 @@ def anonymize_command(paths: Sequence[str], key: str | None, key_file: str | Non
         (bar.console if console.is_terminal else console).print(
             f"pacsnode anonymize: {message}", markup=False, highlight=False, soft_wrap=True)
 
-    try:
-        with bar:
-            summary = anonymize_paths(inputs, out, key=secret, keep=keep, uid_map=uid_map,
-                                      recursive=recursive, progress=progress, warn=warn)
-    except ToolError as exc:
-        _error("anonymize", str(exc))
-        sys.exit(1)
+    with _exits_on_error("anonymize"), bar:
+        summary = anonymize_paths(inputs, out, key=secret, keep=keep, uid_map=uid_map,
+                                  recursive=recursive, progress=progress, warn=warn)
     for _path, reason in summary.failed:
         _error("anonymize", reason)
     if summary.random_key:

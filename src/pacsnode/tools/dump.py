@@ -32,6 +32,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 
+from ..dicom.vr import LONG_LENGTH_VRS
 from .common import ToolError, parse_tag, read_dicom, tag_text
 from .textvalues import FLOAT_VRS, INT_VRS, OTHER_NUMBER_VRS, STRING_VRS, TEXT_VRS, values_of
 from .uid_names import DCMTK_UID_NAMES, TRANSFER_SYNTAX_NAMES
@@ -43,8 +44,6 @@ __all__ = ["dump_dataset", "dump_file", "search_lines", "dataset_json", "element
 LINE_LIMIT = 70
 #: dcmdump's DCM_OptPrintValueLength: the value column is padded to this.
 VALUE_WIDTH = 40
-_LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN",
-                              "UR", "UT", "UV"})
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 
@@ -197,7 +196,7 @@ def _vm(elem: DataElement) -> int:
 
 
 def _header_size(vr: str, enc: _Encoding) -> int:
-    return 8 if enc.implicit or vr not in _LONG_HEADER_VRS else 12
+    return 8 if enc.implicit or vr not in LONG_LENGTH_VRS else 12
 
 
 def _value_length(elem: DataElement, enc: _Encoding) -> int:

@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 
 from .. import __version__ as _version
 from ..access.addresses import check_node_address, public_failure
+from ..access.tls import node_tls
 from ..dicom.header import valid_uid
 from ..errors import NotFound, PacsnodeError
 from ..index.schema import instances, series
@@ -49,8 +50,9 @@ from .api_models import (CmdAction, CmdMeta, CmdRequest, CmdResponse, EchoResult
                          JobList, JobOut, NodeIn, NodeList, NodeOut, PullPathResult,
                          QueryResult, RetrieveAccepted, RetrieveCmdResult, RetrieveRequest,
                          RetrieveStatusResult, TagsGetResult)
+from .errors import INTERNAL_ERROR, WebError
 
-__all__ = ["router", "series_tags", "export_series", "ApiError", "Forbidden", "INTERNAL_ERROR"]
+__all__ = ["router", "series_tags", "export_series", "Forbidden"]
 
 log = logging.getLogger("pacsnode.web.api")
 
@@ -59,26 +61,12 @@ CONNECT_TIMEOUT = 10.0
 FIND_TIMEOUT = 120.0
 
 
-#: What a client reads when something failed that it did not cause: never
-#: the exception's text (a Python internal, paths); the log has the details.
-INTERNAL_ERROR = ("internal error: the server could not complete this request; "
-                  "its log has the details")
-
-
-class ApiError(PacsnodeError):
-    """A refusal with an explicit HTTP status."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.http_status = status
-
-
-class Forbidden(ApiError):
+class Forbidden(WebError):
     def __init__(self, reason: str) -> None:
         super().__init__(403, reason)
 
 
-class BadGateway(ApiError):
+class BadGateway(WebError):
     def __init__(self, reason: str) -> None:
         super().__init__(502, reason)
 
@@ -96,8 +84,10 @@ def _validation_reason(errors: list[Any]) -> str:
 
 
 class ApiRoute(APIRoute):
-    """Routes of this API: validation errors become 400 ``{"error": …}``,
-    pacsnode errors their own status, anything unexpected 500."""
+    """Routes of this API: an invalid body or parameter is a 400 with the
+    reason (FastAPI would answer 422), rendered like every other refusal
+    (web/errors.py).  A subclass answers failures in a shape of its own
+    (``failed``)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -105,17 +95,17 @@ class ApiRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except RequestValidationError as exc:
-                return JSONResponse({"error": _validation_reason(list(exc.errors()))}, 400)
-            except PacsnodeError as exc:
-                return JSONResponse({"error": exc.reason}, exc.http_status)
-            except HTTPException:
-                raise  # already an HTTP answer (the app renders it as {"error": …})
-            except Exception:  # noqa: BLE001 - a reason, never a stack trace
-                log.exception("%s %s failed", request.method, request.url.path)
-                return JSONResponse({"error": INTERNAL_ERROR}, 500)
+            except Exception as exc:  # noqa: BLE001 - failed() answers or re-raises
+                return self.failed(exc)
 
         return route
+
+    def failed(self, exc: Exception) -> Response:
+        """The answer to ``exc``, raised by the route; re-raises what the
+        app's handlers answer (web/errors.py)."""
+        if isinstance(exc, RequestValidationError):
+            raise WebError(400, _validation_reason(list(exc.errors()))) from None
+        raise exc
 
 
 router = APIRouter(prefix="/api/v1", route_class=ApiRoute)
@@ -125,8 +115,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route may answer."""
     text = {400: "Invalid request (the reason says what)", 403: "Path outside the export "
             "roots (nothing written)", 404: "Not found", 409: "Conflict (the reason says "
-            "what)", 501: "Not available in this installation", 502: "The remote node failed "
-            "(refused, unreachable, error status)"}
+            "what)", 502: "The remote node failed (refused, unreachable, error status)"}
     out: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": text[code]} for code in codes}
     out["default"] = {"model": ErrorBody, "description": "Unexpected error"}
@@ -151,7 +140,8 @@ def _registered(node: Node, name: str) -> registry.RegisteredNode:
 def _peer(node: Node, entry: registry.RegisteredNode, dimse_timeout: float) -> Peer:
     return Peer(aet=entry.aet, host=entry.host, port=entry.port,
                 calling_aet=node.settings.ae_title, timeout=CONNECT_TIMEOUT,
-                dimse_timeout=dimse_timeout)
+                dimse_timeout=dimse_timeout,
+                tls=node_tls(node.settings, entry.name) if entry.source == "config" else None)
 
 
 def _node_out(entry: registry.RegisteredNode) -> NodeOut:
@@ -162,8 +152,8 @@ def _node_out(entry: registry.RegisteredNode) -> NodeOut:
 
 def _check_uid(uid: str, what: str) -> str:
     if not valid_uid(uid):
-        raise ApiError(400, f"{what} {uid[:80]!r} is not a valid UID (1-64 characters of "
-                            "digits and dots)")
+        raise WebError(400, f"{what} {uid[:80]!r} is not a valid UID (1-64 characters of "
+                       "digits and dots)")
     return uid
 
 
@@ -192,12 +182,12 @@ def put_node(name: str, body: NodeIn, request: Request, response: Response) -> N
     """Creates (201) or replaces (200) the runtime entry `name`.  A runtime
     entry named like a configuration-file node overrides it.  A host that is
     (or resolves to) a link-local, unspecified or multicast address is
-    refused (400)."""
+    refused (400), and so is one outside `node_networks` when that is set."""
     registry.check_name(name)
     registry.check_aet(body.aet)
     registry.check_host(body.host)
     registry.check_port(body.port)
-    check_node_address(body.host)
+    check_node_address(body.host, _node(request).settings.node_networks)
     entry, created = registry.put_node(_node(request), name, body.aet, body.host, body.port)
     response.status_code = 201 if created else 200
     log.info("node %s %s: %s@%s:%s", name, "added" if created else "replaced", entry.aet,
@@ -244,7 +234,7 @@ def find_on_node(name: str, body: FindRequest, request: Request) -> FindResponse
     except RemoteError as exc:
         raise BadGateway(public_failure(exc, str(peer))) from None
     except (ValueError, TypeError, KeyError) as exc:
-        raise ApiError(400, str(exc)) from None
+        raise WebError(400, str(exc)) from None
     return FindResponse(results=results)
 
 
@@ -262,11 +252,11 @@ def retrieve_from_node(name: str, body: RetrieveRequest, request: Request,
     study = body.StudyInstanceUID or ""
     series_uid = body.SeriesInstanceUID or ""
     if level == "SERIES" and not series_uid:
-        raise ApiError(400, "SeriesInstanceUID is required at SERIES level")
+        raise WebError(400, "SeriesInstanceUID is required at SERIES level")
     if level == "STUDY" and not study:
-        raise ApiError(400, "StudyInstanceUID is required at STUDY level")
+        raise WebError(400, "StudyInstanceUID is required at STUDY level")
     if level == "STUDY" and series_uid:
-        raise ApiError(400, "SeriesInstanceUID given at STUDY level; use level SERIES")
+        raise WebError(400, "SeriesInstanceUID given at STUDY level; use level SERIES")
     if study:
         _check_uid(study, "StudyInstanceUID")
     if series_uid:
@@ -396,7 +386,7 @@ def _export_dir(roots: list[str], raw: str, create: bool) -> Path:
     if not real_roots:
         raise Forbidden("export is disabled: no export_roots are configured")
     if not raw or "\x00" in raw:
-        raise ApiError(400, "path is empty or holds a NUL character")
+        raise WebError(400, "path is empty or holds a NUL character")
     _check_path_lengths(raw)
     pure = PurePosixPath(raw)
     if not pure.is_absolute():
@@ -410,14 +400,14 @@ def _export_dir(roots: list[str], raw: str, create: bool) -> Path:
                         f"({', '.join(real_roots)})")
     if not os.path.isdir(real):
         if os.path.lexists(real):
-            raise ApiError(400, f"{raw} exists and is not a folder")
+            raise WebError(400, f"{raw} exists and is not a folder")
         if not create:
-            raise ApiError(400, f"folder {raw} does not exist (create_dir is false)")
+            raise WebError(400, f"folder {raw} does not exist (create_dir is false)")
         try:
             os.makedirs(real, exist_ok=True)
         except OSError as exc:  # the system's words (permission, read-only, full)
-            raise ApiError(400, f"cannot create folder {raw}: "
-                                f"{exc.strerror or 'the file system refused'}") from None
+            raise WebError(400, f"cannot create folder {raw}: "
+                           f"{exc.strerror or 'the file system refused'}") from None
     return Path(real)
 
 
@@ -432,12 +422,12 @@ def _check_path_lengths(raw: str) -> None:
     (the check otherwise ends in "File name too long" from the kernel)."""
     encoded = os.fsencode(raw)
     if len(encoded) > PATH_MAX:
-        raise ApiError(400, f"path is {len(encoded)} bytes long; at most {PATH_MAX} are taken")
+        raise WebError(400, f"path is {len(encoded)} bytes long; at most {PATH_MAX} are taken")
     for part in encoded.split(b"/"):
         if len(part) > NAME_MAX:
             name = os.fsdecode(part)
-            raise ApiError(400, f"path component {name[:40]!r}... is {len(part)} bytes long; "
-                                f"a folder name takes at most {NAME_MAX}")
+            raise WebError(400, f"path component {name[:40]!r}... is {len(part)} bytes long; "
+                           f"a folder name takes at most {NAME_MAX}")
 
 
 def _open_dir(folder: Path, roots: list[str]) -> int:
@@ -488,11 +478,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
         raise NotFound(f"series {series_uid} is not in the archive")
     anonymizer: Any = None
     if anonymize:
-        try:
-            from ..tools.anonymize import anonymize_dataset as anonymizer
-        except ImportError:
-            raise ApiError(501, "anonymized export is not available in this installation "
-                                "(pacsnode.tools.anonymize is missing)") from None
+        from ..tools.anonymize import anonymize_dataset as anonymizer
     roots = list(node.settings.export_roots)
     folder = _export_dir(roots, path, create_dir)
     dir_fd = _open_dir(folder, roots)
@@ -524,7 +510,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
 
 @router.post("/series/{series_uid}/export", tags=["archive"],
              summary="Write a series into a folder (pfdcm pullPath)",
-             response_model=ExportResult, responses=_errors(400, 403, 404, 501))
+             response_model=ExportResult, responses=_errors(400, 403, 404))
 def export(series_uid: str, body: ExportRequest, request: Request) -> ExportResult:
     """Writes the series' stored files as `<SOPInstanceUID>.dcm` into `path`,
     which must be an absolute folder under one of the configured
@@ -551,28 +537,20 @@ def _cmd_error(exc: CmdError) -> JSONResponse:
     return JSONResponse(body, exc.status)
 
 
-class CmdRoute(APIRoute):
+class CmdRoute(ApiRoute):
     """The pfdcm endpoint answers every failure in pfdcm's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return _cmd_error(CmdError(400, _validation_reason(list(exc.errors()))))
-            except CmdError as exc:
-                return _cmd_error(exc)
-            except PacsnodeError as exc:
-                return _cmd_error(CmdError(exc.http_status, exc.reason))
-            except HTTPException as exc:
-                return _cmd_error(CmdError(exc.status_code, str(exc.detail)))
-            except Exception:  # noqa: BLE001
-                log.exception("pfdcm command failed")
-                return _cmd_error(CmdError(500, INTERNAL_ERROR))
-
-        return route
+    def failed(self, exc: Exception) -> Response:
+        if isinstance(exc, RequestValidationError):
+            return _cmd_error(CmdError(400, _validation_reason(list(exc.errors()))))
+        if isinstance(exc, CmdError):
+            return _cmd_error(exc)
+        if isinstance(exc, PacsnodeError):
+            return _cmd_error(CmdError(exc.http_status, exc.reason))
+        if isinstance(exc, HTTPException):
+            return _cmd_error(CmdError(exc.status_code, str(exc.detail)))
+        log.exception("pfdcm command failed", exc_info=exc)
+        return _cmd_error(CmdError(500, INTERNAL_ERROR))
 
 
 _SERIES_FIELDS = ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
@@ -749,7 +727,6 @@ _CMD_ERRORS = {code: {"model": CmdResponse, "description": text} for code, text 
     (400, "Unknown action or invalid request: {\"status\": false, \"message\": …}"),
     (403, "pullPath outside the export roots"),
     (404, "Unknown series or PACS"),
-    (501, "Not available in this installation"),
     (502, "The remote node failed"),
     ("default", "Unexpected error"))}
 

@@ -138,15 +138,17 @@ class RetrieveAccepted(BaseModel):
 
 
 class JobOut(BaseModel):
-    """A retrieve job and where it stands."""
+    """A retrieve job (or a route's job, ``kind: "route"``) and where it stands."""
 
     id: str
-    kind: Literal["retrieve"] = "retrieve"
-    node: str = Field(description="Name of the remote node retrieved from.")
+    kind: Literal["retrieve", "route"] = "retrieve"
+    node: str = Field(description="Name of the remote node retrieved from (a route's "
+                      "send_to: sent to; empty for other route actions).")
     level: Literal["STUDY", "SERIES"]
     study_uid: str | None
     series_uid: str | None
-    method: Literal["move", "get"]
+    method: Literal["move", "get", "send", "export", "run"] = Field(
+        description="Retrieve: move or get; route: the action (send, export, run).")
     state: JobState
     completed: int = Field(description="Instances received so far (peer's count).")
     failed: int = Field(description="Instances that failed (peer's count).")
@@ -165,6 +167,10 @@ class JobOut(BaseModel):
         default=None, description="AE title the peer is asked to C-MOVE to (and that calls "
         "it), fixed when the job is made: cluster_ae_title, or the ae_title of the process "
         "that took the request.")
+    route: str | None = Field(default=None, description="Route jobs: the route's name.")
+    attempts: int | None = Field(default=None, description="Route jobs: attempts made.")
+    next_try: str | None = Field(default=None, description="Route jobs: when a failed "
+                                 "attempt is tried again (ISO 8601 UTC).")
 
 
 class JobList(BaseModel):

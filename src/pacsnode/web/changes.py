@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadQuery
 from ..events import Event
+from ..index.feeds import settled
 from ..index.schema import changes
 from ..node import Node
 from ..query.parse import integer_param
@@ -53,7 +54,7 @@ STREAM_POLL_SECONDS = 0.2
 STREAM_KEEPALIVE_SECONDS = 15.0
 _STREAM_BATCH = 500
 #: How long a gap in the sequence may stay open before it counts as a
-#: rolled-back transaction (see ``_settled``).
+#: rolled-back transaction (``index.feeds.settled``).
 GAP_GRACE_SECONDS = 5.0
 
 
@@ -115,31 +116,13 @@ def _int_param(request: Request, name: str, default: int | None, minimum: int) -
     return integer_param(name, raw, minimum=minimum)
 
 
-def _settled(rows: list[Any], since: int, now: float) -> list[Any]:
-    """The rows up to the first gap in the sequence that may still fill.
-
-    On PostgreSQL a transaction that took sequence number 10 can commit after
-    one that took 11; a reader that handed out 11 would then skip 10 for good.
-    So a gap stops a page unless the row after it was written more than
-    ``GAP_GRACE_SECONDS`` ago (the gap is then a rolled-back transaction).
-    SQLite serialises writers, so there are no such gaps there."""
-    out = []
-    expected = since + 1
-    for row in rows:
-        if row.seq != expected and now - float(row.at) < GAP_GRACE_SECONDS:
-            break
-        out.append(row)
-        expected = int(row.seq) + 1
-    return out
-
-
 def _fetch(node: Node, since: int, limit: int) -> list[Change]:
     with node.db.read() as conn:
         rows = conn.execute(
             select(changes.c.seq, changes.c.action, changes.c.level, changes.c.study_uid,
                    changes.c.series_uid, changes.c.instance_uid, changes.c.at)
             .where(changes.c.seq > since).order_by(changes.c.seq).limit(limit)).all()
-    rows = _settled(rows, since, time.time())
+    rows = settled(rows, since, time.time(), written_at="at", grace=GAP_GRACE_SECONDS)
     return [Change(seq=int(r.seq), action=r.action, level=r.level, study_uid=r.study_uid,
                    series_uid=r.series_uid, instance_uid=r.instance_uid,
                    at=datetime.fromtimestamp(float(r.at), timezone.utc)) for r in rows]
@@ -147,7 +130,7 @@ def _fetch(node: Node, since: int, limit: int) -> list[Change]:
 
 def _latest(node: Node) -> int:
     """The newest sequence number with no unsettled gap before it (see
-    ``_settled``): a client starting after it misses nothing."""
+    ``index.feeds.settled``): a client starting after it misses nothing."""
     now = time.time()
     with node.db.read() as conn:
         floor = conn.execute(select(changes.c.seq).where(changes.c.at <= now - GAP_GRACE_SECONDS)
@@ -155,8 +138,8 @@ def _latest(node: Node) -> int:
         floor = int(floor or 0)
         recent = conn.execute(select(changes.c.seq, changes.c.at).where(changes.c.seq > floor)
                               .order_by(changes.c.seq)).all()
-    settled = _settled(recent, floor, now)
-    return int(settled[-1].seq) if settled else floor
+    done = settled(recent, floor, now, written_at="at", grace=GAP_GRACE_SECONDS)
+    return int(done[-1].seq) if done else floor
 
 
 @router.get("", response_model=ChangesPage, summary="Changes after a sequence number",

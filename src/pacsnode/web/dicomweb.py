@@ -24,7 +24,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -37,17 +37,17 @@ from ..index.schema import instances, series, studies
 from ..ingest import IngestResult, Outcome
 from ..node import Node
 from ..query.parse import query_from_qido
-from ..retrieve import (InstanceRef, PixelFacts, choose_syntax, locate, outgoing,
-                        pixel_facts, select_instances)
-from ..transcode import (FRAME_MEDIA_TYPES, PixelInfo, TranscodeError, can_transcode,
-                         encode_frame, little_endian_words, media_type_for_syntax,
-                         native_frame, pixel_info, stored_frame)
+from ..retrieve import (FramePlan, InstanceRef, PixelFacts, choose_syntax, frame_bytes,
+                        frame_plan, locate, outgoing, pixel_facts, select_instances)
+from ..transcode import (PixelInfo, TranscodeError, little_endian_words,
+                         media_type_for_syntax, native_frame, pixel_info)
+from .errors import WebError
 from .multipart import (MultipartError, MultipartParser, PartData, PartEnd, PartStart,
                         new_boundary, parse_content_type)
 from .render import RenderOptions, parse_quality, parse_viewport, parse_window, render_frame
 from .zerocopy import ZEROCOPYSEND
 
-__all__ = ["router", "parse_accept", "MediaRange"]
+__all__ = ["router", "parse_accept", "MediaRange", "accept_of", "render_bytes", "WebError"]
 
 log = logging.getLogger("pacsnode.web.dicomweb")
 
@@ -64,14 +64,6 @@ SNAPSHOT_FILES = 512
 FIRST_BLOCK = 256 * 1024
 #: Instance headers of a metadata response read with one query.
 METADATA_BATCH = 200
-
-
-class WebError(PacsnodeError):
-    """An HTTP refusal that is not one of the core error types (406, 413, 415)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.http_status = status
 
 
 class DicomJSONResponse(JSONResponse):
@@ -163,8 +155,27 @@ def parse_accept(value: str | None) -> list[MediaRange]:
     return [r for _, _, r in ranked]
 
 
+def _media_type_plus(item: str) -> str:
+    """A ``+`` in a media type sent unescaped in a query string arrives as
+    a space (``application/dicom+json`` → ``application/dicom json``):
+    a media type holds no space, so one there was a ``+``."""
+    head, sep, rest = item.strip().partition(";")
+    return head.strip().replace(" ", "+") + sep + rest
+
+
+def accept_of(request: Request) -> str | None:
+    """What the client accepts: the ``accept`` query parameter when present
+    (PS3.18 8.3.3.1: it takes precedence over the Accept header; repeated,
+    its values are one list), else the Accept header."""
+    values = request.query_params.getlist("accept")
+    if values:
+        items = [_media_type_plus(item) for value in values for item in _split_commas(value)]
+        return ", ".join(items) or None
+    return request.headers.get("accept")
+
+
 def _accepts_json(request: Request) -> None:
-    for mr in parse_accept(request.headers.get("accept")):
+    for mr in parse_accept(accept_of(request)):
         if mr.type in ("*/*", "application/*", DICOM_JSON, "application/json"):
             return
         if mr.type == "multipart/related" and mr.params.get("type") == DICOM_JSON:
@@ -588,7 +599,7 @@ def _retrieve(request: Request, study: str, series_uid: str | None = None,
     refs = locate(node, study, series_uid, sop)
     if not refs:
         raise _missing(node, study, series_uid, sop)
-    plan, single, facts = _plan(node, refs, request.headers.get("accept"), sop is not None)
+    plan, single, facts = _plan(node, refs, accept_of(request), sop is not None)
     if sop is not None and not refs[0].path.is_file():
         raise NotFound(f"instance {sop} is indexed but its file is missing "
                        "(pacsnode check --repair mends this)")
@@ -943,62 +954,27 @@ def _frame_numbers(text: str, info: PixelInfo) -> list[int]:
     return numbers
 
 
-#: The syntax we encode frames into for a compressed media type they are not
-#: stored in.
-_FRAME_ENCODE = {"image/jp2": "1.2.840.10008.1.2.4.90",
-                 "image/x-dicom-rle": "1.2.840.10008.1.2.5",
-                 "image/jpeg": "1.2.840.10008.1.2.4.50"}
-
-
-@dataclass(frozen=True)
-class _FramePlan:
-    mode: str  # "native", "stored" or "encode"
-    media_type: str
-    transfer_syntax: str
-
-
-def _frame_plan(accept: str | None, info: PixelInfo) -> _FramePlan:
-    stored = info.transfer_syntax
-    native = _FramePlan("native", "application/octet-stream", ExplicitVRLittleEndian)
+def _frame_plan(accept: str | None, info: PixelInfo) -> FramePlan:
+    """The Accept header's media ranges as (part type, transfer syntax)
+    pairs, planned by the reader (``retrieve.frame_plan``)."""
+    wanted: list[tuple[str, str | None]] = []
     for mr in parse_accept(accept):
         if mr.type == "multipart/related":
             part = mr.params.get("type", "application/octet-stream").strip().lower()
+            wanted.append((part, mr.transfer_syntax))
         elif mr.type in ("*/*", "multipart/*"):
-            return native
-        else:
-            continue
-        ts = mr.transfer_syntax
-        if part in ("application/octet-stream", "*/*", "application/*"):
-            if ts == "*" and info.encapsulated:
-                return _FramePlan("stored", media_type_for_syntax(stored), stored)
-            if ts in (None, "*", ExplicitVRLittleEndian):
-                return native
-            continue
-        if part == "image/*" and ts in (None, "*") and info.encapsulated:
-            return _FramePlan("stored", media_type_for_syntax(stored), stored)
-        syntaxes = FRAME_MEDIA_TYPES.get(part)
-        if syntaxes is None:
-            continue
-        if ts not in (None, "*") and ts not in syntaxes:
-            continue
-        if stored in syntaxes and ts in (None, "*", stored):
-            return _FramePlan("stored", part, stored)
-        target = ts if ts not in (None, "*") else _FRAME_ENCODE.get(part)
-        if target and can_transcode(ExplicitVRLittleEndian, target,
-                                    bits_allocated=info.bits_allocated) \
-                and UID(target).is_compressed:
-            return _FramePlan("encode", part, target)
-    raise WebError(406, "cannot provide the frames in any requested media type; stored as "
-                        f"{stored}; available: application/octet-stream"
-                        + (f", {media_type_for_syntax(stored)}" if info.encapsulated else ""))
+            wanted.append(("application/octet-stream", None))
+    plan = frame_plan(wanted, info)
+    if plan is None:
+        stored = info.transfer_syntax
+        raise WebError(406, "cannot provide the frames in any requested media type; stored "
+                            f"as {stored}; available: application/octet-stream"
+                            + (f", {media_type_for_syntax(stored)}" if info.encapsulated else ""))
+    return plan
 
 
-def _frame_bytes(ref: InstanceRef, info: PixelInfo, plan: _FramePlan, index: int) -> bytes:
-    if plan.mode == "stored":
-        return stored_frame(ref.path, info, index)
-    if plan.mode == "encode":
-        return encode_frame(ref.path, info, index, plan.transfer_syntax)
-    return native_frame(ref.path, info, index)
+def _frame_bytes(ref: InstanceRef, info: PixelInfo, plan: FramePlan, index: int) -> bytes:
+    return frame_bytes(ref.path, info, plan, index)
 
 
 @router.get("/studies/{study}/series/{series_uid}/instances/{sop}/frames/{frames}",
@@ -1008,7 +984,7 @@ def retrieve_frames(request: Request, study: str, series_uid: str, sop: str,
     ref = _one_instance(request, study, series_uid, sop)
     info = _pixels(ref)
     numbers = _frame_numbers(frames, info)
-    plan = _frame_plan(request.headers.get("accept"), info)
+    plan = _frame_plan(accept_of(request), info)
     boundary = new_boundary()
     content_type = f"{plan.media_type}; transfer-syntax={plan.transfer_syntax}"
     base = f"{_base(request)}/studies/{study}/series/{series_uid}/instances/{sop}/frames/"
@@ -1016,9 +992,13 @@ def retrieve_frames(request: Request, study: str, series_uid: str, sop: str,
         first = _frame_bytes(ref, info, plan, numbers[0] - 1)
     except TranscodeError:
         raise
-    except Exception as exc:
-        raise WebError(406 if plan.mode == "encode" else 500,
-                       f"cannot read frame {numbers[0]}: {exc}") from exc
+    except Exception:
+        log.exception("WADO-RS: frame %d of %s", numbers[0], sop)
+        if plan.mode == "encode":
+            raise WebError(406, f"frame {numbers[0]} of instance {sop} cannot be encoded as "
+                                f"{plan.media_type}; ask for application/octet-stream") from None
+        raise WebError(500, f"frame {numbers[0]} of instance {sop} could not be read from "
+                            "its stored file (see the node's log)") from None
 
     def parts() -> Iterator[bytes]:
         for i, number in enumerate(numbers):
@@ -1051,7 +1031,7 @@ def retrieve_bulkdata(request: Request, study: str, series_uid: str, sop: str,
         raise PacsnodeError(f"bulk data is named by an 8-digit hex tag, not {tag[:20]!r}")
     ref = _one_instance(request, study, series_uid, sop)
     number = int(tag, 16)
-    accept = parse_accept(request.headers.get("accept"))
+    accept = parse_accept(accept_of(request))
     single = bool(accept) and accept[0].type == "application/octet-stream"
     if not single and not any(
             mr.type in ("*/*", "multipart/*") or (mr.type == "multipart/related" and
@@ -1089,41 +1069,73 @@ def retrieve_bulkdata(request: Request, study: str, series_uid: str, sop: str,
 
 
 # -- WADO-RS: rendered and thumbnail ---------------------------------------------
+#
+# PS3.18 10.4.1 defines rendered resources at study, series, instance and
+# frame level, and thumbnails at the same four.  A rendered study or series
+# is every image instance of it rendered (its first frame), in
+# InstanceNumber order, as a multipart/related body of JPEG or PNG parts;
+# an instance or a frame is one image.  A thumbnail is one small image at
+# every level: a study's or series' shows its representative instance (the
+# middle image of its first series with images).
 
-def _render_options(request: Request, thumbnail: bool) -> RenderOptions:
-    media = None
-    for mr in parse_accept(request.headers.get("accept")):
-        if mr.type in ("image/jpeg", "image/png"):
-            media = mr.type
-        elif mr.type in ("*/*", "image/*"):
-            media = "image/jpeg"
-        if media:
-            break
-    if media is None:
-        raise WebError(406, "rendered images are available as image/jpeg or image/png")
+_RENDERED = ("image/jpeg", "image/png")
+
+
+def _rendered_media(request: Request, multipart: bool) -> str:
+    """The rendered media type to answer in.  A multi-instance resource
+    also takes ``multipart/related; type="image/…"``."""
+    for mr in parse_accept(accept_of(request)):
+        media = mr.type
+        if media == "multipart/related" and multipart:
+            media = mr.params.get("type", "image/jpeg").strip().lower()
+        if media in _RENDERED:
+            return media
+        if media in ("*/*", "image/*") or (multipart and media == "multipart/*"):
+            return "image/jpeg"
+    raise WebError(406, "rendered images are available as image/jpeg or image/png"
+                        + (" (in multipart/related)" if multipart else ""))
+
+
+def _render_options(request: Request, multipart: bool = False) -> RenderOptions:
     q = request.query_params
-    return RenderOptions(media_type=media, window=parse_window(q.get("window")),
+    return RenderOptions(media_type=_rendered_media(request, multipart),
+                         window=parse_window(q.get("window")),
                          viewport=parse_viewport(q.get("viewport")),
                          quality=parse_quality(q.get("quality")))
 
 
-def _render(ref: InstanceRef, frame: int, options: RenderOptions, thumbnail: bool) -> Response:
+def render_bytes(ref: InstanceRef, frame: int, options: RenderOptions,
+                 thumbnail: bool) -> bytes:
+    """Frame ``frame`` (from 1) of ``ref`` rendered; a file that cannot be
+    decoded is a 406 in plain words (the decoder's message goes to the log)."""
     try:
-        data = render_frame(ref.path, frame - 1, options, thumbnail=thumbnail)
+        return render_frame(ref.path, frame - 1, options, thumbnail=thumbnail)
     except FileNotFoundError:
         raise NotFound(f"instance {ref.sop_instance_uid} is no longer stored") from None
     except PacsnodeError:
         raise
-    except Exception as exc:
-        raise WebError(406, f"cannot render instance {ref.sop_instance_uid}: {exc}") from exc
-    return Response(data, media_type=options.media_type)
+    except Exception:
+        log.exception("rendering %s frame %d failed", ref.sop_instance_uid, frame)
+        raise WebError(406, f"instance {ref.sop_instance_uid} cannot be rendered: its pixel "
+                            "data could not be decoded (see the node's log)") from None
+
+
+def _render(ref: InstanceRef, frame: int, options: RenderOptions, thumbnail: bool) -> Response:
+    return Response(render_bytes(ref, frame, options, thumbnail), media_type=options.media_type)
+
+
+def _one_frame(ref: InstanceRef, frames: str) -> int:
+    numbers = _frame_numbers(frames, _pixels(ref))
+    if len(numbers) != 1:
+        raise PacsnodeError("render one frame at a time")
+    return numbers[0]
 
 
 @router.get("/studies/{study}/series/{series_uid}/instances/{sop}/rendered",
             summary="WADO-RS: instance rendered as JPEG/PNG (first frame)")
 def rendered_instance(request: Request, study: str, series_uid: str, sop: str) -> Response:
     ref = _one_instance(request, study, series_uid, sop)
-    options = _render_options(request, False)
+    options = _render_options(request)
     _pixels(ref)
     return _render(ref, 1, options, False)
 
@@ -1133,25 +1145,31 @@ def rendered_instance(request: Request, study: str, series_uid: str, sop: str) -
 def rendered_frame(request: Request, study: str, series_uid: str, sop: str,
                    frames: str) -> Response:
     ref = _one_instance(request, study, series_uid, sop)
-    options = _render_options(request, False)
-    info = _pixels(ref)
-    numbers = _frame_numbers(frames, info)
-    if len(numbers) != 1:
-        raise PacsnodeError("render one frame at a time")
-    return _render(ref, numbers[0], options, False)
+    options = _render_options(request)
+    return _render(ref, _one_frame(ref, frames), options, False)
 
 
 @router.get("/studies/{study}/series/{series_uid}/instances/{sop}/thumbnail",
             summary="WADO-RS: instance thumbnail")
 def thumbnail_instance(request: Request, study: str, series_uid: str, sop: str) -> Response:
     ref = _one_instance(request, study, series_uid, sop)
-    options = _render_options(request, True)
+    options = _render_options(request)
     _pixels(ref)
     return _render(ref, 1, options, True)
 
 
-def _representative(request: Request, study: str, series_uid: str | None) -> InstanceRef:
-    """The middle image (InstanceNumber order) of the first series with images."""
+@router.get("/studies/{study}/series/{series_uid}/instances/{sop}/frames/{frames}/thumbnail",
+            summary="WADO-RS: frame thumbnail")
+def thumbnail_frame(request: Request, study: str, series_uid: str, sop: str,
+                    frames: str) -> Response:
+    ref = _one_instance(request, study, series_uid, sop)
+    options = _render_options(request)
+    return _render(ref, _one_frame(ref, frames), options, True)
+
+
+def _images(request: Request, study: str, series_uid: str | None) -> list[InstanceRef]:
+    """The instances with pixel data of a study or series, in InstanceNumber
+    order (series by series); 404 when there is none."""
     node = _node(request)
     _check_uids(StudyInstanceUID=study, SeriesInstanceUID=series_uid)
     refs = locate(node, study, series_uid)
@@ -1162,20 +1180,66 @@ def _representative(request: Request, study: str, series_uid: str | None) -> Ins
     if not images:
         raise NotFound(f"{'series ' + series_uid if series_uid else 'study ' + study} "
                        "has no image to show")
+    return images
+
+
+def _representative(request: Request, study: str, series_uid: str | None) -> InstanceRef:
+    """The middle image (InstanceNumber order) of the first series with images."""
+    images = _images(request, study, series_uid)
     first_series = [r for r in images if r.series_uid == images[0].series_uid]
     return first_series[(len(first_series) - 1) // 2]
 
 
+def _rendered_many(request: Request, study: str, series_uid: str | None) -> Response:
+    """Every image of a study or series rendered, one part each.  The first
+    is rendered before the status line (so that an image that cannot be
+    rendered is a 406); one that fails later is left out and logged."""
+    options = _render_options(request, multipart=True)
+    images = _images(request, study, series_uid)
+    boundary = new_boundary()
+    first = render_bytes(images[0], 1, options, False)
+    base = _base(request)
+
+    def parts() -> Iterator[bytes]:
+        for i, ref in enumerate(images):
+            if i == 0:
+                data = first
+            else:
+                try:
+                    data = render_bytes(ref, 1, options, False)
+                except PacsnodeError as exc:
+                    log.warning("rendered %s: leaving out %s: %s", series_uid or study,
+                                ref.sop_instance_uid, exc.reason)
+                    continue
+            location = (f"{base}/studies/{ref.study_uid}/series/{ref.series_uid}"
+                        f"/instances/{ref.sop_instance_uid}/rendered")
+            yield _part_head(boundary, options.media_type, location) + data + b"\r\n"
+        yield f"--{boundary}--\r\n".encode("latin-1")
+
+    return StreamingResponse(parts(), media_type=_multipart_type(options.media_type, boundary))
+
+
+@router.get("/studies/{study}/rendered", summary="WADO-RS: every image of a study rendered")
+def rendered_study(request: Request, study: str) -> Response:
+    return _rendered_many(request, study, None)
+
+
+@router.get("/studies/{study}/series/{series_uid}/rendered",
+            summary="WADO-RS: every image of a series rendered")
+def rendered_series(request: Request, study: str, series_uid: str) -> Response:
+    return _rendered_many(request, study, series_uid)
+
+
 @router.get("/studies/{study}/thumbnail", summary="WADO-RS: study thumbnail")
 def thumbnail_study(request: Request, study: str) -> Response:
-    ref = _representative(request, study, None)
-    return _render(ref, 1, _render_options(request, True), True)
+    options = _render_options(request)
+    return _render(_representative(request, study, None), 1, options, True)
 
 
 @router.get("/studies/{study}/series/{series_uid}/thumbnail", summary="WADO-RS: series thumbnail")
 def thumbnail_series(request: Request, study: str, series_uid: str) -> Response:
-    ref = _representative(request, study, series_uid)
-    return _render(ref, 1, _render_options(request, True), True)
+    options = _render_options(request)
+    return _render(_representative(request, study, series_uid), 1, options, True)
 
 
 # -- DELETE -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ..errors import PacsnodeError
 from ..events import Origin
 from ..dicom.header import valid_uid
 from ..ups import InvalidWorkitem, UPSRefusal, Worklist, parse_workitem_json
+from .errors import WebError
 
 __all__ = ["router"]
 
@@ -36,14 +37,6 @@ DICOM_JSON = "application/dicom+json"
 MAX_BODY = 16 * 1024 * 1024
 _JSON_TYPES = ("application/dicom+json", "application/json")
 _ACCEPTABLE = ("application/dicom+json", "application/json", "application/*", "*/*")
-
-
-class _HTTPRefusal(PacsnodeError):
-    """A refusal decided by the adapter (406, 413, 415, 501)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.http_status = status
 
 
 def _worklist(request: Request) -> Worklist:
@@ -116,20 +109,20 @@ def _query_uid(request: Request, *names: str) -> str | None:
 async def _body(request: Request, optional: bool = False) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
-        raise _HTTPRefusal(413, f"the body is larger than {MAX_BODY} bytes")
+        raise WebError(413, f"the body is larger than {MAX_BODY} bytes")
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY:
-            raise _HTTPRefusal(413, f"the body is larger than {MAX_BODY} bytes")
+            raise WebError(413, f"the body is larger than {MAX_BODY} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
     if optional and not body.strip():
         return body
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in _JSON_TYPES:
-        raise _HTTPRefusal(415, f"the body must be {DICOM_JSON}, not {ctype or 'untyped'}")
+        raise WebError(415, f"the body must be {DICOM_JSON}, not {ctype or 'untyped'}")
     return body
 
 
@@ -142,8 +135,8 @@ def _accepts_json(request: Request) -> None:
         if media in _ACCEPTABLE or media.startswith("multipart/related") and \
                 "application/dicom+json" in part:
             return
-    raise _HTTPRefusal(406, f"Workitems are sent as {DICOM_JSON}; the Accept header "
-                            f"({accept[:200]}) does not allow it")
+    raise WebError(406, f"Workitems are sent as {DICOM_JSON}; the Accept header "
+                        f"({accept[:200]}) does not allow it")
 
 
 # -- Create ---------------------------------------------------------------------
@@ -261,19 +254,19 @@ _NO_WATCH = ("Subscriptions are not implemented: this server has no UPS Watch or
 @router.post("/workitems/{uid}/subscribers/{aet}",
              summary="UPS-RS Subscribe (not implemented)")
 def subscribe(request: Request, uid: str, aet: str) -> Response:
-    return _refusal(request, _HTTPRefusal(501, _NO_WATCH))
+    return _refusal(request, WebError(501, _NO_WATCH))
 
 
 @router.delete("/workitems/{uid}/subscribers/{aet}",
                summary="UPS-RS Unsubscribe (not implemented)")
 def unsubscribe(request: Request, uid: str, aet: str) -> Response:
-    return _refusal(request, _HTTPRefusal(501, _NO_WATCH))
+    return _refusal(request, WebError(501, _NO_WATCH))
 
 
 @router.post("/workitems/{uid}/subscribers/{aet}/suspend",
              summary="UPS-RS Suspend Global Subscription (not implemented)")
 def suspend(request: Request, uid: str, aet: str) -> Response:
-    return _refusal(request, _HTTPRefusal(501, _NO_WATCH))
+    return _refusal(request, WebError(501, _NO_WATCH))
 
 
 # -- anything else under /workitems: refused with a reason, like the rest ---------
@@ -282,7 +275,7 @@ _ALLOWED = {"": "GET, POST", "state": "PUT", "cancelrequest": "POST"}
 
 
 def _not_allowed(request: Request, what: str, allow: str) -> JSONResponse:
-    response = _refusal(request, _HTTPRefusal(
+    response = _refusal(request, WebError(
         405, f"{request.method} is not a UPS-RS transaction on {what}; allowed: {allow}"))
     response.headers["Allow"] = allow
     return response
@@ -304,4 +297,4 @@ def workitem_other(request: Request, uid: str) -> Response:
 def workitem_unknown(request: Request, uid: str, rest: str) -> Response:
     if rest in _ALLOWED:
         return _not_allowed(request, f"/workitems/{{workitem}}/{rest}", _ALLOWED[rest])
-    return _refusal(request, _HTTPRefusal(404, f"no UPS-RS resource /workitems/{uid}/{rest}"))
+    return _refusal(request, WebError(404, f"no UPS-RS resource /workitems/{uid}/{rest}"))

@@ -4,13 +4,12 @@
 sendfile(2).
 
 uvicorn offers neither extension, and without them every byte of a
-WADO-RS body was read or mapped by the process and copied into the socket
-from user space: a 50-instance CT series (26 MB) cost ~23 ms of CPU and
-went at ~1.2 GB/s, which a bare Starlette app on the same server did not
-beat.  With sendfile the kernel hands the page cache to the socket itself:
-~14 ms and ~1.9 GB/s (paired runs: 1.63x the rate).  Written here because
-no maintained ASGI server offers zerocopysend; Starlette's FileResponse
-already uses pathsend when a server offers it.
+WADO-RS body is read or mapped by the process and copied into the socket
+from user space.  With sendfile the kernel hands the page cache to the
+socket itself, at less CPU and a higher rate (the WADO rows of
+bench/RESULTS.md).  Written here because no maintained ASGI server offers
+zerocopysend; Starlette's FileResponse already uses pathsend when a server
+offers it.
 
 What this touches of uvicorn: ``HttpToolsProtocol`` (subclassed: each
 request's cycle gets a ``send`` that handles the two messages, and only
@@ -20,6 +19,8 @@ then does its scope advertise them), and the cycle's response state
 of that is missing (another uvicorn), nothing is advertised and bodies go
 the usual way, as they do where the body is not plain bytes on a plain
 socket (chunked, HEAD, TLS): the file is read and sent as a body message.
+pyproject.toml pins uvicorn to the versions tests/test_zerocopy.py passed
+on, and that test fails where the zero-copy send is not active.
 """
 
 from __future__ import annotations
@@ -45,8 +46,76 @@ _CYCLE_STATE = ("scope", "transport", "response_started", "response_complete",
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+#: Default seconds a request's head may take to arrive, and the longest
+#: pause inside its body (``http_read_timeout``).
+READ_TIMEOUT = 30.0
+
+_TIMEOUT_TEXT = b"the request did not arrive in time: closed\n"
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8"
+                    b"\r\ncontent-length: " + str(len(_TIMEOUT_TEXT)).encode() +
+                    b"\r\nconnection: close\r\n\r\n" + _TIMEOUT_TEXT)
+
+
 class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with zerocopysend and pathsend."""
+    """uvicorn's httptools protocol, with zerocopysend and pathsend, and
+    read deadlines (DESIGN.md §8, Limits): a request's head must arrive
+    within ``read_timeout`` seconds of the connection (or of the end of the
+    previous response), and its body may not pause longer than that; else
+    408 and the connection is closed.  (uvicorn has only the keep-alive
+    timeout: a client that declared 1,000 bytes and sent 10 was held open
+    for good.)"""
+
+    read_timeout = READ_TIMEOUT
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._arm()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._disarm()  # the keep-alive timeout waits for the next request
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self.read_timeout > 0:
+            self._deadline = self.loop.call_later(self.read_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        """The deadline passed: 408 when no answer has begun, then close."""
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = getattr(self, "cycle", None)
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            if cycle is not None and not cycle.response_complete:
+                cycle.response_started = True  # the application's answer is not sent
+            self.transport.write(_REQUEST_TIMEOUT)
+        client = "%s:%s" % tuple(self.client) if self.client else "?"
+        self.logger.info("%s: request not received in %.0f s: closed", client,
+                         self.read_timeout)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         before = getattr(self, "cycle", None)
@@ -192,9 +261,11 @@ class _SocketWriter:
             count -= sent
 
 
-def http_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
-    """uvicorn's settings for pacsnode's HTTP side: the zero-copy protocol,
-    on asyncio's own loop (the one the tests run; small requests measured
-    the same as on uvloop, ~0.8 ms through httpx)."""
-    return uvicorn.Config(app, host=host, port=port, loop="asyncio",
-                          http=ZeroCopyHttpToolsProtocol, **options)
+def http_config(app: Any, host: str, port: int, *, read_timeout: float = READ_TIMEOUT,
+                **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for pacsnode's HTTP side: the zero-copy protocol
+    with its read deadline, on asyncio's own loop (the one the tests run;
+    small requests took no longer than on uvloop)."""
+    protocol = type("PacsnodeHttpProtocol", (ZeroCopyHttpToolsProtocol,),
+                    {"read_timeout": float(read_timeout)})
+    return uvicorn.Config(app, host=host, port=port, loop="asyncio", http=protocol, **options)
