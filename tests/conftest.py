@@ -180,6 +180,19 @@ class PacsnodeServer:
         return self.log_path.read_text(errors="replace")
 
 
+def cli_token(server: PacsnodeServer, name: str, role: str) -> str:
+    """A new API token of ``role`` for ``server``'s data folder, made by
+    ``pacsnode token create`` (before the server starts, or while it runs)."""
+    import re
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "pacsnode", "token", "create", name,
+                           "--role", role, "--data-dir", str(server.data_dir)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (token,) = re.findall(r"pn_\S+", proc.stdout)
+    return token
+
+
 @pytest.fixture
 def pacsnode_factory(tmp_path: Path) -> Iterator:
     """Start `pacsnode serve` processes; all are stopped after the test."""

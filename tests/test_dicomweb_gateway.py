@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelMove)
 
-from conftest import PacsnodeServer, dcmtk, free_port
+from conftest import PacsnodeServer, cli_token, dcmtk, free_port
 from orthanc_peer import Orthanc, start_orthanc
 from test_api_gateway import findscu_sops, orthanc_file, write_series
 from web_server import dataset_bytes, parse_multipart
@@ -36,15 +35,6 @@ ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 STUDY_KEYS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber",
               "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
               "NumberOfStudyRelatedInstances", "StudyInstanceUID")
-
-
-def _token(server: PacsnodeServer, name: str, role: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "pacsnode", "token", "create", name,
-                           "--role", role, "--data-dir", str(server.data_dir)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    (token,) = re.findall(r"pn_\S+", proc.stdout)
-    return token
 
 
 def _refusing_peer(port: int) -> AE:
@@ -105,8 +95,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             'gateway_pull = "reader"\n'
             f'[nodes.DOWN]\naet = "DOWN"\nhost = "127.0.0.1"\nport = {down_port}\n')
         server.config = str(config)
-        reader = _token(server, "gw-reader", "reader")
-        operator = _token(server, "gw-operator", "operator")
+        reader = cli_token(server, "gw-reader", "reader")
+        operator = cli_token(server, "gw-operator", "operator")
         server.start()
         # Orthanc logs each association it accepts once verbose.
         orthanc.client.put("/tools/log-level", content="verbose").raise_for_status()

@@ -2,62 +2,26 @@
 list shows what the node holds and the viewer renders an image, with no
 failed request and none to another host.
 
-OHIF is fetched once per machine with ``npm pack @ohif/app`` into a cache
-outside the repository (``~/.cache/pacsnode-tests/ohif``, or
-``$PACSNODE_TEST_CACHE/ohif``); later runs reuse it."""
+OHIF comes from ``ohif_package`` (fetched once per machine)."""
 
 from __future__ import annotations
 
-import io
-import os
-import shutil
-import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from browser import browser, record, shot, storescu, write_series  # noqa: F401
-from conftest import PacsnodeServer, require_tool
+from conftest import PacsnodeServer
+from ohif_package import ohif_dist, rendered_canvas  # noqa: F401
 
-OHIF_PACKAGE = "@ohif/app@3.12.10"
 pytestmark = pytest.mark.timeout(300)
 
 
-def ohif_cache() -> Path:
-    root = os.environ.get("PACSNODE_TEST_CACHE") or Path.home() / ".cache" / "pacsnode-tests"
-    return Path(root) / "ohif"
-
-
-@pytest.fixture(scope="session")
-def ohif_dist() -> Path:
-    """The dist/ folder of @ohif/app, fetched by npm pack when not cached."""
-    cache = ohif_cache()
-    version = OHIF_PACKAGE.rsplit("@", 1)[1]
-    dist = cache / version / "package" / "dist"
-    if (dist / "index.html").is_file():
-        return dist
-    npm = require_tool("npm", "npm")
-    cache.mkdir(parents=True, exist_ok=True)
-    packed = subprocess.run([npm, "pack", OHIF_PACKAGE, "--pack-destination", str(cache)],
-                            capture_output=True, text=True, timeout=900)
-    assert packed.returncode == 0, packed.stderr[-2000:]
-    tarball = cache / packed.stdout.strip().splitlines()[-1]
-    staging = cache / f"{version}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    with tarfile.open(tarball) as tar:
-        tar.extractall(staging, filter="data")
-    staging.rename(cache / version)
-    tarball.unlink()
-    return dist
-
-
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, ohif_dist: Path) -> Iterator[dict[str, Any]]:
+def node(tmp_path_factory: pytest.TempPathFactory,
+         ohif_dist: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
     work = tmp_path_factory.mktemp("ohif")
     (work / "data").mkdir()
     server = PacsnodeServer(work / "data", extra_env={"PACSNODE_OHIF_DIR": str(ohif_dist),
@@ -88,17 +52,7 @@ def test_ohif_lists_the_studies_and_renders_an_image(browser: Any,  # noqa: F811
         assert "Ohif" in listing and "OHIF CT" in listing  # name, study description
         shot(page, node["shots"], "ohif-list")
         page.goto(f"{base}/ohif/viewer?StudyInstanceUIDs={study}")
-        canvas = page.locator("canvas.cornerstone-canvas").first
-        canvas.wait_for()
-        # Wait until the viewport shows the image: more than one grey level.
-        image = None
-        for _ in range(60):
-            png = canvas.screenshot()
-            image = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
-            if image.std() > 10:
-                break
-            page.wait_for_timeout(500)
-        assert image is not None and image.std() > 10, "OHIF rendered no image"
+        rendered_canvas(page)
         shot(page, node["shots"], "ohif-viewer")
         assert not rec.failures, rec.failures
         assert all(url.startswith(base) or url.startswith(("data:", "blob:"))

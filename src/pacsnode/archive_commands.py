@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -42,7 +43,7 @@ def serve(config_file: str | None, **options: Any) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _iter_sources(paths: tuple[str, ...]) -> Iterator[tuple[str, Callable[[], Any]]]:
+def _iter_sources(paths: tuple[str, ...]) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
     """(label, opener) for every file under the given paths, zip members included."""
     for raw in paths:
         path = Path(raw)
@@ -52,12 +53,16 @@ def _iter_sources(paths: tuple[str, ...]) -> Iterator[tuple[str, Callable[[], An
                 with zipfile.ZipFile(f) as zf:
                     names = [n for n in zf.namelist() if not n.endswith("/")]
                 for name in names:
-                    yield f"{f}!{name}", (lambda f=f, name=name: _zip_member(f, name))
+                    yield f"{f}!{name}", partial(_zip_member, f, name)
             else:
-                yield str(f), (lambda f=f: open(f, "rb"))
+                yield str(f), partial(_open_file, f)
 
 
-def _zip_member(archive: Path, name: str) -> Any:
+def _open_file(path: Path) -> IO[bytes]:
+    return open(path, "rb")
+
+
+def _zip_member(archive: Path, name: str) -> IO[bytes]:
     zf = zipfile.ZipFile(archive)
     return zf.open(name)
 

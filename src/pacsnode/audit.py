@@ -19,8 +19,9 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy import insert, select
@@ -29,6 +30,9 @@ from .index.access_tables import audit
 from .index.db import Database
 from .index.feeds import settled
 from .index.schema import patients, studies
+
+if TYPE_CHECKING:
+    from .access.policy import Rule
 
 __all__ = ["AuditEvent", "AuditTrail", "list_events", "EVENTS", "outcome_for_status"]
 
@@ -139,11 +143,11 @@ class AuditTrail:
                                                 daemon=True)
                 self._thread.start()
 
-    def wants(self, rule: Any) -> bool:
+    def wants(self, rule: Rule) -> bool:
         """Whether answering a request under ``rule`` (access/policy.py) is an event."""
         return rule.permission in EVENT_OF_PERMISSION and rule.template not in NOT_AUDITED
 
-    def begin(self, scope: dict[str, Any], rule: Any) -> "RequestNote":
+    def begin(self, scope: Mapping[str, Any], rule: Rule) -> "RequestNote":
         """Before the request runs: what its event will need that the
         request itself may remove (the patients of a study being deleted)."""
         note = RequestNote(keep_body=rule.permission == "store")
@@ -156,7 +160,7 @@ class AuditTrail:
                 note.patients = self._patients_of([study]).get(study, [])
         return note
 
-    def request(self, scope: dict[str, Any], rule: Any, principal: Any,
+    def request(self, scope: Mapping[str, Any], rule: Rule, principal: Any,
                 note: "RequestNote") -> None:
         """An answered HTTP request under ``rule``."""
         params = _path_params(rule, scope["path"])
@@ -182,7 +186,7 @@ class AuditTrail:
                                _address(scope), studies_, list(note.patients),
                                detail=detail, time=note.started))
 
-    def security_alert(self, scope: dict[str, Any], user: str, reason: str) -> None:
+    def security_alert(self, scope: Mapping[str, Any], user: str, reason: str) -> None:
         """A refused credential (401) or a refused request (403)."""
         self.record(AuditEvent("Security Alert", 4, user, _address(scope),
                                detail={"request": f"{scope['method']} {scope['path']}",
@@ -282,12 +286,12 @@ def _coalesce(events: list[AuditEvent]) -> list[AuditEvent]:
     return out
 
 
-def _address(scope: dict[str, Any]) -> str:
+def _address(scope: Mapping[str, Any]) -> str:
     client = scope.get("client")
     return str(client[0]) if client else ""
 
 
-def _path_params(rule: Any, path: str) -> dict[str, str]:
+def _path_params(rule: Rule, path: str) -> dict[str, str]:
     match = rule.regex.match(path)
     return {k: v for k, v in match.groupdict().items() if v} if match else {}
 

@@ -98,4 +98,5 @@ def audit_message_xml(event: "AuditEvent", source_id: str) -> bytes:
         _code(obj, "ParticipantObjectIDTypeCode", "110181", "DCM", "SOP Class UID")
         keys = json.dumps(event.detail.get("keys", {}), sort_keys=True).encode()
         ET.SubElement(obj, "ParticipantObjectQuery").text = base64.b64encode(keys).decode()
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return xml

@@ -51,10 +51,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, Row, delete, func, select, update
 
 from .events import Event
 from .index.automation_tables import automation_pending as pending
@@ -63,6 +64,9 @@ from .leases import claim, owner_id
 from .placeholders import PLACEHOLDERS, build_command, unknown_placeholders
 
 if TYPE_CHECKING:
+    import httpx
+
+    from .classify import RuleSet
     from .node import Node
 
 __all__ = ["start", "record_arrivals", "Automation", "Trigger", "build_command", "PLACEHOLDERS",
@@ -197,7 +201,7 @@ class Automation:
         self._commands = threading.BoundedSemaphore(MAX_COMMANDS)
         self._deliveries = threading.BoundedSemaphore(MAX_DELIVERIES)
         self._arrivals = threading.BoundedSemaphore(MAX_ARRIVALS)
-        self._http: Any = None
+        self._http: httpx.Client | None = None
         self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
         self._last_prune = 0.0
@@ -286,7 +290,7 @@ class Automation:
         now = time.time()
         fired = 0
         with self.node.db.read() as conn:
-            due = []
+            due: list[Row[Any]] = []
             for kind in self.kinds.values():
                 cutoff = now - kind.seconds - kind.throttle
                 due += conn.execute(
@@ -315,7 +319,7 @@ class Automation:
         self._drop_summaries()
         return fired
 
-    def _claim(self, row: Any, now: float, *, takeover: bool) -> bool:
+    def _claim(self, row: Row[Any], now: float, *, takeover: bool) -> bool:
         where = [pending.c.kind == row.kind, pending.c.uid == row.uid,
                  pending.c.generation == row.generation]
         if takeover:
@@ -357,7 +361,7 @@ class Automation:
 
     # -- firing
 
-    def _fire(self, row: Any) -> int:
+    def _fire(self, row: Row[Any]) -> int:
         root = self.node.store.root / "studies"
         study_path = root / row.study_uid
         if row.kind == "study":
@@ -417,9 +421,9 @@ class Automation:
         actions: list[Callable[[], None]] = []
         command = self.kinds[trigger.kind].command
         if command:
-            actions.append(lambda: self._run_command(command, trigger))
+            actions.append(partial(self._run_command, command, trigger))
         for url in self.webhooks:
-            actions.append(lambda url=url: self._deliver(url, trigger))
+            actions.append(partial(self._deliver, url, trigger))
         key = (trigger.kind, trigger.uid, trigger.generation)
         remaining = [len(actions)]
         lock = threading.Lock()
@@ -509,12 +513,16 @@ class Automation:
         """POST the event, retrying transport errors, 408, 429 and 5xx with
         exponential back-off; other answers are final."""
         import httpx
+        http = self._http
+        if http is None:  # the client is made by start()
+            log.error("webhook %s: automation is not started, event not sent", url)
+            return
         body = trigger.payload()
         delay = WEBHOOK_FIRST_DELAY
         with self._deliveries:
             for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
                 try:
-                    response = self._http.post(url, json=body)
+                    response = http.post(url, json=body)
                 except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: closed at stop
                     problem = f"{type(exc).__name__}: {exc}"
                 else:
@@ -538,7 +546,7 @@ class Automation:
                   trigger.event_name, trigger.uid, attempt, problem)
 
 
-def _study_classes(node: Node, study_uid: str, rules: Any) -> list[str]:
+def _study_classes(node: Node, study_uid: str, rules: RuleSet) -> list[str]:
     """The classes of a study's series, each once, in series order; a
     series not classified yet (its own quiet period longer than the
     study's) is classified now."""
@@ -558,6 +566,7 @@ def _upsert_arrival(conn: Connection, is_sqlite: bool, kind: str, uid: str, stud
     if is_sqlite:
         from sqlalchemy.dialects.sqlite import insert
     else:
+        # (each dialect's insert has its own class; both build this statement)
         from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
     stmt = insert(pending).values(kind=kind, uid=uid, study_uid=study_uid,
                                   patient_id=patient_id, calling_aet=calling_aet,
@@ -572,7 +581,7 @@ def _upsert_arrival(conn: Connection, is_sqlite: bool, kind: str, uid: str, stud
     conn.execute(stmt)
 
 
-def _tail(fh: Any) -> str:
+def _tail(fh: IO[bytes]) -> str:
     fh.seek(0, os.SEEK_END)
     size = fh.tell()
     fh.seek(max(0, size - _TAIL))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,8 +42,11 @@ class Database(Protocol):
 
 
 class Node(Protocol):
-    db: Database
-    settings: Settings
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
 __all__ = ["server_rules", "classify_stored_series", "stored_classes", "classes_of",
            "classes_by_series", "SeriesRow", "find_series", "reclassify_all", "RuleError"]
@@ -162,9 +165,11 @@ class SeriesRow:
 
 
 def find_series(db: Database, *, class_name: str = "", patient_id: str = "",
-                study_uid: str = "", limit: int = 1000, offset: int = 0) -> list[SeriesRow]:
+                study_uid: str | Sequence[str] = "", limit: int = 1000,
+                offset: int = 0) -> list[SeriesRow]:
     """Series of the archive with a class (case-insensitive), of a patient,
-    of a study — each filter only when given — in study then series order."""
+    of a study (or of any of several) — each filter only when given — in
+    study then series order."""
     from .index.schema import patients
     stmt = (select(studies.c.studyinstanceuid, series.c.seriesinstanceuid,
                    series.c.seriesdescription, series.c.modality)
@@ -176,8 +181,10 @@ def find_series(db: Database, *, class_name: str = "", patient_id: str = "",
     if patient_id:
         stmt = stmt.join(patients, patients.c.id == studies.c.patient_fk) \
             .where(patients.c.patientid == patient_id)
-    if study_uid:
+    if isinstance(study_uid, str) and study_uid:
         stmt = stmt.where(studies.c.studyinstanceuid == study_uid)
+    elif not isinstance(study_uid, str):
+        stmt = stmt.where(studies.c.studyinstanceuid.in_(list(study_uid)))
     stmt = stmt.order_by(studies.c.id, series.c.seriesnumber.is_(None), series.c.seriesnumber,
                          series.c.id).limit(limit).offset(offset)
     with db.read() as conn:

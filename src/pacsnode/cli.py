@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from typing import TextIO
 
 import click
 
@@ -14,7 +14,7 @@ _warnings_log = logging.getLogger("pacsnode.warnings")
 
 
 def _warning_to_log(message: Warning | str, category: type[Warning], filename: str,
-                    lineno: int, file: Any = None, line: str | None = None) -> None:
+                    lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
     """Warnings (pydicom's UserWarning about a malformed value …) as one
     log line each, not Python's two-line source listing printed across a
     progress bar or a table: through logging, whose handler writes to the

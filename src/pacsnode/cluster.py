@@ -25,11 +25,11 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row, delete, select, update
 
 from .errors import PacsnodeError
 from .index.cluster_tables import cluster_members as members
-from .remote.jobs import pid_alive
+from .leases import pid_alive
 
 if TYPE_CHECKING:
     from .node import Node
@@ -48,13 +48,13 @@ class ConfigMismatch(PacsnodeError):
     """This process's shared settings differ from a running member's."""
 
 
-def _is_live(row: Any, now: float) -> bool:
+def _is_live(row: Row[Any], now: float) -> bool:
     if row.heartbeat < now - STALE_SECONDS:
         return False
     return not (row.host == _HOST and not pid_alive(int(row.pid)))
 
 
-def live_members(node: Node) -> list[Any]:
+def live_members(node: Node) -> list[Row[Any]]:
     """The rows of the processes running on this database now."""
     now = time.time()
     with node.db.read() as conn:

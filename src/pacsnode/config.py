@@ -312,7 +312,7 @@ def _node_config(name: str, node: dict[str, Any], path: Any) -> NodeConfig:
                       int(node["port"]), allow, bool(node.get("tls", False)), method, pull)
 
 
-def load_settings(config_file: str | os.PathLike | None = None,
+def load_settings(config_file: str | os.PathLike[str] | None = None,
                   overrides: dict[str, Any] | None = None,
                   environ: dict[str, str] | None = None) -> Settings:
     """Merge defaults < TOML < PACSNODE_* environment < ``overrides`` (the CLI)."""

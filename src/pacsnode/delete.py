@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import Connection, delete, func, select
 
 from .events import Event, Origin
+from .index.db import inserted_id
 from .index.schema import changes, instances, item_attrs, patients, series, studies
 from .node import Node
 from .retrieve import select_instances
@@ -31,6 +33,9 @@ __all__ = ["delete_entities", "DeletedInstance"]
 log = logging.getLogger("pacsnode.delete")
 
 _CHUNK = 500
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class DeletedInstance:
     seq: int
 
 
-def _chunks(values: list, size: int = _CHUNK) -> list[list]:
+def _chunks(values: list[_T], size: int = _CHUNK) -> list[list[_T]]:
     return [values[i:i + size] for i in range(0, len(values), size)]
 
 
@@ -75,13 +80,13 @@ def delete_entities(node: Node, study_uid: str, series_uid: str | None = None,
         now = time.time()
         detail = origin.describe()
         for r in rows:
-            seq = conn.execute(changes.insert().values(
+            added = conn.execute(changes.insert().values(
                 action="deleted", level="instance", study_uid=r.studyinstanceuid,
                 series_uid=r.seriesinstanceuid, instance_uid=r.sopinstanceuid, at=now,
-                detail=detail)).inserted_primary_key[0]
+                detail=detail))
             deleted.append(DeletedInstance(r.studyinstanceuid, r.seriesinstanceuid,
                                            r.sopinstanceuid, r.blob_key, r.patientid or "",
-                                           int(seq)))
+                                           inserted_id(added)))
     _remove_blobs(node, [d.blob_key for d in deleted])
     log.info("deleted %d instance(s) of study %s%s%s (%s)", len(deleted), study_uid,
              f" series {series_uid}" if series_uid else "",

@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("pacsnode.events")
 
@@ -43,7 +44,7 @@ class Event:
     origin: Origin | None = None
     patient_id: str = ""
     seq: int = 0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class EventBus:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .node import Node
 
 __all__ = ["OPERATIONS", "LATENCY", "ASSOCIATIONS", "ACTIVE_ASSOCIATIONS", "operation",
            "registry_for", "IndexCollector", "statistics"]
@@ -46,7 +47,7 @@ ACTIVE_ASSOCIATIONS = Gauge("pacsnode_dimse_associations_active",
 
 
 #: The labelled children by (protocol, operation, outcome), found once.
-_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_CHILDREN: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
 
 def operation(protocol: str, name: str, outcome: str, seconds: float) -> None:
@@ -59,7 +60,7 @@ def operation(protocol: str, name: str, outcome: str, seconds: float) -> None:
     children[1].observe(seconds)
 
 
-def statistics(node: Any) -> dict[str, int]:
+def statistics(node: Node) -> dict[str, int]:
     """``{"patients", "studies", "series", "instances", "bytes", "disk_free"}``
     of the archive: counts and summed sizes from the index (one query),
     free space of the blob store's file system."""
@@ -83,7 +84,7 @@ class IndexCollector(Collector):
     """The archive's sizes and the jobs by state, read from the index at
     each scrape (what every process of a cluster sees alike)."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -100,7 +101,7 @@ class IndexCollector(Collector):
                                 "Free space on the blob store's file system",
                                 value=stats["disk_free"])
         with self.node.db.read() as conn:
-            by_state = dict(conn.execute(select(jobs.c.state, func.count())
+            by_state: dict[str, int] = dict(conn.execute(select(jobs.c.state, func.count())
                                          .group_by(jobs.c.state)).all())
         family = GaugeMetricFamily("pacsnode_jobs", "Jobs by state", labels=["state"])
         for state in JOB_STATES:
@@ -108,7 +109,7 @@ class IndexCollector(Collector):
         yield family
 
 
-def registry_for(node: Any) -> CollectorRegistry:
+def registry_for(node: Node) -> CollectorRegistry:
     """The registry ``/metrics`` answers from: this process's counts (or,
     with ``PROMETHEUS_MULTIPROC_DIR``, those of every process of this
     serve) and the index's numbers."""
@@ -116,7 +117,8 @@ def registry_for(node: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client.multiprocess import MultiProcessCollector
-        MultiProcessCollector(registry)
+        # (prometheus_client leaves this constructor unannotated)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry.register(_Ours(REGISTRY))
     registry.register(IndexCollector(node))
@@ -130,5 +132,5 @@ class _Ours(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         yield from self.registry.collect()

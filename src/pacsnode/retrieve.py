@@ -37,7 +37,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import Select, select
@@ -51,6 +51,9 @@ from .query.sql import compile_query
 from .transcode import (FRAME_MEDIA_TYPES, LOSSY_PRODUCED, PRODUCIBLE, UNCOMPRESSED,
                         PixelInfo, TranscodeError, can_transcode, encode_frame,
                         media_type_for_syntax, native_frame, stored_frame, transcode_file)
+
+if TYPE_CHECKING:  # pynetdicom is imported when contexts are built
+    from pynetdicom.presentation import PresentationContext
 
 __all__ = ["InstanceRef", "locate", "locate_query", "select_instances", "PixelFacts",
            "pixel_facts", "AS_STORED", "choose_syntax", "Outgoing", "outgoing",
@@ -75,21 +78,21 @@ _COLUMNS = (instances.c.sopclassuid, instances.c.sopinstanceuid, studies.c.study
             instances.c.size, instances.c.instancenumber, instances.c.bitsallocated)
 
 
-def _refs(node: Node, stmt: object) -> list[InstanceRef]:
+def _refs(node: Node, stmt: Select[Any]) -> list[InstanceRef]:
     with node.db.read() as conn:
-        rows = conn.execute(stmt).all()  # type: ignore[call-overload]
+        rows = conn.execute(stmt).all()
     return [InstanceRef(r[0], r[1], r[2], r[3], r[4], node.store.path(r[5]), int(r[6]), r[7],
                         r[8]) for r in rows]
 
 
-def _ordered(stmt: object) -> object:
-    return stmt.order_by(instances.c.study_fk, instances.c.series_fk,  # type: ignore[attr-defined]
+def _ordered(stmt: Select[Any]) -> Select[Any]:
+    return stmt.order_by(instances.c.study_fk, instances.c.series_fk,
                          instances.c.instancenumber.is_(None), instances.c.instancenumber,
                          instances.c.id)
 
 
 def select_instances(*cols: Any, study_uid: str | None = None, series_uid: str | None = None,
-                     sop_uid: str | None = None) -> Select:
+                     sop_uid: str | None = None) -> Select[Any]:
     """SELECT ``cols`` over the instances of a study / series / instance
     (instances joined with their series and study)."""
     stmt = select(*cols).select_from(instances) \
@@ -340,7 +343,7 @@ def sending_syntax(proposed: Sequence[str], storable: Iterable[str]) -> str | No
     return next((ts for ts in proposed if ts in storable), None)
 
 
-def store_contexts(refs: list[InstanceRef]) -> list[Any]:
+def store_contexts(refs: list[InstanceRef]) -> list[PresentationContext]:
     """Presentation contexts for sending these instances to a C-MOVE
     destination: the one builder, ``dimse.contexts.storage_contexts``, over
     their (SOP class, stored syntax) pairs."""

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.datadict import tag_for_keyword
-from sqlalchemy import or_, select, update
+from sqlalchemy import Row, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .index.jobs_tables import jobs
@@ -62,18 +62,32 @@ from .placeholders import build_command, unknown_placeholders
 if TYPE_CHECKING:
     from .config import Settings
     from .node import Node
+    from .retrieve import InstanceRef
 
 class Trigger(Protocol):
     """What a route needs of a stable study or series (automation.Trigger;
     named as a protocol because automation imports this module)."""
 
-    kind: str
-    uid: str
-    study_uid: str
-    series_uid: str
-    calling_aet: str
-    generation: int
-    instances: int
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def uid(self) -> str: ...
+
+    @property
+    def study_uid(self) -> str: ...
+
+    @property
+    def series_uid(self) -> str: ...
+
+    @property
+    def calling_aet(self) -> str: ...
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def instances(self) -> int: ...
 
     @property
     def event_name(self) -> str: ...
@@ -427,7 +441,7 @@ class RouteRunner:
                 count += 1
         return count
 
-    def claim_next(self) -> Any:
+    def claim_next(self) -> Row[Any] | None:
         now = time.time()
         with self.node.db.read() as conn:
             ids = conn.execute(
@@ -489,7 +503,7 @@ class RouteRunner:
 
     # -- one attempt
 
-    def _run(self, row: Any) -> None:
+    def _run(self, row: Row[Any]) -> None:
         attempt = _Attempt(row.id)
         with self._lock:
             self._active[row.id] = attempt
@@ -514,7 +528,7 @@ class RouteRunner:
             with self._lock:
                 self._active.pop(row.id, None)
 
-    def _failed(self, row: Any, number: int, error: str, attempt: _Attempt) -> None:
+    def _failed(self, row: Row[Any], number: int, error: str, attempt: _Attempt) -> None:
         if self._stop.is_set():
             self._put_back(row, "interrupted by shutdown")
             return
@@ -533,12 +547,12 @@ class RouteRunner:
         self._update(row, state="pending", owner="", lease_until=None, attempts=number,
                      next_try=now + delay, error=error, updated=now)
 
-    def _put_back(self, row: Any, reason: str) -> None:
+    def _put_back(self, row: Row[Any], reason: str) -> None:
         now = time.time()
         self._update(row, state="pending", owner="", lease_until=None, next_try=now,
                      error=reason, updated=now)
 
-    def _end(self, row: Any, state: str, error: str, number: int) -> None:
+    def _end(self, row: Row[Any], state: str, error: str, number: int) -> None:
         now = time.time()
         values: dict[str, Any] = dict(state=state, error=error, attempts=number, updated=now,
                                       finished=now, lease_until=None, next_try=None)
@@ -548,12 +562,12 @@ class RouteRunner:
         log.info("route %s: job %s %s%s", row.route, row.id, state,
                  f" ({error})" if error else "")
 
-    def _update(self, row: Any, **values: Any) -> None:
+    def _update(self, row: Row[Any], **values: Any) -> None:
         with self.node.db.write() as conn:
             conn.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.owner == self.owner,
                                             jobs.c.state == "running").values(**values))
 
-    def _counts(self, row: Any, completed: int, failed: int, remaining: int) -> None:
+    def _counts(self, row: Row[Any], completed: int, failed: int, remaining: int) -> None:
         now = time.time()
         with self.node.db.write() as conn:
             conn.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.owner == self.owner,
@@ -561,7 +575,7 @@ class RouteRunner:
                          .values(completed=completed, failed=failed, remaining=remaining,
                                  updated=now, lease_until=now + LEASE_SECONDS))
 
-    def _execute(self, row: Any, attempt: _Attempt) -> None:
+    def _execute(self, row: Row[Any], attempt: _Attempt) -> None:
         payload = json.loads(row.payload or "{}")
         if row.method == "run":
             self._run_command(row, payload, attempt)
@@ -576,7 +590,7 @@ class RouteRunner:
         else:
             raise _Failed(f"unknown route action {row.method!r}")
 
-    def _instances(self, row: Any, payload: dict[str, Any]) -> list[Any]:
+    def _instances(self, row: Row[Any], payload: dict[str, Any]) -> list[InstanceRef]:
         from .retrieve import locate
         if row.series_uid:
             return locate(self.node, series_uid=row.series_uid)
@@ -584,7 +598,7 @@ class RouteRunner:
         wanted = set(payload.get("series") or ())
         return [r for r in refs if not wanted or r.series_uid in wanted]
 
-    def _send(self, row: Any, payload: dict[str, Any], refs: list[Any],
+    def _send(self, row: Row[Any], payload: dict[str, Any], refs: list[InstanceRef],
               attempt: _Attempt) -> None:
         from .remote import scu
         from .remote.errors import RemoteError
@@ -604,7 +618,7 @@ class RouteRunner:
         reasons: list[str] = []
         last = [0.0]
 
-        def on_result(result: Any) -> None:
+        def on_result(result: scu.SendResult) -> None:
             if result.ok:
                 done["ok"] += 1
             else:
@@ -631,7 +645,7 @@ class RouteRunner:
             raise _Failed(f"{done['failed']} of {total} instances were not stored by {peer}"
                           + (f" ({'; '.join(reasons)})" if reasons else ""))
 
-    def _anonymized(self, refs: list[Any], folder: Path) -> list[Path]:
+    def _anonymized(self, refs: list[InstanceRef], folder: Path) -> list[Path]:
         """De-identified copies (Basic Profile) with the deployment's key, so
         that a patient and a UID get the same pseudonyms in every job."""
         from pydicom import dcmread
@@ -647,7 +661,7 @@ class RouteRunner:
             out.append(path)
         return out
 
-    def _export(self, row: Any, payload: dict[str, Any], refs: list[Any]) -> None:
+    def _export(self, row: Row[Any], payload: dict[str, Any], refs: list[InstanceRef]) -> None:
         from .errors import PacsnodeError
         from .web.api import export_series
         series_uids = list(dict.fromkeys(r.series_uid for r in refs))
@@ -662,7 +676,7 @@ class RouteRunner:
                 raise _Failed(f"export to {target}: {exc.strerror or exc}") from None
             self._counts(row, written, 0, max(0, len(refs) - written))
 
-    def _run_command(self, row: Any, payload: dict[str, Any], attempt: _Attempt) -> None:
+    def _run_command(self, row: Row[Any], payload: dict[str, Any], attempt: _Attempt) -> None:
         values = {k: str(v) for k, v in (payload.get("placeholders") or {}).items()}
         argv = build_command(payload.get("run", ""), values)
         if not argv:

@@ -181,8 +181,8 @@ class DimseWorkers:
     restarted if one dies, sent SIGTERM and waited for at shutdown."""
 
     def __init__(self, settings: Settings, dimse: DimseServer) -> None:
-        self._spawn = lambda slot: spawn(settings, slot, dimse.processes, dimse.limit_fd,
-                                         dimse.listen_fd)
+        self._settings = settings
+        self._dimse = dimse
         self.procs = {slot: self._spawn(slot) for slot in range(1, dimse.processes)}
         self._limit = dimse.server.limit
         self._spawned = time.monotonic()
@@ -195,6 +195,12 @@ class DimseWorkers:
             self._log.info("DIMSE served by %d processes", dimse.processes)
             threading.Thread(target=self._watch, name="pacsnode-dimse-workers",
                              daemon=True).start()
+
+    def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        limit_fd = self._dimse.limit_fd
+        assert limit_fd is not None  # DimseServer shares the count when it has workers
+        return spawn(self._settings, slot, self._dimse.processes, limit_fd,
+                     self._dimse.listen_fd)
 
     def _watch(self) -> None:
         started = {slot: time.monotonic() for slot in self.procs}

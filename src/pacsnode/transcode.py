@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from pydicom import dcmread, dcmwrite
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000,
@@ -115,7 +115,7 @@ def can_decode(ts: str) -> bool:
     if ts in UNCOMPRESSED:
         return True
     try:
-        from pydicom.pixels import get_decoder
+        from pydicom.pixels.decoders.base import get_decoder
         return bool(get_decoder(UID(ts)).is_available)
     except (NotImplementedError, ValueError, KeyError):
         return False
@@ -128,7 +128,7 @@ def can_encode(ts: str) -> bool:
     if ts == JPEGBaseline8Bit:
         return True
     try:
-        from pydicom.pixels import get_encoder
+        from pydicom.pixels.encoders.base import get_encoder
         return bool(get_encoder(UID(ts)).is_available)
     except (NotImplementedError, ValueError, KeyError):
         return False
@@ -183,7 +183,7 @@ def _from_big_endian(ds: Dataset) -> None:
     if "PixelData" in ds:
         arr = ds.pixel_array
         if int(ds.BitsAllocated) == 1:
-            from pydicom.pixels import pack_bits
+            from pydicom.pixels.utils import pack_bits
             data = pack_bits(arr)
         else:
             width = int(ds.BitsAllocated) // 8
@@ -405,11 +405,10 @@ def native_frame(path: str | Path, info: PixelInfo, index: int) -> bytes:
     offset for native data, decoded (that frame only) for compressed data.
     Compressed colour data comes back as RGB, pixel-interleaved."""
     size = info.frame_bytes
-    seekable = (not info.encapsulated and info.value_offset is not None
-                and info.bits_allocated % 8 == 0)
-    if seekable:
+    offset = info.value_offset
+    if not info.encapsulated and offset is not None and info.bits_allocated % 8 == 0:
         with open(path, "rb") as fh:
-            fh.seek(info.value_offset + index * size)  # type: ignore[operator]
+            fh.seek(offset + index * size)
             data = fh.read(size)
         if len(data) != size:
             raise ValueError(f"frame {index + 1} is truncated in the file")
@@ -419,14 +418,14 @@ def native_frame(path: str | Path, info: PixelInfo, index: int) -> bytes:
         return data
     arr = decoded_frame(path, index)
     if info.bits_allocated == 1:
-        from pydicom.pixels import pack_bits
+        from pydicom.pixels.utils import pack_bits
         return pack_bits(arr)
     return arr.astype(arr.dtype.newbyteorder("<")).tobytes()
 
 
 def decoded_frame(path: str | Path, index: int) -> np.ndarray:
     """One frame as a numpy array (colour converted to RGB)."""
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels.utils import pixel_array
     return pixel_array(str(path), index=index)
 
 
@@ -435,7 +434,7 @@ def encode_frame(path: str | Path, info: PixelInfo, index: int, dst: str) -> byt
     request whose media type differs from how the frame is stored)."""
     arr = decoded_frame(path, index)
     ds = Dataset()
-    ds.file_meta = Dataset()  # type: ignore[assignment]
+    ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.Rows, ds.Columns = info.rows, info.columns
     ds.SamplesPerPixel = info.samples_per_pixel

@@ -31,14 +31,14 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
-from sqlalchemy import ColumnElement, Connection, delete, func, insert, select
+from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 
@@ -46,11 +46,12 @@ from .dicom.catalogue import Level
 from .dicom.header import sequence_items, valid_uid
 from .dicom.values import attribute_columns, norm_date, norm_datetime, norm_time, text_value
 from .errors import NotFound, PacsnodeError
-from .events import Event, Origin
-from .index.db import Database
+from .events import Event, EventBus, Origin
+from .index.db import Database, inserted_id
 from .index.schema import changes
 from .index.workitems import (WORKITEM_ATTRIBUTES, WORKITEM_BY_KEYWORD, workitem_item_attrs,
                               workitems)
+from .node import Node
 from .query.model import Query, Sequence
 from .query.parse import search_query
 from .query.sql import attribute_condition, sequence_exists
@@ -337,7 +338,7 @@ def parse_workitem_json(body: bytes, *, optional: bool = False) -> Dataset | Non
                               "PS3.18 F.2)") from None
 
 
-def _has_value(elem: DataElement | None) -> bool:
+def _has_value(elem: DataElement | None) -> TypeGuard[DataElement]:
     if elem is None:
         return False
     value = elem.value
@@ -548,12 +549,12 @@ class Worklist:
     """The UPS worklist of one node (PS3.4 CC.1: one Worklist per service)."""
 
     db: Database
-    bus: Any = None  # events.EventBus; events are emitted after commit
+    bus: EventBus | None = None  # events are emitted after commit
     default_worklist_label: str = "PACSNODE"
     _max_retries: int = field(default=50, repr=False)
 
     @classmethod
-    def for_node(cls, node: Any) -> "Worklist":
+    def for_node(cls, node: Node) -> "Worklist":
         return cls(node.db, node.bus, node.settings.ae_title or "PACSNODE")
 
     # ---- Create (N-CREATE; PS3.18 11.4)
@@ -596,10 +597,11 @@ class Worklist:
                 if conn.execute(select(workitems.c.id).where(
                         workitems.c.sopinstanceuid == uid)).first() is not None:
                     raise WorkitemExists(f"The Target Workitem already exists: {uid}")
-                row_id = conn.execute(insert(workitems).values(
+                added = conn.execute(insert(workitems).values(
                     transaction_uid="", version=1, created_at=now, updated_at=now,
-                    meta_json=_dumps(ds), **_row_values(ds))).inserted_primary_key[0]
-                _write_items(conn, int(row_id), ds, replace=False)
+                    meta_json=_dumps(ds), **_row_values(ds)))
+                row_id = inserted_id(added)
+                _write_items(conn, row_id, ds, replace=False)
                 seq = _record(conn, "created", ds, origin)
         except IntegrityError:
             # PostgreSQL: another request created the same UID between our
@@ -638,7 +640,7 @@ class Worklist:
         transaction_uid = transaction_uid or body_tx or None
         new_state = _text(changes_ds, "ProcedureStepState") if _STATE_TAG in changes_ds else None
 
-        def plan(row: Any, current: Dataset) -> _Plan:
+        def plan(row: Row[Any], current: Dataset) -> _Plan:
             state = row.procedurestepstate
             if state in FINAL_STATES:
                 raise StateConflict(
@@ -701,7 +703,7 @@ class Worklist:
                 "a Workitem becomes SCHEDULED only when it is created (0xC303)",
                 dimse_status=0xC303, http_status=400)
 
-        def plan(row: Any, current: Dataset) -> _Plan:
+        def plan(row: Row[Any], current: Dataset) -> _Plan:
             state = row.procedurestepstate
             owner = row.transaction_uid
             if state == SCHEDULED:
@@ -762,7 +764,7 @@ class Worklist:
         if problems:
             raise InvalidWorkitem("The cancel request is invalid: " + "; ".join(problems))
 
-        def plan(row: Any, current: Dataset) -> _Plan:
+        def plan(row: Row[Any], current: Dataset) -> _Plan:
             state = row.procedurestepstate
             if state == SCHEDULED:
                 ds = _copy(current)
@@ -987,11 +989,11 @@ def _write_items(conn: Connection, row_id: int, ds: Dataset, *, replace: bool) -
 
 def _record(conn: Connection, action: str, ds: Dataset, origin: Origin | None) -> int:
     """The change-feed row, in the caller's transaction."""
-    seq = conn.execute(insert(changes).values(
+    added = conn.execute(insert(changes).values(
         action=action, level="workitem", study_uid=_text(ds, "StudyInstanceUID"),
         series_uid="", instance_uid=_text(ds, "SOPInstanceUID"), at=time.time(),
-        detail=origin.describe() if origin is not None else "")).inserted_primary_key[0]
-    return int(seq)
+        detail=origin.describe() if origin is not None else ""))
+    return inserted_id(added)
 
 
 # -- search -----------------------------------------------------------------------
@@ -1015,8 +1017,8 @@ def _vr(tag: int) -> str:
         return "UN"
 
 
-def search_conditions(query: Query) -> list[ColumnElement]:
-    conds: list[ColumnElement] = []
+def search_conditions(query: Query) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
     for c in query.constraints:
         if isinstance(c, Sequence):
             conds.append(_sequence_condition(c))
@@ -1025,7 +1027,7 @@ def search_conditions(query: Query) -> list[ColumnElement]:
     return conds
 
 
-def _sequence_condition(c: Sequence) -> ColumnElement:
+def _sequence_condition(c: Sequence) -> ColumnElement[bool]:
     """Item matching through the shared ``query.sql.sequence_exists``."""
     return sequence_exists(workitem_item_attrs, "workitem_fk", c,
                            lambda first, sub: (sub, first.c.workitem_fk == workitems.c.id))

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from ..audit import AuditEvent, AuditTrail
 from ..events import Event, EventBus, Origin
 
@@ -26,7 +28,7 @@ __all__ = ["DimseAudit", "query_keys"]
 _KEY_MAX = 256
 
 
-def query_keys(identifier: Any) -> dict[str, str]:
+def query_keys(identifier: Dataset) -> dict[str, str]:
     """The keys of a C-FIND identifier that match something (non-empty
     values, no sequences), by keyword."""
     keys: dict[str, str] = {}
@@ -66,7 +68,7 @@ class DimseAudit:
 
     # -- operations
 
-    def query(self, calling: str, address: str, sop_class: str, identifier: Any,
+    def query(self, calling: str, address: str, sop_class: str, identifier: Dataset,
               status: int = 0) -> None:
         keys = query_keys(identifier)
         study = keys.get("StudyInstanceUID", "")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ..node import Node
 from .dimse import Admission, DimsePolicy, build_policy, operation_of, refusal
@@ -48,7 +47,8 @@ class DimseGate:
             self._built = now
         return self._policy
 
-    async def admit(self, run: Any, calling: str, called: str, address: str,
+    async def admit(self, run: Callable[[Callable[[], DimsePolicy]], Awaitable[DimsePolicy]],
+                    calling: str, called: str, address: str,
                     port: int) -> Admission:
         """The admission of an association; a rejection is logged and audited."""
         admission = (await self.policy(run)).admit(calling, called, address)

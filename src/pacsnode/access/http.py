@@ -26,13 +26,19 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .policy import Rule, rule_for
 from .roles import PERMISSIONS, Role
+
+if TYPE_CHECKING:
+    from ..audit import AuditTrail
+    from .oidc import OidcVerifier
+    from .tokens import TokenLookup
 
 __all__ = ["AccessMiddleware", "Principal", "allowed_host_names", "LOOPBACK_NAMES"]
 
@@ -40,7 +46,6 @@ log = logging.getLogger("pacsnode.access")
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
-Scope = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,15 @@ def _host_only(value: str) -> str:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
+    key: bytes
+    value: bytes
     for key, value in scope.get("headers") or ():
         if key == name:
             return value.decode("latin-1")
     return None
 
 
-async def _answer(send: Any, status: int, reason: str,
+async def _answer(send: Send, status: int, reason: str,
                   headers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006 - read only
     body = orjson.dumps({"error": reason})
     await send({"type": "http.response.start", "status": status,
@@ -108,8 +115,9 @@ class AccessMiddleware:
     or that kind of credential is not configured; ``audit`` receives every
     answered request (or is None)."""
 
-    def __init__(self, app: Any, *, allowed_hosts: frozenset[str] | None, auth: bool,
-                 tokens: Any = None, oidc: Any = None, audit: Any = None) -> None:
+    def __init__(self, app: ASGIApp, *, allowed_hosts: frozenset[str] | None, auth: bool,
+                 tokens: TokenLookup | None = None, oidc: OidcVerifier | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self.app = app
         self.allowed_hosts = allowed_hosts
         self.auth = auth
@@ -119,7 +127,7 @@ class AccessMiddleware:
         self._jwts: dict[str, tuple[float, Principal]] = {}
         self._router: Any = None  # the app's router, to tell "no route" from "no rule"
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -152,7 +160,7 @@ class AccessMiddleware:
             return
         note = self.audit.begin(scope, rule)
 
-        async def send_and_note(message: dict[str, Any]) -> None:
+        async def send_and_note(message: Message) -> None:
             if message["type"] == "http.response.start":
                 note.status = int(message["status"])
             elif message["type"] == "http.response.body" and note.keep_body:
@@ -188,17 +196,18 @@ class AccessMiddleware:
                 return 401, found, b'Bearer error="invalid_token"'
             return Principal(found.name, "token", found.role)
         if self.oidc is not None and credential.count(".") == 2:
-            return await self._check_jwt(credential)
+            return await self._check_jwt(self.oidc, credential)
         return 401, "the credential is neither an API token nor an access token this node " \
                     "accepts", b'Bearer error="invalid_token"'
 
-    async def _check_jwt(self, token: str) -> Principal | tuple[int, str, bytes]:
+    async def _check_jwt(self, oidc: OidcVerifier,
+                         token: str) -> Principal | tuple[int, str, bytes]:
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.time()
         known = self._jwts.get(key)
         if known is not None and known[0] > now:
             return known[1]
-        found = await anyio.to_thread.run_sync(self.oidc.check, token)
+        found = await anyio.to_thread.run_sync(oidc.check, token)
         if isinstance(found, str):
             return 401, found, b'Bearer error="invalid_token"'
         principal = Principal(found.name, "oidc", found.role)
@@ -225,7 +234,8 @@ class AccessMiddleware:
 
     def _has_route(self, scope: Scope) -> bool:
         from starlette.routing import Match
-        router = scope.get("app").router if scope.get("app") is not None else None  # type: ignore[union-attr]
+        app = scope.get("app")
+        router = app.router if app is not None else None
         if router is None:
             return True  # cannot tell: refuse
         return any(route.matches(scope)[0] is Match.FULL for route in router.routes)

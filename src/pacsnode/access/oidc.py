@@ -18,10 +18,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .roles import Role, highest_role
+
+if TYPE_CHECKING:
+    import jwt
 
 __all__ = ["OidcVerifier", "OidcPrincipal", "check_oidc_url", "REFRESH_COOLDOWN"]
 
@@ -86,14 +89,14 @@ class OidcVerifier:
             raise ValueError("OIDC needs oidc_issuer or oidc_jwks_url")
         self.audience = audience
         self.roles_claim = roles_claim or "roles"
-        self._client: Any = None
+        self._client: jwt.PyJWKClient | None = None
         self._lock = threading.Lock()
         self._failed_at = 0.0
 
     def describe(self) -> str:
         return f"OIDC issuer {self.issuer}" if self.issuer else f"OIDC JWKS {self.jwks_url}"
 
-    def _jwks_client(self) -> Any:
+    def _jwks_client(self) -> jwt.PyJWKClient:
         with self._lock:
             if self._client is not None:
                 return self._client

@@ -4,12 +4,15 @@ refuses, and the one start-up line that says what is open to whom."""
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audit import AuditTrail
 from ..config import Settings
 from ..index.db import Database
 from .http import allowed_host_names
+
+if TYPE_CHECKING:
+    from .oidc import OidcVerifier
 
 __all__ = ["access_options", "make_audit_trail", "check_exposure", "describe_access",
            "is_loopback_host"]
@@ -32,7 +35,7 @@ def make_audit_trail(settings: Settings, db: Database) -> AuditTrail:
     return AuditTrail(db, ae_title=settings.ae_title, syslog=syslog)
 
 
-def make_oidc(settings: Settings) -> Any:
+def make_oidc(settings: Settings) -> OidcVerifier | None:
     if not (settings.oidc_issuer or settings.oidc_jwks_url):
         return None
     from .oidc import OidcVerifier

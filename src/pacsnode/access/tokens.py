@@ -19,7 +19,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -69,14 +68,15 @@ def create_token(db: Database, name: str, role: str, expires_days: float | None 
     if not NAME_RE.match(name or ""):
         raise TokenError(f"invalid token name {name!r}: 1-64 letters, digits, '_', '.', "
                          "'@', '-', starting with a letter or digit")
-    if role_named(role) is None:
+    named = role_named(role)
+    if named is None:
         raise TokenError(f"unknown role {role!r}: one of "
                          + ", ".join(r.label for r in Role))
     if expires_days is not None and expires_days <= 0:
         raise TokenError("--expires-days must be more than 0")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = time.time()
-    row = dict(name=name, token_hash=hash_token(token), role=role_named(role).label,  # type: ignore[union-attr]
+    row = dict(name=name, token_hash=hash_token(token), role=named.label,
                created=now,
                expires=None if expires_days is None else now + expires_days * 86400.0,
                revoked=None)
@@ -126,7 +126,7 @@ class TokenLookup:
         self._positional = db.engine.dialect.positional
         self._param = next(iter(compiled.params))
 
-    def _params(self, digest: str) -> Any:
+    def _params(self, digest: str) -> tuple[str] | dict[str, str]:
         return (digest,) if self._positional else {self._param: digest}
 
     def check(self, token: str) -> TokenPrincipal | str:

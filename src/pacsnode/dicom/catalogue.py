@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.tag import Tag
 
 __all__ = ["Level", "Attribute", "ATTRIBUTES", "BY_KEYWORD", "BY_TAG", "COMPUTED",
            "attributes_at", "resolve_key", "UnknownAttribute"]
@@ -58,7 +57,10 @@ class Attribute:
 
     @cached_property
     def tag(self) -> int:
-        return int(Tag(tag_for_keyword(self.keyword)))
+        tag = tag_for_keyword(self.keyword)
+        if tag is None:
+            raise ValueError(f"{self.keyword!r} is not a DICOM keyword")
+        return tag
 
     @cached_property
     def column(self) -> str:

@@ -412,6 +412,7 @@ def ends_file(head: Buffer, start: int, pos: int, size: int,
     if transfer_syntax in _DEFLATED or transfer_syntax == _EXPLICIT_BE \
             or pos + 12 > len(head):
         return False
+    length: int  # (struct's unpack_from gives Any)
     if _first_is_implicit(head, start, transfer_syntax):
         length = _TAG_LENGTH_LE(head, pos)[2]
         end = pos + 8 + length
@@ -435,6 +436,8 @@ def plausible_start(data: Buffer, start: int) -> bool:
     left = len(data) - start
     if left < 4:
         return left < 2 or 0x0008 <= _GROUP_LE(data, start)[0] <= 0x7FE0
+    group: int
+    elem: int
     group, elem = _TAG_LE(data, start)
     if left >= 6 and not _first_is_implicit(data, start, None):
         return bytes(data[start + 4:start + 6]) in LONG_LENGTH_CODES | SHORT_LENGTH_CODES

@@ -11,15 +11,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from .migrations import add_missing_columns, run_migrations
 from .schema import metadata
 
-__all__ = ["Database", "RawStatement", "WriteBusy"]
+__all__ = ["Database", "RawStatement", "WriteBusy", "inserted_id"]
 
 log = logging.getLogger("pacsnode.index")
 
@@ -283,7 +285,15 @@ class Database:
     _checkpointer_pid = 0
 
 
-def _analysed_rows(cur: Any) -> int:
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the row an INSERT of one row added."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise ValueError("the statement inserted no row with a primary key")
+    return int(key[0])
+
+
+def _analysed_rows(cur: DBAPICursor) -> int:
     """Rows of ``instances`` when its statistics were taken (the first number
     of its sqlite_stat1 entries); 0 when there are none."""
     try:
@@ -307,6 +317,8 @@ class RawStatement:
 
     def __init__(self, stmt: ClauseElement, engine: Engine) -> None:
         compiled = stmt.compile(dialect=engine.dialect)
+        if not isinstance(compiled, SQLCompiler):  # DDL compiles otherwise
+            raise TypeError(f"not a SQL statement: {stmt}")
         self.sql = compiled.string
         self.names: Sequence[str] | None = (list(compiled.positiontup or [])
                                             if engine.dialect.positional else None)
@@ -322,16 +334,19 @@ class RawStatement:
             return values
         return tuple([values[name] for name in self.names])
 
-    def execute(self, cur: Any, values: Mapping[str, Any]) -> Any:
+    def execute(self, cur: DBAPICursor, values: Mapping[str, Any]) -> DBAPICursor:
         cur.execute(self.sql, self.params(values))
         return cur
 
-    def insert(self, cur: Any, values: Mapping[str, Any]) -> int:
+    def insert(self, cur: DBAPICursor, values: Mapping[str, Any]) -> int:
         """Run an INSERT; the new row's primary key."""
         cur.execute(self.sql, self.params(values))
         if self.returning:
-            return int(cur.fetchone()[0])
+            row = cur.fetchone()
+            if row is None:
+                raise ValueError("the INSERT … RETURNING returned no row")
+            return int(row[0])
         return int(cur.lastrowid)
 
-    def insert_many(self, cur: Any, rows: list[Mapping[str, Any]]) -> None:
+    def insert_many(self, cur: DBAPICursor, rows: Sequence[Mapping[str, Any]]) -> None:
         cur.executemany(self.sql, [self.params(row) for row in rows])

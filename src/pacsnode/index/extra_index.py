@@ -20,9 +20,12 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from ..dicom import extra_tags
 from ..dicom.catalogue import Level
@@ -44,7 +47,7 @@ def rows_for(tags: tuple[extra_tags.ExtraTag, ...], body: Mapping[str, Any],
     return rows
 
 
-def _insert_ignoring(db: Database) -> Any:
+def _insert_ignoring(db: Database) -> SqliteInsert | PgInsert:
     build = sqlite_insert if db.is_sqlite else pg_insert
     return build(extra_attrs).on_conflict_do_nothing()
 
@@ -58,7 +61,7 @@ class ExtraWriter:
         stmt = _insert_ignoring(db).values({c.name: bindparam(c.name) for c in extra_attrs.c})
         self._insert = RawStatement(stmt, db.engine)
 
-    def record(self, cur: Any, meta_json: str, study_uid: str, series_uid: str,
+    def record(self, cur: DBAPICursor, meta_json: str, study_uid: str, series_uid: str,
                sop_uid: str) -> None:
         tags = extra_tags.active()
         if not tags:
@@ -73,7 +76,7 @@ class ExtraWriter:
 _WRITERS: dict[int, ExtraWriter] = {}
 
 
-def record_extra_tags(db: Database, cur: Any, meta_json: str, study_uid: str,
+def record_extra_tags(db: Database, cur: DBAPICursor, meta_json: str, study_uid: str,
                       series_uid: str, sop_uid: str) -> None:
     """The ingest's one call: the declared extra tags' values of the
     instance just written (nothing, at the cost of one test, when none is
@@ -128,7 +131,7 @@ def reindex(db: Database, tags: tuple[extra_tags.ExtraTag, ...], *, batch: int =
     return seen
 
 
-def _save(conn: Any, db: Database, sig: str, last: int) -> None:
+def _save(conn: Connection, db: Database, sig: str, last: int) -> None:
     build = sqlite_insert if db.is_sqlite else pg_insert
     stmt = build(reindex_state).values(signature=sig, last_instance=last, done=0)
     conn.execute(stmt.on_conflict_do_update(index_elements=["signature"],

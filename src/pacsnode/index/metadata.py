@@ -20,6 +20,8 @@ kinds get helper columns used only for matching:
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Text
 
 from ..dicom.catalogue import Attribute, Level
@@ -33,7 +35,7 @@ metadata = MetaData()
 ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
-def columns_for(attr: Attribute) -> list[Column]:
+def columns_for(attr: Attribute) -> list[Column[Any]]:
     """The columns that hold ``attr`` (with its helper columns)."""
     name = attr.column
     kind = attr.kind

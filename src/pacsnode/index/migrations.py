@@ -23,11 +23,12 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import (Column, Connection, Engine, Float, MetaData, String, Table, bindparam,
                         insert, inspect, select, text, update)
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from ..dicom.header import GROUP_LENGTH_MARK, json_text, without_group_lengths
 from .schema import instances, metadata
@@ -120,11 +121,14 @@ def run_migrations(db: Transactions) -> list[str]:
     return ran
 
 
-def _column_ddl(engine: Engine, column: Column) -> str:
+def _column_ddl(engine: Engine, column: Column[Any]) -> str:
     kind = column.type.compile(dialect=engine.dialect)
     ddl = f'ADD COLUMN "{column.name}" {kind}'
-    default = column.default.arg if column.default is not None else None
-    if default is not None and not callable(default):
+    # Only a plain value can be written as a DDL literal (not a Python
+    # callable, not a SQL expression).
+    default = column.default.arg if isinstance(column.default, ScalarElementColumnDefault) \
+        else None
+    if default is not None:
         if isinstance(default, bool):
             literal = ("1" if default else "0") if engine.dialect.name == "sqlite" else \
                 ("true" if default else "false")

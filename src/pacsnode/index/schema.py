@@ -10,15 +10,18 @@ same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, Integer, String, Table,
                         Text, UniqueConstraint)
 
 from ..dicom.catalogue import ATTRIBUTES, Level
-from .metadata import ID, columns_for, metadata
+from .metadata import ID, columns_for
+from .metadata import metadata as metadata  # the tables below register on it
 
 
-def _level_columns(level: Level) -> list[Column]:
-    cols: list[Column] = []
+def _level_columns(level: Level) -> list[Column[Any]]:
+    cols: list[Column[Any]] = []
     for attr in ATTRIBUTES:
         if attr.level == level:
             cols.extend(columns_for(attr))

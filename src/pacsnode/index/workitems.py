@@ -15,6 +15,8 @@ top-level sequence, for sequence matching (PS3.4 C.2.2.2.6) in SQL, like
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (Column, Float, ForeignKey, Index, Integer, String, Table, Text,
                         UniqueConstraint)
 
@@ -58,8 +60,8 @@ WORKITEM_ATTRIBUTES: tuple[Attribute, ...] = (
 WORKITEM_BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in WORKITEM_ATTRIBUTES}
 
 
-def _attribute_columns() -> list[Column]:
-    cols: list[Column] = []
+def _attribute_columns() -> list[Column[Any]]:
+    cols: list[Column[Any]] = []
     for attr in WORKITEM_ATTRIBUTES:
         cols.extend(columns_for(attr))
     return cols

@@ -7,14 +7,15 @@ an encoded C-FIND identifier."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from sqlalchemy import bindparam, func, select
+from pydicom.tag import Tag
+from sqlalchemy import ColumnElement, Connection, Label, Row, Select, bindparam, func, select
 
 from ..dicom import extra_tags
 from ..dicom.catalogue import ATTRIBUTES, BY_KEYWORD, COMPUTED, UNIQUE, Attribute, Level
@@ -104,11 +105,11 @@ class MatchFields:
         return {f"{tag:08X}": out[tag] for tag in sorted(out)}
 
 
-def _columns(level: Level, wanted: list[tuple[int, str]]) -> list[Any]:
+def _columns(level: Level, wanted: list[tuple[int, str]]) -> list[Label[Any]]:
     """The index columns of the return keys ``wanted`` at ``level``, labelled
     with their keywords."""
-    cols = []
-    seen = set()
+    cols: list[Label[Any]] = []
+    seen: set[str] = set()
     for _tag, kw in wanted:
         attr = BY_KEYWORD.get(kw)
         if attr is not None and attr.level <= level and kw not in seen:
@@ -118,15 +119,16 @@ def _columns(level: Level, wanted: list[tuple[int, str]]) -> list[Any]:
 
 
 @lru_cache(maxsize=None)
-def _label(level: Level, column: str, keyword: str) -> Any:
+def _label(level: Level, column: str, keyword: str) -> Label[Any]:
     return LEVEL_TABLES[level].c[column].label(keyword)
 
 
-def _in_ids(column: Any) -> Any:
+def _in_ids(column: ColumnElement[Any]) -> ColumnElement[bool]:
     return column.in_(bindparam("ids", expanding=True))
 
 
-def _count_by(owner: Any, counted: Any = None, join: Any = None) -> Any:
+def _count_by(owner: ColumnElement[Any], counted: ColumnElement[Any] | None = None,
+              join: tuple[Any, ...] | None = None) -> Select[Any]:
     stmt = select(owner, func.count() if counted is None else func.count(counted))
     if join is not None:
         stmt = stmt.join(*join)
@@ -138,7 +140,7 @@ def _count_by(owner: Any, counted: Any = None, join: Any = None) -> Any:
 #: (owner, value) pairs to gather into lists rather than (owner, count)).
 #: Built once: building them for every page cost SQLAlchemy more than
 #: SQLite took to run them (the labels below are cached for the same reason).
-_COMPUTED_STATEMENTS: dict[Level, dict[str, tuple[Any, bool]]] = {
+_COMPUTED_STATEMENTS: dict[Level, dict[str, tuple[Select[Any], bool]]] = {
     Level.PATIENT: {
         "NumberOfPatientRelatedStudies": (_count_by(studies.c.patient_fk), False),
         "NumberOfPatientRelatedSeries": (_count_by(
@@ -208,8 +210,8 @@ class QueryEngine:
         for row, extras in self._rows(query, wanted, cols, batch):
             yield self._fields(query, plan, keys, row, extras)
 
-    def _rows(self, query: Query, wanted: list[tuple[int, str]], cols: list[Any],
-              batch: int = 500) -> Iterator[tuple[Any, dict[str, Any]]]:
+    def _rows(self, query: Query, wanted: list[tuple[int, str]], cols: list[Label[Any]],
+              batch: int = 500) -> Iterator[tuple[Row[Any], _Extras]]:
         """(row, the page's extras) for each match, ``batch`` rows per SQL
         round trip; the row is the level's id, then ``cols``."""
         level_table = LEVEL_TABLES[query.level]
@@ -236,7 +238,7 @@ class QueryEngine:
     # -- building blocks
 
     @staticmethod
-    def _order(query: Query) -> list[Any]:
+    def _order(query: Query) -> list[ColumnElement[Any]]:
         table = LEVEL_TABLES[query.level]
         if query.level == Level.IMAGE:
             # Instances of a series in InstanceNumber order (DESIGN §4).
@@ -254,8 +256,7 @@ class QueryEngine:
                     keys.append((attr.tag, attr.keyword))
             for kw, (lvl, _vr) in COMPUTED.items():
                 if lvl == query.level:
-                    from pydicom.datadict import tag_for_keyword
-                    tag = int(tag_for_keyword(kw))
+                    tag = int(Tag(kw))
                     if tag not in have:
                         keys.append((tag, kw))
         # The unique keys of the query level and above are always returned.
@@ -265,11 +266,11 @@ class QueryEngine:
         keys.extend(u for u in uniques if u[0] not in have)
         return keys
 
-    def _extras(self, conn: Any, query: Query, wanted: set[str],
-                ids: list[int], rows: Any = ()) -> dict[str, dict[int, Any]]:
+    def _extras(self, conn: Connection, query: Query, wanted: set[str],
+                ids: list[int], rows: Sequence[Row[Any]] = ()) -> _Extras:
         """Computed attributes and header JSON of representative instances,
         one batched query each for the page's ids."""
-        out: dict[str, dict[int, Any]] = {}
+        out: _Extras = {}
         lvl = query.level
         params = {"ids": ids}
         for kw, (stmt, as_list) in _COMPUTED_STATEMENTS.get(lvl, {}).items():
@@ -303,8 +304,8 @@ class QueryEngine:
             out["__json__"] = {owner: metas.get(inst) for owner, inst in rep.items()}
         return out
 
-    def _fields(self, query: Query, plan: list[_Key], keys: tuple[str, ...], row: Any,
-                extras: dict[str, dict[int, Any]]) -> MatchFields:
+    def _fields(self, query: Query, plan: list[_Key], keys: tuple[str, ...], row: Row[Any],
+                extras: _Extras) -> MatchFields:
         """What a match says, for every rendering: per return key (tag, VR,
         value, header JSON entry or None), and the representative instance's
         header JSON if it was loaded."""
@@ -366,20 +367,27 @@ class _Key:
 
 _EXTRA = "__extra__"
 
+#: What ``_extras`` loads for a page, by what: a computed attribute's keyword
+#: (values by row id), ``_EXTRA`` (values by (extra tag name, row id)) or
+#: ``"__json__"`` (header JSON by row id); the keys differ by entry, hence Any.
+_Extras = dict[str, dict[Any, Any]]
 
-def _extra_values(conn: Any, level: Level, tags: list[extra_tags.ExtraTag],
-                  ids: list[int], rows: Any = ()) -> dict[Any, Any]:
+
+def _extra_values(conn: Connection, level: Level, tags: list[extra_tags.ExtraTag],
+                  ids: list[int], rows: Sequence[Row[Any]] = ()
+                  ) -> dict[tuple[str, int], list[Any]]:
     """(name, row id) → the values of each extra tag at or above ``level``
     for the page's rows: the owners' UIDs (from the page's rows, which hold
     the unique keys of their level and above, else by a query), then their
     values by the owner index (as one join, SQLite walked the table by key
     instead)."""
-    out: dict[Any, Any] = {}
+    out: dict[tuple[str, int], list[Any]] = {}
     for tag in tags:
         if tag.level > level:
             continue  # a lower level's tag: matched on, not returned
         unique = UNIQUE[tag.level]
         owners: dict[str, list[int]] = {}
+        pairs: Sequence[Sequence[Any]]  # (row id, owner UID)
         if rows and unique.keyword in rows[0]._mapping:
             pairs = [(r[0], r._mapping[unique.keyword]) for r in rows]
         else:

@@ -6,9 +6,9 @@ protocols (PS3.4 C.2.2.2; PS3.18 8.3.4)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from ..dicom import extra_tags
@@ -175,7 +175,7 @@ def query_from_identifier(identifier: Dataset) -> Query:
     return query
 
 
-def _private_key(identifier: Dataset, elem: Any, query: Query) -> None:
+def _private_key(identifier: Dataset, elem: DataElement, query: Query) -> None:
     """A private element of a C-FIND identifier is a key when it is an extra
     query tag: found by its block's creator (PS3.5 7.8.1), whatever the block."""
     group, element = elem.tag.group, elem.tag.element

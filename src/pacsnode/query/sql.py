@@ -13,8 +13,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, literal, or_, select, true
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, literal, or_, select, true
 from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.sql.selectable import FromClause
 
 from ..dicom import extra_tags
 from ..dicom.catalogue import BY_KEYWORD, COMPUTED, UNIQUE, Attribute, Level
@@ -52,7 +53,7 @@ def like_pattern(pattern: str) -> tuple[str, str]:
     return "".join(out), "".join(prefix)
 
 
-def _prefix_range(col: ColumnElement, prefix: str) -> ColumnElement:
+def _prefix_range(col: ColumnElement[Any], prefix: str) -> ColumnElement[bool]:
     if not prefix:
         return true()
     # Upper bound: the prefix with its last character incremented.
@@ -60,7 +61,7 @@ def _prefix_range(col: ColumnElement, prefix: str) -> ColumnElement:
     return and_(col >= prefix, col < upper)
 
 
-def _like(col: ColumnElement, pattern: str) -> ColumnElement:
+def _like(col: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
     like, prefix = like_pattern(pattern)
     if "%" not in like.replace(ESCAPE + "%", "") and "_" not in like.replace(ESCAPE + "_", ""):
         return col == prefix
@@ -71,7 +72,7 @@ def _escape(text: str) -> str:
     return text.replace(ESCAPE, ESCAPE * 2).replace("%", ESCAPE + "%").replace("_", ESCAPE + "_")
 
 
-def _multi_like(col: ColumnElement, value: str, wildcard: bool) -> ColumnElement:
+def _multi_like(col: ColumnElement[Any], value: str, wildcard: bool) -> ColumnElement[bool]:
     """Any value of a ``\\v1\\v2\\``-guarded multi-valued column matches."""
     like = like_pattern(value)[0] if wildcard else _escape(value)
     sep = ESCAPE * 2  # one literal backslash, escaped
@@ -94,7 +95,7 @@ def _integer_value(keyword: str, text: str) -> int:
     return int(text)
 
 
-def attribute_condition(table: Any, attr: Attribute, c: Constraint) -> ColumnElement:
+def attribute_condition(table: FromClause, attr: Attribute, c: Constraint) -> ColumnElement[bool]:
     """SQL condition of one constraint on a catalogue column of ``table``."""
     col = table.c[attr.column]
     kind = attr.kind
@@ -145,11 +146,11 @@ _PARENT = {
 }
 
 
-def level_id_column(level: Level) -> ColumnClause:
+def level_id_column(level: Level) -> ColumnClause[Any]:
     return LEVEL_TABLES[level].c.id
 
 
-def base_select(level: Level, *cols: Any) -> Select:
+def base_select(level: Level, *cols: Any) -> Select[Any]:
     """SELECT over the query level's table joined up to the patient."""
     stmt = select(*cols).select_from(LEVEL_TABLES[level])
     for lvl in range(level, Level.PATIENT, -1):
@@ -158,7 +159,8 @@ def base_select(level: Level, *cols: Any) -> Select:
     return stmt
 
 
-def _below_exists(query_level: Level, attr_level: Level, cond: ColumnElement) -> ColumnElement:
+def _below_exists(query_level: Level, attr_level: Level,
+                  cond: ColumnElement[bool]) -> ColumnElement[bool]:
     """EXISTS over a lower level (e.g. a series attribute in a study query)."""
     sub = select(literal(1)).select_from(LEVEL_TABLES[attr_level])
     lvl = attr_level
@@ -170,7 +172,7 @@ def _below_exists(query_level: Level, attr_level: Level, cond: ColumnElement) ->
     return exists(sub.where(child_fk == LEVEL_TABLES[query_level].c.id, cond))
 
 
-def _computed_condition(query_level: Level, c: Constraint) -> ColumnElement:
+def _computed_condition(query_level: Level, c: Constraint) -> ColumnElement[bool]:
     if c.keyword == "ModalitiesInStudy":
         attr = BY_KEYWORD["Modality"]
         parts = _split_values(c)
@@ -193,8 +195,9 @@ def _split_values(c: Constraint) -> list[Constraint]:
     return [c]
 
 
-def sequence_exists(items: Any, owner_fk: str, c: Sequence,
-                    link: Callable[[Any, Select], tuple[Select, ColumnElement]]) -> ColumnElement:
+def sequence_exists(items: Table, owner_fk: str, c: Sequence,
+                    link: Callable[[FromClause, Select[Any]],
+                                   tuple[Select[Any], ColumnElement[bool]]]) -> ColumnElement[bool]:
     """EXISTS over an item-attributes table (``seq``, ``item``, ``keyword``,
     ``value``, ``value_ci`` and an owner column ``owner_fk``): all item
     constraints must hold in one item of the sequence (PS3.4 C.2.2.2.6).
@@ -203,7 +206,7 @@ def sequence_exists(items: Any, owner_fk: str, c: Sequence,
         return true()
     aliases = [items.alias(f"ia{i}") for i in range(len(c.items))]
     first = aliases[0]
-    conds: list[ColumnElement] = []
+    conds: list[ColumnElement[bool]] = []
     for alias, item_c in zip(aliases, c.items):
         conds.append(alias.c.seq == c.keyword)
         conds.append(alias.c.keyword == item_c.keyword)
@@ -218,13 +221,13 @@ def sequence_exists(items: Any, owner_fk: str, c: Sequence,
     return exists(sub.where(owner, *conds))
 
 
-def _sequence_condition(query_level: Level, c: Sequence) -> ColumnElement:
+def _sequence_condition(query_level: Level, c: Sequence) -> ColumnElement[bool]:
     """Sequence matching on the archive: item rows belong to instances; at
     SERIES/STUDY level any instance of the entity may hold the item."""
     if query_level == Level.PATIENT:
         raise BadQuery("sequence matching is not supported at PATIENT level")
 
-    def link(first: Any, sub: Select) -> tuple[Select, ColumnElement]:
+    def link(first: FromClause, sub: Select[Any]) -> tuple[Select[Any], ColumnElement[bool]]:
         if query_level == Level.IMAGE:
             return sub, first.c.instance_fk == instances.c.id
         inst = instances.alias("seq_inst")
@@ -235,7 +238,7 @@ def _sequence_condition(query_level: Level, c: Sequence) -> ColumnElement:
     return sequence_exists(item_attrs, "instance_fk", c, link)
 
 
-def item_value_condition(alias: Any, c: Constraint) -> ColumnElement:
+def item_value_condition(alias: FromClause, c: Constraint) -> ColumnElement[bool]:
     from pydicom.datadict import dictionary_VR
     try:
         is_pn = dictionary_VR(c.keyword) == "PN"
@@ -262,7 +265,7 @@ def item_value_condition(alias: Any, c: Constraint) -> ColumnElement:
 
 
 def _extra_condition(query_level: Level, extra: extra_tags.ExtraTag,
-                     c: Constraint) -> ColumnElement:
+                     c: Constraint) -> ColumnElement[bool]:
     """An extra query tag (``extra_attrs``, one row per value) matches when a
     value of its entity matches; at a level above the tag's, when one of the
     entity's children's does — as for a built-in attribute.
@@ -287,9 +290,9 @@ def _extra_condition(query_level: Level, extra: extra_tags.ExtraTag,
         select(parent_fk).where(owner_uid.in_(owners)))
 
 
-def where_for(query: Query) -> list[ColumnElement]:
+def where_for(query: Query) -> list[ColumnElement[bool]]:
     """SQL conditions of all of the query's constraints."""
-    conds: list[ColumnElement] = []
+    conds: list[ColumnElement[bool]] = []
     for c in query.constraints:
         if isinstance(c, Sequence):
             conds.append(_sequence_condition(query.level, c))
@@ -312,7 +315,7 @@ def where_for(query: Query) -> list[ColumnElement]:
     return conds
 
 
-def compile_query(query: Query, *cols: Any) -> Select:
+def compile_query(query: Query, *cols: Any) -> Select[Any]:
     stmt = base_select(query.level, *cols)
     conds = where_for(query)
     if conds:

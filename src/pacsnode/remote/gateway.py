@@ -246,14 +246,6 @@ def remote_search(node: Node, name: str, query: Query) -> list[dict[str, Any]]:
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
-def _vr(keyword: str) -> str | None:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        return None
-    vr = dictionary_VR(tag)
-    return vr.split(" or ")[0]
-
-
 def _json_value(value: Any, vr: str) -> Any:
     if vr == "PN":
         return {g: part for g, part in zip(_PN_GROUPS, str(value).split("="), strict=False)
@@ -269,9 +261,10 @@ def to_dicom_json(answer: Mapping[str, Any]) -> dict[str, Any]:
     whose VR the answer does not carry, are left out."""
     out: dict[int, dict[str, Any]] = {}
     for keyword, value in answer.items():
-        vr = _vr(keyword)
-        if vr is None:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
             continue
+        vr = dictionary_VR(tag).split(" or ")[0]
         entry: dict[str, Any] = {"vr": vr}
         values = value if isinstance(value, list) else [value]
         values = [v for v in values if v is not None and v != "" and v != {}]
@@ -279,7 +272,7 @@ def to_dicom_json(answer: Mapping[str, Any]) -> dict[str, Any]:
             values = list(value)
         if values:
             entry["Value"] = [_json_value(v, vr) for v in values]
-        out[tag_for_keyword(keyword)] = entry  # type: ignore[index]
+        out[tag] = entry
     return {f"{tag:08X}": out[tag] for tag in sorted(out)}
 
 
@@ -422,9 +415,10 @@ async def ensure_local(node: Node, name: str, wanted: Wanted, *, role: Role | No
     cfg = await run_in_threadpool(gateway_node, node, name)
     if await run_in_threadpool(held, node, cfg, wanted):
         return False
-    if wanted.sop and await run_in_threadpool(held, node, cfg, wanted.pulled):
-        raise NotFound(f"instance {wanted.sop} is not in series {wanted.series} as this "
-                       f"archive holds it (pulled from node {cfg.name} or stored here)")
+    if wanted.sop:
+        if await run_in_threadpool(held, node, cfg, wanted.pulled):
+            raise NotFound(f"instance {wanted.sop} is not in series {wanted.series} as this "
+                           f"archive holds it (pulled from node {cfg.name} or stored here)")
     may_pull(cfg, role, authenticated)
     key = (id(node), cfg.name, wanted.level, wanted.study, wanted.series or "")
     under_way = _PULLS.get(key)

@@ -215,7 +215,9 @@ class UIDMap:
         uids = {str(k): str(v) for k, v in data["uids"].items()}
         if data.get("version") == 1:  # version 1 held original → new
             uids = {new: old for old, new in uids.items()}
-        patients = data.get("patients") if isinstance(data.get("patients"), dict) else {}
+        patients = data.get("patients")
+        if not isinstance(patients, dict):
+            patients = {}
         return cls(uids, {str(k): str(v) for k, v in patients.items()})
 
     def update(self, pseudonyms: Pseudonymizer) -> None:

@@ -39,7 +39,9 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, UID_dictionary
+from pydicom.uid import UID
+# (pydicom imports it into pydicom.uid without declaring it exported)
+from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
 from .common import ToolError, file_meta_for, parse_tag, tag_text, write_atomic
 from .textvalues import ALL_VRS, check_value, check_vm, dictionary_vr, parse_text, values_of
@@ -185,7 +187,7 @@ class _Parser:
                 self._close_top()
         return ParsedDump(self.root, self.meta, self.warnings)
 
-    def _tag_and_rest(self, lineno: int, line: str) -> tuple[int, str] | None:
+    def _tag_and_rest(self, lineno: int, line: str) -> tuple[int, str]:
         m = _TAG_RE.match(line)
         if m:
             return (int(m.group(1), 16) << 16) | int(m.group(2), 16), line[m.end():]

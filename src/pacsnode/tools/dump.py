@@ -232,7 +232,7 @@ def _item_length(item: Dataset, enc: _Encoding) -> int:
     return total
 
 
-def _sequence_length(seq: Any, enc: _Encoding) -> int:
+def _sequence_length(seq: DicomSequence | None, enc: _Encoding) -> int:
     total = 0
     for item in seq or []:
         total += 8 + _item_length(item, enc)

@@ -213,7 +213,7 @@ def modify_file(path: str | os.PathLike[str], changes: Sequence[Change], *,
     meta = getattr(ds, "file_meta", None)
     has_meta = meta is not None and "TransferSyntaxUID" in meta
     little = True
-    if has_meta:
+    if meta is not None and has_meta:
         little = meta.TransferSyntaxUID != "1.2.840.10008.1.2.2"
     else:
         little = bool(getattr(ds, "original_encoding", (False, True))[1])

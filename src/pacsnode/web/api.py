@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
 from .. import __version__ as _version
@@ -123,7 +124,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+    node: Node = request.app.state.node  # (Starlette's State holds Any)
+    return node
 
 
 def _client(request: Request) -> str:
@@ -146,7 +148,7 @@ def _peer(node: Node, entry: registry.RegisteredNode, dimse_timeout: float) -> P
 
 def _node_out(entry: registry.RegisteredNode) -> NodeOut:
     return NodeOut(name=entry.name, aet=entry.aet, host=entry.host, port=entry.port,
-                   source=entry.source,  # type: ignore[arg-type]
+                   source=entry.source,
                    overrides_config=entry.overrides_config)
 
 
@@ -445,7 +447,7 @@ def _open_dir(folder: Path, roots: list[str]) -> int:
     return fd
 
 
-def _write_in(dir_fd: int, name: str, fill: Callable[[Any], None]) -> int:
+def _write_in(dir_fd: int, name: str, fill: Callable[[BinaryIO], None]) -> int:
     """Write ``name`` in the folder atomically (temp file + rename), never
     through a symlink; return the bytes written."""
     temp = f".{name}.part"
@@ -476,7 +478,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
     refs = locate(node, series_uid=series_uid)
     if not refs:
         raise NotFound(f"series {series_uid} is not in the archive")
-    anonymizer: Any = None
+    anonymizer: Callable[[Dataset, dict[str, str]], object] | None = None
     if anonymize:
         from ..tools.anonymize import anonymize_dataset as anonymizer
     roots = list(node.settings.export_roots)
@@ -496,7 +498,7 @@ def export_series(node: Node, series_uid: str, path: str, create_dir: bool = Tru
                 anonymizer(ds, uid_map)
                 name = f"{ds.SOPInstanceUID}.dcm"
 
-                def copy(fh: Any, ds: Any = ds) -> None:
+                def copy(fh: BinaryIO, ds: Dataset = ds) -> None:
                     ds.save_as(fh, enforce_file_format=True)
             total += _write_in(dir_fd, name, copy)
             files.append(name)
@@ -577,7 +579,7 @@ def _series_uid_of(on: dict[str, Any], key: str) -> str:
     return uid
 
 
-def _pacs(node: Node, meta: Any, key: str) -> registry.RegisteredNode:
+def _pacs(node: Node, meta: CmdMeta, key: str) -> registry.RegisteredNode:
     name = meta.PACS
     known = registry.list_nodes(node)
     if not name:
@@ -591,7 +593,7 @@ def _pacs(node: Node, meta: Any, key: str) -> registry.RegisteredNode:
                         f"{', '.join(e.name for e in known) or 'none'})", key)
 
 
-def _cmd_tags(node: Node, meta: Any) -> CmdResponse:
+def _cmd_tags(node: Node, meta: CmdMeta) -> CmdResponse:
     if (meta.do or "") != "DICOMtagsGet":
         raise CmdError(400, f"internalDB: unknown 'do' {meta.do!r} (known: DICOMtagsGet)")
     uid = _series_uid_of(_on(meta), "DICOMtagsGet")
@@ -602,7 +604,7 @@ def _cmd_tags(node: Node, meta: Any) -> CmdResponse:
     return CmdResponse(status=True, DICOMtagsGet=TagsGetResult(status=True, d_dicom=tags))
 
 
-def _cmd_pull_path(node: Node, meta: Any) -> CmdResponse:
+def _cmd_pull_path(node: Node, meta: CmdMeta) -> CmdResponse:
     uid = _series_uid_of(_on(meta), "pullPath")
     to = dict(meta.to or {})
     path = to.get("path")
@@ -619,7 +621,7 @@ def _cmd_pull_path(node: Node, meta: Any) -> CmdResponse:
         bytes=result.bytes))
 
 
-def _cmd_query(node: Node, meta: Any) -> CmdResponse:
+def _cmd_query(node: Node, meta: CmdMeta) -> CmdResponse:
     entry = _pacs(node, meta, "query")
     keys: dict[str, Any] = {}
     for key, value in _on(meta).items():
@@ -636,7 +638,7 @@ def _cmd_query(node: Node, meta: Any) -> CmdResponse:
                                                       count=len(records), data=records))
 
 
-def _cmd_retrieve(node: Node, meta: Any, requested_by: str) -> CmdResponse:
+def _cmd_retrieve(node: Node, meta: CmdMeta, requested_by: str) -> CmdResponse:
     entry = _pacs(node, meta, "retrieve")
     on = _on(meta)
     uid = _series_uid_of(on, "retrieve")
@@ -651,7 +653,7 @@ def _cmd_retrieve(node: Node, meta: Any, requested_by: str) -> CmdResponse:
         method=method, state=job.state))
 
 
-def _cmd_retrieve_status(node: Node, meta: Any) -> CmdResponse:
+def _cmd_retrieve_status(node: Node, meta: CmdMeta) -> CmdResponse:
     uid = _series_uid_of(_on(meta), "retrieveStatus")
     name = meta.PACS
     if name:
@@ -661,6 +663,7 @@ def _cmd_retrieve_status(node: Node, meta: Any) -> CmdResponse:
     result = RetrieveStatusResult(status=job is not None or archived > 0, series_uid=uid,
                                   archived=archived)
     if job is not None:
+        # (jobs.py types the state str; it holds one of JobState's values)
         result.job, result.state = job.id, job.state  # type: ignore[assignment]
         result.completed, result.failed = job.completed, job.failed
         result.remaining, result.error = job.remaining, job.error or None
@@ -669,7 +672,7 @@ def _cmd_retrieve_status(node: Node, meta: Any) -> CmdResponse:
     return CmdResponse(status=True, retrieveStatus=result)
 
 
-def _cmd_pacs(node: Node, meta: Any, requested_by: str) -> CmdResponse:
+def _cmd_pacs(node: Node, meta: CmdMeta, requested_by: str) -> CmdResponse:
     do = meta.do or ""
     if do == "query":
         return _cmd_query(node, meta)

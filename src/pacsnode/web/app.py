@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -27,7 +28,7 @@ class Health(BaseModel):
     status: Literal["ok", "starting"]
 
 
-def create_app(node: Node, ready: Any = None) -> FastAPI:
+def create_app(node: Node, ready: Callable[[], bool] | None = None) -> FastAPI:
     """``ready()`` says whether every listener accepts connections (health).
 
     Access control is one middleware (access/http.py) applying one table

@@ -104,7 +104,8 @@ _BAD_REQUEST: dict[int | str, dict[str, Any]] = {
 
 
 def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+    node: Node = request.app.state.node  # (Starlette's State holds Any)
+    return node
 
 
 def _int_param(request: Request, name: str, default: int | None, minimum: int) -> int | None:
@@ -189,12 +190,12 @@ _wakeup_lock = threading.Lock()
 def _wakeup_for(request: Request) -> _Wakeup:
     state = request.app.state
     with _wakeup_lock:
-        wakeup = getattr(state, "changes_wakeup", None)
+        wakeup: _Wakeup | None = getattr(state, "changes_wakeup", None)
         if wakeup is None:
             wakeup = _Wakeup()
             _node(request).bus.subscribe(wakeup)
             state.changes_wakeup = wakeup
-    return wakeup  # type: ignore[no-any-return]
+    return wakeup
 
 
 def _sse(change: Change) -> str:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import mmap
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,9 +24,11 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from ..delete import delete_entities
 from ..dicom.catalogue import Level
@@ -62,6 +64,10 @@ YIELD_BYTES = 4 * 1024 * 1024
 SNAPSHOT_FILES = 512
 #: The first block of such a body: smaller, so that sending starts sooner.
 FIRST_BLOCK = 256 * 1024
+
+#: A piece of a WADO-RS body: a part head or CRLF, or a view of a file's map.
+_Piece = bytes | memoryview
+
 #: Instance headers of a metadata response read with one query.
 METADATA_BATCH = 200
 
@@ -83,7 +89,8 @@ class DicomJSONResponse(JSONResponse):
 
 
 def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+    node: Node = request.app.state.node  # (Starlette's State holds Any)
+    return node
 
 
 def _base(request: Request) -> str:
@@ -124,7 +131,9 @@ class MediaRange:
 
 
 def _split_commas(value: str) -> list[str]:
-    out, cur, quoted = [], [], False
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted
@@ -346,8 +355,11 @@ async def _stow(request: Request, study: str | None) -> Response:
     origin = Origin("stow", address=address)
     # The parts are ingested together (their fsyncs overlap, their rows share
     # transactions), in order.
-    temps = [temp for temp, error in writer.parts if error is None]
-    assert all(temp is not None for temp in temps)
+    temps: list[Path] = []
+    for temp, error in writer.parts:
+        if error is None:
+            assert temp is not None  # a part without an error has its file
+            temps.append(temp)
     stored = iter(await run_in_threadpool(node.ingestor.ingest_temps, temps, origin,
                                           expected_study=study))
     results = [next(stored) if error is None else
@@ -659,12 +671,12 @@ class _Snapshot:
                 parts.append((_part_head(boundary, f"application/dicom; transfer-syntax={ts}"),
                               fh, size))
         except BaseException:
-            for _, fh, _ in parts:
-                fh.close()
+            for _, opened, _ in parts:
+                opened.close()
             raise
         return cls(parts, f"--{boundary}--\r\n".encode("latin-1"))
 
-    def blocks(self, size: int = YIELD_BYTES) -> Iterator[list[Any]]:
+    def blocks(self, size: int = YIELD_BYTES) -> Iterator[list[_Piece]]:
         """The body in blocks of about ``size`` bytes (the first one smaller,
         to start sending sooner), each a list of pieces: part heads, and
         memoryviews of the files' memory maps that the server's socket
@@ -674,7 +686,7 @@ class _Snapshot:
         (``_read_ahead``), which pages each map in, so that the writes on the
         event loop do not wait for the disk.  A map is unmapped when the last
         view of it is gone (the server may hold one until it is written)."""
-        pending: list[Any] = []
+        pending: list[_Piece] = []
         held = 0
         first, size = size, FIRST_BLOCK
         separator = b""
@@ -708,14 +720,15 @@ class _SnapshotResponse(StreamingResponse):
 
     def __init__(self, snapshot: _Snapshot, media_type: str) -> None:
         self.snapshot = snapshot
-        super().__init__(_read_ahead(snapshot.blocks()), media_type=media_type,
+        self.blocks = _read_ahead(snapshot.blocks())
+        super().__init__(self.blocks, media_type=media_type,
                          headers={"Content-Length": str(snapshot.length)})
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if ZEROCOPYSEND not in scope.get("extensions", {}):
             await super().__call__(scope, receive, send)
             return
-        await self.body_iterator.aclose()  # not started: nothing to wait for
+        await self.blocks.aclose()  # not started: nothing to wait for
         parts, tail = self.snapshot.parts, self.snapshot.tail
         try:
             await send({"type": "http.response.start", "status": self.status_code,
@@ -754,7 +767,7 @@ def _page_in(mapped: mmap.mmap) -> None:
         pass
 
 
-async def _read_ahead(blocks: Iterator[list[Any]]) -> AsyncIterator[Any]:
+async def _read_ahead(blocks: Iterator[list[_Piece]]) -> AsyncGenerator[_Piece, None]:
     """The pieces of a blocking iterator's lists, the next list made on a
     worker thread while the server sends the one before (Starlette makes
     one, then sends it, then makes the next)."""
@@ -1011,7 +1024,7 @@ def retrieve_frames(request: Request, study: str, series_uid: str, sop: str,
     return StreamingResponse(parts(), media_type=_multipart_type(plan.media_type, boundary))
 
 
-def _find_element(ds: Any, tag: int) -> Any:
+def _find_element(ds: Dataset, tag: int) -> Any:
     if tag in ds:
         return ds[tag]
     for elem in ds:

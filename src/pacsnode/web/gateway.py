@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from ..access.http import Principal
 from ..dicom.catalogue import Level
@@ -41,7 +41,8 @@ _RETRIEVE_URL = "00081190"
 
 
 def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+    node: Node = request.app.state.node  # (Starlette's State holds Any)
+    return node
 
 
 def _base(request: Request, name: str) -> str:
@@ -134,7 +135,7 @@ def _wanted(study: str, rest: str) -> gateway.Wanted:
     return gateway.Wanted(study, series_uid, sop)
 
 
-def _api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
+def _api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
     """Every APIRoute, through the routers the app includes."""
     for route in routes:
         inner = getattr(route, "original_router", None)  # FastAPI's included router
@@ -154,9 +155,13 @@ async def _local_answer(request: Request, path: str) -> Response:
         match, child = route.matches(probe)
         if match is Match.FULL:
             params = child["path_params"]
+            # (a route's endpoint is typed Callable[..., Any]: each returns a Response)
+            answer: Response
             if iscoroutinefunction(route.endpoint):
-                return await route.endpoint(request, **params)  # type: ignore[no-any-return]
-            return await run_in_threadpool(route.endpoint, request, **params)
+                answer = await route.endpoint(request, **params)
+            else:
+                answer = await run_in_threadpool(route.endpoint, request, **params)
+            return answer
     raise NotFound(f"no DICOMweb resource /dicomweb{path[:200]}")
 
 

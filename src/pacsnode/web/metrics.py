@@ -10,13 +10,13 @@ QIDO-RS a ``query``, WADO-RS/URI a ``retrieve``, …; its outcome by status
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..access.policy import rule_for
 from ..metrics import operation, registry_for, statistics
@@ -39,10 +39,10 @@ class MetricsMiddleware:
     """Counts each HTTP request when its answer has started (the latency of
     a streamed body is the time to its first byte)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -51,7 +51,7 @@ class MetricsMiddleware:
         protocol = "dicomweb" if path.startswith(("/dicomweb", "/wado")) else "rest"
         counted = False
 
-        async def watch(message: Any) -> None:
+        async def watch(message: Message) -> None:
             nonlocal counted
             if message["type"] == "http.response.start" and not counted:
                 counted = True

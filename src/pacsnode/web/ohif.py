@@ -7,19 +7,26 @@ each webpack runtime (the app bundle and its workers) loads its chunks from
 ``__webpack_require__.p = "/"``; its stylesheet names its font as
 ``url(/…)`` and ``manifest.json`` its icons as ``/assets/…``.  Those few
 strings are rewritten to ``/ohif/`` as the files are sent (the rewritten
-text is kept in memory, keyed by the file's size and modification time).  ``app-config.js`` is
-generated here: one DICOMweb data source, this node's ``/dicomweb``, and
-with ``auth = "on"`` the token the built-in UI keeps in the tab's
-``sessionStorage`` sent as ``Authorization: Bearer``.  Any other path that
-is not a file (``/ohif/viewer?StudyInstanceUIDs=…``) answers ``index.html``,
-the single-page app's fallback."""
+text is kept in memory, keyed by the file's size and modification time).
+
+``app-config.js`` is generated here at each request: the DICOMweb data source ``pacsnode`` (this
+node's ``/dicomweb``, the default), one data source ``remote-{name}`` per
+registered node (the gateway's ``/dicomweb/remote/{name}``, DESIGN §11:
+OHIF opens it with ``/ohif/?datasources=remote-{name}`` or
+``/ohif/viewer/remote-{name}?StudyInstanceUIDs=…``), and with
+``auth = "on"`` the token the built-in UI keeps in the tab's
+``sessionStorage`` sent as ``Authorization: Bearer`` to each of them.  Any
+other path that is not a file (``/ohif/viewer?StudyInstanceUIDs=…``) answers
+``index.html``, the single-page app's fallback."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -27,7 +34,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from ..node import Node
 from .ui import static_file
 
-__all__ = ["router", "BASE", "TOKEN_KEY", "app_config", "rewrite_index", "rewrite_bundle",
+__all__ = ["router", "BASE", "TOKEN_KEY", "LOCAL_SOURCE", "REMOTE_PREFIX", "app_config",
+           "remote_source_name", "rewrite_index", "rewrite_bundle",
            "rewrite_stylesheet", "rewrite_manifest"]
 
 router = APIRouter(include_in_schema=False)
@@ -36,6 +44,10 @@ router = APIRouter(include_in_schema=False)
 BASE = "/ohif/"
 #: The ``sessionStorage`` key under which the built-in UI keeps the token.
 TOKEN_KEY = "pacsnode.token"
+#: OHIF's data source for this node's archive (the default one).
+LOCAL_SOURCE = "pacsnode"
+#: OHIF's data source for a registered node is this prefix and its name.
+REMOTE_PREFIX = "remote-"
 
 _NOT_CONFIGURED = ("OHIF is not installed on this node: set ohif_dir to the dist/ folder of "
                    "the npm package @ohif/app (see docs/VIEWERS.md).")
@@ -74,11 +86,11 @@ def rewrite_stylesheet(css: bytes, base: str = BASE) -> bytes:
     return css.replace(b"url(/", b"url(" + base.encode())
 
 
-def app_config(dicomweb: str, auth: bool) -> str:
-    """OHIF's ``window.config`` for this node's DICOMweb root ``dicomweb``."""
-    source = {
-        "friendlyName": "pacsnode", "name": "pacsnode",
-        "wadoUriRoot": dicomweb, "qidoRoot": dicomweb, "wadoRoot": dicomweb,
+def _source(name: str, friendly: str, root: str) -> dict[str, Any]:
+    """One OHIF DICOMweb data source named ``name`` for the DICOMweb root ``root``."""
+    configuration = {
+        "friendlyName": friendly, "name": name,
+        "wadoUriRoot": root, "qidoRoot": root, "wadoRoot": root,
         "qidoSupportsIncludeField": True, "supportsReject": False,
         "imageRendering": "wadors", "thumbnailRendering": "wadors",
         "enableStudyLazyLoad": True, "supportsFuzzyMatching": False,
@@ -86,26 +98,69 @@ def app_config(dicomweb: str, auth: bool) -> str:
         "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
         "omitQuotationForMultipartRequest": True,
     }
+    return {"namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+            "sourceName": name, "configuration": configuration}
+
+
+def remote_source_name(node_name: str) -> str:
+    """The OHIF data source of the registered node ``node_name``."""
+    return REMOTE_PREFIX + node_name
+
+
+def app_config(dicomweb: str, auth: bool, remotes: Iterable[str] = ()) -> str:
+    """OHIF's ``window.config`` for this node's DICOMweb root ``dicomweb``:
+    the data source ``pacsnode`` (the default), and one ``remote-{name}``
+    per registered node in ``remotes``, its root the gateway's
+    ``{dicomweb}/remote/{name}``."""
+    sources = [_source(LOCAL_SOURCE, "pacsnode", dicomweb)]
+    sources += [_source(remote_source_name(name), f"{name} (through pacsnode)",
+                        f"{dicomweb}/remote/{name}") for name in sorted(remotes)]
     config = {
         "routerBasename": BASE.rstrip("/"), "showStudyList": True,
         "extensions": [], "modes": [], "customizationService": {},
         "maxNumberOfWebWorkers": 3, "showWarningMessageForCrossOrigin": False,
         "showCPUFallbackMessage": True, "showLoadingIndicator": True,
         "strictZSpacingForVolumeViewport": True,
-        "defaultDataSourceName": "pacsnode",
-        "dataSources": [{"namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
-                         "sourceName": "pacsnode", "configuration": source}],
+        "defaultDataSourceName": LOCAL_SOURCE,
+        "dataSources": sources,
     }
-    lines = ["/* Generated by pacsnode for this node (web/ohif.py). */",
-             f"window.config = {json.dumps(config, indent=2)};"]
-    if auth:
-        # The token is read at each request, so a new one typed into the
-        # built-in UI is used without reloading OHIF.
-        lines.append(
-            "window.config.dataSources[0].configuration.requestOptions = {\n"
-            f"  auth: () => 'Bearer ' + (sessionStorage.getItem({json.dumps(TOKEN_KEY)}) || ''),\n"
-            "};")
-    return "\n".join(lines) + "\n"
+    text = json.dumps(config, indent=2)
+    if not auth:
+        return f"{_HEADER}\nwindow.config = {text};\n"
+    # The key first: the config's text (node names) is never searched.
+    return (_WITH_TOKEN.replace("@TOKEN_KEY@", json.dumps(TOKEN_KEY))
+            .replace("@CONFIG@", text))
+
+
+# OHIF 3.x sends, to every data source, the Authorization header of its
+# userAuthenticationService (a data source's requestOptions are not used).
+# A window.config that is a function is called with the services manager
+# before the services are made: the service gets, as it is made, an
+# implementation that reads the token at each request (a new one typed into
+# the built-in UI is used without reloading OHIF).  The function also carries
+# the config's keys, for the places that read window.config directly.
+_HEADER = "/* Generated by pacsnode for this node (web/ohif.py). */"
+_WITH_TOKEN = _HEADER + """
+(() => {
+  const config = @CONFIG@;
+  const header = () => ({
+    Authorization: 'Bearer ' + (sessionStorage.getItem(@TOKEN_KEY@) || ''),
+  });
+  const withToken = ({ servicesManager }) => {
+    let made;
+    Object.defineProperty(servicesManager.services, 'userAuthenticationService', {
+      configurable: true, enumerable: true,
+      get: () => made,
+      set: (service) => {
+        made = service;
+        service.setServiceImplementation({ getAuthorizationHeader: header });
+      },
+    });
+    return config;
+  };
+  window.config = Object.assign(withToken, config);
+})();
+"""
 
 
 def _root(request: Request) -> Path | None:
@@ -163,7 +218,7 @@ def ohif_config(request: Request) -> Response:
         return JSONResponse({"error": _NOT_CONFIGURED}, status_code=404)
     node: Node = request.app.state.node
     dicomweb = str(request.base_url).rstrip("/") + "/dicomweb"
-    return Response(app_config(dicomweb, node.settings.auth == "on"),
+    return Response(app_config(dicomweb, node.settings.auth == "on", node.remote_nodes()),
                     media_type="text/javascript; charset=utf-8",
                     headers={"Cache-Control": "no-store"})
 

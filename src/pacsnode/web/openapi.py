@@ -13,6 +13,7 @@ Starlette's 405 names the methods of the first route whose path matched;
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -93,13 +94,14 @@ def _document(app: FastAPI) -> dict[str, Any]:
 
 def install_openapi(app: FastAPI) -> None:
     """Serve the tidied document at the app's ``openapi_url``."""
+    # (FastAPI's documented way to replace the document is to assign the method)
     app.openapi = lambda: _document(app)  # type: ignore[method-assign]
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-def allowed_methods(app: Any, scope: dict[str, Any]) -> list[str]:
+def allowed_methods(app: Any, scope: Mapping[str, Any]) -> list[str]:
     """Every method some route of ``app`` fully matches on the request's
     path (asked of the routes themselves, so that routers included in
     routers answer too), in a stable order."""

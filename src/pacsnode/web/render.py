@@ -100,7 +100,8 @@ def _frame_group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
             continue
         inner = seq[item_index].get(sequence)
         if inner is not None and len(inner):
-            return inner[0]
+            item: Dataset = inner[0]
+            return item
     return None
 
 
@@ -128,7 +129,7 @@ def _window(arr: np.ndarray, center: float, width: float, function: str) -> np.n
 
 def _grey(arr: np.ndarray, ds: Dataset, index: int,
           window: tuple[float, float, str] | None) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi
     transform = _frame_group(ds, index, "PixelValueTransformationSequence")
     if transform is not None and "RescaleSlope" in transform:
         values = arr.astype(np.float64) * float(transform.RescaleSlope) + \
@@ -167,7 +168,7 @@ def _grey(arr: np.ndarray, ds: Dataset, index: int,
 def _colour(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
+        from pydicom.pixels.processing import apply_color_lut
         arr = apply_color_lut(arr, ds)
         bits = 16 if arr.dtype.itemsize > 1 else 8
     else:

@@ -1,7 +1,8 @@
 """REST routes of series classes and study summaries (DESIGN §10):
 
 - ``GET /api/v1/series/{series_uid}/classification`` → ``{"series_uid", "classes"}``
-- ``GET /api/v1/series?class=T1&PatientID=…&StudyInstanceUID=…`` →
+- ``GET /api/v1/series?class=T1&PatientID=…&StudyInstanceUID=…`` (one UID, or
+  several separated by backslashes) →
   ``{"results": [{"StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription",
   "Modality", "classes"}]}``
 - ``GET /api/v1/studies/{study_uid}/summary`` → the study summary.
@@ -27,6 +28,9 @@ from .errors import WebError
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1", route_class=ApiRoute)
+
+#: At most this many studies in one ``GET /api/v1/series?StudyInstanceUID=a\\b…``.
+MAX_STUDY_UIDS = 200
 
 
 class Classification(BaseModel):
@@ -85,19 +89,26 @@ def list_series(request: Request,
                                         description="Only series with this class "
                                         "(case-insensitive), e.g. T1."),
                 PatientID: str = Query("", max_length=64, description="Only this patient's."),
-                StudyInstanceUID: str = Query("", max_length=64,
-                                              description="Only this study's."),
+                StudyInstanceUID: str = Query(
+                    "", max_length=MAX_STUDY_UIDS * 65,
+                    description="Only this study's, or, as a list of UIDs separated by "
+                    "backslashes (PS3.4 C.2.2.2.2), these studies' (at most "
+                    f"{MAX_STUDY_UIDS})."),
                 limit: int = Query(1000, ge=1, le=100000, description="At most this many."),
                 offset: int = Query(0, ge=0, le=MAX_INTEGER, description="Skip this many.")
                 ) -> Any:
     """Series in study order, then series number.  Without any filter, all
     series (paged by `limit`/`offset`)."""
-    if StudyInstanceUID:
-        _check_uid(StudyInstanceUID, "StudyInstanceUID")
+    study_uids = [_check_uid(uid, "StudyInstanceUID")
+                  for uid in StudyInstanceUID.split("\\")] if StudyInstanceUID else []
+    if len(study_uids) > MAX_STUDY_UIDS:
+        raise WebError(400, f"StudyInstanceUID lists {len(study_uids)} UIDs: at most "
+                       f"{MAX_STUDY_UIDS}")
     if class_name != class_name.strip() or (class_name and not class_name.strip()):
         raise WebError(400, "class must not be blank or padded with spaces")
     hits = classmod.find_series(_node(request).db, class_name=class_name,
-                                patient_id=PatientID, study_uid=StudyInstanceUID,
+                                patient_id=PatientID,
+                                study_uid=study_uids if len(study_uids) > 1 else StudyInstanceUID,
                                 limit=limit, offset=offset)
     return {"results": [h.as_json() for h in hits]}
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
-from pydicom.datadict import DicomDictionary
+# (pydicom imports it into pydicom.datadict without declaring it exported)
+from pydicom.datadict import DicomDictionary  # type: ignore[attr-defined]
 
 from .. import __version__
 

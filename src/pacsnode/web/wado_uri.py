@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
@@ -285,20 +286,20 @@ def _answer(request: Request) -> Response:
     return _rendered(ref, wado, media)
 
 
-_RESPONSES = {200: {"content": {DICOM: {}, "image/jpeg": {}, "image/png": {}},
-                    "description": "the instance, as a DICOM file or rendered"},
-              400: {"description": "a missing or malformed parameter"},
-              404: {"description": "no such instance"},
-              406: {"description": "it cannot be given in the contentType or "
-                                   "transferSyntax asked for"}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {DICOM: {}, "image/jpeg": {}, "image/png": {}},
+          "description": "the instance, as a DICOM file or rendered"},
+    400: {"description": "a missing or malformed parameter"},
+    404: {"description": "no such instance"},
+    406: {"description": "it cannot be given in the contentType or transferSyntax asked for"}}
 
 
-@router.get("/wado", summary="WADO-URI: one instance (PS3.18 9)", responses=_RESPONSES)  # type: ignore[arg-type]
+@router.get("/wado", summary="WADO-URI: one instance (PS3.18 9)", responses=_RESPONSES)
 def wado(request: Request) -> Response:
     return _answer(request)
 
 
 @router.get("/dicomweb", summary="WADO-URI at the DICOMweb base (requestType=WADO)",
-            responses=_RESPONSES)  # type: ignore[arg-type]
+            responses=_RESPONSES)
 def wado_at_dicomweb(request: Request) -> Response:
     return _answer(request)

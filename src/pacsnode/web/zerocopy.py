@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 __all__ = ["PATHSEND", "ZEROCOPYSEND", "ZeroCopyHttpToolsProtocol", "http_config"]
 
@@ -68,6 +68,7 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
     read_timeout = READ_TIMEOUT
     _deadline: asyncio.TimerHandle | None = None
 
+    # (uvicorn narrows BaseProtocol's BaseTransport to Transport and ignores it too)
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
@@ -132,7 +133,7 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
         extensions[PATHSEND] = {}
 
 
-def _extended_send(cycle: Any, send: Send) -> Send:
+def _extended_send(cycle: RequestResponseCycle, send: Send) -> Send:
     """``send`` for one request's cycle, with file bodies.  From the first
     file body written by sendfile on, the body's other pieces (part heads)
     are written to the socket here too, in order, and uvicorn's transport
@@ -175,8 +176,8 @@ def _extended_send(cycle: Any, send: Send) -> Send:
     return extended
 
 
-async def _piece(cycle: Any, send: Send, writer: "_SocketWriter", count: int, more_body: bool,
-                 write: Callable[[], Awaitable[None]]) -> None:
+async def _piece(cycle: RequestResponseCycle, send: Send, writer: "_SocketWriter", count: int,
+                 more_body: bool, write: Callable[[], Awaitable[None]]) -> None:
     """``count`` body bytes that ``write()`` puts on the socket, accounted
     for; the last piece completes the response through uvicorn (keep-alive,
     the next request)."""
@@ -214,7 +215,7 @@ class _SocketWriter:
         self.sock.close()
 
     @classmethod
-    async def take(cls, cycle: Any) -> "_SocketWriter | None":
+    async def take(cls, cycle: RequestResponseCycle) -> "_SocketWriter | None":
         """A writer for the cycle's body, once the transport has written all
         it holds; None where the body is not plain bytes on a plain socket."""
         transport = cycle.transport
@@ -230,8 +231,13 @@ class _SocketWriter:
         return cls(asyncio.get_running_loop(), sock.fileno())
 
     async def _room(self) -> None:
-        ready = self.loop.create_future()
-        self.loop.add_writer(self.fd, lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = self.loop.create_future()
+
+        def writable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self.loop.add_writer(self.fd, writable)
         try:
             await ready
         finally:

@@ -43,7 +43,7 @@ function View({ hash, me, config }) {
     case 'study': return html`<${StudyPage} study=${parts[1]} me=${me} config=${config} />`;
     case 'view': return html`<${ViewerPage} study=${parts[1]} series=${parts[2]} />`;
     case 'upload': return html`<${Upload} />`;
-    case 'remote': return html`<${Remote} me=${me} />`;
+    case 'remote': return html`<${Remote} me=${me} config=${config} />`;
     case 'arrivals': return html`<${Arrivals} />`;
     case 'system': return html`<${System} me=${me} config=${config} />`;
     default: return html`<${StudyList} me=${me} />`;

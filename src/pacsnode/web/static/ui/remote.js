@@ -103,7 +103,10 @@ function Query({ nodes, onRetrieve }) {
       ${!results.length && html`<p class="muted">No match on ${node}.</p>`}`}`;
 }
 
-export function Remote() {
+// OHIF's data source for a registered node (web/ohif.py): the gateway.
+const ohifFor = (name) => `/ohif/?datasources=${enc(`remote-${name}`)}`;
+
+export function Remote({ config = {} }) {
   const [nodes, setNodes] = useState(null);
   const [echo, setEcho] = useState({});
   const [error, setError] = useState('');
@@ -129,6 +132,7 @@ export function Remote() {
         <tbody>${nodes.map((n) => html`<tr class="node-row" data-node=${n.name}>
           <td>${n.name}</td><td>${n.aet}</td><td>${n.host}</td><td>${n.port}</td><td>${n.source}</td>
           <td><button class="small" onClick=${() => doEcho(n.name)}>Echo</button>
+            ${config.ohif && html` <a class="button small open-ohif" href=${ohifFor(n.name)}>Browse in OHIF</a>`}
             ${n.source === 'runtime' && html` <button class="small secondary" onClick=${() => remove(n.name)}>Remove</button>`}
             <span class="echo-result">${echo[n.name] || ''}</span></td></tr>`)}</tbody></table>
         ${!nodes.length && html`<p class="muted">No remote node yet: add one below.</p>`}`}

@@ -1,5 +1,6 @@
-// The study list (QIDO-RS search with paging), a study's page (series with
-// thumbnails, counts, classes; ZIP download; delete) and the viewer page.
+// The study list (QIDO-RS search with paging; each study's series classes),
+// a study's page (series with thumbnails, counts, classes; ZIP download;
+// delete) and the viewer page.
 import { html, useEffect, useState } from './vendor/htm-preact-standalone-3.1.1.js';
 import { allows, formatDate, getJSON, imageURL, request, token, value, values }
   from './api.js';
@@ -26,6 +27,21 @@ function qido(form, offset) {
   return q.toString();
 }
 
+// Classes of the series of a page of studies, in one request:
+// StudyInstanceUID → its series' classes (each once, in series order).
+async function studyClasses(studies) {
+  const uids = studies.map((s) => value(s, 'StudyInstanceUID')).filter(Boolean);
+  if (!uids.length) return {};
+  const q = new URLSearchParams({ StudyInstanceUID: uids.join('\\'), limit: '100000' });
+  const { results } = await getJSON(`/api/v1/series?${q}`);
+  const out = {};
+  for (const hit of results) {
+    const list = out[hit.StudyInstanceUID] || (out[hit.StudyInstanceUID] = []);
+    for (const c of hit.classes) if (!list.includes(c)) list.push(c);
+  }
+  return out;
+}
+
 export function StudyList({ me }) {
   const [form, setForm] = useState(() => {
     try { return JSON.parse(sessionStorage.getItem('pacsnode.search')) || {}; } catch (_) { return {}; }
@@ -33,12 +49,18 @@ export function StudyList({ me }) {
   const [offset, setOffset] = useState(0);
   const [result, setResult] = useState(null);
   const [error, setError] = useState('');
+  const [classes, setClasses] = useState({});
 
   const search = (f, o) => {
     setError('');
     sessionStorage.setItem('pacsnode.search', JSON.stringify(f));
     getJSON(`/dicomweb/studies?${qido(f, o)}`).then(
-      (studies) => setResult({ studies: studies.slice(0, PAGE), more: studies.length > PAGE }),
+      (studies) => {
+        const page = studies.slice(0, PAGE);
+        setResult({ studies: page, more: studies.length > PAGE });
+        // Classes are extra: the list stands without them.
+        studyClasses(page).then(setClasses, () => setClasses({}));
+      },
       (e) => { setResult(null); setError(e.message); });
   };
   useEffect(() => search(form, offset), [offset]);
@@ -62,7 +84,7 @@ export function StudyList({ me }) {
       ${result && html`
         <table class="studies">
           <thead><tr><th>Patient</th><th>ID</th><th>Date</th><th>Modalities</th><th>Description</th>
-            <th>Accession</th><th>Series</th><th>Instances</th></tr></thead>
+            <th>Accession</th><th>Series</th><th>Instances</th><th>Classes</th></tr></thead>
           <tbody>${result.studies.map((s) => html`
             <tr class="study-row" data-study=${value(s, 'StudyInstanceUID')}
               onClick=${() => { location.hash = `#/study/${value(s, 'StudyInstanceUID')}`; }}>
@@ -71,6 +93,7 @@ export function StudyList({ me }) {
               <td>${value(s, 'StudyDescription')}</td><td>${value(s, 'AccessionNumber')}</td>
               <td class="num">${value(s, 'NumberOfStudyRelatedSeries')}</td>
               <td class="num">${value(s, 'NumberOfStudyRelatedInstances')}</td>
+              <td class="classes">${(classes[value(s, 'StudyInstanceUID')] || []).map((c) => html`<span class="tag">${c}</span>`)}</td>
             </tr>`)}</tbody>
         </table>
         ${!result.studies.length && html`<p class="muted empty">No study matches.</p>`}
