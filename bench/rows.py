@@ -407,6 +407,53 @@ def large(bench: Bench) -> None:
                       f"peak RSS {peak:.0f} MiB ({peak - idle:+.0f} over idle)")
 
 
+# --------------------------------------------------------- pacsnode send (SCU)
+
+#: Issue 22: ``pacsnode send`` at least half as fast as DCMTK's storescu.
+SEND_TARGET = Target(storescp=0.5, text="≥0.5× storescu")
+
+
+def _pacsnode_send(server: Server, files: list[Path]) -> float:
+    """Seconds of one ``pacsnode send`` of ``files`` (the whole command, as
+    for storescu: process start included)."""
+    cmd = [sys.executable, "-m", "pacsnode", "send", "--aet", BENCH_AET, "--aec", server.aet,
+           "--host", "127.0.0.1", "--port", str(server.dicom_port), *map(str, files)]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dcmtk_env())
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"pacsnode send failed ({out.returncode}): {out.stderr[-1500:]}")
+    return elapsed
+
+
+def send(bench: Bench) -> None:
+    """The SCU side: the small set sent to one DCMTK storescp by ``pacsnode
+    send`` (pacsnode column) and by storescu (storescp column), a fresh
+    storescp for each; every file must arrive."""
+    res, plan = bench.results, bench.plan
+    files = bench.small.files
+    key = "send.small"
+    res.row(key, f"C-STORE SCU: {len(files)} small 64² instances to one storescp, "
+                 "pacsnode send vs storescu (storescp column)", "inst/s",
+            higher_is_better=True, target=SEND_TARGET)
+    for run in range(plan.runs):
+        for sender in ("storescp", "pacsnode"):
+            with bench.fleet() as fleet:
+                server = fleet.storescp(aet="SENDSCP")
+                if sender == "pacsnode":
+                    seconds = _pacsnode_send(server, files)
+                else:
+                    seconds = _storescu_parallel(server, [files], server.workdir)
+                stored = _stored_count(server)
+            if stored != len(files):
+                res.note(f"send run {run + 1}: storescp holds {stored} of {len(files)} "
+                         f"after {'pacsnode send' if sender == 'pacsnode' else 'storescu'}")
+            res.add(key, sender, len(files) / seconds)
+            bench.log(f"send run {run + 1}: "
+                      f"{'pacsnode send' if sender == 'pacsnode' else 'storescu'} "
+                      f"{len(files) / seconds:.0f} inst/s ({seconds:.2f} s)")
+
+
 # --------------------------------------------------------- C-FIND and QIDO
 
 LATENCY_TARGET = Target(orthanc=0.5, text="≤0.5× Orthanc")
@@ -1023,7 +1070,7 @@ def extra_tags_rows(bench: Bench) -> None:
 
 #: Row groups selectable with ``--only``.
 GROUPS = ("cstore", "cluster", "large", "cfind", "qido", "wado", "metadata", "stow", "cmove",
-          "cget", "routes", "auth", "extratags")
+          "cget", "routes", "auth", "extratags", "send")
 WEB_GROUPS = {"wado", "metadata", "stow", "cmove", "cget"}
 
 
@@ -1040,6 +1087,8 @@ def run_groups(bench: Bench, groups: list[str]) -> None:
         phases.append(("1 GiB instance", lambda: large(bench)))
     if "routes" in selected:
         phases.append(("classification and routes", lambda: routes(bench)))
+    if "send" in selected:
+        phases.append(("pacsnode send", lambda: send(bench)))
     if selected & WEB_GROUPS:
         phases.append(("DICOMweb and retrieve", lambda: web_and_retrieve(bench, selected)))
     if "auth" in selected:

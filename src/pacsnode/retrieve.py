@@ -34,18 +34,16 @@ syntax only when the peer accepted nothing else for the instance.
 from __future__ import annotations
 
 import shutil
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pydicom.uid import (UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                         JPEG2000Lossless, JPEGLSLossless, RLELossless)
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import Select, select
 
 from .dicom.catalogue import Level
-from .dicom.vr import LONG_LENGTH_CODES
+from .dicom.filemeta import TRANSFER_SYNTAX, read_meta
 from .index.schema import instances, series, studies
 from .node import Node
 from .query.model import Query
@@ -312,35 +310,14 @@ def dataset_offset(path: Path) -> tuple[int, str]:
 
 def meta_end(head: bytes | memoryview, path: Path) -> tuple[int, str]:
     """``dataset_offset`` of the file whose first bytes are ``head``."""
-    head = bytes(head[:65536])
-    if head[128:132] != b"DICM":
-        raise ValueError(f"{path} is not a Part 10 file")
-    pos, syntax = 132, ""
-    while pos + 8 <= len(head):
-        group, element = struct.unpack_from("<HH", head, pos)
-        if group != 0x0002:
-            break
-        vr = head[pos + 4:pos + 6]
-        if vr in LONG_LENGTH_CODES:
-            length = struct.unpack_from("<I", head, pos + 8)[0]
-            start = pos + 12
-        else:
-            length = struct.unpack_from("<H", head, pos + 6)[0]
-            start = pos + 8
-        if element == 0x0010:
-            syntax = head[start:start + length].decode("ascii").rstrip("\x00 ")
-        pos = start + length
+    offset, values = read_meta(head, path)
+    syntax = values.get(TRANSFER_SYNTAX)
     if not syntax:
         raise ValueError(f"{path} has no Transfer Syntax UID in its file meta")
-    return pos, syntax
+    return offset, syntax
 
 
 # -- DIMSE negotiation ---------------------------------------------------------------
-
-#: Taken over Implicit VR Little Endian when a peer offers both in one
-#: context: most instances are stored in it, and it keeps the VRs.
-_DEFAULT_FIRST = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
 
 def sending_syntax(proposed: Sequence[str], storable: Iterable[str]) -> str | None:
     """The transfer syntax we accept for a storage presentation context on
@@ -366,32 +343,9 @@ def sending_syntax(proposed: Sequence[str], storable: Iterable[str]) -> str | No
     return next((ts for ts in proposed if ts in storable), None)
 
 
-#: Lossless compressed syntaxes proposed for a C-MOVE destination that may
-#: take nothing uncompressed (only those we can produce are proposed).
-_COMPRESSED_FALLBACK = (JPEG2000Lossless, JPEGLSLossless, RLELossless)
-#: Most presentation contexts in an A-ASSOCIATE-RQ (PS3.8 9.3.2: ids 1-255, odd).
-MAX_CONTEXTS = 128
-
-
 def store_contexts(refs: list[InstanceRef]) -> list[PresentationContext]:
     """Presentation contexts for sending these instances to a C-MOVE
-    destination: per SOP class one with the uncompressed syntaxes we produce
-    from anything (Explicit then Implicit VR Little Endian), one per stored
-    syntax of that class that is not Explicit VR Little Endian (alone, so
-    the peer can accept it and the stored bytes go as they are), and, room
-    permitting (at most 128 contexts), one with the lossless compressed
-    syntaxes we can produce, for a peer that takes no uncompressed data."""
-    from pynetdicom import build_context
-    pairs: dict[tuple[str, str], None] = {}
-    classes: dict[str, None] = {}
-    for ref in refs:
-        pairs[(ref.sop_class_uid, ref.transfer_syntax)] = None
-        classes[ref.sop_class_uid] = None
-    contexts = [build_context(sop_class, [str(ts) for ts in _DEFAULT_FIRST]) for sop_class in classes]
-    contexts += [build_context(sop_class, [ts]) for sop_class, ts in pairs
-                 if ts != ExplicitVRLittleEndian]
-    fallback: list[str] = [str(ts) for ts in _COMPRESSED_FALLBACK
-                           if can_transcode(ExplicitVRLittleEndian, ts)]
-    if fallback and len(contexts) + len(classes) <= MAX_CONTEXTS:
-        contexts += [build_context(sop_class, fallback) for sop_class in classes]
-    return contexts[:MAX_CONTEXTS]
+    destination: the one builder, ``dimse.contexts.storage_contexts``, over
+    their (SOP class, stored syntax) pairs."""
+    from .dimse.contexts import storage_contexts
+    return storage_contexts((ref.sop_class_uid, ref.transfer_syntax) for ref in refs)

@@ -58,7 +58,7 @@ from .handle import NotSent, Operation, ServerHandle
 from .move_get import c_get, c_move
 from .negotiation import (FIND_MODELS, GET_MODELS, MOVE_MODELS, NOT_STORAGE, STORAGE_COMMITMENT,
                           Negotiation)
-from .pdu import (A_RELEASE_RP, A_RELEASE_RQ, ABORT_REASONS, ABORT_SOURCES, ARTIM, CHUNK,
+from .pdu import (A_RELEASE_RP, ABORT_REASONS, ABORT_SOURCES, ARTIM, CHUNK,
                   LINGER, MAX_ASSOCIATE_RQ, PDU_NAMES, REJECT_DELAY, ProtocolError, a_abort,
                   a_associate_rj)
 from .responses import final
@@ -108,13 +108,11 @@ class Association:
         self.max_pdu = 0  # the peer's Maximum Length Received
         self.is_established = False
         self.closed = False
-        self.requestor = False  # True on the associations we open (C-MOVE)
         self._counted = False  # holds a place under max_associations
         #: What the DIMSE policy lets this association do (access/dimse.py),
         #: and the operations already refused once (logged, audited).
         self.admission = Admission(frozenset(), False)
         self._refused_ops: set[str] = set()
-        self._release_requested = False
         self.task: asyncio.Task[Any] | None = None
         self.ops: dict[int, Operation] = {}
         self.op_tasks: set[asyncio.Task[Any]] = set()
@@ -150,17 +148,14 @@ class Association:
         self.announce: list[Callable[[], None]] = []
 
     def describe(self) -> str:
-        if self.requestor:
-            return f"{self.peer_aet} at {self.address}:{self.port}"
         return f"{self.peer_aet or '?'} from {self.address}:{self.port}"
 
     # -- the association's life
 
     async def run(self) -> None:
-        """The association's reader, from its first PDU (or, when we are the
-        requestor, from the A-ASSOCIATE-AC) to its end."""
+        """The association's reader, from its first PDU to its end."""
         try:
-            if not self.requestor and not await self._associate():
+            if not await self._associate():
                 return
             self.outcome = await self._serve()
         except asyncio.IncompleteReadError:
@@ -210,9 +205,7 @@ class Association:
         if self._temp is not None:
             self._temp.unlink(missing_ok=True)
             self._temp = None
-        if self.requestor and self.outcome == "released":
-            self.writer.close()  # PS3.8 AR-3: the requestor closes after A-RELEASE-RP
-        elif not self.writer.is_closing():
+        if not self.writer.is_closing():
             linger = self.loop.create_task(self._linger())
             self.server.keep(linger)
 
@@ -347,9 +340,6 @@ class Association:
                 await self.reader.readexactly(4)
                 await self._release()
                 return "released"
-            elif pdu_type == 0x06 and self._release_requested:
-                await self.reader.readexactly(min(length, 64))
-                return "released"
             elif pdu_type == 0x07:
                 body = await self.reader.readexactly(4) if length == 4 else b"\0\0\0\0"
                 return (f"aborted by the peer (source {ABORT_SOURCES.get(body[2], body[2])}, "
@@ -358,18 +348,6 @@ class Association:
                 raise ProtocolError(f"unexpected {PDU_NAMES[pdu_type]}", reason=2)
             else:
                 raise ProtocolError(f"unrecognized PDU type 0x{pdu_type:02X}", reason=1)
-
-    async def release(self) -> None:
-        """Release an association we requested (A-RELEASE-RQ, wait for the
-        -RP), or abort it when the peer does not answer."""
-        if self.closed or self.task is None:
-            return
-        self._release_requested = True
-        try:
-            await self.write(A_RELEASE_RQ)
-            await asyncio.wait_for(asyncio.shield(self.task), min(self.server.timeout, 10.0))
-        except (ConnectionError, OSError, asyncio.TimeoutError):
-            self.abort(0, 0, "no A-RELEASE-RP")
 
     async def _release(self) -> None:
         for future in self.waiting.values():
@@ -558,14 +536,12 @@ class Association:
         (every request but C-CANCEL passes here, a C-STORE before its data
         set is read).  The DIMSE policy first: an operation the calling AE
         may not use is refused 0x0124 (Not Authorized), logged and audited
-        once per association and kind (``DimseGate.refused``); never on an
-        association we requested, where the peer is the one we called."""
+        once per association and kind (``DimseGate.refused``)."""
         field = command.field
-        if not self.requestor:
-            why = self.server.gate.refused(self.admission, self._refused_ops, field,
-                                           self.peer_aet, self.address)
-            if why is not None:
-                return NOT_AUTHORIZED, why
+        why = self.server.gate.refused(self.admission, self._refused_ops, field,
+                                       self.peer_aet, self.address)
+        if why is not None:
+            return NOT_AUTHORIZED, why
         syntax = str(self.contexts[context_id].abstract_syntax)
         if field == m.C_STORE_RQ:
             if syntax in NOT_STORAGE:

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
 from pydicom.dataset import Dataset
 
+from ..access.tls import dicom_client_context
 from ..node import Node
 from ..retrieve import locate
+from . import client
 from . import messages as m
+from .errors import RemoteError
 from .handle import AssociationHandle, Operation
 from .negotiation import COMMITMENT_INSTANCE, STORAGE_COMMITMENT
-from .pdu import set_nodelay
+from .pdu import ARTIM
 from .responses import identifier
 
 log = logging.getLogger("pacsnode.dimse")
@@ -92,46 +93,27 @@ def commitment_report(node: Node, transaction: str,
     return (1 if not failed else 2), ds
 
 
-def _nodelay(event: Any) -> None:
-    set_nodelay(getattr(event.assoc.dul.socket, "socket", None))
-
-
-def _requestor(node: Node) -> Any:
-    """A pynetdicom AE for a storage commitment report that could not go back
-    on the requesting association: rare, so pynetdicom's requestor will do."""
-    from pynetdicom import AE
-    ae = AE(ae_title=node.settings.ae_title)
-    ae.acse_timeout = 30
-    ae.dimse_timeout = node.settings.dimse_timeout
-    ae.network_timeout = node.settings.dimse_timeout
-    return ae
-
-
 def send_commitment(node: Node, peer_aet: str, report: tuple[int, Dataset]) -> bool:
     """The N-EVENT-REPORT on a new association to the configured node
-    whose AE title is ``peer_aet`` (PS3.4 J.3.3)."""
-    from pynetdicom import build_role, evt
+    whose AE title is ``peer_aet`` (PS3.4 J.3.3), through the requestor
+    (``dimse.client``), which proposes the SCP role of Storage Commitment;
+    over TLS to a node with ``tls = true``.  (On the pool.)"""
     dest = node.node_by_aet(peer_aet)
     if dest is None:
         log.warning("storage commitment: cannot report to %s (not a configured node)",
                     peer_aet)
         return False
     event_type, ds = report
-    ae = _requestor(node)
-    ae.add_requested_context(STORAGE_COMMITMENT)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet,
-                         ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True)],
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
-    if not assoc.is_established:
-        log.warning("storage commitment: cannot associate with %s at %s:%s", dest.aet,
-                    dest.host, dest.port)
-        return False
+    target = client.Destination(dest.aet, dest.host, dest.port, node.settings.ae_title,
+                                ARTIM, node.settings.dimse_timeout)
     try:
-        status, _reply = assoc.send_n_event_report(ds, event_type, STORAGE_COMMITMENT,
-                                                   COMMITMENT_INSTANCE)
-        ok = getattr(status, "Status", None) == 0
-    finally:
-        assoc.release()
+        tls = dicom_client_context(node.settings) if dest.tls else None
+        status = client.run(client.report_event(
+            target, STORAGE_COMMITMENT, COMMITMENT_INSTANCE, event_type, ds, ssl=tls))
+    except (RemoteError, OSError) as exc:
+        log.warning("storage commitment: cannot report to %s: %s", dest.aet, exc)
+        return False
+    ok = status == 0x0000
     log.info("storage commitment %s reported to %s on a new association: %s",
-             ds.TransactionUID, dest.aet, "ok" if ok else "no success response")
+             ds.TransactionUID, dest.aet, "ok" if ok else f"status 0x{status:04X}")
     return ok

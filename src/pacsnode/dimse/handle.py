@@ -30,8 +30,6 @@ from ..events import Event, Origin
 from . import messages as m
 
 if TYPE_CHECKING:
-    from pynetdicom.presentation import PresentationContext
-
     from ..access.dimse_gate import DimseGate
     from ..aiosync import AioSync
     from ..durability import IngestScheduler
@@ -111,10 +109,6 @@ class ServerHandle(Protocol):
         ``tls = true``."""
         ...
 
-    async def connect(self, host: str, port: int, called_aet: str,
-                      contexts: "list[PresentationContext]",
-                      tls: ssl.SSLContext | None = None) -> "AssociationHandle": ...
-
 
 class AssociationHandle(Protocol):
     """One association, as its handlers see it."""
@@ -161,5 +155,3 @@ class AssociationHandle(Protocol):
                       ) -> tuple[m.Command, bytes | None]: ...
 
     def abort(self, source: int, reason: int, why: str = "") -> None: ...
-
-    async def release(self) -> None: ...

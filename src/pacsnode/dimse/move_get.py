@@ -1,8 +1,8 @@
 """C-MOVE and C-GET SCP (PS3.4 C.4.2, C.4.3): the identifier becomes the
 node's one query (``retrieve.locate_query``), and every instance goes out in
 a C-STORE sub-operation — on a new association to the move destination
-(C-MOVE, opened with ``ServerHandle.connect``), or back on the requesting
-association (C-GET) — with a pending response after each.  What is sent,
+(C-MOVE, opened by the one requestor, ``dimse.client``), or back on the
+requesting association (C-GET) — with a pending response after each.  What is sent,
 and in which transfer syntax, is ``retrieve.outgoing``'s to decide.
 """
 
@@ -16,8 +16,11 @@ from typing import Any
 from ..errors import PacsnodeError
 from ..query.parse import query_from_identifier
 from ..retrieve import InstanceRef, locate_query, meta_end, outgoing, store_contexts
+from . import client
 from . import messages as m
+from .errors import RemoteError
 from .handle import AssociationHandle, NotSent, Operation
+from .pdu import ARTIM
 from .responses import SubOperations, final, identifier
 
 log = logging.getLogger("pacsnode.dimse")
@@ -48,10 +51,12 @@ async def c_move(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
     if not refs:
         await final(assoc, op, m.C_MOVE_RSP, 0x0000, ops=SubOperations(0))
         return
+    target = client.Destination(dest.aet, dest.host, dest.port, assoc.server.settings.ae_title,
+                                ARTIM, assoc.server.timeout)
     try:
-        sub = await assoc.server.connect(dest.host, dest.port, dest.aet, store_contexts(refs),
-                                         assoc.server.client_tls() if dest.tls else None)
-    except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+        sub = await client.connect(target, store_contexts(refs),
+                                   ssl=assoc.server.client_tls() if dest.tls else None)
+    except RemoteError as exc:
         log.warning("C-MOVE from %s: cannot associate with %s at %s:%s: %s",
                     assoc.origin.describe(), dest_aet, dest.host, dest.port, exc)
         await final(assoc, op, m.C_MOVE_RSP, 0xA801,
@@ -66,12 +71,8 @@ async def c_move(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
                 break
             status = None
             if not sub.closed:
-                try:
-                    status = await store_instance(
-                        sub, ref, originator=(assoc.peer_aet, command.message_id),
-                        upcoming=refs[n + 1] if n + 1 < len(refs) else None)
-                except ConnectionError as exc:
-                    log.warning("C-MOVE to %s: association lost: %s", dest_aet, exc)
+                status = await _move_one(assoc, sub, ref, (assoc.peer_aet, command.message_id),
+                                         refs[n + 1] if n + 1 < len(refs) else None)
             ops.count(status, ref.sop_instance_uid)
             await final(assoc, op, m.C_MOVE_RSP, 0xFF00, ops=ops, with_remaining=True)
     finally:
@@ -82,6 +83,40 @@ async def c_move(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
     _audit_transfer(assoc, "C-MOVE", refs, ops, dest_aet)
     await final(assoc, op, m.C_MOVE_RSP, ops.final_status(cancelled), ops=ops,
                 with_remaining=cancelled)
+
+
+async def _move_one(assoc: AssociationHandle, sub: client.Requested, ref: InstanceRef,
+                    originator: tuple[str, int], upcoming: InstanceRef | None) -> int | None:
+    """One C-MOVE sub-operation on the association the requestor opened to
+    the destination: the stored bytes when the peer accepted that syntax,
+    otherwise transcoded (``retrieve.outgoing``); ``upcoming`` is read ahead
+    while the peer answers.  The response status, or None when it could
+    not be sent."""
+    usable = sub.accepted(ref.sop_class_uid)
+    try:
+        if ref.transfer_syntax in usable:  # as stored: nothing to read here
+            out = outgoing(ref, usable)
+        else:
+            out = await assoc.server.pool.run(outgoing, ref, usable)
+    except Exception as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, sub.name, reason)
+        return None
+    ahead = None
+    if upcoming is not None:
+        context_id = sub.accepted(upcoming.sop_class_uid).get(upcoming.transfer_syntax)
+        ahead = None if context_id is None else (upcoming.path, context_id)
+    try:
+        rsp = await sub.store(usable[out.transfer_syntax], ref.sop_class_uid,
+                              ref.sop_instance_uid, path=out.path, data=out.data,
+                              offset=out.offset, originator=originator, upcoming=ahead)
+    except RemoteError as exc:
+        log.warning("C-MOVE to %s: association lost: %s", sub.name, exc)
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, sub.name, exc)
+        return None
+    return rsp.status
 
 
 async def c_get(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
@@ -144,11 +179,9 @@ def _locate(assoc: AssociationHandle, ident: Any) -> list[InstanceRef]:
 
 
 async def store_instance(assoc: AssociationHandle, ref: InstanceRef,
-                         originator: tuple[str, int] | None = None,
                          upcoming: InstanceRef | None = None) -> int | None:
-    """One C-STORE sub-operation on ``assoc``, where we are the storage SCU
-    (a C-MOVE association we requested, or a C-GET SCU's association with
-    role selection): the stored bytes when the peer accepted that syntax,
+    """One C-GET sub-operation on ``assoc``, where we are the storage SCU
+    (the C-GET SCU's association, with role selection): the stored bytes when the peer accepted that syntax,
     otherwise transcoded (``retrieve.outgoing`` picks the syntax among the
     accepted contexts).  The response status, or None when it could not be
     sent.  ``upcoming``: the instance the next call will send, read ahead
@@ -166,8 +199,6 @@ async def store_instance(assoc: AssociationHandle, ref: InstanceRef,
         return None
     fields: dict[str, Any] = dict(field=m.C_STORE_RQ, affected_sop_class=ref.sop_class_uid,
                                   affected_sop_instance=ref.sop_instance_uid, priority=0)
-    if originator is not None:
-        fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
     try:
         rsp, _ = await assoc.request(
             usable[out.transfer_syntax], fields, out=out,

@@ -1,10 +1,10 @@
 """The DIMSE listener of one process: the DICOM upper layer (PS3.8) on
 asyncio — one event loop in its own thread, one coroutine per association
-(``association.py``), PDUs read straight off the socket — and ``connect``,
-the associations we request (the destinations of C-MOVEs) on the same
-machinery.  With ``dicom_tls_port`` the main process also listens for
-DICOM TLS (``access/tls.py``: the handshake, then the same associations),
-and ``connect`` speaks TLS to nodes with ``tls = true``.
+(``association.py``), PDUs read straight off the socket.  With
+``dicom_tls_port`` the main process also listens for DICOM TLS
+(``access/tls.py``: the handshake, then the same associations);
+``client_tls`` is the context of the associations we request of nodes with
+``tls = true``.
 
 Why not pynetdicom's acceptor: it polls (a DUL thread that sleeps between
 reactor loops, an association thread, queues with timeouts) and flushes per
@@ -16,9 +16,9 @@ response is one write.
 
 pynetdicom is still used for what it does well and where speed does not
 matter: the A-ASSOCIATE PDUs (``pynetdicom.pdu``), presentation context and
-role negotiation (``negotiation.py``), and as the requestor of a storage
-commitment report that cannot go back on the requesting association
-(``commitment.py``).
+role negotiation (``negotiation.py``).  The associations we request (a
+C-MOVE's destination, a storage commitment report on a new association)
+are the one requestor's, ``client.py``, on the same wire code.
 
 The layers, each a module: ``pdu.py`` (PDUs, the listening socket),
 ``negotiation.py``, ``association.py`` (reader, state, routing, writing),
@@ -36,32 +36,26 @@ import logging
 import os
 import socket
 import ssl
-import struct
 import threading
 from collections.abc import Callable
 from typing import Any
-
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
-from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
 from ..access.dimse_gate import DimseGate
 from ..access.tls import dicom_client_context, dicom_server_context
 from ..aiosync import AioSync
 from ..config import Settings
 from ..durability import IngestScheduler
-from ..events import Event, Origin
+from ..events import Event
 from ..node import Node
 from .association import Association
 from .limit import AssociationLimit
 from .negotiation import TRANSFER_SYNTAXES, Negotiator
-from .pdu import (APPLICATION_CONTEXT, ARTIM, CHUNK, MAX_ASSOCIATE_RQ, PDU_NAMES,
-                  ProtocolError, a_abort, listen_socket, our_user_information, set_nodelay)
+from .pdu import ARTIM, CHUNK, listen_socket, set_nodelay
 from .pool import Workers
 
 log = logging.getLogger("pacsnode.dimse")
 
-__all__ = ["AssociationServer", "connect", "TRANSFER_SYNTAXES", "set_nodelay",
+__all__ = ["AssociationServer", "TRANSFER_SYNTAXES", "set_nodelay",
            "listen_socket"]
 
 #: How long an acceptor that left a connection to a less busy process waits
@@ -362,84 +356,3 @@ class AssociationServer:
         is done; shutdown waits for it a moment."""
         self._background.add(future)
         future.add_done_callback(self._background.discard)
-
-    async def connect(self, host: str, port: int, called_aet: str,
-                      contexts: list[PresentationContext],
-                      tls: ssl.SSLContext | None = None) -> Association:
-        """An association we request, served by this server (see ``connect``)."""
-        return await connect(self, host, port, called_aet, contexts, tls)
-
-
-async def connect(server: AssociationServer, host: str, port: int, called_aet: str,
-                  contexts: list[PresentationContext],
-                  tls: ssl.SSLContext | None = None) -> Association:
-    """Open an association as the requestor (the destination of a C-MOVE),
-    served by the same machinery as the ones we accept, over TLS when
-    ``tls`` is given.  Raises ConnectionError when the peer rejects or
-    aborts it, or accepts no presentation context."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(
-            host, port, limit=4 * CHUNK, ssl=tls, server_hostname=host if tls else None,
-            ssl_handshake_timeout=ARTIM if tls else None), ARTIM)
-    except ssl.SSLError as exc:
-        raise ConnectionError(f"TLS with {called_aet} at {host}:{port} failed: {exc}") from None
-    set_nodelay(writer.get_extra_info("socket"))
-    assoc = Association(server, reader, writer)
-    assoc.requestor = True
-    assoc.peer_aet = called_aet
-    assoc.origin = Origin("dimse", peer_aet=called_aet, address=assoc.address,
-                          called_aet=called_aet)
-    proposed = []
-    for n, cx in enumerate(contexts[:128]):
-        cx.context_id = 2 * n + 1
-        proposed.append(cx)
-    request = A_ASSOCIATE()
-    request.application_context_name = APPLICATION_CONTEXT
-    request.calling_ae_title = server.settings.ae_title
-    request.called_ae_title = called_aet
-    request.presentation_context_definition_list = proposed
-    request.user_information = our_user_information()
-    rq = A_ASSOCIATE_RQ()
-    rq.from_primitive(request)
-    writer.write(rq.encode())
-    try:
-        pdu_type, length = await asyncio.wait_for(assoc.read_header(), ARTIM)
-        if length > MAX_ASSOCIATE_RQ:
-            raise ProtocolError(f"{PDU_NAMES.get(pdu_type, 'PDU')} of length {length}")
-        body = await asyncio.wait_for(reader.readexactly(length), ARTIM)
-        if pdu_type == 0x03 and length >= 4:
-            raise ConnectionError(f"{called_aet} rejected the association (result {body[1]}, "
-                                  f"source {body[2]}, reason {body[3]})")
-        if pdu_type == 0x07:
-            raise ConnectionError(f"{called_aet} aborted the association")
-        if pdu_type != 0x02:
-            raise ProtocolError(f"{PDU_NAMES.get(pdu_type, 'unknown PDU')} instead of "
-                                "A-ASSOCIATE-AC", reason=2)
-        ac = A_ASSOCIATE_AC()
-        try:
-            ac.decode(struct.pack(">BBI", 0x02, 0, length) + body)
-            reply = ac.to_primitive()
-        except Exception as exc:
-            raise ProtocolError(f"malformed A-ASSOCIATE-AC: {exc}") from None
-        roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
-                 for item in reply.user_information
-                 if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
-        result = negotiate_as_requestor(proposed,
-                                        reply.presentation_context_definition_results_list,
-                                        roles)
-        assoc.contexts = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
-        assoc.max_pdu = int(reply.maximum_length_received or 0)
-        if not assoc.contexts:
-            raise ProtocolError(f"{called_aet} accepted no presentation context", reason=0)
-    except ProtocolError as exc:
-        writer.write(a_abort(0, 0))
-        writer.close()
-        raise ConnectionError(str(exc)) from None
-    except BaseException:
-        writer.close()
-        raise
-    assoc.is_established = True
-    assoc.task = assoc.loop.create_task(assoc.run())
-    log.info("association requested: %s (%d of %d contexts accepted, max PDU %s)",
-             assoc.describe(), len(assoc.contexts), len(proposed), assoc.max_pdu or "unlimited")
-    return assoc

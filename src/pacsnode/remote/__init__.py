@@ -165,7 +165,9 @@ class RemoteNode:
 
     def send(self, paths: Iterable[str | Path] | str | Path, *,
              on_result: Callable[[SendResult], None] | None = None,
-             cancel: threading.Event | None = None) -> list[SendResult]:
-        """C-STORE files and folders (recursively); one result per file."""
+             cancel: threading.Event | None = None, parallel: int = 1) -> list[SendResult]:
+        """C-STORE files and folders (recursively); one result per file.
+        ``parallel``: over that many associations at once."""
         items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        return scu.send(self.peer, items, on_result=on_result, cancel=cancel)
+        return scu.send(self.peer, items, on_result=on_result, cancel=cancel,
+                        parallel=parallel)

@@ -366,8 +366,10 @@ def get_command(host: str, port: int, aec: str, aet: str, timeout: float,
 
 @click.command("send")
 @_peer_options
+@click.option("--parallel", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Send over this many associations at once.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-def send_command(host: str, port: int, aec: str, aet: str, timeout: float,
+def send_command(host: str, port: int, aec: str, aet: str, timeout: float, parallel: int,
                  paths: tuple[Path, ...]) -> None:
     """Send DICOM files to a node (C-STORE); folders are searched recursively.
 
@@ -375,8 +377,9 @@ def send_command(host: str, port: int, aec: str, aet: str, timeout: float,
     Example:
       pacsnode send --port 4242 --aec ORTHANC study/ extra.dcm
 
-    Each file goes in its own transfer syntax.  A summary lists every file
-    that failed and why; exits 1 if any did (or nothing was found to send).
+    Each file goes in its own transfer syntax.  --parallel N splits the
+    files over N associations at once.  A summary lists every file that
+    failed and why; exits 1 if any did (or nothing was found to send).
     """
     peer = _peer(host, port, aec, aet, timeout)
     files, missing = scu.collect_files(paths)
@@ -391,7 +394,8 @@ def send_command(host: str, port: int, aec: str, aet: str, timeout: float,
             bar.advance(task)
 
         try:
-            results = scu.send(peer, [*files, *(m.path for m in missing)], on_result=advance)
+            results = scu.send(peer, [*files, *(m.path for m in missing)], on_result=advance,
+                               parallel=parallel)
         except RemoteError as exc:
             sent = [r for r in (exc.result or []) if r.ok]
             raise click.ClickException(f"{exc} ({len(sent)} file(s) sent before)") from None

@@ -1,33 +1,27 @@
-"""Presentation contexts for the storage side of our SCU work.
+"""Presentation contexts we propose as the Storage SCP of a C-GET
+association (:func:`get_contexts`): the SOP classes we expect, each with the
+native little-endian syntaxes in one context plus one context per other
+syntax, so a peer can send each instance in the syntax it is stored in
+instead of transcoding it.  Everything within PS3.8's 128-context limit.
 
-- :func:`get_contexts` — what we propose, as Storage SCP, on a C-GET
-  association: the SOP classes we expect, each with the uncompressed
-  transfer syntaxes in one context plus one context per compressed syntax,
-  so a peer can send each instance in the syntax it is stored in instead of
-  transcoding it.  Everything within PS3.8's 128-context limit.
-- :func:`send_contexts` — what we propose for C-STORE of given files: each
-  file's own SOP class and transfer syntax.
+What we propose when *we* send (``pacsnode send``, a C-MOVE's
+sub-operations) is built in one place, :mod:`pacsnode.dimse.contexts`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import pydicom.uid as sc  # pydicom names every storage SOP class (and is typed)
-from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
-                         ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000,
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEG2000,
                          JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless,
                          JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
-from pynetdicom.presentation import PresentationContext, build_context, build_role
+from pynetdicom.presentation import PresentationContext, build_context
 
-from .peer import MAX_CONTEXTS
+from ..dimse.contexts import MAX_CONTEXTS, NATIVE_LITTLE_ENDIAN
 
-__all__ = ["UNCOMPRESSED", "OTHER_SYNTAXES", "IMAGE_STORAGE", "OTHER_STORAGE",
-           "get_contexts", "scp_roles", "send_contexts", "context_key"]
-
-#: The little-endian uncompressed syntaxes, preferred first; one context
-#: carries both, and pynetdicom converts between them as needed.
-UNCOMPRESSED: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+__all__ = ["NATIVE_LITTLE_ENDIAN", "OTHER_SYNTAXES", "IMAGE_STORAGE", "OTHER_STORAGE",
+           "get_contexts"]
 
 #: Other syntaxes (compressed, deflated, big endian), most common in
 #: archives first; each gets a context of its own.
@@ -93,44 +87,13 @@ def get_contexts(sop_classes: Sequence[str] | None = None, *,
     seen: set[tuple[str, tuple[str, ...]]] = set()
     wanted = list(dict.fromkeys(str(uid) for uid in sop_classes or ()))
     for sop in wanted:
-        _add(out, seen, sop, UNCOMPRESSED, budget)
+        _add(out, seen, sop, NATIVE_LITTLE_ENDIAN, budget)
     for ts in OTHER_SYNTAXES:
         for sop in wanted:
             _add(out, seen, sop, [ts], budget)
     for sop in (*IMAGE_STORAGE, *OTHER_STORAGE):
-        _add(out, seen, sop, UNCOMPRESSED, budget)
+        _add(out, seen, sop, NATIVE_LITTLE_ENDIAN, budget)
     for ts in OTHER_SYNTAXES:
         for sop in IMAGE_STORAGE:
             _add(out, seen, sop, [ts], budget)
     return out
-
-
-def scp_roles(contexts: Iterable[PresentationContext]) -> list[object]:
-    """SCP/SCU Role Selection items (PS3.7 D.3.3.4) making us the Storage
-    SCP for each abstract syntax in ``contexts``; required for C-GET."""
-    uids = dict.fromkeys(str(cx.abstract_syntax) for cx in contexts)
-    return [build_role(uid, scp_role=True) for uid in uids]
-
-
-def context_key(sop_class: str, transfer_syntax: str) -> tuple[str, str]:
-    """Files that can share one presentation context have the same key."""
-    ts = UID(transfer_syntax)
-    return (str(sop_class), "uncompressed" if ts in UNCOMPRESSED else str(ts))
-
-
-def send_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
-    """One context per :func:`context_key` of the ``(sop_class, syntax)``
-    pairs: uncompressed files share a context offering the file's syntax
-    first and the other one after it (pynetdicom converts between them);
-    other files offer exactly their own syntax."""
-    contexts: dict[tuple[str, str], PresentationContext] = {}
-    for sop, ts in pairs:
-        key = context_key(sop, ts)
-        if key in contexts:
-            continue
-        if key[1] == "uncompressed":
-            syntaxes = list(dict.fromkeys([str(ts), *UNCOMPRESSED]))
-        else:
-            syntaxes = [str(ts)]
-        contexts[key] = build_context(sop, syntaxes)
-    return list(contexts.values())

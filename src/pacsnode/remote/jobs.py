@@ -11,8 +11,8 @@ pending row; worker threads inside ``serve`` (``start(node)``, called by
   know that title (its modality list); the instances arrive at our C-STORE
   SCP, i.e. through the one ingest path.
 - ``method="get"``: C-GET on one association; each instance received is
-  handed to ``node.ingestor`` (the temp file pynetdicom wrote is renamed
-  into the store when it can be, so the bytes are kept as received).
+  handed to ``node.ingestor`` (written Part 10 into the store's temp area,
+  or, when it comes as a file already there, that file renamed into the store).
 
 A job row holds everything needed to run it (§12): the peer's AE title and
 address as the registry had them when the job was made, and the destination
@@ -602,7 +602,7 @@ class JobRunner:
             if isinstance(filename, str) and os.path.isfile(filename):
                 received = Path(filename)
                 if received.parent == store.incoming:
-                    temp = received  # pynetdicom wrote it (Part 10) in our temp area
+                    temp = received  # already a Part 10 file in our temp area
                 else:
                     fh, temp = store.new_temp()
                     with fh, open(received, "rb") as src:

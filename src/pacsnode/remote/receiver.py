@@ -9,22 +9,38 @@ place for a permanent listener that ingests into the archive.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-from .peer import MAX_PDU, nodelay_handler
+from ..dimse.messages import Command, part10_header
+from .peer import MAX_PDU
 
-__all__ = ["storage_scp", "store_handler", "STORE_REFUSED"]
+__all__ = ["storage_scp", "store_handler", "get_store_handler", "nodelay_handler",
+           "STORE_REFUSED"]
 
 LOGGER = logging.getLogger(__name__)
 
 #: Storage status for "we could not keep it" (PS3.4 B.2.3, Refused: Out of
 #: Resources).
 STORE_REFUSED = 0xA700
+
+
+def nodelay_handler(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: turn Nagle off on the accepted socket (each
+    small PDU would otherwise wait ~40 ms for the peer's delayed ACK)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - e.g. a non-TCP transport
+            LOGGER.debug("could not set TCP_NODELAY on %s", sock)
 
 
 def store_handler(event: evt.Event, sink: Callable[[Dataset], int | None],
@@ -43,6 +59,26 @@ def store_handler(event: evt.Event, sink: Callable[[Dataset], int | None],
         errors.append(f"{uid}: {exc}")
         return STORE_REFUSED
     return 0x0000 if status is None else int(status)
+
+
+def get_store_handler(sink: Callable[[Dataset], int | None],
+                      errors: list[str]) -> Callable[[Command, str, bytes], int]:
+    """The C-STORE handler of a C-GET association (``dimse.client``): the
+    received data set, with its ``file_meta``, to ``sink`` — as
+    :func:`store_handler` does for pynetdicom's events."""
+    def handle(command: Command, transfer_syntax: str, data: bytes) -> int:
+        uid = command.affected_sop_instance
+        try:
+            head = part10_header(command.affected_sop_class, uid, transfer_syntax)
+            ds = dcmread(BytesIO(head + data))
+            status = sink(ds)
+        except Exception as exc:  # noqa: BLE001 - reported, and the sender is told
+            LOGGER.exception("could not keep instance %s", uid)
+            errors.append(f"{uid}: {exc}")
+            return STORE_REFUSED
+        return 0x0000 if status is None else int(status)
+
+    return handle
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """The SCU side of pacsnode: C-ECHO, C-FIND, C-MOVE, C-GET and C-STORE
-against any DICOM node, on pynetdicom.
+against any DICOM node, on pacsnode's requestor (:mod:`pacsnode.dimse.client`).
 
 One function per DIMSE verb; the CLI (:mod:`pacsnode.remote.commands`), the
 Python API (:class:`pacsnode.remote.RemoteNode`) and the REST API all call
@@ -20,6 +20,7 @@ before its next file.  A cancelled retrieve ends normally with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -33,8 +34,6 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
-from pynetdicom import evt
-from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.status import (QR_FIND_SERVICE_CLASS_STATUS, QR_GET_SERVICE_CLASS_STATUS,
                                QR_MOVE_SERVICE_CLASS_STATUS, STATUS_CANCEL, STATUS_FAILURE,
@@ -42,12 +41,17 @@ from pynetdicom.status import (QR_FIND_SERVICE_CLASS_STATUS, QR_GET_SERVICE_CLAS
                                STORAGE_SERVICE_CLASS_STATUS,
                                VERIFICATION_SERVICE_CLASS_STATUS, code_to_category)
 
-from .contexts import context_key, get_contexts, scp_roles, send_contexts
+from ..dicom.filemeta import read_meta
+from ..dimse import client
+from ..dimse import messages as m
+from ..errors import PacsnodeError
+from ..dimse.contexts import contexts_needed, storage_contexts
+from .contexts import get_contexts
 from .errors import AssociationAborted, NoAcceptedContext, RemoteError, status_text
 from .identifiers import (DEFAULT_FIELDS, Level, build_identifier, flatten, model_uid,
                           parse_level, parse_model)
-from .peer import MAX_CONTEXTS, Peer, associate
-from .receiver import store_handler
+from .peer import MAX_CONTEXTS, Peer, Session, associate
+from .receiver import get_store_handler
 
 __all__ = ["Progress", "GetResult", "SendResult", "echo", "find", "iter_move", "move",
            "iter_get", "get", "send", "collect_files", "study_sop_classes"]
@@ -127,7 +131,8 @@ def echo(peer: Peer) -> float:
     (association set-up and release not included)."""
     with associate(peer, [build_context(VERIFICATION)], required=[VERIFICATION]) as assoc:
         start = time.perf_counter()
-        status = assoc.send_c_echo()
+        status, _ = assoc.call(VERIFICATION, dict(field=m.C_ECHO_RQ,
+                                                  affected_sop_class=VERIFICATION))
         elapsed = (time.perf_counter() - start) * 1000.0
     _check_final(peer, "C-ECHO", status, VERIFICATION_SERVICE_CLASS_STATUS)
     return elapsed
@@ -158,16 +163,15 @@ def find(peer: Peer, level: str | Level, keys: Mapping[str, Any] | None = None, 
     identifier, names = build_identifier(lv, keys or {}, extra, mdl)
     uid = model_uid(mdl, "find")
     results: list[dict[str, Any]] = []
+    enough = threading.Event()
     with associate(peer, [build_context(uid)], required=[uid]) as assoc:
-        cancelled = False
-        for status, answer in assoc.send_c_find(identifier, uid):
-            _require_status(peer, "C-FIND", status, results)
-            if code_to_category(status.Status) == STATUS_PENDING:
+        request = dict(field=m.C_FIND_RQ, affected_sop_class=uid, priority=0)
+        for status, answer in assoc.responses(uid, request, identifier, enough):
+            if status.status in (0xFF00, 0xFF01):
                 if limit is None or len(results) < limit:
                     results.append(flatten(answer if answer is not None else Dataset(), names))
-                if limit is not None and len(results) >= limit and not cancelled:
-                    assoc.send_c_cancel(1, query_model=uid)
-                    cancelled = True
+                if limit is not None and len(results) >= limit:
+                    enough.set()
                 continue
             _check_final(peer, "C-FIND", status, QR_FIND_SERVICE_CLASS_STATUS, results)
     return results
@@ -175,76 +179,50 @@ def find(peer: Peer, level: str | Level, keys: Mapping[str, Any] | None = None, 
 
 # ------------------------------------------------------------ C-MOVE / C-GET
 
-def _progress(status: Dataset, answer: Dataset | None, last: Progress) -> Progress:
-    def count(keyword: str, previous: int | None) -> int | None:
-        value = status.get(keyword)
-        return previous if value in (None, "") else int(value)
+def _progress(status: m.Command, answer: Dataset | None, last: Progress) -> Progress:
+    def count(element: int, previous: int | None) -> int | None:
+        raw = status.values.get(element)
+        return previous if raw is None or len(raw) < 2 else status.us(element)
 
-    category = code_to_category(int(status.Status))
+    code = status.status
+    category = code_to_category(code)
     done = category != STATUS_PENDING
     failed_uids = last.failed_sop_instance_uids
     value = answer.get("FailedSOPInstanceUIDList") if answer is not None else None
     if value:
         values = value if isinstance(value, (list, MultiValue)) else [value]
         failed_uids = tuple(str(v) for v in values if v)
-    remaining = count("NumberOfRemainingSuboperations", last.remaining)
+    remaining = count(m.REMAINING, last.remaining)
     return Progress(
-        completed=count("NumberOfCompletedSuboperations", last.completed) or 0,
-        failed=count("NumberOfFailedSuboperations", last.failed) or 0,
-        warning=count("NumberOfWarningSuboperations", last.warning) or 0,
+        completed=count(m.COMPLETED, last.completed) or 0,
+        failed=count(m.FAILED, last.failed) or 0,
+        warning=count(m.WARNING, last.warning) or 0,
         remaining=0 if done and category in (STATUS_SUCCESS, STATUS_WARNING) else remaining,
-        status=int(status.Status), done=done, failed_sop_instance_uids=failed_uids)
+        status=code, done=done, failed_sop_instance_uids=failed_uids)
 
 
-def _cancel_when_set(assoc: Association, cancel: threading.Event, finished: threading.Event,
-                     query_model: str) -> None:
-    """Watcher thread: send C-CANCEL as soon as ``cancel`` is set.
-
-    A thread, because the requesting thread is blocked waiting for the next
-    response and a peer may send no pending responses at all.
-    """
-    while not finished.is_set():
-        if cancel.wait(0.05):
-            if not finished.is_set() and assoc.is_established:
-                try:
-                    assoc.send_c_cancel(1, query_model=query_model)
-                except Exception:  # noqa: BLE001 - the association may be ending
-                    LOGGER.debug("C-CANCEL not sent", exc_info=True)
-            return
-
-
-def _responses(peer: Peer, assoc: Association, service: str,
-               responses: Iterator[tuple[Dataset, Dataset | None]], query_model: str,
-               table: dict[int, tuple[str, str]],
-               cancel: threading.Event | None) -> Iterator[Progress]:
-    """Turn a pynetdicom C-MOVE/C-GET response stream into Progress values,
-    raising on failure statuses and on a dead association."""
-    finished = threading.Event()
-    watcher = None
-    if cancel is not None:
-        watcher = threading.Thread(target=_cancel_when_set, name=f"{service}-cancel",
-                                   args=(assoc, cancel, finished, query_model), daemon=True)
-        watcher.start()
+def _retrieve(peer: Peer, assoc: Session, service: str, uid: str, request: dict[str, Any],
+              identifier: Dataset, table: dict[int, tuple[str, str]],
+              cancel: threading.Event | None) -> Iterator[Progress]:
+    """A C-MOVE/C-GET request and its responses as Progress values, raising
+    on failure statuses and on a dead association."""
     last = Progress()
     try:
-        for status, answer in responses:
-            _require_status(peer, service, status, last)
+        for status, answer in assoc.responses(uid, request, identifier, cancel):
             last = _progress(status, answer, last)
             if last.done:
-                if code_to_category(int(status.Status)) == STATUS_FAILURE:
+                if code_to_category(status.status) == STATUS_FAILURE:
                     raise RemoteError(peer, f"{service} failed with status "
-                                      f"{status_text(int(status.Status), table)}"
-                                      f"{_comment(status)}", status=int(status.Status),
+                                      f"{status_text(status.status, table)}"
+                                      f"{_comment(status)}", status=status.status,
                                       result=last)
                 yield last
                 return
             yield last
-        raise AssociationAborted(peer, f"{service} ended without a final response",
-                                 result=last)
-    finally:
-        finished.set()
-        if watcher is not None:
-            watcher.join(1.0)
+    except AssociationAborted as exc:
+        exc.result = last
+        raise
+    raise AssociationAborted(peer, f"{service} ended without a final response", result=last)
 
 
 def iter_move(peer: Peer, level: str | Level, keys: Mapping[str, Any], destination: str, *,
@@ -259,9 +237,10 @@ def iter_move(peer: Peer, level: str | Level, keys: Mapping[str, Any], destinati
     identifier, _ = build_identifier(lv, keys, (), mdl)
     uid = model_uid(mdl, "move")
     with associate(peer, [build_context(uid)], required=[uid]) as assoc:
-        stream = assoc.send_c_move(identifier, destination, uid)
-        yield from _responses(peer, assoc, "C-MOVE", stream, uid,
-                              QR_MOVE_SERVICE_CLASS_STATUS, cancel)
+        request = dict(field=m.C_MOVE_RQ, affected_sop_class=uid, priority=0,
+                       move_destination=destination)
+        yield from _retrieve(peer, assoc, "C-MOVE", uid, request, identifier,
+                             QR_MOVE_SERVICE_CLASS_STATUS, cancel)
 
 
 def move(peer: Peer, level: str | Level, keys: Mapping[str, Any], destination: str, *,
@@ -311,14 +290,14 @@ def iter_get(peer: Peer, level: str | Level, keys: Mapping[str, Any],
     mdl = parse_model(model, lv)
     identifier, _ = build_identifier(lv, keys, (), mdl)
     uid = model_uid(mdl, "get")
-    contexts = [build_context(uid), *get_contexts(sop_classes, budget=MAX_CONTEXTS - 1)]
+    storage = get_contexts(sop_classes, budget=MAX_CONTEXTS - 1)
     errors = store_errors if store_errors is not None else []
-    handlers = [(evt.EVT_C_STORE, store_handler, [on_store, errors])]
-    with associate(peer, contexts, ext_neg=scp_roles(contexts[1:]), handlers=handlers,
-                   required=[uid]) as assoc:
-        stream = assoc.send_c_get(identifier, uid)
-        yield from _responses(peer, assoc, "C-GET", stream, uid,
-                              QR_GET_SERVICE_CLASS_STATUS, cancel)
+    with associate(peer, [build_context(uid), *storage], required=[uid],
+                   scp_roles=[str(cx.abstract_syntax) for cx in storage],
+                   on_store=get_store_handler(on_store, errors)) as assoc:
+        request = dict(field=m.C_GET_RQ, affected_sop_class=uid, priority=0)
+        yield from _retrieve(peer, assoc, "C-GET", uid, request, identifier,
+                             QR_GET_SERVICE_CLASS_STATUS, cancel)
 
 
 def get(peer: Peer, level: str | Level, keys: Mapping[str, Any], *,
@@ -375,7 +354,29 @@ class _Header:
     sop_instance_uid: str
 
 
+#: Bytes read of each file to find its File Meta Information.
+_HEAD = 16384
+
+
 def _read_header(path: Path) -> _Header | SendResult:
+    """SOP class, instance and transfer syntax from the File Meta
+    Information, walked with struct (``dicom.filemeta``); pydicom only
+    for a file whose meta lacks one of them."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD)
+        if head[128:132] != b"DICM":
+            return SendResult(path, reason="not a readable DICOM file (no 'DICM' prefix: not "
+                                           "a DICOM Part 10 file)")
+        _, meta = read_meta(head, path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        meta = {}
+    if meta.get(0x0002) and meta.get(0x0003) and meta.get(0x0010):
+        return _Header(path, meta[0x0002], meta[0x0010], meta[0x0003])
+    return _read_header_pydicom(path)
+
+
+def _read_header_pydicom(path: Path) -> _Header | SendResult:
     try:
         ds = dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
@@ -397,56 +398,111 @@ def _read_header(path: Path) -> _Header | SendResult:
 def _batches(headers: Sequence[_Header], size: int) -> Iterator[list[_Header]]:
     """Split files, in order, into runs needing at most ``size`` contexts."""
     batch: list[_Header] = []
-    keys: set[tuple[str, str]] = set()
+    pairs: dict[tuple[str, str], None] = {}
     for header in headers:
-        key = context_key(header.sop_class, header.transfer_syntax)
-        if key not in keys and len(keys) >= size:
+        pair = (header.sop_class, header.transfer_syntax)
+        if pair not in pairs and contexts_needed([*pairs, pair]) > size:
             yield batch
-            batch, keys = [], set()
-        keys.add(key)
+            batch, pairs = [], {}
+        pairs[pair] = None
         batch.append(header)
     if batch:
         yield batch
 
 
-def _store_one(peer: Peer, assoc: Association, header: _Header) -> SendResult:
+async def _store_one(peer: Peer, assoc: client.Requested, header: _Header) -> SendResult:
     path = header.path
-    accepted = {context_key(str(cx.abstract_syntax), str(ts))
-                for cx in assoc.accepted_contexts for ts in cx.transfer_syntax}
-    if context_key(header.sop_class, header.transfer_syntax) not in accepted:
+    if not assoc.accepted(header.sop_class):
         return SendResult(path, header.sop_instance_uid, reason=(
             f"{peer} accepts no presentation context for {UID(header.sop_class).name} in "
             f"{UID(header.transfer_syntax).name}"))
     try:
-        ds = dcmread(path)
-        status = assoc.send_c_store(ds)
-    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError) as exc:
-        return SendResult(path, header.sop_instance_uid, reason=f"could not send: {exc}")
-    if "Status" not in status:
+        status = await assoc.store_file(path, header.sop_class, header.sop_instance_uid,
+                                        header.transfer_syntax)
+    except AssociationAborted:
         return SendResult(path, header.sop_instance_uid,
                           reason="no C-STORE response (association aborted or timed out)")
-    code = int(status.Status)
-    category = code_to_category(code)
+    except (OSError, ValueError, PacsnodeError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        return SendResult(path, header.sop_instance_uid, reason=f"could not send: {reason}")
+    code = status.status
     reason = None
-    if category != STATUS_SUCCESS:
+    if code_to_category(code) != STATUS_SUCCESS:
         reason = f"{status_text(code, STORAGE_SERVICE_CLASS_STATUS)}{_comment(status)}"
     return SendResult(path, header.sop_instance_uid, code, reason)
 
 
+async def _send_share(peer: Peer, headers: list[_Header], report: Callable[[SendResult], None],
+                      cancel: threading.Event | None) -> None:
+    """Send ``headers`` in order over one association at a time (a new one
+    per run of 128 contexts, or after the peer aborted one)."""
+    for batch in _batches(headers, MAX_CONTEXTS):
+        pending = list(reversed(batch))
+        while pending:
+            if cancel is not None and cancel.is_set():
+                for header in reversed(pending):
+                    report(SendResult(header.path, header.sop_instance_uid, reason="cancelled"))
+                return
+            contexts = storage_contexts((h.sop_class, h.transfer_syntax) for h in pending)
+            try:
+                assoc = await client.connect(peer, contexts, ssl=peer.tls)
+            except NoAcceptedContext as exc:
+                while pending:
+                    header = pending.pop()
+                    report(SendResult(header.path, header.sop_instance_uid, reason=str(exc)))
+                break
+            try:
+                while pending and not assoc.closed:
+                    if cancel is not None and cancel.is_set():
+                        break
+                    report(await _store_one(peer, assoc, pending.pop()))
+            finally:
+                await assoc.release()
+
+
+async def _send_all(peer: Peer, shares: list[list[_Header]],
+                    report: Callable[[SendResult], None],
+                    cancel: threading.Event | None) -> None:
+    outcomes = await asyncio.gather(*(_send_share(peer, share, report, cancel)
+                                      for share in shares), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+#: Seconds between two hand-overs of send results to the calling thread.
+HAND_OVER = 0.05
+
+
+def _wait(future: Any, seconds: float) -> bool:
+    """Whether ``future`` (concurrent) finished within ``seconds``."""
+    try:
+        future.exception(timeout=seconds)
+    except TimeoutError:
+        return False
+    except BaseException:  # noqa: BLE001 - cancelled: finished too
+        pass
+    return True
+
+
 def send(peer: Peer, paths: Iterable[str | Path], *,
          on_result: Callable[[SendResult], None] | None = None,
-         cancel: threading.Event | None = None) -> list[SendResult]:
+         cancel: threading.Event | None = None, parallel: int = 1) -> list[SendResult]:
     """C-STORE files and folders (see :func:`collect_files`) to ``peer``.
 
-    Each file is read with pydicom and sent in its own transfer syntax: we
-    propose one presentation context per SOP class and syntax found (in
-    several associations if more than 128 are needed).  Returns one
-    :class:`SendResult` per file — paths that do not exist and files that
-    are not DICOM first, then the sent files in order — each also passed to
-    ``on_result`` as soon as it is known.  Raises :class:`RemoteError` when
-    no association can be made (the results so far are in the exception's
-    ``result``); a peer accepting none of a batch's contexts fails those
-    files instead.
+    Each file goes in its own transfer syntax, its data set bytes as they
+    are in the file: we propose one presentation context per SOP class and
+    syntax found (in several associations if more than 128 are needed); a
+    file whose syntax the peer did not take but could take another of the
+    uncompressed ones is transcoded (``pacsnode.retrieve``).  ``parallel``
+    sends over that many associations at once, each a share of the files.
+
+    Returns one :class:`SendResult` per file — paths that do not exist and
+    files that are not DICOM first, then the sent files in order — each
+    also passed to ``on_result`` (on the calling thread) as soon as it is
+    known.  Raises :class:`RemoteError` when no association can be made (the
+    results so far are in the exception's ``result``); a peer accepting none
+    of a batch's contexts fails those files instead.
     """
     files, results = collect_files(paths)
     for failed in results:
@@ -465,49 +521,46 @@ def send(peer: Peer, paths: Iterable[str | Path], *,
             report(header)
         else:
             headers.append(header)
-
-    for batch in _batches(headers, MAX_CONTEXTS):
-        pending = list(reversed(batch))
-        while pending:
-            if cancel is not None and cancel.is_set():
-                for header in reversed(pending):
-                    report(SendResult(header.path, header.sop_instance_uid, reason="cancelled"))
-                return results
-            contexts = send_contexts((h.sop_class, h.transfer_syntax) for h in pending)
-            try:
-                with associate(peer, contexts) as assoc:
-                    while pending and assoc.is_established:
-                        if cancel is not None and cancel.is_set():
-                            break
-                        report(_store_one(peer, assoc, pending.pop()))
-            except NoAcceptedContext as exc:
-                reason = str(exc)
-                while pending:
-                    header = pending.pop()
-                    report(SendResult(header.path, header.sop_instance_uid, reason=reason))
-            except RemoteError as exc:
-                exc.result = results
-                raise
+    if not headers:
+        return results
+    ways = max(1, min(int(parallel), len(headers)))
+    size = -(-len(headers) // ways)
+    shares = [headers[i:i + size] for i in range(0, len(headers), size)]
+    first_sent = len(results)
+    # Results are handed over in batches (a wake-up of this thread per file
+    # cost more than the file's C-STORE).
+    sent: list[SendResult] = []
+    future = asyncio.run_coroutine_threadsafe(_send_all(peer, shares, sent.append, cancel),
+                                              client.loop())
+    taken = 0
+    while True:
+        finished = future.done() or _wait(future, HAND_OVER)
+        while taken < len(sent):
+            report(sent[taken])
+            taken += 1
+        if finished:
+            break
+    try:
+        future.result()
+    except RemoteError as exc:
+        exc.result = results
+        raise
+    if ways > 1:
+        order = {h.path: n for n, h in enumerate(headers)}
+        results[first_sent:] = sorted(results[first_sent:], key=lambda r: order[r.path])
     return results
 
 
 # -------------------------------------------------------------------- helpers
 
-def _comment(status: Dataset) -> str:
-    comment = status.get("ErrorComment")
+def _comment(status: m.Command) -> str:
+    comment = status.text(m.ERROR_COMMENT)
     return f": {comment}" if comment else ""
 
 
-def _require_status(peer: Peer, service: str, status: Dataset, result: Any) -> None:
-    if "Status" not in status:
-        raise AssociationAborted(peer, f"no {service} response (association aborted, or no "
-                                       f"answer within {peer.dimse_timeout} s)", result=result)
-
-
-def _check_final(peer: Peer, service: str, status: Dataset,
+def _check_final(peer: Peer, service: str, status: m.Command,
                  table: dict[int, tuple[str, str]], result: Any = None) -> None:
-    _require_status(peer, service, status, result)
-    code = int(status.Status)
+    code = status.status
     if code_to_category(code) in (STATUS_SUCCESS, STATUS_WARNING, STATUS_CANCEL):
         return
     raise RemoteError(peer, f"{service} failed with status {status_text(code, table)}"

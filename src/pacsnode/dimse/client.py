@@ -1,0 +1,853 @@
+"""The requestor side of DIMSE: every association pacsnode opens to another
+node goes through here — the SCU tools (``pacsnode send/find/echo/get/move``),
+:class:`~pacsnode.remote.RemoteNode`, retrieve jobs, storage commitment
+reports on a new association, and (for its A-ASSOCIATE exchange) a C-MOVE's
+association to its destination.
+
+Built on the same wire code as the server (:mod:`pacsnode.dimse.messages`:
+command sets by hand, P-DATA-TF framing; pynetdicom's PDU classes only for
+the A-ASSOCIATE PDUs and the presentation context negotiation), on asyncio:
+
+* :func:`request_association` — TCP connect (timeout, TCP_NODELAY, optional
+  TLS), A-ASSOCIATE-RQ with our contexts and role selection items, the
+  answer negotiated.  Raises the exceptions of :mod:`pacsnode.dimse.errors`.
+* :class:`Requested` — an established association: one reader task takes
+  every PDU off the socket; responses go to whoever waits for that message
+  id, requests from the peer (the C-STOREs of a C-GET, an N-EVENT-REPORT)
+  to the handlers given.  Operations: :meth:`Requested.echo`,
+  :meth:`~Requested.store_file` (a file's data set bytes streamed as stored,
+  or transcoded through :func:`pacsnode.retrieve.outgoing`, the one reader),
+  :meth:`~Requested.request` + :meth:`~Requested.responses` for C-FIND /
+  C-MOVE / C-GET (with :meth:`~Requested.cancel`), :meth:`~Requested.event_report`,
+  :meth:`~Requested.release`, :meth:`~Requested.abort`.
+* :func:`run` — the synchronous facade: one event loop on a daemon thread per
+  process runs the coroutines of sync callers (tools, jobs, RemoteNode).
+
+No Asynchronous Operations Window is negotiated: one request of ours is
+outstanding at a time on an association, as PS3.7 requires by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl as _ssl
+import struct
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from pydicom.dataset import Dataset
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
+                                       ImplementationVersionNameNotification,
+                                       MaximumLengthNotification,
+                                       SCP_SCU_RoleSelectionNegotiation)
+from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
+
+from ..dicom.filemeta import read_meta
+from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from . import messages as m
+from .errors import AssociationAborted, AssociationRejected, ConnectionFailed, NoAcceptedContext
+
+__all__ = ["Target", "Destination", "Handshake", "report_event", "Requested", "request_association", "connect", "run",
+           "MAX_CONTEXTS", "MAX_PDU", "APPLICATION_CONTEXT", "user_information"]
+
+log = logging.getLogger("pacsnode.dimse.client")
+
+#: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255.
+MAX_CONTEXTS = 128
+#: Our Maximum Length Received on associations we request: a P-DATA-TF is
+#: read whole, so it is bounded (DCMTK's largest default).
+MAX_PDU = 131072
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+#: Longest A-ASSOCIATE-AC / -RJ we read.
+MAX_ASSOCIATE_PDU = 1 << 20
+#: Bytes of a stored file read per write while streaming its data set.
+CHUNK = 1 << 20
+#: Largest file read and framed whole ahead of its C-STORE (``Requested.store``).
+READ_AHEAD = 4 << 20
+#: How often a wait for a response looks at its cancel flag and idle clock.
+POLL = 0.05
+#: How often an association looks at how long the peer has been silent.
+IDLE_CHECK = 1.0
+#: Seconds we wait for the A-RELEASE-RP.
+RELEASE_WAIT = 10.0
+
+_PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ",
+              0x04: "P-DATA-TF", 0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP",
+              0x07: "A-ABORT"}
+A_RELEASE_RQ = bytes.fromhex("05000000000400000000")
+A_RELEASE_RP = bytes.fromhex("06000000000400000000")
+
+
+class Target(Protocol):
+    """Who we associate with (:class:`pacsnode.remote.peer.Peer` is one):
+    ``timeout`` bounds the connect and the negotiation, ``dimse_timeout``
+    each wait for the peer (``None``: forever)."""
+
+    @property
+    def aet(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def calling_aet(self) -> str: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def dimse_timeout(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A :class:`Target` for the server's own associations (a C-MOVE
+    destination, a storage commitment report): a configured node."""
+
+    aet: str
+    host: str
+    port: int
+    calling_aet: str
+    timeout: float = 30.0
+    dimse_timeout: float | None = 600.0
+
+
+def _name(target: Target) -> str:
+    return f"{target.aet}@{target.host}:{target.port}"
+
+
+def user_information(max_pdu: int) -> list[Any]:
+    """Maximum length received, implementation class UID and version name
+    (PS3.7 D.3.3), for our A-ASSOCIATE-RQ and -AC."""
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return [max_length, class_uid, version]
+
+
+def _abort_pdu(source: int, reason: int) -> bytes:
+    return struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, reason)
+
+
+def _set_nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - not TCP
+            pass
+
+
+# ----------------------------------------------------------------- association
+
+@dataclass
+class Handshake:
+    """An accepted association before anyone reads from it: the streams,
+    the accepted contexts by id (transfer syntax and roles negotiated) and
+    the peer's Maximum Length Received (0: no limit)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    contexts: dict[int, PresentationContext]
+    max_pdu: int
+    proposed: int
+
+
+def _proposal(contexts: Sequence[PresentationContext],
+              scp_roles: Sequence[str]) -> tuple[list[PresentationContext], list[Any]]:
+    """Number the contexts 1, 3, 5 …; set the SCP role on those whose
+    abstract syntax is in ``scp_roles`` (PS3.7 D.3.3.4) and build the items."""
+    if not contexts:
+        raise ValueError("at least one presentation context is needed")
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts)} presentation contexts; at most {MAX_CONTEXTS}")
+    wanted = dict.fromkeys(str(uid) for uid in scp_roles)
+    proposed = []
+    for n, cx in enumerate(contexts):
+        copy = PresentationContext()
+        copy.context_id = 2 * n + 1
+        copy.abstract_syntax = cx.abstract_syntax
+        copy.transfer_syntax = list(cx.transfer_syntax)
+        if str(cx.abstract_syntax) in wanted:
+            copy.scu_role, copy.scp_role = False, True
+        proposed.append(copy)
+    items = []
+    for uid in wanted:
+        item = SCP_SCU_RoleSelectionNegotiation()
+        item.sop_class_uid = uid
+        item.scu_role, item.scp_role = False, True
+        items.append(item)
+    return proposed, items
+
+
+async def request_association(target: Target, contexts: Sequence[PresentationContext], *,
+                              scp_roles: Sequence[str] = (),
+                              ssl: _ssl.SSLContext | None = None,
+                              max_pdu: int = MAX_PDU) -> Handshake:
+    """Connect to ``target`` and negotiate an association proposing
+    ``contexts`` (with us as SCP for the abstract syntaxes in ``scp_roles``).
+
+    Raises :class:`ConnectionFailed` (no connection within ``timeout``),
+    :class:`AssociationRejected`, :class:`AssociationAborted` (A-ABORT, no
+    answer, or not an association answer) or :class:`NoAcceptedContext`."""
+    proposed, roles = _proposal(contexts, scp_roles)
+    name = _name(target)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(target.host, target.port, ssl=ssl, limit=4 * CHUNK),
+            target.timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise ConnectionFailed(name, "cannot connect (connection refused, host unreachable "
+                                     f"or no answer within {target.timeout:g} s)") from exc
+    _set_nodelay(writer)
+    request = A_ASSOCIATE()
+    request.application_context_name = APPLICATION_CONTEXT
+    request.calling_ae_title = target.calling_aet
+    request.called_ae_title = target.aet
+    request.presentation_context_definition_list = proposed
+    request.user_information = [*user_information(max_pdu), *roles]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(request)
+    try:
+        writer.write(rq.encode())
+        pdu_type, body = await asyncio.wait_for(_read_pdu(reader), target.timeout)
+        contexts_by_id, peer_max = _answer(name, pdu_type, body, proposed)
+    except BaseException as exc:
+        if isinstance(exc, NoAcceptedContext):  # accepted, so it is ended by an abort
+            writer.write(_abort_pdu(0, 0))
+        writer.close()
+        if isinstance(exc, asyncio.TimeoutError):  # (an OSError too, since 3.11)
+            raise AssociationAborted(name, "association aborted or not answered within "
+                                           f"{target.timeout:g} s") from None
+        if isinstance(exc, (OSError, asyncio.IncompleteReadError)):
+            raise AssociationAborted(name, "connection closed during association "
+                                           "negotiation") from None
+        raise
+    return Handshake(reader, writer, contexts_by_id, peer_max, len(proposed))
+
+
+async def _read_pdu(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readexactly(6)
+    length = int.from_bytes(head[2:6], "big")
+    if length > MAX_ASSOCIATE_PDU:
+        raise asyncio.IncompleteReadError(b"", length)
+    return head[0], await reader.readexactly(length)
+
+
+def _answer(name: str, pdu_type: int, body: bytes, proposed: list[PresentationContext]
+            ) -> tuple[dict[int, PresentationContext], int]:
+    """The accepted contexts and max PDU of an A-ASSOCIATE-AC, or the
+    exception its -RJ or A-ABORT means."""
+    if pdu_type == 0x03:
+        rj = A_ASSOCIATE_RJ()
+        try:
+            rj.decode(struct.pack(">BBI", 0x03, 0, len(body)) + body)
+            why = rj.to_primitive()
+            texts = (why.result_str, why.source_str, why.reason_str)
+        except Exception:  # noqa: BLE001 - an odd rejection is still a rejection
+            texts = ("?", "?", "?")
+        raise AssociationRejected(name, *texts)
+    if pdu_type == 0x07:
+        raise AssociationAborted(name, "association aborted by the peer")
+    if pdu_type != 0x02:
+        raise AssociationAborted(name, f"{_PDU_NAMES.get(pdu_type, 'an unknown PDU')} "
+                                       "instead of A-ASSOCIATE-AC")
+    ac = A_ASSOCIATE_AC()
+    try:
+        ac.decode(struct.pack(">BBI", 0x02, 0, len(body)) + body)
+        reply = ac.to_primitive()
+    except Exception as exc:  # noqa: BLE001 - pynetdicom raises several kinds
+        raise AssociationAborted(name, f"malformed A-ASSOCIATE-AC ({exc})") from None
+    roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
+             for item in reply.user_information
+             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+    result = negotiate_as_requestor(proposed,
+                                    reply.presentation_context_definition_results_list, roles)
+    accepted = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
+    if not accepted:
+        raise NoAcceptedContext(name, "association accepted but none of the proposed "
+                                      "presentation contexts (SOP class / transfer syntax)")
+    return accepted, int(reply.maximum_length_received or 0)
+
+
+#: A handler for the peer's C-STOREs (a C-GET's sub-operations): gets the
+#: command and the data set bytes, returns a status (it runs on a thread).
+StoreHandler = Callable[[m.Command, str, bytes], int]
+#: A handler for the peer's N-EVENT-REPORTs: (event type, information) → status.
+EventHandler = Callable[[int, Dataset | None], int]
+
+_END = object()
+
+
+class Requested:
+    """An association we requested, from the A-ASSOCIATE-AC to its release
+    or abort.  Use it from the event loop it was made on."""
+
+    def __init__(self, target: Target, hs: Handshake, *,
+                 on_store: StoreHandler | None = None,
+                 on_event: EventHandler | None = None) -> None:
+        self.target = target
+        self.name = _name(target)
+        self.reader, self.writer = hs.reader, hs.writer
+        self.contexts = hs.contexts
+        self.max_pdu = hs.max_pdu
+        self.on_store = on_store
+        self.on_event = on_event
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        self.why_closed = ""
+        self.last_rx = self.loop.time()
+        self._next_id = 0
+        self._queues: dict[int, asyncio.Queue[Any]] = {}
+        self._send_lock = asyncio.Lock()
+        self._released = self.loop.create_future()
+        self._usable: dict[str, dict[str, int]] = {}
+        self._ahead: tuple[Path, int, bytes] | None = None
+        self._task = self.loop.create_task(self._read())
+        self._watchdog = self.loop.call_later(IDLE_CHECK, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Abort when a request waits and the peer has sent nothing for
+        ``dimse_timeout`` seconds (checked every IDLE_CHECK seconds)."""
+        if self.closed:
+            return
+        limit = self.target.dimse_timeout
+        if limit is not None and self._queues and self.loop.time() - self.last_rx > limit:
+            self.abort(f"no answer within {limit:g} s")
+            return
+        self._watchdog = self.loop.call_later(IDLE_CHECK, self._check_idle)
+
+    # -- contexts
+
+    def accepted(self, sop_class: str) -> dict[str, int]:
+        """Transfer syntax → context id of the accepted contexts for ``sop_class``."""
+        usable = self._usable.get(sop_class)
+        if usable is None:
+            usable = self._usable[sop_class] = {
+                str(cx.transfer_syntax[0]): cid for cid, cx in self.contexts.items()
+                if str(cx.abstract_syntax) == sop_class}
+        return usable
+
+    def context_for(self, sop_class: str) -> tuple[int, str] | None:
+        """The first accepted context for ``sop_class``: (id, transfer syntax)."""
+        for ts, cid in self.accepted(sop_class).items():
+            return cid, ts
+        return None
+
+    # -- the reader
+
+    async def _read(self) -> None:
+        try:
+            await self._read_pdus()
+        except asyncio.IncompleteReadError:
+            self._closed("connection closed by the peer")
+        except (ConnectionError, OSError) as exc:
+            self._closed(f"connection lost ({exc.__class__.__name__}: {exc})")
+        except _ProtocolError as exc:
+            self._write_now(_abort_pdu(2, 6))
+            self._closed(f"aborted by us: {exc}")
+        except asyncio.CancelledError:
+            self._closed(self.why_closed or "aborted")
+        except Exception as exc:  # noqa: BLE001 - a bug must not hang the waiters
+            log.exception("association with %s failed", self.name)
+            self._write_now(_abort_pdu(2, 0))
+            self._closed(f"internal error {exc.__class__.__name__}")
+        finally:
+            self.writer.close()
+
+    async def _read_pdus(self) -> None:
+        command_parts: list[bytes] = []
+        command: m.Command | None = None
+        data = bytearray()
+        reader = self.reader
+        while True:
+            head = await reader.readexactly(6)
+            pdu_type, length = head[0], int.from_bytes(head[2:6], "big")
+            self.last_rx = self.loop.time()
+            if pdu_type != 0x04:
+                await self._other_pdu(pdu_type, length)
+                if self.closed:
+                    return
+                continue
+            if length > max(MAX_PDU, 1 << 24):
+                raise _ProtocolError(f"P-DATA-TF of length {length}")
+            body = await reader.readexactly(length)
+            self.last_rx = self.loop.time()
+            pos = 0
+            while pos < length:
+                if pos + 6 > length:
+                    raise _ProtocolError("P-DATA-TF ends inside a PDV item header")
+                item = int.from_bytes(body[pos:pos + 4], "big")
+                context_id, control = body[pos + 4], body[pos + 5]
+                if item < 2 or pos + 4 + item > length:
+                    raise _ProtocolError(f"PDV item length {item}")
+                if context_id not in self.contexts:
+                    raise _ProtocolError(f"PDV for presentation context {context_id}, "
+                                         "which was not accepted")
+                fragment = body[pos + 6:pos + 4 + item]
+                pos += 4 + item
+                last = bool(control & 0x02)
+                if control & 0x01:
+                    if command is not None:
+                        raise _ProtocolError("command fragment while a data set was expected")
+                    command_parts.append(fragment)
+                    if not last:
+                        continue
+                    decoded = _decode_command(b"".join(command_parts), self.name)
+                    command_parts = []
+                    if decoded.has_dataset:
+                        command = decoded
+                    else:
+                        await self._message(context_id, decoded, None)
+                else:
+                    if command is None:
+                        raise _ProtocolError("data set fragment with no command expecting one")
+                    data += fragment
+                    if last:
+                        done, command = command, None
+                        payload, data = bytes(data), bytearray()
+                        await self._message(context_id, done, payload)
+
+    async def _other_pdu(self, pdu_type: int, length: int) -> None:
+        if length > MAX_ASSOCIATE_PDU:
+            raise _ProtocolError(f"{_PDU_NAMES.get(pdu_type, 'PDU')} of length {length}")
+        body = await self.reader.readexactly(length)
+        if pdu_type == 0x06:
+            self._closed("released")
+            if not self._released.done():
+                self._released.set_result(None)
+        elif pdu_type == 0x05:
+            await self._write(A_RELEASE_RP)
+            self._closed("released by the peer")
+        elif pdu_type == 0x07:
+            source = body[2] if len(body) == 4 else 0
+            self._closed(f"aborted by the peer (source {source}, reason "
+                         f"{body[3] if len(body) == 4 else 0})")
+        else:
+            raise _ProtocolError(f"unexpected {_PDU_NAMES.get(pdu_type, 'unknown PDU')}")
+
+    def _closed(self, why: str) -> None:
+        self._watchdog.cancel()
+        if not self.closed:
+            self.closed = True
+            self.why_closed = why
+        for queue in self._queues.values():
+            queue.put_nowait(_END)
+        if not self._released.done():
+            self._released.set_result(None)
+
+    async def _message(self, context_id: int, command: m.Command, data: bytes | None) -> None:
+        if command.field & 0x8000:
+            queue = self._queues.get(command.responded_to)
+            if queue is None:
+                log.info("unexpected response 0x%04X to message %d from %s", command.field,
+                         command.responded_to, self.name)
+                return
+            queue.put_nowait((command, data))
+            return
+        syntax = str(self.contexts[context_id].transfer_syntax[0])
+        if command.field == m.C_STORE_RQ:
+            status = 0x0122 if self.on_store is None or data is None else \
+                await self.loop.run_in_executor(None, self.on_store, command, syntax, data)
+            await self.send(context_id, m.response(
+                m.C_STORE_RSP, command, status, affected_sop_class=command.affected_sop_class,
+                affected_sop_instance=command.affected_sop_instance))
+        elif command.field == m.N_EVENT_REPORT_RQ:
+            status = 0x0000
+            if self.on_event is not None:
+                info = m.decode_dataset(data, syntax) if data else None
+                status = await self.loop.run_in_executor(
+                    None, self.on_event, command.us(m.EVENT_TYPE), info)
+            await self.send(context_id, m.response(
+                m.N_EVENT_REPORT_RSP, command, status,
+                affected_sop_class=command.affected_sop_class,
+                affected_sop_instance=command.affected_sop_instance,
+                event_type=command.us(m.EVENT_TYPE)))
+        elif command.field == m.C_ECHO_RQ:
+            await self.send(context_id, m.response(
+                m.C_ECHO_RSP, command, 0x0000, affected_sop_class=command.affected_sop_class))
+        else:
+            await self.send(context_id, m.response(
+                command.field | 0x8000, command, 0x0211, error_comment="unrecognized operation"))
+
+    # -- writing
+
+    def _write_now(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            try:
+                self.writer.write(data)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+
+    async def _write(self, data: bytes) -> None:
+        async with self._send_lock:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def send(self, context_id: int, command: bytes, dataset: bytes | None = None) -> None:
+        """One DIMSE message, fragmented to the peer's maximum PDU length."""
+        if self.closed:
+            raise AssociationAborted(self.name, f"association {self.why_closed}")
+        await self._write(m.message(context_id, command, dataset, self.max_pdu))
+
+    # -- requests and responses
+
+    async def request(self, context_id: int, fields: dict[str, Any],
+                      dataset: bytes | None = None) -> int:
+        """Send a request; its message id, to read its responses with."""
+        message_id = self._register()
+        command = m.encode_command(message_id=message_id,
+                                   dataset_type=0x0000 if dataset is not None else m.NO_DATASET,
+                                   **fields)
+        try:
+            await self.send(context_id, command, dataset)
+        except BaseException:
+            self._queues.pop(message_id, None)
+            raise
+        return message_id
+
+    def _register(self) -> int:
+        self._next_id = self._next_id % 0xFFFF + 1
+        self._queues[self._next_id] = asyncio.Queue()
+        return self._next_id
+
+    async def response(self, message_id: int, cancel: threading.Event | None = None,
+                       on_cancel: Callable[[], Awaitable[None]] | None = None
+                       ) -> tuple[m.Command, bytes | None]:
+        """The next response to ``message_id``.  The association is aborted
+        after ``dimse_timeout`` seconds without a PDU (``_check_idle``); when
+        ``cancel`` gets set, awaits ``on_cancel`` once and keeps waiting."""
+        queue = self._queues[message_id]
+        while True:
+            if cancel is not None and on_cancel is not None and cancel.is_set():
+                cancel_once, on_cancel = on_cancel, None
+                await cancel_once()
+            if not queue.empty():
+                item = queue.get_nowait()
+                break
+            if cancel is None or on_cancel is None:  # silence is _check_idle's
+                item = await queue.get()
+                break
+            try:
+                item = await asyncio.wait_for(queue.get(), POLL)
+                break
+            except asyncio.TimeoutError:
+                pass
+        if item is _END:
+            queue.put_nowait(_END)
+            raise AssociationAborted(self.name, f"association {self.why_closed or 'closed'} "
+                                                "before the response came")
+        command, data = item
+        return command, data
+
+    def done(self, message_id: int) -> None:
+        """Forget a request whose last response came."""
+        self._queues.pop(message_id, None)
+
+    async def responses(self, message_id: int, cancel: threading.Event | None = None,
+                        cancel_context: int | None = None
+                        ) -> AsyncIterator[tuple[m.Command, bytes | None]]:
+        """Every response to ``message_id`` up to the final one (not
+        Pending); setting ``cancel`` sends a C-CANCEL-RQ on ``cancel_context``."""
+        async def send_cancel() -> None:
+            if cancel_context is not None and not self.closed:
+                await self.cancel(cancel_context, message_id)
+        try:
+            while True:
+                command, data = await self.response(message_id, cancel, send_cancel)
+                yield command, data
+                if command.status not in (0xFF00, 0xFF01):
+                    return
+        finally:
+            self.done(message_id)
+
+    async def cancel(self, context_id: int, message_id: int) -> None:
+        """C-CANCEL-RQ for the request ``message_id`` (PS3.7 9.3.2.3)."""
+        try:
+            await self.send(context_id, m.encode_command(
+                field=m.C_CANCEL_RQ, responded_to=message_id, dataset_type=m.NO_DATASET))
+        except (AssociationAborted, ConnectionError, OSError):
+            log.debug("C-CANCEL to %s not sent", self.name)
+
+    async def call(self, context_id: int, fields: dict[str, Any],
+                   dataset: bytes | None = None) -> tuple[m.Command, bytes | None]:
+        """A request with one response (C-ECHO, C-STORE, N-EVENT-REPORT)."""
+        message_id = await self.request(context_id, fields, dataset)
+        try:
+            return await self.response(message_id)
+        finally:
+            self.done(message_id)
+
+    # -- the operations
+
+    async def echo(self, context_id: int, sop_class: str) -> int:
+        command, _ = await self.call(context_id, dict(field=m.C_ECHO_RQ,
+                                                      affected_sop_class=sop_class))
+        return command.status
+
+    async def store_file(self, path: Path, sop_class: str, sop_instance: str,
+                         transfer_syntax: str) -> m.Command:
+        """C-STORE the data set of a Part 10 file: its bytes as they are when
+        the peer accepted its syntax for ``sop_class``, otherwise transcoded
+        by :func:`pacsnode.retrieve.outgoing` into one it accepted.  Raises
+        OSError/ValueError for a file that cannot be read or transcoded,
+        :class:`NoAcceptedContext` when no context takes the SOP class."""
+        usable = self.accepted(sop_class)
+        if not usable:
+            raise NoAcceptedContext(self.name, f"no accepted presentation context for "
+                                               f"{_uid_name(sop_class)}")
+        if transfer_syntax in usable:
+            return await self.store(usable[transfer_syntax], sop_class, sop_instance,
+                                    path=path)
+        data, offset, ts = await self.loop.run_in_executor(
+            None, _transcoded, path, sop_class, sop_instance, transfer_syntax, list(usable))
+        return await self.store(usable[ts], sop_class, sop_instance, data=data, offset=offset)
+
+    async def store(self, context_id: int, sop_class: str, sop_instance: str, *,
+                    path: Path | None = None, data: bytes | None = None, offset: int = -1,
+                    originator: tuple[str, int] | None = None,
+                    upcoming: tuple[Path, int] | None = None) -> m.Command:
+        """C-STORE-RQ on ``context_id`` and its response.  The data set is
+        ``data[offset:]`` (already in the context's syntax), or the file at
+        ``path`` from ``offset`` on (-1: after its File Meta Information),
+        streamed a block at a time.  ``originator``: the C-MOVE's (AE title,
+        message id).  ``upcoming``: the (file, context id) the next call
+        will send, read and framed while the peer answers this one."""
+        fields: dict[str, Any] = dict(field=m.C_STORE_RQ, affected_sop_class=sop_class,
+                                      affected_sop_instance=sop_instance, priority=0)
+        if originator is not None:
+            fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
+        message_id = self._register()
+        command = m.encode_command(message_id=message_id, dataset_type=0x0000, **fields)
+        try:
+            if data is not None:
+                await self._write(b"".join([
+                    *m.pdata(context_id, command, True, self.max_pdu),
+                    *m.pdata(context_id, memoryview(data)[max(offset, 0):], False,
+                             self.max_pdu)]))
+            else:
+                assert path is not None
+                await self._stream_file(context_id, command, path, offset)
+            if upcoming is not None:
+                self._read_ahead(*upcoming)
+            reply, _ = await self.response(message_id)
+            return reply
+        finally:
+            self.done(message_id)
+
+    def _read_ahead(self, path: Path, context_id: int) -> None:
+        """The data set of ``path`` cut into P-DATA-TF PDUs now, while the
+        peer stores the one before (files up to READ_AHEAD bytes; anything
+        wrong is left for the send itself to meet and report)."""
+        self._ahead = None
+        try:
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size > READ_AHEAD:
+                    return
+                data = fh.read(READ_AHEAD + 1)
+            offset = meta_end(data, path)
+        except (OSError, ValueError):
+            return
+        if len(data) > READ_AHEAD:  # grew since the fstat
+            return
+        self._ahead = (path, context_id, b"".join(
+            m.pdata(context_id, memoryview(data)[offset:], False, self.max_pdu)))
+
+    async def _stream_file(self, context_id: int, command: bytes, path: Path,
+                           offset: int = -1) -> None:
+        """The command and the file's data set, a block per write: a small
+        file goes out in one write (or as read ahead)."""
+        if self.closed:
+            raise AssociationAborted(self.name, f"association {self.why_closed}")
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[:2] == (path, context_id):
+            await self._write(b"".join(m.pdata(context_id, command, True, self.max_pdu))
+                              + ahead[2])
+            return
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if offset < 0:
+                head = fh.read(min(size, CHUNK))
+                offset = meta_end(head, path)
+                block: bytes | memoryview = memoryview(head)[offset:]
+            else:
+                fh.seek(offset)
+                block = b""
+            left = size - offset
+            parts = list(m.pdata(context_id, command, True, self.max_pdu))
+            async with self._send_lock:
+                if left <= 0:
+                    parts += m.pdata(context_id, b"", False, self.max_pdu)
+                while left > 0:
+                    if not block:
+                        block = fh.read(min(left, CHUNK))
+                        if not block:
+                            raise OSError(f"{path} shrank while being sent")
+                    left -= len(block)
+                    parts += m.pdata(context_id, block, False, self.max_pdu, last=left <= 0)
+                    if left > 0:
+                        self.writer.write(b"".join(parts))
+                        parts = []
+                        await self.writer.drain()
+                    block = b""
+                self.writer.write(b"".join(parts))
+                await self.writer.drain()
+
+    async def event_report(self, context_id: int, sop_class: str, sop_instance: str,
+                           event_type: int, info: Dataset) -> int:
+        """N-EVENT-REPORT (e.g. a storage commitment result, PS3.4 J.3.3); its status."""
+        syntax = str(self.contexts[context_id].transfer_syntax[0])
+        command, _ = await self.call(context_id, dict(
+            field=m.N_EVENT_REPORT_RQ, affected_sop_class=sop_class,
+            affected_sop_instance=sop_instance, event_type=event_type),
+            m.encode_dataset(info, syntax))
+        return command.status
+
+    # -- the end
+
+    async def release(self) -> None:
+        """A-RELEASE-RQ, and wait for the -RP (abort when it does not come)."""
+        if self.closed:
+            await self._finish()
+            return
+        try:
+            await self._write(A_RELEASE_RQ)
+            await asyncio.wait_for(asyncio.shield(self._released), RELEASE_WAIT)
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            self.abort("no A-RELEASE-RP")
+        await self._finish()
+
+    def abort(self, why: str = "") -> None:
+        """A-ABORT (PS3.8 9.3.8) and close."""
+        if not self.closed:
+            self._write_now(_abort_pdu(0, 0))
+            self.why_closed = f"aborted by us ({why})" if why else "aborted by us"
+            self._task.cancel()
+        self._closed(self.why_closed)
+        self.writer.close()
+
+    async def _finish(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        try:
+            await self._task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - ending anyway
+            pass
+
+
+class _ProtocolError(Exception):
+    """The peer broke PS3.8: we abort."""
+
+
+def _decode_command(raw: bytes, name: str) -> m.Command:
+    """A command set; elements of another group after it in the command PDV
+    (Orthanc puts a C-GET-RSP's Failed SOP Instance UID List there) are
+    ignored, as pynetdicom did, instead of aborting."""
+    try:
+        return m.decode_command(raw)
+    except ValueError as exc:
+        pos = 0
+        while pos + 8 <= len(raw) and raw[pos:pos + 2] == b"\0\0":
+            pos += 8 + int.from_bytes(raw[pos + 4:pos + 8], "little")
+        if 0 < pos < len(raw):
+            try:
+                command = m.decode_command(raw[:pos])
+            except ValueError:
+                pass
+            else:
+                log.debug("%s: %d bytes after the command set ignored", name, len(raw) - pos)
+                return command
+        raise _ProtocolError(f"undecodable command set: {exc}") from None
+
+
+def _uid_name(uid: str) -> str:
+    from pydicom.uid import UID
+    name = UID(uid).name
+    return name if name and name != uid else uid
+
+
+def meta_end(head: bytes | memoryview, path: Path | str = "") -> int:
+    """Where the data set of a Part 10 file starts, from its first bytes."""
+    return read_meta(head, path)[0]
+
+
+def _transcoded(path: Path, sop_class: str, sop_instance: str, stored: str,
+                accepted: list[str]) -> tuple[bytes, int, str]:
+    """A file in a syntax the peer accepted, through the one reader."""
+    from ..retrieve import InstanceRef, outgoing
+    ref = InstanceRef(sop_class, sop_instance, "", "", stored, Path(path),
+                      os.path.getsize(path), None)
+    out = outgoing(ref, accepted)
+    if out.data is None:  # the stored syntax after all
+        data = Path(path).read_bytes()
+        return data, meta_end(data, path), out.transfer_syntax
+    return out.data, out.offset, out.transfer_syntax
+
+
+async def connect(target: Target, contexts: Sequence[PresentationContext], *,
+                  scp_roles: Sequence[str] = (), ssl: _ssl.SSLContext | None = None,
+                  required: Sequence[str] = (), on_store: StoreHandler | None = None,
+                  on_event: EventHandler | None = None) -> Requested:
+    """An established :class:`Requested` association with ``target``.
+    ``required`` abstract syntaxes must be accepted, or
+    :class:`NoAcceptedContext` (naming them) is raised after an abort."""
+    hs = await request_association(target, contexts, scp_roles=scp_roles, ssl=ssl)
+    assoc = Requested(target, hs, on_store=on_store, on_event=on_event)
+    accepted = {str(cx.abstract_syntax) for cx in assoc.contexts.values()}
+    missing = [uid for uid in required if uid not in accepted]
+    if missing:
+        assoc.abort("a needed context was not accepted")
+        await assoc._finish()
+        raise NoAcceptedContext(assoc.name, "peer does not support "
+                                + ", ".join(_uid_name(uid) for uid in missing))
+    log.info("association requested: %s (%d of %d contexts, max PDU %s)", assoc.name,
+             len(assoc.contexts), hs.proposed, assoc.max_pdu or "unlimited")
+    return assoc
+
+
+async def report_event(target: Target, sop_class: str, sop_instance: str, event_type: int,
+                       info: Dataset, *, ssl: _ssl.SSLContext | None = None) -> int:
+    """An N-EVENT-REPORT on an association of its own, with us as the SCP of
+    ``sop_class`` (role selection): a storage commitment result the
+    requesting association was gone for (PS3.4 J.3.3).  Its status."""
+    from pynetdicom.presentation import build_context
+    assoc = await connect(target, [build_context(sop_class)], scp_roles=[sop_class], ssl=ssl,
+                          required=[sop_class])
+    try:
+        context_id = next(iter(assoc.accepted(sop_class).values()))
+        return await assoc.event_report(context_id, sop_class, sop_instance, event_type, info)
+    finally:
+        await assoc.release()
+
+
+# ----------------------------------------------------------- synchronous facade
+
+T = TypeVar("T")
+_LOOP: tuple[int, asyncio.AbstractEventLoop] | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def loop() -> asyncio.AbstractEventLoop:
+    """The requestor's event loop for synchronous callers: one per process,
+    on a daemon thread, started on first use (and again after a fork)."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP[0] != os.getpid():
+            new = asyncio.new_event_loop()
+            threading.Thread(target=new.run_forever, name="pacsnode-scu", daemon=True).start()
+            _LOOP = (os.getpid(), new)
+        return _LOOP[1]
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the requestor's loop and wait for its result
+    (from a thread that is not that loop's)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, loop()).result()

@@ -1,0 +1,66 @@
+"""What we propose when we send instances (C-STORE as SCU): the one builder
+of storage presentation contexts for an association we request, used by a
+C-MOVE's sub-operations (``retrieve.store_contexts``) and by
+``pacsnode send`` (``remote.scu``).
+
+For each SOP class: one context with the native little-endian syntaxes
+(:data:`NATIVE_LITTLE_ENDIAN`, which we produce from anything we decode);
+one per syntax an instance of that class is in, other than Explicit VR
+Little Endian, alone — so the peer can accept it and the bytes go as they
+are; and, room permitting, one with the lossless compressed syntaxes we can
+produce, for a peer that takes nothing uncompressed.  At most
+:data:`MAX_CONTEXTS` (PS3.8 9.3.2.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
+                         JPEGLSLossless, RLELossless)
+from pynetdicom.presentation import PresentationContext, build_context
+
+__all__ = ["NATIVE_LITTLE_ENDIAN", "MAX_CONTEXTS", "storage_contexts", "contexts_needed"]
+
+#: The two native little-endian syntaxes, in the order we offer them: one
+#: context carries both.  (Not ``transcode.UNCOMPRESSED``, which also holds
+#: the deflated and big-endian syntaxes: every syntax whose pixel data is
+#: not compressed.)
+NATIVE_LITTLE_ENDIAN: tuple[str, ...] = (str(ExplicitVRLittleEndian),
+                                         str(ImplicitVRLittleEndian))
+#: Most presentation contexts in an A-ASSOCIATE-RQ (ids 1-255, odd).
+MAX_CONTEXTS = 128
+#: Lossless compressed syntaxes proposed for a peer that may take nothing
+#: uncompressed (only those we can produce are proposed).
+_COMPRESSED_FALLBACK = (JPEG2000Lossless, JPEGLSLossless, RLELossless)
+
+
+def _alone(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, None], dict[tuple[str, str], None]]:
+    classes: dict[str, None] = {}
+    alone: dict[tuple[str, str], None] = {}
+    for sop_class, ts in pairs:
+        classes[str(sop_class)] = None
+        if str(ts) != ExplicitVRLittleEndian:
+            alone[(str(sop_class), str(ts))] = None
+    return classes, alone
+
+
+def contexts_needed(pairs: Iterable[tuple[str, str]]) -> int:
+    """How many contexts :func:`storage_contexts` needs at least for these
+    (SOP class, transfer syntax) pairs (the fallback contexts aside)."""
+    classes, alone = _alone(pairs)
+    return len(classes) + len(alone)
+
+
+def storage_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
+    """The contexts to propose for sending instances of these (SOP class,
+    stored transfer syntax) pairs (see the module text)."""
+    from ..transcode import can_transcode
+    classes, alone = _alone(pairs)
+    contexts = [build_context(sop_class, list(NATIVE_LITTLE_ENDIAN)) for sop_class in classes]
+    contexts += [build_context(sop_class, [ts]) for sop_class, ts in alone]
+    fallback = [str(ts) for ts in _COMPRESSED_FALLBACK
+                if can_transcode(ExplicitVRLittleEndian, ts)]
+    if fallback and len(contexts) + len(classes) <= MAX_CONTEXTS:
+        contexts += [build_context(sop_class, fallback) for sop_class in classes]
+    return contexts[:MAX_CONTEXTS]
