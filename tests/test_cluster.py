@@ -198,9 +198,18 @@ def test_ups_claim_race_across_both(cluster: Cluster) -> None:
 
 def test_a_burst_of_move_jobs_all_succeed_whoever_runs_them(cluster: Cluster,
                                                            tmp_path: Path) -> None:
-    """Six C-MOVE retrieve jobs posted to A at once, ROUNDS times: B's
-    workers claim some; every one asks Orthanc to send to the cluster's AE
-    title and succeeds."""
+    """Six C-MOVE retrieve jobs at once, ROUNDS times: every one asks Orthanc
+    to send to the cluster's AE title and succeeds, whichever process runs
+    it.  Even rounds are posted to A's REST API (A's own workers, woken at
+    once, usually take them all: a move of an already stored study is a
+    few milliseconds); odd rounds are queued in the shared database by a
+    third party — this test process, as a `pacsnode` command on another
+    host would — so both A's and B's workers find them by polling, and B
+    must run some of them."""
+    from pacsnode.config import load_settings
+    from pacsnode.node import Node
+    from pacsnode.remote import jobs as job_table
+
     uids: list[str] = []
     files = []
     for n in range(6):
@@ -211,20 +220,30 @@ def test_a_burst_of_move_jobs_all_succeed_whoever_runs_them(cluster: Cluster,
         uids.append(study)
     cluster.orthanc.upload(files)
     owners: list[str] = []
-    with httpx.Client(timeout=30) as http:
-        for _ in range(ROUNDS):
-            ids = [http.post(f"{cluster.a.base_url}/api/v1/nodes/ORTHANC/retrieve",
-                             json={"level": "STUDY", "StudyInstanceUID": s}).json()["job"]
-                   for s in uids]
+    third = Node(load_settings(cluster.work / "pacsnode.toml", overrides={
+        "data_dir": cluster.work / "data", "database_url": cluster.url}))
+    try:
+        with httpx.Client(timeout=30) as http:
+            for round_ in range(ROUNDS):
+                if round_ % 2 == 0:
+                    ids = [http.post(f"{cluster.a.base_url}/api/v1/nodes/ORTHANC/retrieve",
+                                     json={"level": "STUDY", "StudyInstanceUID": s}).json()["job"]
+                           for s in uids]
+                else:
+                    ids = [job_table.submit(third, node_name="ORTHANC", level="STUDY",
+                                            study_uid=s).id for s in uids]
 
-            def done() -> list[dict[str, Any]] | None:
-                jobs = [http.get(f"{cluster.a.base_url}/api/v1/jobs/{i}").json() for i in ids]
-                return jobs if all(j["state"] not in ("pending", "running") for j in jobs) \
-                    else None
-            jobs = wait_until(done, 60, "the burst of retrieve jobs")
-            assert [(j["state"], j["error"], j["destination"]) for j in jobs] == \
-                [("succeeded", None, CLUSTER_AET)] * 6
-            owners += [j["owner"] for j in jobs]
+                def done() -> list[dict[str, Any]] | None:
+                    jobs = [http.get(f"{cluster.a.base_url}/api/v1/jobs/{i}").json()
+                            for i in ids]
+                    return jobs if all(j["state"] not in ("pending", "running")
+                                       for j in jobs) else None
+                jobs = wait_until(done, 60, "the burst of retrieve jobs")
+                assert [(j["state"], j["error"], j["destination"]) for j in jobs] == \
+                    [("succeeded", None, CLUSTER_AET)] * 6
+                owners += [j["owner"] for j in jobs]
+    finally:
+        third.close()
     pid_b = str(cluster.b.proc.pid)  # type: ignore[union-attr]
     ran_by_b = sum(1 for o in owners if o.split(":")[1] == pid_b)
     assert 0 < ran_by_b < len(owners), f"B ran {ran_by_b} of {len(owners)}"
