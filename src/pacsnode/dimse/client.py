@@ -36,12 +36,13 @@ import socket
 import ssl as _ssl
 import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
                                        ImplementationVersionNameNotification,
@@ -266,12 +267,13 @@ def _answer(name: str, pdu_type: int, body: bytes, proposed: list[PresentationCo
         reply = ac.to_primitive()
     except Exception as exc:  # noqa: BLE001 - pynetdicom raises several kinds
         raise AssociationAborted(name, f"malformed A-ASSOCIATE-AC ({exc})") from None
-    roles = {str(item.sop_class_uid): (item.scu_role, item.scp_role)
+    roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
              for item in reply.user_information
              if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
     result = negotiate_as_requestor(proposed,
                                     reply.presentation_context_definition_results_list, roles)
-    accepted = {int(cx.context_id): cx for cx in result if cx.result == 0x00}
+    accepted = {cx.context_id: cx for cx in result
+                if cx.result == 0x00 and cx.context_id is not None}
     if not accepted:
         raise NoAcceptedContext(name, "association accepted but none of the proposed "
                                       "presentation contexts (SOP class / transfer syntax)")
@@ -554,7 +556,7 @@ class Requested:
 
     async def responses(self, message_id: int, cancel: threading.Event | None = None,
                         cancel_context: int | None = None
-                        ) -> AsyncIterator[tuple[m.Command, bytes | None]]:
+                        ) -> AsyncGenerator[tuple[m.Command, bytes | None], None]:
         """Every response to ``message_id`` up to the final one (not
         Pending); setting ``cancel`` sends a C-CANCEL-RQ on ``cancel_context``."""
         async def send_cancel() -> None:
@@ -847,7 +849,14 @@ def loop() -> asyncio.AbstractEventLoop:
         return _LOOP[1]
 
 
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
+def run(coroutine: Awaitable[T]) -> T:
     """Run ``coroutine`` on the requestor's loop and wait for its result
     (from a thread that is not that loop's)."""
-    return asyncio.run_coroutine_threadsafe(coroutine, loop()).result()
+    future = asyncio.run_coroutine_threadsafe(_awaited(coroutine), loop())
+    return future.result()
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    """A coroutine of any awaitable (an async generator's ``__anext__()``
+    is one asyncio takes only by duck typing)."""
+    return await awaitable

@@ -166,7 +166,8 @@ async def _refs(assoc: AssociationHandle, op: Operation, data: bytes,
         await final(assoc, op, field, 0xC000, f"cannot decode identifier: {exc}")
         return None
     try:
-        return await assoc.server.pool.run(_locate, assoc, ident)
+        refs: list[InstanceRef] = await assoc.server.pool.run(_locate, assoc, ident)
+        return refs
     except PacsnodeError as exc:
         log.warning("%s from %s refused: %s", verb, assoc.origin.describe(), exc.reason)
         await final(assoc, op, field, exc.dimse_status, exc.reason)

@@ -66,8 +66,7 @@ from ..errors import PacsnodeError
 from ..events import Origin
 from ..index.db import Database
 from ..index.jobs_tables import TERMINAL_STATES, jobs
-from ..leases import HOST as _HOST
-from ..leases import claim, owner_id, owner_is_dead, pid_alive  # noqa: F401 (cluster.py)
+from ..leases import claim, owner_id, owner_is_dead
 from ..node import Node
 from . import scu
 from .errors import RemoteError

@@ -18,7 +18,6 @@ header, pfdcm's ``/api/v1/cmd`` its ``{"status": false, …}``).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
