@@ -27,6 +27,7 @@ from pacsnode.events import Origin
 from pacsnode.index.db import Database
 from pacsnode.index.jobs_tables import jobs as jobs_table
 from pacsnode.node import Node
+from pacsnode import leases
 from pacsnode.remote import jobs
 from pacsnode.retrieve import locate
 
@@ -357,13 +358,13 @@ def test_recovery_of_jobs_left_running(tmp_path: Path) -> None:
         a = jobs.submit(node, node_name="X", level="SERIES", series_uid="1.2.1")
         b = jobs.submit(node, node_name="X", level="SERIES", series_uid="1.2.2")
         c = jobs.submit(node, node_name="X", level="SERIES", series_uid="1.2.3")
-        owners = {a.id: f"{jobs._HOST}:{dead.pid}:dead", b.id: "otherhost:1:x",
-                  c.id: f"{jobs._HOST}:{os.getpid()}:alive"}
+        owners = {a.id: f"{leases.HOST}:{dead.pid}:dead", b.id: "otherhost:1:x",
+                  c.id: f"{leases.HOST}:{os.getpid()}:alive"}
         with node.db.write() as conn:
             for job_id, owner in owners.items():
                 conn.execute(update(jobs_table).where(jobs_table.c.id == job_id).values(
                     state="running", owner=owner, lease_until=time.time() + 3600))
-        me = f"{jobs._HOST}:{os.getpid()}:alive"
+        me = f"{leases.HOST}:{os.getpid()}:alive"
         assert jobs.recover(node.db, me) == 1  # c is our own (alive) claim
         got = jobs.get_job(node.db, a.id)
         assert got is not None and got.state == "failed"
@@ -378,7 +379,7 @@ def test_recovery_of_jobs_left_running(tmp_path: Path) -> None:
         got = jobs.get_job(node.db, b.id)
         assert got is not None and got.state == "failed" and "lease" in got.error
         # A restart that got our pid (a container's pid 1) is not "alive".
-        assert jobs.recover(node.db, f"{jobs._HOST}:{os.getpid()}:newlife") == 1
+        assert jobs.recover(node.db, f"{leases.HOST}:{os.getpid()}:newlife") == 1
         assert jobs.get_job(node.db, c.id).state == "failed"  # type: ignore[union-attr]
     finally:
         node.close()
