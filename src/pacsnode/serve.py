@@ -150,7 +150,11 @@ def _http_socket(host: str, port: int) -> socket.socket:
     """The HTTP listener's socket, bound (uvicorn listens on it): bound
     here, so that "HTTP listening" is logged only once it is true."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only
+    # on connections whose socket says proto == IPPROTO_TCP, and an accepted
+    # socket inherits the listener's 0 otherwise — every response with a body
+    # then waited ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
