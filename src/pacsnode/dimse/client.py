@@ -44,19 +44,17 @@ from typing import Any, Protocol, TypeVar
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
-                                       ImplementationVersionNameNotification,
-                                       MaximumLengthNotification,
-                                       SCP_SCU_RoleSelectionNegotiation)
+from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
 from ..dicom.filemeta import read_meta
-from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from . import messages as m
+from .pdu import (A_RELEASE_RP, A_RELEASE_RQ, APPLICATION_CONTEXT, PDU_NAMES, a_abort,
+                  user_information)
 from .errors import AssociationAborted, AssociationRejected, ConnectionFailed, NoAcceptedContext
 
 __all__ = ["Target", "Destination", "Handshake", "report_event", "Requested", "request_association", "connect", "run",
-           "MAX_CONTEXTS", "MAX_PDU", "APPLICATION_CONTEXT", "user_information"]
+           "MAX_CONTEXTS", "MAX_PDU"]
 
 log = logging.getLogger("pacsnode.dimse.client")
 
@@ -65,7 +63,6 @@ MAX_CONTEXTS = 128
 #: Our Maximum Length Received on associations we request: a P-DATA-TF is
 #: read whole, so it is bounded (DCMTK's largest default).
 MAX_PDU = 131072
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 #: Longest A-ASSOCIATE-AC / -RJ we read.
 MAX_ASSOCIATE_PDU = 1 << 20
 #: Bytes of a stored file read per write while streaming its data set.
@@ -79,11 +76,6 @@ IDLE_CHECK = 1.0
 #: Seconds we wait for the A-RELEASE-RP.
 RELEASE_WAIT = 10.0
 
-_PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ",
-              0x04: "P-DATA-TF", 0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP",
-              0x07: "A-ABORT"}
-A_RELEASE_RQ = bytes.fromhex("05000000000400000000")
-A_RELEASE_RP = bytes.fromhex("06000000000400000000")
 
 
 class Target(Protocol):
@@ -120,22 +112,6 @@ class Destination:
 
 def _name(target: Target) -> str:
     return f"{target.aet}@{target.host}:{target.port}"
-
-
-def user_information(max_pdu: int) -> list[Any]:
-    """Maximum length received, implementation class UID and version name
-    (PS3.7 D.3.3), for our A-ASSOCIATE-RQ and -AC."""
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = max_pdu
-    class_uid = ImplementationClassUIDNotification()
-    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    return [max_length, class_uid, version]
-
-
-def _abort_pdu(source: int, reason: int) -> bytes:
-    return struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, reason)
 
 
 def _set_nodelay(writer: asyncio.StreamWriter) -> None:
@@ -223,7 +199,7 @@ async def request_association(target: Target, contexts: Sequence[PresentationCon
         contexts_by_id, peer_max = _answer(name, pdu_type, body, proposed)
     except BaseException as exc:
         if isinstance(exc, NoAcceptedContext):  # accepted, so it is ended by an abort
-            writer.write(_abort_pdu(0, 0))
+            writer.write(a_abort(0, 0))
         writer.close()
         if isinstance(exc, asyncio.TimeoutError):  # (an OSError too, since 3.11)
             raise AssociationAborted(name, "association aborted or not answered within "
@@ -259,7 +235,7 @@ def _answer(name: str, pdu_type: int, body: bytes, proposed: list[PresentationCo
     if pdu_type == 0x07:
         raise AssociationAborted(name, "association aborted by the peer")
     if pdu_type != 0x02:
-        raise AssociationAborted(name, f"{_PDU_NAMES.get(pdu_type, 'an unknown PDU')} "
+        raise AssociationAborted(name, f"{PDU_NAMES.get(pdu_type, 'an unknown PDU')} "
                                        "instead of A-ASSOCIATE-AC")
     ac = A_ASSOCIATE_AC()
     try:
@@ -354,13 +330,13 @@ class Requested:
         except (ConnectionError, OSError) as exc:
             self._closed(f"connection lost ({exc.__class__.__name__}: {exc})")
         except _ProtocolError as exc:
-            self._write_now(_abort_pdu(2, 6))
+            self._write_now(a_abort(2, 6))
             self._closed(f"aborted by us: {exc}")
         except asyncio.CancelledError:
             self._closed(self.why_closed or "aborted")
         except Exception as exc:  # noqa: BLE001 - a bug must not hang the waiters
             log.exception("association with %s failed", self.name)
-            self._write_now(_abort_pdu(2, 0))
+            self._write_now(a_abort(2, 0))
             self._closed(f"internal error {exc.__class__.__name__}")
         finally:
             self.writer.close()
@@ -420,7 +396,7 @@ class Requested:
 
     async def _other_pdu(self, pdu_type: int, length: int) -> None:
         if length > MAX_ASSOCIATE_PDU:
-            raise _ProtocolError(f"{_PDU_NAMES.get(pdu_type, 'PDU')} of length {length}")
+            raise _ProtocolError(f"{PDU_NAMES.get(pdu_type, 'PDU')} of length {length}")
         body = await self.reader.readexactly(length)
         if pdu_type == 0x06:
             self._closed("released")
@@ -434,7 +410,7 @@ class Requested:
             self._closed(f"aborted by the peer (source {source}, reason "
                          f"{body[3] if len(body) == 4 else 0})")
         else:
-            raise _ProtocolError(f"unexpected {_PDU_NAMES.get(pdu_type, 'unknown PDU')}")
+            raise _ProtocolError(f"unexpected {PDU_NAMES.get(pdu_type, 'unknown PDU')}")
 
     def _closed(self, why: str) -> None:
         self._watchdog.cancel()
@@ -730,7 +706,7 @@ class Requested:
     def abort(self, why: str = "") -> None:
         """A-ABORT (PS3.8 9.3.8) and close."""
         if not self.closed:
-            self._write_now(_abort_pdu(0, 0))
+            self._write_now(a_abort(0, 0))
             self.why_closed = f"aborted by us ({why})" if why else "aborted by us"
             self._task.cancel()
         self._closed(self.why_closed)

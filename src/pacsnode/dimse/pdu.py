@@ -13,10 +13,14 @@ import socket
 import struct
 from typing import Any
 
-from . import client
+from pynetdicom.pdu_primitives import (ImplementationClassUIDNotification,
+                                       ImplementationVersionNameNotification,
+                                       MaximumLengthNotification)
+
+from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = ["ProtocolError", "a_abort", "a_associate_rj", "set_nodelay", "listen_socket",
-           "our_user_information", "PDU_NAMES", "A_RELEASE_RP",
+           "our_user_information", "user_information", "PDU_NAMES", "A_RELEASE_RQ", "A_RELEASE_RP",
            "ABORT_SOURCES", "ABORT_REASONS", "APPLICATION_CONTEXT", "MAX_PDU_RECEIVE",
            "MAX_ASSOCIATE_RQ", "CHUNK", "ARTIM",
            "LINGER", "REJECT_DELAY"]
@@ -41,6 +45,7 @@ REJECT_DELAY = 0.05
 PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ",
              0x04: "P-DATA-TF", 0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP",
              0x07: "A-ABORT"}
+A_RELEASE_RQ = bytes.fromhex("05000000000400000000")
 A_RELEASE_RP = bytes.fromhex("06000000000400000000")
 ABORT_SOURCES = {0: "service user", 1: "reserved", 2: "service provider"}
 ABORT_REASONS = {0: "not specified", 1: "unrecognized PDU", 2: "unexpected PDU",
@@ -56,11 +61,22 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+def user_information(max_pdu: int) -> list[Any]:
+    """Maximum length received, implementation class UID and version name
+    (PS3.7 D.3.3): the user information of our A-ASSOCIATE-RQ (client.py)
+    and -AC."""
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return [max_length, class_uid, version]
+
+
 def our_user_information() -> list[Any]:
-    """The user information items we send in A-ASSOCIATE-AC: maximum length
-    received, implementation class UID and version name (PS3.7 D.3.3), as
-    the requestor sends them (``client.user_information``)."""
-    return client.user_information(MAX_PDU_RECEIVE)
+    """The user information items we send in A-ASSOCIATE-AC."""
+    return user_information(MAX_PDU_RECEIVE)
 
 
 def a_abort(source: int, reason: int) -> bytes:
