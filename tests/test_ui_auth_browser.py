@@ -42,9 +42,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def sign_in(page: Any, token: str) -> None:
-    page.wait_for_selector("form.login")
+    page.wait_for_selector("form.token-login")
     page.fill("input[name=token]", token)
-    page.click("form.login button[type=submit]")
+    page.click("form.token-login button[type=submit]")
 
 
 def test_a_reader_sees_and_views_but_cannot_change(browser: Any,  # noqa: F811
@@ -55,7 +55,7 @@ def test_a_reader_sees_and_views_but_cannot_change(browser: Any,  # noqa: F811
     try:
         page.goto("/ui/")
         sign_in(page, "not-a-token")
-        page.wait_for_selector("form.login p.error")
+        page.wait_for_selector("section.login p.login-why")
         shot(page, env["shots"], "login-refused")
         sign_in(page, env["tokens"]["reader"])
         page.wait_for_selector("tr.study-row")
@@ -76,7 +76,7 @@ def test_a_reader_sees_and_views_but_cannot_change(browser: Any,  # noqa: F811
         refused = [f for f in rec.failures if f.startswith(("401", "403"))]
         assert refused and all("/api/v1/me" in f for f in refused), rec.failures
         page.click("text=Sign out")
-        page.wait_for_selector("form.login")
+        page.wait_for_selector("form.token-login")
         assert page.evaluate("sessionStorage.getItem('pacsnode.token')") is None
     finally:
         context.close()

@@ -118,7 +118,7 @@ def test_dictionary_names_tags(client: httpx.Client) -> None:
 def test_config_says_what_the_page_offers(client: httpx.Client) -> None:
     from pacsnode import __version__
     assert client.get("/ui/config.json").json() == {"version": __version__, "ohif": True,
-                                                    "auth": "off"}
+                                                    "auth": "off", "oidc": None}
 
 
 def test_ohif_index_is_moved_under_ohif(client: httpx.Client) -> None:
@@ -188,6 +188,7 @@ def test_with_auth_on_the_files_are_open_and_the_data_is_not(tmp_path: Path,
         assert httpx.get(base + "/ui/config.json").json()["auth"] == "on"
         config = httpx.get(base + "/ohif/app-config.js").text
         assert "sessionStorage.getItem(\"pacsnode.token\")" in config and "'Bearer '" in config
+        assert "import('/ui/oidc.js')" in config  # an OIDC sign-in is renewed in OHIF too
         assert httpx.get(base + "/dicomweb/studies").status_code == 401
         reader = create_token(server.node.db, "ui-reader", "reader")
         me = httpx.get(base + "/api/v1/me", headers={"Authorization": f"Bearer {reader}"})

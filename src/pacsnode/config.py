@@ -122,6 +122,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("oidc_roles_claim", "roles", "Claim of an OIDC access token that holds the "
             "roles (reader, writer, editor, operator, admin); a dotted path such as "
             "realm_access.roles reaches into nested objects."),
+    Setting("oidc_client_id", "", "Client id of the built-in UI at the OIDC provider (a "
+            "public client, PKCE, redirect URI <node URL>/ui/callback): with auth on and "
+            "oidc_issuer set, /ui/ offers 'Sign in' there; empty: the UI asks for a token."),
+    Setting("oidc_scopes", "openid profile", "Scopes the UI asks the OIDC provider for "
+            "(space-separated)."),
     Setting("allowed_hosts", [], "Host header values (with or without :port) the HTTP "
             "listener answers; others get 421 (DNS-rebinding defence). Empty: localhost, "
             "127.0.0.1, ::1 and host; '*' accepts any.", list, cli=False, shared=False),
@@ -220,6 +225,8 @@ class Settings:
     oidc_jwks_url: str = ""
     oidc_audience: str = ""
     oidc_roles_claim: str = "roles"
+    oidc_client_id: str = ""
+    oidc_scopes: str = "openid profile"
     allowed_hosts: list[str] = field(default_factory=list)
     audit_syslog: str = ""
     ohif_dir: str = ""

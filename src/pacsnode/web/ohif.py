@@ -15,7 +15,9 @@ registered node (the gateway's ``/dicomweb/remote/{name}``, DESIGN §11:
 OHIF opens it with ``/ohif/?datasources=remote-{name}`` or
 ``/ohif/viewer/remote-{name}?StudyInstanceUIDs=…``), and with
 ``auth = "on"`` the token the built-in UI keeps in the tab's
-``sessionStorage`` sent as ``Authorization: Bearer`` to each of them.  Any
+``sessionStorage`` sent as ``Authorization: Bearer`` to each of them (an
+OIDC access token the UI got is renewed with its refresh token while OHIF
+runs).  Any
 other path that is not a file (``/ohif/viewer?StudyInstanceUIDs=…``) answers
 ``index.html``, the single-page app's fallback."""
 
@@ -159,6 +161,9 @@ _WITH_TOKEN = _HEADER + """
     return config;
   };
   window.config = Object.assign(withToken, config);
+  // A sign-in at the OIDC provider made in the built-in UI in this tab is
+  // renewed here too before its access token expires (web/static/ui/oidc.js).
+  import('/ui/oidc.js').then((oidc) => oidc.keepRenewing(), () => {});
 })();
 """
 

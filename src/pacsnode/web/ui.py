@@ -2,8 +2,9 @@
 under ``web/static/``, served at ``/ui/``; ``GET /`` redirects there.
 
 The UI is a single page: every path under ``/ui/`` that is not a file
-(``/ui/study/1.2.3``, ``/ui/inspect``) answers ``index.html`` and the page's
-router picks the view.  Its data comes only through the node's own APIs
+(``/ui/study/1.2.3``, ``/ui/inspect``, ``/ui/callback`` where the OIDC
+provider sends the user back) answers ``index.html`` and the page's router
+picks the view.  Its data comes only through the node's own APIs
 (QIDO-RS, WADO-RS, STOW-RS, ``/api/v1``), under their access rules; the
 files themselves are public (access/policy.py)."""
 
@@ -19,6 +20,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydicom.datadict import DicomDictionary  # type: ignore[attr-defined]
 
 from .. import __version__
+from .oidc_login import login_config
 
 __all__ = ["router", "STATIC_DIR", "static_file", "dictionary"]
 
@@ -81,10 +83,12 @@ def ui_dictionary() -> Response:
 @router.get("/ui/config.json")
 def ui_config(request: Request) -> Response:
     """What the page needs before it signs in: the version, whether OHIF is
-    served, and whether a token is asked for."""
+    served, whether a credential is asked for, and where to sign in with
+    OIDC (``oidc``: null, or the client id, scopes and the provider's
+    endpoints, web/oidc_login.py)."""
     settings = request.app.state.node.settings
     return Response(orjson.dumps({"version": __version__, "ohif": bool(settings.ohif_dir),
-                                  "auth": settings.auth}),
+                                  "auth": settings.auth, "oidc": login_config(settings)}),
                     media_type="application/json", headers={"Cache-Control": "no-store"})
 
 

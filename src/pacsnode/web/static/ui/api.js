@@ -32,15 +32,56 @@ async function reason(response) {
   return `${response.status} ${response.statusText}`;
 }
 
-// fetch() that throws HttpError (with the node's plain-words reason) on 4xx/5xx.
-export async function request(method, url, { body, headers, json } = {}) {
-  const h = authHeaders(headers || {});
+// How an expired credential is renewed: set by oidc.js while the user is
+// signed in at an OIDC provider that gave a refresh token.  Resolves to
+// whether a new token is in place.
+let renewer = null;
+let renewing = null;
+
+export function setRenewer(fn) {
+  renewer = fn;
+}
+
+// One renewal at a time, however many requests found the token expired.
+export function renewToken() {
+  if (!renewer) return Promise.resolve(false);
+  if (!renewing) renewing = renewer().catch(() => false).finally(() => { renewing = null; });
+  return renewing;
+}
+
+// Sent on window when the node refuses the tab's credential (401) and it
+// cannot be renewed: the page goes back to signing in.
+export const SIGNED_OUT_EVENT = 'pacsnode:signed-out';
+
+// A 401 on a request that carried `sent`: renew the token (unless another
+// request did already) and say whether to try again.
+async function retryAfter401(sent) {
+  if (!sent) return false;
+  if (token() && token() !== sent) return true;
+  return renewToken();
+}
+
+// fetch() that throws HttpError (with the node's plain-words reason) on
+// 4xx/5xx.  A 401 (an expired access token) is answered by renewing the
+// token once and asking again.
+export async function request(method, url, { body, headers, json, signal } = {}) {
+  const extra = { ...(headers || {}) };
   if (json !== undefined) {
-    h['Content-Type'] = 'application/json';
+    extra['Content-Type'] = 'application/json';
     body = JSON.stringify(json);
   }
-  const response = await fetch(url, { method, headers: h, body });
-  if (!response.ok) throw new HttpError(response.status, await reason(response));
+  const sent = token();
+  let response = await fetch(url, { method, headers: authHeaders(extra), body, signal });
+  if (response.status === 401 && await retryAfter401(sent)) {
+    response = await fetch(url, { method, headers: authHeaders(extra), body, signal });
+  }
+  if (!response.ok) {
+    const why = await reason(response);
+    if (response.status === 401 && sent) {
+      window.dispatchEvent(new CustomEvent(SIGNED_OUT_EVENT, { detail: why }));
+    }
+    throw new HttpError(response.status, why);
+  }
   return response;
 }
 

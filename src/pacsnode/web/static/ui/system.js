@@ -1,10 +1,39 @@
-// Recent arrivals (the change feed, polled) and the system page.
+// Recent arrivals (the change feed, followed live) and the system page.
 import { html, useEffect, useRef, useState } from './vendor/htm-preact-standalone-3.1.1.js';
-import { allows, formatBytes, formatDate, getJSON, value } from './api.js';
+import { allows, formatBytes, formatDate, getJSON, request, value } from './api.js';
 import { Jobs } from './remote.js';
 
 const BACKLOG = 500;   // changes shown from before the page opened
-const POLL_MS = 2000;
+const RETRY_MS = 2000; // wait before following again after the stream broke
+
+// The change feed as server-sent events (GET /api/v1/changes/stream), read
+// with fetch because it carries the token (an EventSource cannot).  Calls
+// onChanges with each batch; resolves to the last sequence number seen when
+// the node ends the stream, rejects when it breaks.
+async function follow(since, onChanges, signal) {
+  const response = await request('GET', `/api/v1/changes/stream?since=${since}`,
+    { headers: { Accept: 'text/event-stream' }, signal });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  for (;;) {
+    const { value: text, done } = await reader.read();
+    if (done) return since;
+    buffer += text;
+    const batch = [];
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let data = '';
+      for (const line of event.split('\n')) {
+        if (line.startsWith('id:')) since = Number(line.slice(3)) || since;
+        else if (line.startsWith('data:')) data += line.slice(5);
+      }
+      if (data) batch.push(JSON.parse(data));
+    }
+    if (batch.length) onChanges(batch);
+  }
+}
 
 export function Arrivals() {
   const [studies, setStudies] = useState([]);
@@ -13,7 +42,8 @@ export function Arrivals() {
   const info = useRef(new Map());
 
   useEffect(() => {
-    let alive = true, timer = null, since = 0;
+    let alive = true;
+    const stop = new AbortController();
     const describe = (uid) => {
       if (info.current.has(uid)) return;
       info.current.set(uid, null);
@@ -32,22 +62,27 @@ export function Arrivals() {
         byStudy.current.set(c.study_uid, s); // most recent last
         describe(c.study_uid);
       }
+      if (alive) { setStudies([...byStudy.current.values()]); setError(''); }
     };
-    const poll = async () => {
+    (async () => {
+      let since = 0;
       try {
-        for (;;) {
-          const page = await getJSON(`/api/v1/changes?since=${since}&limit=1000`);
-          take(page.changes);
-          since = page.last;
-          if (page.changes.length < 1000) break;
+        since = Math.max(0, (await getJSON('/api/v1/changes/latest')).seq - BACKLOG);
+      } catch (e) { setError(e.message); return; }
+      while (alive) {
+        try {
+          since = await follow(since, (changes) => {
+            take(changes);
+            since = changes[changes.length - 1].seq;
+          }, stop.signal);
+        } catch (e) {
+          if (!alive) return;
+          setError(`The live feed broke (${e.message}); following again…`);
         }
-        if (alive) { setStudies([...byStudy.current.values()]); setError(''); }
-      } catch (e) { if (alive) setError(e.message); }
-      if (alive) timer = setTimeout(poll, POLL_MS);
-    };
-    getJSON('/api/v1/changes/latest').then((r) => { since = Math.max(0, r.seq - BACKLOG); poll(); },
-      (e) => setError(e.message));
-    return () => { alive = false; clearTimeout(timer); };
+        await new Promise((resume) => setTimeout(resume, RETRY_MS));
+      }
+    })();
+    return () => { alive = false; stop.abort(); };
   }, []);
 
   const rows = [...studies].reverse().slice(0, 50);

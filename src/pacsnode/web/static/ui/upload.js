@@ -1,7 +1,7 @@
 // Upload: files, folders and zips stored through STOW-RS, in batches, with
 // progress from the browser's upload events.
 import { html, useState } from './vendor/htm-preact-standalone-3.1.1.js';
-import { authHeaders, TAG } from './api.js';
+import { authHeaders, HttpError, renewToken, TAG } from './api.js';
 import { entries, isDicom } from './files.js';
 
 const BATCH_BYTES = 32 * 1024 * 1024;
@@ -30,7 +30,7 @@ function stow(batch, onBytes) {
       let answer = {};
       try { answer = JSON.parse(xhr.responseText || '{}'); } catch (_) { /* not JSON */ }
       if (xhr.status >= 400 && xhr.status !== 409) {
-        reject(new Error(answer.error || `HTTP ${xhr.status}`));
+        reject(new HttpError(xhr.status, answer.error || `HTTP ${xhr.status}`));
         return;
       }
       const seq = (tag) => (answer[tag] && answer[tag].Value) || [];
@@ -54,7 +54,14 @@ export function Upload({ onDone }) {
     const flush = async () => {
       if (!batch.length) return;
       const size = batchBytes, share = batchShare;
-      const result = await stow(batch, (loaded) => show({ sent: s.sent + (share * Math.min(loaded, size)) / size }));
+      const progress = (loaded) => show({ sent: s.sent + (share * Math.min(loaded, size)) / size });
+      let result;
+      try {
+        result = await stow(batch, progress);
+      } catch (e) {  // an access token that expired: renewed once, the batch sent again
+        if (!(e instanceof HttpError && e.status === 401 && await renewToken())) throw e;
+        result = await stow(batch, progress);
+      }
       batch = []; batchBytes = 0; batchShare = 0;
       s.sent += share; s.stored += result.stored; s.failed += result.failed;
       show();

@@ -2,7 +2,7 @@
 // native little endian) and windowed on a canvas here, so window/level and
 // scrolling need no round trip.  Slices are prefetched nearest first.
 import { html, useEffect, useRef, useState } from './vendor/htm-preact-standalone-3.1.1.js';
-import { authHeaders, getJSON, number, value, values, HttpError } from './api.js';
+import { getJSON, number, request, value, values } from './api.js';
 import { canvasPoint, defaultWindow, draw, firstPart, makeImage, PRESETS, typedPixels, valueAt }
   from './pixels.js';
 
@@ -51,12 +51,7 @@ function imageMeta(m) {
 async function loadFrame(study, series, slice) {
   const sop = value(slice.meta, 'SOPInstanceUID');
   const url = `/dicomweb/studies/${study}/series/${series}/instances/${sop}/frames/${slice.frame}`;
-  const response = await fetch(url, { headers: authHeaders({ Accept: RAW }) });
-  if (!response.ok) {
-    let why = response.statusText;
-    try { why = (await response.json()).error || why; } catch (_) { /* not JSON */ }
-    throw new HttpError(response.status, why);
-  }
+  const response = await request('GET', url, { headers: { Accept: RAW } });
   const meta = imageMeta(slice.meta);
   const bytes = firstPart(await response.arrayBuffer(), response.headers.get('content-type'));
   return makeImage(meta, typedPixels(bytes, meta.bitsAllocated, meta.signed));
