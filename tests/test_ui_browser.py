@@ -299,6 +299,11 @@ def test_arrivals_update_live(page: Any, env: dict[str, Any], tmp_path: Path) ->
                            f".arrival-stored\").textContent === '4'")
     page.wait_for_selector(f"tr.arrival-row[data-study='{study}'] td:has-text('Live^Arrival')")
     shot(page, env["shots"], "arrivals")
+    # Pushed over one event stream (GET /api/v1/changes/stream), not polled.
+    feed = [u for _m, u, _b in page.recorder.requests if "/api/v1/changes" in u]
+    streams = [u for u in feed if "/api/v1/changes/stream?since=" in u]
+    assert len(streams) == 1 and feed == [env["server"].base_url + "/api/v1/changes/latest",
+                                          *streams], feed
 
 
 def test_system_page(page: Any, env: dict[str, Any]) -> None:
