@@ -22,6 +22,7 @@ import jwt
 import pytest
 
 from browser import browser, record, script_errors, shot, write_series  # noqa: F401
+from ohif_package import ohif_dist  # noqa: F401
 from oidc_issuer import Issuer
 from pacsnode.access.tokens import create_token
 from web_server import STOW_TYPE, WebServer, multipart_body
@@ -268,3 +269,51 @@ def test_an_expired_token_is_renewed_then_sign_in_again(page: Any,
     assert len([c for c in issuer.called("/token")
                 if c["grant_type"] == "refresh_token"]) == refreshes + 2
     shot(page, env["shots"], "9-expired")
+
+
+@pytest.mark.timeout(300)
+def test_ohif_in_the_same_tab_sends_the_oidc_token(browser: Any,  # noqa: F811
+                                                   env: dict[str, Any],
+                                                   ohif_dist: Path) -> None:  # noqa: F811
+    """The real OHIF (@ohif/app), opened after an OIDC sign-in at /ui/ in the
+    same tab, lists the studies with the user's access token."""
+    issuer: Issuer = env["issuer"]
+    server = WebServer(env["work"] / "ohif-data", auth="on", oidc_issuer=issuer.issuer,
+                       oidc_audience=AUDIENCE, oidc_client_id=CLIENT,
+                       ohif_dir=str(ohif_dist))
+    issuer.origins.append(server.base_url)
+    issuer.redirect_uris.append(server.base_url + "/ui/callback")
+    server.start()
+    context = browser.new_context(viewport={"width": 1400, "height": 900},
+                                  base_url=server.base_url)
+    context.set_default_timeout(90_000)
+    page = context.new_page()
+    rec = record(page)
+    bearer: list[tuple[str, str]] = []  # (url, Authorization) of each DICOMweb request
+
+    def on_request(request: Any) -> None:
+        if "/dicomweb/" in request.url:
+            bearer.append((request.url, request.all_headers().get("authorization", "")))
+
+    page.on("request", on_request)
+    try:
+        _study, _series, files = write_series(env["work"] / "ohif-src", 2,
+                                              patient_name="Ohif^Oidc", patient_id="OHIFOIDC",
+                                              description="Through OIDC")
+        stow(server, create_token(server.node.db, "ohif-loader", "writer"), files)
+        page.goto("/ui/")
+        page.wait_for_selector("button.oidc-sign-in")
+        sign_in_at_provider(page, {**env, "server": server}, "rita")
+        page.wait_for_selector("tr.study-row")
+        token = session_token(page)
+        before = len(bearer)
+        page.click("header nav a:text('OHIF')")
+        page.locator("text=OHIFOIDC").first.wait_for()
+        assert "Through OIDC" in page.inner_text("body")
+        shot(page, env["shots"], "10-ohif")
+        ohif_calls = bearer[before:]
+        assert ohif_calls and all(h == f"Bearer {token}" for _u, h in ohif_calls), ohif_calls
+        assert not rec.failures, rec.failures
+    finally:
+        context.close()
+        server.stop()
