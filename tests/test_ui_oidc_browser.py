@@ -7,7 +7,9 @@ The page goes to the provider and back, signs in as the user picked there,
 lists the studies with the access token, shows who is signed in and what
 the role allows, renews an expired token with the refresh token, sends a
 user the node gives no role back with the reason, and signs out at the
-provider.  Screenshots go to the module's tmp folder (``oidc-shots``)."""
+provider; OHIF (the real @ohif/app) in the same tab lists the studies with
+that token and renews it; a plain-http page says why it cannot sign in.
+Screenshots go to the module's tmp folder (``oidc-shots``)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import jwt
 import pytest
 
 from browser import browser, record, script_errors, shot, write_series  # noqa: F401
+from conftest import require_tool
 from ohif_package import ohif_dist  # noqa: F401
 from oidc_issuer import Issuer
 from pacsnode.access.tokens import create_token
@@ -316,4 +319,34 @@ def test_ohif_in_the_same_tab_sends_the_oidc_token(browser: Any,  # noqa: F811
         assert not rec.failures, rec.failures
     finally:
         context.close()
+        server.stop()
+
+
+def test_a_plain_http_page_says_why_it_cannot_sign_in(browser: Any,  # noqa: F811
+                                                      env: dict[str, Any]) -> None:
+    """PKCE needs crypto.subtle, which a browser offers only on https pages
+    (and localhost): on http://pacs.test the button is off and the page says
+    why; a pasted API token still signs in."""
+    server = WebServer(env["work"] / "plain-http-data", auth="on",
+                       oidc_issuer=env["issuer"].issuer, oidc_audience=AUDIENCE,
+                       oidc_client_id=CLIENT, allowed_hosts=["pacs.test"]).start()
+    named = browser.browser_type.launch(
+        executable_path=require_tool("chromium", "chromium"), headless=True,
+        args=["--no-sandbox", "--disable-dev-shm-usage",
+              "--host-resolver-rules=MAP pacs.test 127.0.0.1"])
+    try:
+        page = named.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"http://pacs.test:{server.port}/ui/")
+        button = page.wait_for_selector("button.oidc-sign-in")
+        assert button.is_disabled()
+        assert "needs this page to be opened over https" in page.inner_text("section.login")
+        shot(page, env["shots"], "11-plain-http")
+        page.click("details.token-login summary")
+        page.fill("input[name=token]", create_token(server.node.db, "paster", "reader"))
+        page.click("form.token-login button[type=submit]")
+        page.wait_for_selector("table.studies")
+        assert page.inner_text("header .who").startswith("paster (reader)")
+    finally:
+        named.close()
         server.stop()
