@@ -388,28 +388,31 @@ class Runner:
 
     def _settle(self, attempt: Attempt, outcome: Outcome) -> None:
         """Write how the attempt ended: the job's end, or its next try."""
-        kind = self.kind
         if attempt.shutdown and outcome.state != "succeeded":
-            if kind.resume:
-                now = time.time()
-                self._update(attempt, dict(state="pending", owner="", lease_until=None,
-                                           next_try=now, error="interrupted by shutdown",
-                                           updated=now))
+            if self.kind.resume:
+                self._again(attempt, "interrupted by shutdown", 0.0)
                 return
             outcome = Outcome("failed", "interrupted by shutdown")
-        if outcome.state == "failed" and kind.attempts is not None:
-            label, number = self.kind.label(attempt.job), attempt.number
-            if number < kind.attempts:
-                delay = kind.backoff * (2 ** (number - 1))
-                now = time.time()
+        attempts, number = self.kind.attempts, attempt.number
+        if outcome.state == "failed" and attempts is not None:
+            label = self.kind.label(attempt.job)
+            if number < attempts:
+                delay = self.kind.backoff * (2 ** (number - 1))
                 self.log.warning("%s attempt %d failed (%s); again in %.0f s", label, number,
                                  outcome.error, delay)
-                self._update(attempt, dict(state="pending", owner="", lease_until=None,
-                                           attempts=number, next_try=now + delay,
-                                           error=outcome.error, updated=now))
+                self._again(attempt, outcome.error, delay, attempts=number)
                 return
             self.log.error("%s failed after %d attempt(s): %s", label, number, outcome.error)
             outcome = Outcome("failed", f"{outcome.error} (gave up after {number} attempts)")
+        self._end(attempt, outcome)
+
+    def _again(self, attempt: Attempt, error: str, delay: float, **values: Any) -> None:
+        """Put the job back to pending, due in ``delay`` seconds."""
+        now = time.time()
+        self._update(attempt, dict(values, state="pending", owner="", lease_until=None,
+                                   next_try=now + delay, error=error, updated=now))
+
+    def _end(self, attempt: Attempt, outcome: Outcome) -> None:
         now = time.time()
         values = dict(attempt.values, state=outcome.state, error=outcome.error,
                       attempts=attempt.number, updated=now, finished=now, lease_until=None,
