@@ -405,10 +405,9 @@ class Automation:
                 write_summary(self.node, trigger.study_uid)
         trigger = replace(trigger, classes=",".join(found))
         if self.routes and enqueue(self.node, self.routes, trigger):
-            from .routes import runner_for
-            runner = runner_for(self.node)
-            if runner is not None:
-                runner.wake()
+            from .routes import KIND as ROUTE
+            from .runner import wake
+            wake(self.node, ROUTE)
         return trigger
 
     def _stable(self, trigger: Trigger, finished: threading.Event) -> None:

@@ -7,8 +7,8 @@ PostgreSQL alike, without locks held across the work).  The holder renews
 its lease while it works; a row whose lease ran out, or whose owner was a
 process of this host that is gone, may be taken over by another.
 
-Used by the retrieve jobs (``remote/jobs.py``), the stable-study triggers
-(``automation.py``) and the route jobs (``routes.py``).
+Used by the job runner (``runner.py``: the retrieve and the route jobs)
+and by the stable-study triggers (``automation.py``).
 """
 
 from __future__ import annotations

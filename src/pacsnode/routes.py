@@ -22,13 +22,14 @@ When a series or study becomes stable (``automation.py``), ``enqueue`` adds
 one row to the ``jobs`` table per action of each matching route, ``kind =
 "route"``, with an id derived from the route, action, target and the
 trigger's generation: a trigger fired twice (a process died mid-way and
-another took it over) adds nothing twice.  ``RouteRunner`` threads in every
-``serve`` claim due jobs (``leases.claim``: one process wins), renew their
-lease while working, and on failure put the job back with a back-off delay
-(``route_backoff_seconds``, doubling) until ``route_attempts`` are spent.  A
-job left running by a process that died (its pid is gone on this host, or
-its lease ran out) is put back to pending and done again — so a route action
-runs at least once; sending the same instances twice is harmless to a PACS.
+another took it over) adds nothing twice.  The job runner (``runner.py``) in
+every ``serve`` claims due jobs (``leases.claim``: one process wins), renews
+their lease while ``RouteWork`` carries one out, and on failure puts the job
+back with a back-off delay (``route_backoff_seconds``, doubling) until
+``route_attempts`` are spent.  A job left running by a process that died (its
+pid is gone on this host, or its lease ran out) is put back to pending and
+done again — so a route action runs at least once; sending the same
+instances twice is harmless to a PACS.
 ``DELETE /api/v1/jobs/{id}`` cancels one (pending at once, running at the
 next instance).
 """
@@ -44,20 +45,19 @@ import secrets
 import shlex
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.datadict import tag_for_keyword
-from sqlalchemy import Row, or_, select, update
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 
 from .index.jobs_tables import jobs
-from .leases import claim, owner_id, owner_is_dead
 from .placeholders import build_command, unknown_placeholders
+from .runner import LEASE_SECONDS, Attempt, JobFailed, JobKind, Orphan, Outcome, Runner
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -95,17 +95,12 @@ class Trigger(Protocol):
     def placeholders(self) -> dict[str, str]: ...
 
 
-__all__ = ["Route", "RouteError", "configured_routes", "check_routes", "enqueue", "RouteRunner",
-           "start", "runner_for", "KIND", "LEASE_SECONDS"]
+__all__ = ["Route", "RouteError", "configured_routes", "check_routes", "enqueue", "RouteWork",
+           "start", "KIND", "LEASE_SECONDS"]
 
 log = logging.getLogger("pacsnode.routes")
 
 KIND = "route"
-#: How long a claim holds without renewal; the owner renews every second.
-LEASE_SECONDS = 30.0
-POLL_SECONDS = 0.5
-HEARTBEAT_SECONDS = 1.0
-WORKERS = 2
 #: Instance counts of a running send are written at most this often.
 COUNT_INTERVAL = 0.5
 #: A route command still running after this long is killed (and retried).
@@ -361,234 +356,59 @@ def _anonymize_key(node: Node) -> bytes:
     return path.read_bytes()
 
 
-class _Failed(Exception):
-    """An attempt failed; the job is tried again later (until its attempts run out)."""
+def _label(job: Row[Any]) -> str:
+    return f"route {job.route}: job {job.id}"
 
 
-@dataclass
-class _Attempt:
-    job_id: str
-    cancel: threading.Event = field(default_factory=threading.Event)
+def _started(attempt: Attempt) -> None:
+    job = attempt.job
+    log.info("route %s: job %s attempt %d (%s%s)", job.route, job.id, attempt.number,
+             job.method, f" to {job.node}" if job.node else "")
 
 
-_RUNNERS: dict[int, RouteRunner] = {}
+def _ended(attempt: Attempt, outcome: Outcome) -> None:
+    log.info("route %s: job %s %s%s", attempt.job.route, attempt.job.id, outcome.state,
+             f" ({outcome.error})" if outcome.error else "")
 
 
-class RouteRunner:
-    """Worker threads that claim and run route jobs for one Node."""
+def _orphaned(orphan: Orphan) -> str:
+    return f"resumed: the process running it ({orphan.job.owner}) stopped"
 
-    def __init__(self, node: Node, workers: int = WORKERS) -> None:
+
+class RouteWork:
+    """What one route job does (``runner.Work``): send, export or run."""
+
+    def __init__(self, node: Node) -> None:
         self.node = node
-        self.workers = workers
-        self.owner = owner_id()
-        self.attempts = max(1, int(node.settings.route_attempts))
-        self.backoff = max(0.0, float(node.settings.route_backoff_seconds))
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._active: dict[str, _Attempt] = {}
-        self._threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        resumed = self.resume_orphans()
-        if resumed:
-            log.warning("%d route job(s) interrupted by a stopped process: resumed", resumed)
-        _RUNNERS[id(self.node)] = self
-        for i in range(self.workers):
-            t = threading.Thread(target=self._work, name=f"pacsnode-route-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        keeper = threading.Thread(target=self._housekeep, name="pacsnode-route-lease",
-                                  daemon=True)
-        keeper.start()
-        self._threads.append(keeper)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop claiming; running jobs are interrupted and put back to
-        pending (another process, or the next start, resumes them)."""
-        self._stop.set()
-        self._wake.set()
-        with self._lock:
-            for attempt in self._active.values():
-                attempt.cancel.set()
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        _RUNNERS.pop(id(self.node), None)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    # -- claims
-
-    def resume_orphans(self) -> int:
-        """Put back to pending the route jobs left running by a process that
-        is gone (this host) or that stopped renewing its lease."""
-        now = time.time()
-        with self.node.db.read() as conn:
-            rows = conn.execute(select(jobs.c.id, jobs.c.owner, jobs.c.lease_until).where(
-                jobs.c.kind == KIND, jobs.c.state == "running")).all()
-        count = 0
-        for row in rows:
-            expired = row.lease_until is not None and row.lease_until < now
-            if not (expired or owner_is_dead(row.owner, self.owner)):
-                continue
-            if claim(self.node.db, jobs, [jobs.c.id == row.id, jobs.c.state == "running",
-                                          jobs.c.owner == row.owner],
-                     dict(state="pending", owner="", lease_until=None, next_try=now,
-                          updated=now, error=f"resumed: the process running it "
-                                             f"({row.owner}) stopped")):
-                count += 1
-        return count
-
-    def claim_next(self) -> Row[Any] | None:
-        now = time.time()
-        with self.node.db.read() as conn:
-            ids = conn.execute(
-                select(jobs.c.id).where(jobs.c.kind == KIND, jobs.c.state == "pending",
-                                        or_(jobs.c.next_try.is_(None), jobs.c.next_try <= now))
-                .order_by(jobs.c.next_try, jobs.c.created).limit(16)).scalars().all()
-        for job_id in ids:
-            now = time.time()
-            if claim(self.node.db, jobs, [jobs.c.id == job_id, jobs.c.state == "pending"],
-                     dict(state="running", owner=self.owner, lease_until=now + LEASE_SECONDS,
-                          started=now, updated=now)):
-                with self.node.db.read() as conn:
-                    return conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
-        return None
-
-    # -- threads
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                row = self.claim_next()
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
-                log.exception("could not look for route jobs")
-                row = None
-            if row is None:
-                self._wake.wait(POLL_SECONDS)
-                self._wake.clear()
-                continue
-            self._run(row)
-
-    def _housekeep(self) -> None:
-        tick = 0
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            tick += 1
-            try:
-                self._heartbeat()
-                if tick % 5 == 0:
-                    self.resume_orphans()
-            except Exception:  # noqa: BLE001
-                log.exception("route job housekeeping failed")
-
-    def _heartbeat(self) -> None:
-        with self._lock:
-            active = dict(self._active)
-        if not active:
-            return
-        now = time.time()
-        with self.node.db.write() as conn:
-            conn.execute(update(jobs).where(jobs.c.owner == self.owner,
-                                            jobs.c.state == "running")
-                         .values(lease_until=now + LEASE_SECONDS))
-        with self.node.db.read() as conn:
-            wanted = conn.execute(select(jobs.c.id).where(
-                jobs.c.id.in_(list(active)), jobs.c.cancel_requested.is_(True))).scalars().all()
-        for job_id in wanted:
-            attempt = active.get(job_id)
-            if attempt is not None:
-                attempt.cancel.set()
-
-    # -- one attempt
-
-    def _run(self, row: Row[Any]) -> None:
-        attempt = _Attempt(row.id)
-        with self._lock:
-            self._active[row.id] = attempt
-        number = int(row.attempts or 0) + 1
-        log.info("route %s: job %s attempt %d (%s%s)", row.route, row.id, number, row.method,
-                 f" to {row.node}" if row.node else "")
+    def __call__(self, attempt: Attempt) -> Outcome:
+        """One attempt; a cancel request ends the job canceled, whether the
+        action stopped early or failed on the way."""
         try:
-            self._execute(row, attempt)
-        except _Failed as exc:
-            self._failed(row, number, str(exc), attempt)
-        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
-            log.exception("route %s: job %s failed", row.route, row.id)
-            self._failed(row, number, f"internal error: {type(exc).__name__}", attempt)
-        else:
-            if attempt.cancel.is_set() and self._stop.is_set():
-                self._put_back(row, "interrupted by shutdown")
-            elif attempt.cancel.is_set():
-                self._end(row, "canceled", "canceled while running", number)
-            else:
-                self._end(row, "succeeded", "", number)
-        finally:
-            with self._lock:
-                self._active.pop(row.id, None)
-
-    def _failed(self, row: Row[Any], number: int, error: str, attempt: _Attempt) -> None:
-        if self._stop.is_set():
-            self._put_back(row, "interrupted by shutdown")
-            return
+            self._act(attempt)
+        except JobFailed as exc:
+            if attempt.cancel.is_set():
+                return Outcome("canceled", f"canceled while running ({exc})")
+            raise
         if attempt.cancel.is_set():
-            self._end(row, "canceled", f"canceled while running ({error})", number)
-            return
-        if number >= self.attempts:
-            log.error("route %s: job %s failed after %d attempt(s): %s", row.route, row.id,
-                      number, error)
-            self._end(row, "failed", f"{error} (gave up after {number} attempts)", number)
-            return
-        delay = self.backoff * (2 ** (number - 1))
-        now = time.time()
-        log.warning("route %s: job %s attempt %d failed (%s); again in %.0f s", row.route,
-                    row.id, number, error, delay)
-        self._update(row, state="pending", owner="", lease_until=None, attempts=number,
-                     next_try=now + delay, error=error, updated=now)
+            return Outcome("canceled", "canceled while running")
+        return Outcome("succeeded")
 
-    def _put_back(self, row: Row[Any], reason: str) -> None:
-        now = time.time()
-        self._update(row, state="pending", owner="", lease_until=None, next_try=now,
-                     error=reason, updated=now)
-
-    def _end(self, row: Row[Any], state: str, error: str, number: int) -> None:
-        now = time.time()
-        values: dict[str, Any] = dict(state=state, error=error, attempts=number, updated=now,
-                                      finished=now, lease_until=None, next_try=None)
-        if state == "succeeded":
-            values["remaining"] = 0
-        self._update(row, **values)
-        log.info("route %s: job %s %s%s", row.route, row.id, state,
-                 f" ({error})" if error else "")
-
-    def _update(self, row: Row[Any], **values: Any) -> None:
-        with self.node.db.write() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.owner == self.owner,
-                                            jobs.c.state == "running").values(**values))
-
-    def _counts(self, row: Row[Any], completed: int, failed: int, remaining: int) -> None:
-        now = time.time()
-        with self.node.db.write() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == row.id, jobs.c.owner == self.owner,
-                                            jobs.c.state == "running")
-                         .values(completed=completed, failed=failed, remaining=remaining,
-                                 updated=now, lease_until=now + LEASE_SECONDS))
-
-    def _execute(self, row: Row[Any], attempt: _Attempt) -> None:
+    def _act(self, attempt: Attempt) -> None:
+        row = attempt.job
         payload = json.loads(row.payload or "{}")
         if row.method == "run":
             self._run_command(row, payload, attempt)
             return
         refs = self._instances(row, payload)
         if not refs:
-            raise _Failed("the archive holds none of its instances any more")
+            raise JobFailed("the archive holds none of its instances any more")
         if row.method == "send":
             self._send(row, payload, refs, attempt)
         elif row.method == "export":
-            self._export(row, payload, refs)
+            self._export(row, payload, refs, attempt)
         else:
-            raise _Failed(f"unknown route action {row.method!r}")
+            raise JobFailed(f"unknown route action {row.method!r}")
 
     def _instances(self, row: Row[Any], payload: dict[str, Any]) -> list[InstanceRef]:
         from .retrieve import locate
@@ -599,14 +419,14 @@ class RouteRunner:
         return [r for r in refs if not wanted or r.series_uid in wanted]
 
     def _send(self, row: Row[Any], payload: dict[str, Any], refs: list[InstanceRef],
-              attempt: _Attempt) -> None:
+              attempt: Attempt) -> None:
         from .remote import scu
         from .remote.errors import RemoteError
         from .remote.peer import Peer
         if not (row.peer_aet and row.peer_host and row.peer_port):
             cfg = self.node.remote_nodes().get(row.node)
             if cfg is None:
-                raise _Failed(f"node {row.node!r} is not registered any more")
+                raise JobFailed(f"node {row.node!r} is not registered any more")
             aet, host, port = cfg.aet, cfg.host, cfg.port
         else:
             aet, host, port = row.peer_aet, row.peer_host, int(row.peer_port)
@@ -629,7 +449,7 @@ class RouteRunner:
             now = time.monotonic()
             if left == 0 or now - last[0] >= COUNT_INTERVAL:  # one write per interval
                 last[0] = now
-                self._counts(row, done["ok"], done["failed"], left)
+                attempt.record(completed=done["ok"], failed=done["failed"], remaining=left)
 
         with tempfile.TemporaryDirectory(prefix="pacsnode-route-") as scratch:
             paths = [r.path for r in refs]
@@ -638,12 +458,12 @@ class RouteRunner:
             try:
                 scu.send(peer, paths, on_result=on_result, cancel=attempt.cancel)
             except RemoteError as exc:
-                raise _Failed(f"{peer}: {exc}") from None
+                raise JobFailed(f"{peer}: {exc}") from None
         if attempt.cancel.is_set():
             return
         if done["failed"]:
-            raise _Failed(f"{done['failed']} of {total} instances were not stored by {peer}"
-                          + (f" ({'; '.join(reasons)})" if reasons else ""))
+            raise JobFailed(f"{done['failed']} of {total} instances were not stored by {peer}"
+                            + (f" ({'; '.join(reasons)})" if reasons else ""))
 
     def _anonymized(self, refs: list[InstanceRef], folder: Path) -> list[Path]:
         """De-identified copies (Basic Profile) with the deployment's key, so
@@ -661,7 +481,8 @@ class RouteRunner:
             out.append(path)
         return out
 
-    def _export(self, row: Row[Any], payload: dict[str, Any], refs: list[InstanceRef]) -> None:
+    def _export(self, row: Row[Any], payload: dict[str, Any], refs: list[InstanceRef],
+                attempt: Attempt) -> None:
         from .errors import PacsnodeError
         from .web.api import export_series
         series_uids = list(dict.fromkeys(r.series_uid for r in refs))
@@ -671,16 +492,16 @@ class RouteRunner:
             try:
                 written += export_series(self.node, uid, target, create_dir=True).count
             except PacsnodeError as exc:
-                raise _Failed(f"export to {target}: {exc.reason}") from None
+                raise JobFailed(f"export to {target}: {exc.reason}") from None
             except OSError as exc:
-                raise _Failed(f"export to {target}: {exc.strerror or exc}") from None
-            self._counts(row, written, 0, max(0, len(refs) - written))
+                raise JobFailed(f"export to {target}: {exc.strerror or exc}") from None
+            attempt.record(completed=written, failed=0, remaining=max(0, len(refs) - written))
 
-    def _run_command(self, row: Row[Any], payload: dict[str, Any], attempt: _Attempt) -> None:
+    def _run_command(self, row: Row[Any], payload: dict[str, Any], attempt: Attempt) -> None:
         values = {k: str(v) for k, v in (payload.get("placeholders") or {}).items()}
         argv = build_command(payload.get("run", ""), values)
         if not argv:
-            raise _Failed("the run command is empty")
+            raise JobFailed("the run command is empty")
         env = dict(os.environ)
         env.update({f"PACSNODE_{k.upper()}": v for k, v in values.items()})
         env["PACSNODE_EVENT"] = str(payload.get("event", ""))
@@ -691,7 +512,7 @@ class RouteRunner:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=err, env=env)
             except OSError as exc:
-                raise _Failed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+                raise JobFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
             deadline = time.monotonic() + COMMAND_TIMEOUT
             while True:
                 try:
@@ -703,12 +524,12 @@ class RouteRunner:
                     _end_process(proc)
                     why = "canceled" if attempt.cancel.is_set() else \
                         f"killed after {COMMAND_TIMEOUT:g} s"
-                    raise _Failed(f"{argv[0]} (pid {proc.pid}) {why}")
+                    raise JobFailed(f"{argv[0]} (pid {proc.pid}) {why}")
             if code != 0:
                 err.seek(0)
                 tail = err.read().decode("utf-8", "replace").strip().splitlines()[-3:]
-                raise _Failed(f"{argv[0]} exited {code}"
-                              + (f": {' | '.join(tail)}" if tail else ""))
+                raise JobFailed(f"{argv[0]} exited {code}"
+                                + (f": {' | '.join(tail)}" if tail else ""))
 
 
 def _end_process(proc: subprocess.Popen[bytes]) -> None:
@@ -721,15 +542,13 @@ def _end_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def runner_for(node: Node) -> RouteRunner | None:
-    """The route runner working for ``node`` in this process, if any."""
-    return _RUNNERS.get(id(node))
-
-
 def start(node: Node) -> Callable[[], None]:
-    """Start the route workers of ``serve`` (when routes are configured, or
-    route jobs of an earlier configuration may remain); returns the stop
-    function."""
-    runner = RouteRunner(node)
+    """Start the route workers of ``serve`` (route jobs of an earlier
+    configuration may remain, so they start whatever is configured);
+    returns the stop function."""
+    kind = JobKind(KIND, log, _label, _started, _ended, _orphaned,
+                   attempts=max(1, int(node.settings.route_attempts)),
+                   backoff=max(0.0, float(node.settings.route_backoff_seconds)), resume=True)
+    runner = Runner(node, kind, RouteWork(node))
     runner.start()
     return runner.stop

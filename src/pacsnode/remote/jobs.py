@@ -25,9 +25,11 @@ asks the peer for it with a C-FIND (a retrieve in the Study Root model needs
 it).  The job ends ``succeeded``, ``failed`` (with a reason in ``error``:
 the peer refused, nothing matched, some instances failed …) or ``canceled``.
 
-Claiming: ``UPDATE jobs SET state='running', owner=<me> WHERE id=… AND
-state='pending'`` — one process wins, on SQLite and PostgreSQL alike.  The
-owner renews a lease (``lease_until``) every second while the job runs.
+Claiming, the lease and the end of a job are the job runner's
+(``runner.py``: ``UPDATE jobs SET state='running', owner=<me> WHERE id=… AND
+state='pending'`` — one process wins, on SQLite and PostgreSQL alike; the
+owner renews a lease (``lease_until``) every second while the job runs);
+this module says what a retrieve job does (``RetrieveWork``).
 
 Cancelling (``request_cancel``): a pending job is canceled at once; a running
 one gets ``cancel_requested``, which its owner (this process or another)
@@ -50,11 +52,10 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,10 @@ from ..errors import PacsnodeError
 from ..events import Origin
 from ..index.db import Database
 from ..index.jobs_tables import TERMINAL_STATES, jobs
-from ..leases import claim, owner_id, owner_is_dead
+from ..leases import owner_pid
 from ..node import Node
+from ..runner import (LEASE_SECONDS, WORKERS, Attempt, JobFailed, JobKind, Orphan, Outcome,
+                      Runner, cancel_local, claim_due, orphans, rescue, wake)
 from . import scu
 from .errors import RemoteError
 from .peer import Peer
@@ -75,19 +78,10 @@ from .scu import Progress
 
 __all__ = ["Job", "JobNotFound", "JobFinished", "submit", "get_job", "list_jobs",
            "latest_for_series", "request_cancel", "claim_next", "recover", "reap_expired",
-           "JobRunner", "start", "runner_for", "LEASE_SECONDS", "WORKERS"]
+           "RetrieveWork", "RETRIEVE", "start", "LEASE_SECONDS", "WORKERS"]
 
 log = logging.getLogger("pacsnode.jobs")
 
-#: Worker threads per ``serve`` (jobs run in parallel up to this number).
-WORKERS = 2
-#: How long a claim holds without renewal; the owner renews every second.
-LEASE_SECONDS = 30.0
-#: How often idle workers look for pending jobs (a submit in the same
-#: process wakes them at once).
-POLL_SECONDS = 0.5
-#: Housekeeping period: lease renewal and cancel requests.
-HEARTBEAT_SECONDS = 1.0
 #: Longest wait for one C-MOVE/C-GET response (a peer that sends no pending
 #: responses must finish the whole transfer within it).
 DIMSE_TIMEOUT = 600.0
@@ -204,9 +198,7 @@ def submit(node: Node, *, node_name: str, level: str, study_uid: str = "",
             peer_aet=peer.aet if peer else "", peer_host=peer.host if peer else "",
             peer_port=peer.port if peer else 0,
             destination=node.settings.move_destination))
-    runner = runner_for(node)
-    if runner is not None:
-        runner.wake()
+    wake(node, KIND)
     job = get_job(node.db, job_id)
     assert job is not None
     log.info("job %s: retrieve %s %s from %s by C-%s", job_id, level,
@@ -269,9 +261,7 @@ def request_cancel(node: Node, job_id: str, wait: float = 10.0) -> Job:
     if state in ("succeeded", "failed"):
         raise JobFinished(f"job {job_id} has already {state}; nothing to cancel")
     if state == "running":
-        runner = runner_for(node)
-        if runner is not None:
-            runner.cancel_local(job_id)
+        cancel_local(node, job_id)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             job = get_job(node.db, job_id)
@@ -285,78 +275,55 @@ def request_cancel(node: Node, job_id: str, wait: float = 10.0) -> Job:
 
 def claim_next(db: Database, owner: str, lease: float = LEASE_SECONDS) -> Job | None:
     """Claim the oldest pending retrieve job for ``owner``; None when there
-    is none.  The conditional UPDATE makes the claim atomic across processes
-    (``leases.claim``)."""
-    with db.read() as conn:
-        ids = conn.execute(select(jobs.c.id).where(jobs.c.state == "pending",
-                                                   jobs.c.kind == KIND)
-                           .order_by(jobs.c.created, jobs.c.id).limit(16)).scalars().all()
-    for job_id in ids:
-        now = time.time()
-        if claim(db, jobs, [jobs.c.id == job_id, jobs.c.state == "pending"],
-                 dict(state="running", owner=owner, lease_until=now + lease, started=now,
-                      updated=now)):
-            return get_job(db, job_id)
-    return None
-
-
-def _fail_running(db: Database, job_id: str, owner: str, reason: str) -> bool:
-    now = time.time()
-    with db.write() as conn:
-        n = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == "running",
-                                            jobs.c.owner == owner)
-                         .values(state="failed", error=reason, updated=now, finished=now,
-                                 lease_until=None)).rowcount
-    return n == 1
+    is none (``runner.claim_due``: atomic across processes)."""
+    row = claim_due(db, KIND, owner, lease)
+    return Job.from_row(row) if row is not None else None
 
 
 def recover(db: Database, me: str) -> int:
     """Fail the running jobs of dead processes on this host ("interrupted by
     restart"); return how many."""
-    with db.read() as conn:
-        rows = conn.execute(select(jobs.c.id, jobs.c.owner)
-                            .where(jobs.c.state == "running", jobs.c.kind == KIND)).all()
-    count = 0
-    for row in rows:
-        if owner_is_dead(row.owner, me):
-            pid = row.owner.rsplit(":", 2)[1]
-            if _fail_running(db, row.id, row.owner, "interrupted by restart: the pacsnode "
-                             f"serve process running it (pid {pid}) stopped"):
-                log.warning("job %s was left running by a stopped process: failed", row.id)
-                count += 1
-    return count
+    return rescue(db, RETRIEVE, [o for o in orphans(db, KIND, me) if o.dead])
 
 
 def reap_expired(db: Database) -> int:
     """Fail running jobs whose owner stopped renewing its lease (a process
     on another host that died)."""
-    now = time.time()
-    with db.write() as conn:
-        n = conn.execute(update(jobs).where(jobs.c.state == "running", jobs.c.kind == KIND,
-                                            jobs.c.lease_until < now)
-                         .values(state="failed", updated=now, finished=now, lease_until=None,
-                                 error="interrupted: the pacsnode serve process running it "
-                                       "stopped renewing its lease")).rowcount
-    return int(n or 0)
+    return rescue(db, RETRIEVE, [o for o in orphans(db, KIND, None) if o.expired])
 
 
-# --------------------------------------------------------------- the workers
+# ------------------------------------------------------------ running one
 
-@dataclass
-class _Attempt:
-    job: Job
-    cancel: threading.Event = field(default_factory=threading.Event)
-    shutdown: bool = False
-    last: Progress = field(default_factory=Progress)
-    store_errors: list[str] = field(default_factory=list)
+def _label(job: Row[Any]) -> str:
+    return f"job {job.id}"
 
 
-class _JobFailed(Exception):
-    pass
+def _started(attempt: Attempt) -> None:
+    job = attempt.job
+    log.info("job %s: running (%s %s from %s by C-%s)", job.id, job.level,
+             job.series_uid or job.study_uid, job.node, job.method.upper())
 
 
-_RUNNERS: dict[int, JobRunner] = {}
-_RUNNERS_LOCK = threading.Lock()
+def _ended(attempt: Attempt, outcome: Outcome) -> None:
+    log.info("job %s: %s%s", attempt.job.id, outcome.state,
+             f" ({outcome.error})" if outcome.error else "")
+
+
+def _orphaned(orphan: Orphan) -> str:
+    if orphan.dead:
+        pid = owner_pid(orphan.job.owner)
+        return (f"interrupted by restart: the pacsnode serve process running it (pid {pid}) "
+                "stopped")
+    return "interrupted: the pacsnode serve process running it stopped renewing its lease"
+
+
+#: Retrieve jobs are not retried nor resumed: one interrupted fails with the
+#: reason (retrieving again is cheap, see above).
+RETRIEVE = JobKind(KIND, log, _label, _started, _ended, _orphaned)
+
+
+def _counts(p: Progress) -> dict[str, int | None]:
+    return dict(completed=p.completed, failed=p.failed, warning=p.warning, remaining=p.remaining)
 
 
 def _destination(node: Node, job: Job) -> str:
@@ -364,157 +331,40 @@ def _destination(node: Node, job: Job) -> str:
     return job.destination or node.settings.move_destination
 
 
-def runner_for(node: Node) -> JobRunner | None:
-    """The runner working for ``node`` in this process, if any."""
-    with _RUNNERS_LOCK:
-        return _RUNNERS.get(id(node))
+@dataclass
+class _Retrieval:
+    """One attempt at a retrieve job, and what the peer said last."""
+
+    job: Job
+    attempt: Attempt
+    last: Progress = field(default_factory=Progress)
+    store_errors: list[str] = field(default_factory=list)
 
 
-class JobRunner:
-    """Worker threads that claim and run jobs for one Node."""
+class RetrieveWork:
+    """What one retrieve job does (``runner.Work``): C-MOVE or C-GET it."""
 
-    def __init__(self, node: Node, workers: int = WORKERS) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
-        self.workers = workers
-        self.owner = owner_id()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._active: dict[str, _Attempt] = {}
-        self._threads: list[threading.Thread] = []
 
-    # -- lifecycle
-
-    def start(self) -> None:
-        failed = recover(self.node.db, self.owner)
-        if failed:
-            log.warning("%d job(s) interrupted by a restart are marked failed", failed)
-        with _RUNNERS_LOCK:
-            _RUNNERS[id(self.node)] = self
-        for i in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"pacsnode-job-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        keeper = threading.Thread(target=self._housekeep, name="pacsnode-job-lease",
-                                  daemon=True)
-        keeper.start()
-        self._threads.append(keeper)
-        log.info("retrieve jobs: %d workers as %s", self.workers, self.owner)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel running retrieves (C-CANCEL), wait for the workers, and
-        fail what they were doing with "interrupted by shutdown"."""
-        self._stop.set()
-        self._wake.set()
-        with self._lock:
-            for attempt in self._active.values():
-                attempt.shutdown = True
-                attempt.cancel.set()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            left = list(self._active)
-        for job_id in left:
-            _fail_running(self.node.db, job_id, self.owner, "interrupted by shutdown")
-        with _RUNNERS_LOCK:
-            if _RUNNERS.get(id(self.node)) is self:
-                del _RUNNERS[id(self.node)]
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def cancel_local(self, job_id: str) -> bool:
-        with self._lock:
-            attempt = self._active.get(job_id)
-        if attempt is None:
-            return False
-        attempt.cancel.set()
-        return True
-
-    # -- threads
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                job = claim_next(self.node.db, self.owner)
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
-                log.exception("could not look for pending jobs")
-                job = None
-            if job is None:
-                self._wake.wait(POLL_SECONDS)
-                self._wake.clear()
-                continue
-            self._run(job)
-
-    def _housekeep(self) -> None:
-        tick = 0
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            tick += 1
-            try:
-                self._heartbeat()
-                if tick % 5 == 0:
-                    recover(self.node.db, self.owner)
-                    if reap_expired(self.node.db):
-                        log.warning("failed job(s) whose owner stopped renewing its lease")
-            except Exception:  # noqa: BLE001
-                log.exception("job housekeeping failed")
-
-    def _heartbeat(self) -> None:
-        with self._lock:
-            active = dict(self._active)
-        if not active:
-            return
-        now = time.time()
-        with self.node.db.write() as conn:
-            conn.execute(update(jobs).where(jobs.c.owner == self.owner,
-                                            jobs.c.state == "running")
-                         .values(lease_until=now + LEASE_SECONDS))
-        with self.node.db.read() as conn:
-            wanted = conn.execute(select(jobs.c.id).where(
-                jobs.c.id.in_(list(active)), jobs.c.cancel_requested.is_(True))).scalars().all()
-        for job_id in wanted:
-            attempt = active.get(job_id)
-            if attempt is not None and not attempt.cancel.is_set():
-                log.info("job %s: cancel requested", job_id)
-                attempt.cancel.set()
-
-    # -- one job
-
-    def _run(self, job: Job) -> None:
-        attempt = _Attempt(job)
-        with self._lock:
-            self._active[job.id] = attempt
-            if self._stop.is_set():
-                attempt.shutdown = True
-                attempt.cancel.set()
-        log.info("job %s: running (%s %s from %s by C-%s)", job.id, job.level,
-                 job.series_uid or job.study_uid, job.node, job.method.upper())
+    def __call__(self, attempt: Attempt) -> Outcome:
+        retrieval = _Retrieval(Job.from_row(attempt.job), attempt)
         try:
-            state, error = self._execute(attempt)
-        except _JobFailed as exc:
-            state, error = "failed", str(exc)
+            state, error = self._retrieve(retrieval)
         except RemoteError as exc:
             if isinstance(exc.result, Progress):
-                attempt.last = exc.result
-            state, error = "failed", self._explain(exc, attempt)
-        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
-            log.exception("job %s failed", job.id)
-            state, error = "failed", f"internal error: {exc}"
-        if attempt.shutdown and state != "succeeded":
-            state, error = "failed", "interrupted by shutdown"
-        self._finish(attempt, state, error)
-        with self._lock:
-            self._active.pop(job.id, None)
-        log.info("job %s: %s%s", job.id, state, f" ({error})" if error else "")
+                retrieval.last = exc.result
+            state, error = "failed", self._explain(exc, retrieval)
+        attempt.note(**_counts(retrieval.last))
+        return Outcome(state, error)
 
-    def _explain(self, exc: RemoteError, attempt: _Attempt) -> str:
+    def _explain(self, exc: RemoteError, retrieval: _Retrieval) -> str:
         text = str(exc)
-        aet = _destination(self.node, attempt.job)
+        aet = _destination(self.node, retrieval.job)
         if exc.status == 0xA801:
             text += f" — the peer does not know our AE title {aet!r} as a destination"
-        elif attempt.job.method == "move" and exc.status is not None and \
-                attempt.last.completed == 0:
+        elif retrieval.job.method == "move" and exc.status is not None and \
+                retrieval.last.completed == 0:
             # Some peers (Orthanc) answer an unknown destination with 0xC000.
             text += (f" — if the peer does not know our AE title {aet!r} as a destination "
                      "(its modality list), it cannot send to us; method 'get' needs no "
@@ -527,14 +377,14 @@ class JobRunner:
         else:  # a row of an earlier release, or a node unknown when it was made
             cfg = self.node.remote_nodes().get(job.node)
             if cfg is None:
-                raise _JobFailed(f"unknown node {job.node!r} (not in the registry any more)")
+                raise JobFailed(f"unknown node {job.node!r} (not in the registry any more)")
             aet, host, port = cfg.aet, cfg.host, cfg.port
         return Peer(aet=aet, host=host, port=port, calling_aet=_destination(self.node, job),
                     timeout=30.0, dimse_timeout=DIMSE_TIMEOUT,
                     tls=node_tls(self.node.settings, job.node))
 
-    def _execute(self, attempt: _Attempt) -> tuple[str, str]:
-        job = attempt.job
+    def _retrieve(self, retrieval: _Retrieval) -> tuple[str, str]:
+        job, attempt = retrieval.job, retrieval.attempt
         peer = self._peer(job)
         if attempt.cancel.is_set():
             return "canceled", ""
@@ -545,18 +395,16 @@ class JobRunner:
             study_uid = next((str(h.get("StudyInstanceUID") or "") for h in hits
                               if h.get("StudyInstanceUID")), "")
             if not study_uid:
-                raise _JobFailed(f"{peer} has no series {job.series_uid} (C-FIND found nothing)")
-            with self.node.db.write() as conn:
-                conn.execute(update(jobs).where(jobs.c.id == job.id)
-                             .values(study_uid=study_uid, updated=time.time()))
+                raise JobFailed(f"{peer} has no series {job.series_uid} (C-FIND found nothing)")
+            attempt.record(study_uid=study_uid)
         keys = {"StudyInstanceUID": study_uid}
         if job.level == "SERIES":
             keys["SeriesInstanceUID"] = job.series_uid
         what = f"series {job.series_uid}" if job.level == "SERIES" else f"study {study_uid}"
 
         def on_progress(progress: Progress) -> None:
-            attempt.last = progress
-            self._record(job.id, progress)
+            retrieval.last = progress
+            attempt.record(**_counts(progress))
 
         if job.method == "move":
             progress = scu.move(peer, job.level, keys, _destination(self.node, job),
@@ -567,26 +415,26 @@ class JobRunner:
             result = scu.get(peer, job.level, keys, on_store=self._sink(origin),
                              on_progress=on_progress, cancel=attempt.cancel)
             progress = result.progress
-            attempt.store_errors = result.store_errors
-        attempt.last = progress
-        return self._verdict(attempt, peer, what)
+            retrieval.store_errors = result.store_errors
+        retrieval.last = progress
+        return self._verdict(retrieval, peer, what)
 
-    def _verdict(self, attempt: _Attempt, peer: Peer, what: str) -> tuple[str, str]:
-        p = attempt.last
+    def _verdict(self, retrieval: _Retrieval, peer: Peer, what: str) -> tuple[str, str]:
+        p = retrieval.last
         if p.cancelled:
             return "canceled", ""
         if not p.done:
-            if attempt.cancel.is_set():
+            if retrieval.attempt.cancel.is_set():
                 return "canceled", ""
             return "failed", f"{peer} ended the retrieve without a final response"
         if p.completed + p.failed + p.warning == 0:
             return "failed", f"{peer} holds no instances of {what} (0 sub-operations)"
         if p.failed:
-            detail = "; ".join(attempt.store_errors[:3]) or ", ".join(
+            detail = "; ".join(retrieval.store_errors[:3]) or ", ".join(
                 p.failed_sop_instance_uids[:3])
             return "failed", (f"{p.failed} of {p.total} instances of {what} could not be "
                               f"retrieved" + (f" ({detail})" if detail else ""))
-        if attempt.cancel.is_set():
+        if retrieval.attempt.cancel.is_set():
             return "succeeded", "the cancel request came after the retrieve had finished"
         return "succeeded", ""
 
@@ -620,31 +468,9 @@ class JobRunner:
 
         return keep
 
-    def _record(self, job_id: str, p: Progress) -> None:
-        now = time.time()
-        with self.node.db.write() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.owner == self.owner,
-                                            jobs.c.state == "running")
-                         .values(completed=p.completed, failed=p.failed, warning=p.warning,
-                                 remaining=p.remaining, updated=now,
-                                 lease_until=now + LEASE_SECONDS))
-
-    def _finish(self, attempt: _Attempt, state: str, error: str) -> None:
-        p = attempt.last
-        now = time.time()
-        values: dict[str, Any] = dict(state=state, error=error, updated=now, finished=now,
-                                      lease_until=None, completed=p.completed, failed=p.failed,
-                                      warning=p.warning, remaining=p.remaining)
-        if state == "succeeded":
-            values["remaining"] = 0
-        with self.node.db.write() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == attempt.job.id,
-                                            jobs.c.owner == self.owner,
-                                            jobs.c.state == "running").values(**values))
-
 
 def start(node: Node, workers: int = WORKERS) -> Callable[[], None]:
     """Start the job workers of ``serve``; return the function that stops them."""
-    runner = JobRunner(node, workers)
+    runner = Runner(node, replace(RETRIEVE, workers=workers), RetrieveWork(node))
     runner.start()
     return runner.stop
