@@ -222,6 +222,11 @@ def test_orthanc_dicom_tls_both_ways(pki: Pki, tmp_path: Path) -> None:
                                            "PatientID": ""}})
             assert r.status_code == 200, r.text
             assert [m["PatientID"] for m in r.json()["results"]] == ["PAT-ORTHANC"]
+            # The DICOMweb gateway's C-FIND goes over TLS too.
+            r = httpx.get(node.base_url + "/dicomweb/remote/ORTHANC/studies", timeout=60,
+                          params={"StudyInstanceUID": ds.StudyInstanceUID})
+            assert r.status_code == 200, r.text
+            assert [s["00100020"]["Value"] for s in r.json()] == [["PAT-ORTHANC"]]
             job = orthanc.post("/modalities/PACS/store", {"Resources": ids,
                                                            "Synchronous": True})
             assert job["FailedInstancesCount"] == 0, job
