@@ -160,3 +160,35 @@ def test_an_earlier_nodes_table_gains_allow_and_tls(pacsnode_factory, tmp_path: 
     ok = run(dcmtk("echoscu"), "-aet", "OLDAE", "-aec", node.aet, "127.0.0.1",
              str(node.dicom_port))
     assert ok.returncode == 0
+
+
+def test_an_earlier_nodes_table_upgrades_on_both_databases(database_url: str,
+                                                           tmp_path: Path) -> None:
+    """The same upgrade on SQLite and PostgreSQL, through the registry and
+    what the DIMSE policy reads (Node.remote_nodes); then a row written
+    with the new columns reads back."""
+    from sqlalchemy import MetaData, Table, create_engine
+
+    from pacsnode.config import Settings
+    from pacsnode.index.schema import nodes
+    from pacsnode.node import Node
+    from pacsnode.remote import registry
+
+    old = MetaData()
+    Table("nodes", old, *[c._copy() for c in nodes.columns if c.name not in ("allow", "tls")])
+    engine = create_engine(database_url)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(old.tables["nodes"].insert().values(name="OLD", aet="OLDAE",
+                                                         host="127.0.0.1", port=104))
+    engine.dispose()
+    node = Node(Settings(data_dir=tmp_path / "data", database_url=database_url))
+    try:
+        old_row = registry.get_node(node, "OLD")
+        assert old_row is not None and (old_row.allow, old_row.tls) == (tuple(ALL), False)
+        registry.put_node(node, "NEW", "NEWAE", "localhost", 2762, ["find", "echo"], True)
+        known = node.remote_nodes()
+        assert (known["OLD"].allow, known["OLD"].tls) == (tuple(ALL), False)
+        assert (known["NEW"].allow, known["NEW"].tls) == (("echo", "find"), True)
+    finally:
+        node.close()
