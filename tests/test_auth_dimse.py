@@ -227,12 +227,18 @@ def test_one_address_cannot_take_every_association(pacsnode_factory) -> None:
         a.release()
 
 
-def test_one_calling_ae_cannot_take_every_association(pacsnode_factory) -> None:
+def test_one_calling_ae_cannot_take_every_association(pacsnode_factory,
+                                                      tmp_path: Path) -> None:
     """With max_associations_per_ae, idle associations of one calling AE
     title from three addresses (over two DIMSE processes) stop at that
     number: DCMTK's echoscu under that title is rejected, from a fourth
-    address too, while another title from the same address gets in."""
-    node = pacsnode_factory(extra_env={"PACSNODE_MAX_ASSOCIATIONS": "8",
+    address too, while another title from the same address gets in.  An
+    impostor using a node's title from other addresses fills only its own
+    places: the node calling from its host still gets in."""
+    config = tmp_path / "ct1.toml"
+    config.write_text('[nodes.CT1]\naet = "CT1"\nhost = "127.0.0.1"\nport = 104\n')
+    node = pacsnode_factory(config=str(config),
+                            extra_env={"PACSNODE_MAX_ASSOCIATIONS": "12",
                                        "PACSNODE_MAX_ASSOCIATIONS_PER_AE": "3",
                                        "PACSNODE_DIMSE_PROCESSES": "2"})
     time.sleep(2)  # the worker process is listening too
@@ -266,5 +272,14 @@ def test_one_calling_ae_cannot_take_every_association(pacsnode_factory) -> None:
     time.sleep(0.3)
     again = run(dcmtk("echoscu"), "-aet", "HOG", "-aec", node.aet, "127.0.0.1", port)
     assert again.returncode == 0
-    for a in held:
-        a.release()
+
+    impostor = AE(ae_title="CT1")
+    impostor.add_requested_context(Verification)
+    fakes = [impostor.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
+                                bind_address=(f"127.0.0.{n}", 0)) for n in (5, 6, 7, 8)]
+    assert [a.is_established for a in fakes] == [True, True, True, False]
+    genuine = run(dcmtk("echoscu"), "-v", "-aet", "CT1", "-aec", node.aet, "127.0.0.1", port)
+    assert "Received Echo Response (Success)" in _out(genuine)
+    for a in held + fakes:
+        if a.is_established:
+            a.release()

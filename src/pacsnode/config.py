@@ -144,7 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
             "place under max_associations.", int, shared=False),
     Setting("max_associations_per_ae", 8, "Most DIMSE associations served at once for one "
             "calling AE title, from whatever addresses (all DIMSE processes together), so "
-            "one AE cannot take every place under max_associations.", int, shared=False),
+            "one AE cannot take every place under max_associations; a node calling from its "
+            "host is counted apart from others using its title.", int, shared=False),
     Setting("node_networks", [], "Networks (CIDR, e.g. 10.0.0.0/8) a node registered over "
             "HTTP must have its address in; empty: any address but link-local, unspecified "
             "and multicast ones.", list, cli=False),

@@ -182,7 +182,7 @@ class Association:
         counted, and what it stored audited (DICOM Instances Transferred)."""
         if self._counted:
             self._counted = False
-            self.server.limit.release(self.address, self.peer_aet)
+            self.server.limit.release(self.address, self.peer_aet, self.admission.known)
             metrics.ACTIVE_ASSOCIATIONS.dec()
         if self.is_established and self.server.gate.audit is not None:
             # after the events of its instances, which the audit gathers
@@ -306,7 +306,7 @@ class Association:
                                                       deal.called, self.address, self.port)
         if self.admission.rejection is not None:
             return (*self.admission.rejection, "")
-        full = self.server.limit.acquire(self.address, deal.calling)
+        full = self.server.limit.acquire(self.address, deal.calling, self.admission.known)
         if full is not None:
             why = f"local limit exceeded ({full})"
             self.server.gate.over_limit(deal.calling, deal.called, self.address, why)

@@ -39,10 +39,14 @@ def _address(address: str) -> str:
     return "address\0" + address
 
 
-def _ae(aet: str) -> str:
+def _ae(aet: str, known: bool) -> str:
     """The peer-table name of a calling AE title (one namespace apart from
-    addresses, so that an AE titled like an address is not counted with it)."""
-    return "ae\0" + aet
+    addresses, so that an AE titled like an address is not counted with it).
+    A known AE (a node calling from its host, ``access/dimse.py``) is
+    counted apart from the same title calling from elsewhere: a title is
+    the caller's claim, and an impostor must not use up the places of the
+    node it names."""
+    return ("node\0" if known else "ae\0") + aet
 
 
 class AssociationLimit:
@@ -90,22 +94,24 @@ class AssociationLimit:
         os.ftruncate(fd, AssociationLimit.file_size(slots, limit))
         return fd
 
-    def acquire(self, address: str = "", aet: str = "") -> str | None:
+    def acquire(self, address: str = "", aet: str = "", known: bool = False) -> str | None:
         """Take a place for an association from ``address`` whose calling AE
-        title is ``aet``: None, or which limit is reached (for the log)."""
+        title is ``aet`` (``known``: a node's, calling from its host): None,
+        or which limit is reached (for the log)."""
+        ae = _ae(aet, known)
         if self._map is None:
             why = self._full(self.local, self.by_peer.get(_address(address), 0),
-                             self.by_peer.get(_ae(aet), 0))
+                             self.by_peer.get(ae, 0))
             if why is None:
-                self._count(address, aet, +1)
+                self._count(address, ae, +1)
             return why
         assert self.fd is not None
         fcntl.lockf(self.fd, fcntl.LOCK_EX)
         try:
             why = self._full(sum(struct.unpack_from(f"<{self.slots}q", self._map)),
-                             *self._node_wide(address, aet))
+                             *self._node_wide(address, ae))
             if why is None:
-                self._count(address, aet, +1)
+                self._count(address, ae, +1)
                 struct.pack_into("<q", self._map, self.slot * 8, self.local)
             return why
         finally:
@@ -120,9 +126,10 @@ class AssociationLimit:
             return f"max_associations_per_ae {self.per_ae}"
         return None
 
-    def _count(self, address: str, aet: str, change: int) -> None:
+    def _count(self, address: str, ae: str, change: int) -> None:
+        """Count an association of ``address`` and ``ae`` (an ``_ae`` name)."""
         self.local += change
-        for peer in (_address(address), _ae(aet)):
+        for peer in (_address(address), ae):
             left = self.by_peer.get(peer, 0) + change
             if left > 0:
                 self.by_peer[peer] = left
@@ -131,13 +138,13 @@ class AssociationLimit:
         if self._map is not None and (self.per_address or self.per_ae):
             self._publish_peers()
 
-    def _node_wide(self, address: str, aet: str) -> tuple[int, int]:
-        """Associations from ``address``, and of calling AE ``aet``, in every
-        process (under the lock; one pass over the tables)."""
+    def _node_wide(self, address: str, ae: str) -> tuple[int, int]:
+        """Associations from ``address``, and of ``ae`` (an ``_ae`` name),
+        in every process (under the lock; one pass over the tables)."""
         assert self._map is not None
         if not (self.per_address or self.per_ae):
             return 0, 0
-        by_address, by_ae = _peer_key(_address(address)), _peer_key(_ae(aet))
+        by_address, by_ae = _peer_key(_address(address)), _peer_key(ae)
         from_address = from_ae = 0
         for slot in range(self.slots):
             base = self._peer_offset(slot)
@@ -164,8 +171,8 @@ class AssociationLimit:
         return (self.slots * 8 + self.slots * _LOAD.size
                 + slot * _KINDS * self.limit * _PEER.size)
 
-    def release(self, address: str = "", aet: str = "") -> None:
-        self._count(address, aet, -1)
+    def release(self, address: str = "", aet: str = "", known: bool = False) -> None:
+        self._count(address, _ae(aet, known), -1)
         if self._map is not None:  # only this process writes its slot
             struct.pack_into("<q", self._map, self.slot * 8, self.local)
 
