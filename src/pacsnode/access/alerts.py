@@ -95,13 +95,13 @@ class AlertThrottle:
         if group is None:
             self._groups[key] = _Group(recorded=now)
             self._per_address[key[0]] = self._per_address.get(key[0], 0) + 1
+            self._start()  # to forget the group after its window
             event.detail["count"] = 1
             return [event]
         group.count += 1
         group.last_time = event.time
         if group.first is None:
             group.first = event
-            self._start()
         return []
 
     def _key(self, event: AuditEvent) -> tuple[Key, AuditEvent]:
@@ -124,16 +124,18 @@ class AlertThrottle:
         return (address, "", "refusals", reason), replace(event, user="", address=address,
                                                           detail=detail)
 
-    # -- the windows' ends (one thread, while some group has counted alerts)
+    # -- the windows' ends (one thread, started with the first group)
 
     def _start(self) -> None:
+        """Have the thread look at the windows (started the first time)."""
         if not self._background:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="pacsnode-alerts",
                                             daemon=True)
             self._thread.start()
-        self._wake.set()
+        elif not self._wake.is_set():
+            self._wake.set()
 
     def _run(self) -> None:
         while not self._closed:
