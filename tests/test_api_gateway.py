@@ -139,7 +139,7 @@ def test_nodes_list_and_validation(env: dict[str, Any]) -> None:
     nodes = client.get("/api/v1/nodes").json()["nodes"]
     assert {"name": "ORTHANC", "aet": "ORTHANC", "host": "127.0.0.1",
             "port": env["orthanc"].dicom_port, "source": "config",
-            "overrides_config": False} in nodes
+            "overrides_config": False, "allow": ["echo", "store", "find", "get", "move"], "tls": False} in nodes
     for body, word in (({"aet": "", "host": "h", "port": 1}, "empty"),
                        ({"aet": "A" * 17, "host": "h", "port": 1}, "16"),
                        ({"aet": "A\\B", "host": "h", "port": 1}, "backslash"),
@@ -184,7 +184,8 @@ def test_nodes_crud_persists_and_feeds_the_move_scp(
     server.start()
     nodes = {n["name"]: n for n in client.get("/api/v1/nodes").json()["nodes"]}
     assert nodes["DEST"] == {"name": "DEST", "aet": "DESTSCP", "host": "127.0.0.1",
-                             "port": scp_port, "source": "runtime", "overrides_config": False}
+                             "port": scp_port, "source": "runtime", "overrides_config": False,
+                             "allow": ["echo", "store", "find", "get", "move"], "tls": False}
     assert nodes["ORTHANC"]["source"] == "runtime" and nodes["ORTHANC"]["overrides_config"]
     assert client.get("/api/v1/nodes/DEST").json()["port"] == scp_port
     # Our C-MOVE SCP sends to the runtime node.

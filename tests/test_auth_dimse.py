@@ -4,7 +4,8 @@
 nothing, status 0x0124 for a refused operation, each refusal logged with
 AE and address and audited as a Security Alert; the DIMSE audit events
 (Query keys, Instances Transferred with studies and patients); and
-`max_associations_per_address` across DIMSE processes."""
+`max_associations_per_address` and `max_associations_per_ae` across DIMSE
+processes."""
 
 from __future__ import annotations
 
@@ -224,3 +225,61 @@ def test_one_address_cannot_take_every_association(pacsnode_factory) -> None:
     assert again.is_established and again.send_c_echo().Status == 0
     for a in [again, *held, *others]:
         a.release()
+
+
+def test_one_calling_ae_cannot_take_every_association(pacsnode_factory,
+                                                      tmp_path: Path) -> None:
+    """With max_associations_per_ae, idle associations of one calling AE
+    title from three addresses (over two DIMSE processes) stop at that
+    number: DCMTK's echoscu under that title is rejected, from a fourth
+    address too, while another title from the same address gets in.  An
+    impostor using a node's title from other addresses fills only its own
+    places: the node calling from its host still gets in."""
+    config = tmp_path / "ct1.toml"
+    config.write_text('[nodes.CT1]\naet = "CT1"\nhost = "127.0.0.1"\nport = 104\n')
+    node = pacsnode_factory(config=str(config),
+                            extra_env={"PACSNODE_MAX_ASSOCIATIONS": "12",
+                                       "PACSNODE_MAX_ASSOCIATIONS_PER_AE": "3",
+                                       "PACSNODE_DIMSE_PROCESSES": "2"})
+    time.sleep(2)  # the worker process is listening too
+    hog = AE(ae_title="HOG")
+    hog.add_requested_context(Verification)
+    held = [hog.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
+                          bind_address=(f"127.0.0.{n}", 0)) for n in (1, 2, 3)]
+    assert all(a.is_established for a in held)
+    port = str(node.dicom_port)
+    refused = run(dcmtk("echoscu"), "-v", "-aet", "HOG", "-aec", node.aet, "127.0.0.1", port,
+                  check=False)
+    assert refused.returncode != 0
+    assert "Association Rejected" in _out(refused)
+    assert "Local Limit Exceeded" in _out(refused)
+    assert re.search(r"association rejected: HOG from 127\.0\.0\.1:\d+: local limit exceeded "
+                     r"\(max_associations_per_ae 3\)", node.log())
+    # The same AE from an address it does not use yet: still its limit.
+    other_address = hog.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
+                                  bind_address=("127.0.0.4", 0))
+    assert other_address.is_rejected
+    rj = other_address.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
+    # Another AE title from the same address is not held back.
+    for _ in range(2):
+        ok = run(dcmtk("echoscu"), "-aet", "OTHER", "-aec", node.aet, "127.0.0.1", port)
+        assert ok.returncode == 0
+    pids = {line.rsplit("pid ", 1)[1].rstrip(")") for line in node.log().splitlines()
+            if "association accepted: HOG" in line}
+    assert len(pids) == 2  # the three of HOG were spread over both processes
+    held.pop().release()
+    time.sleep(0.3)
+    again = run(dcmtk("echoscu"), "-aet", "HOG", "-aec", node.aet, "127.0.0.1", port)
+    assert again.returncode == 0
+
+    impostor = AE(ae_title="CT1")
+    impostor.add_requested_context(Verification)
+    fakes = [impostor.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
+                                bind_address=(f"127.0.0.{n}", 0)) for n in (5, 6, 7, 8)]
+    assert [a.is_established for a in fakes] == [True, True, True, False]
+    genuine = run(dcmtk("echoscu"), "-v", "-aet", "CT1", "-aec", node.aet, "127.0.0.1", port)
+    assert "Received Echo Response (Success)" in _out(genuine)
+    for a in held + fakes:
+        if a.is_established:
+            a.release()

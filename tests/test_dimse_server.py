@@ -434,9 +434,11 @@ def test_associations_spread_over_processes(pacsnode_factory, tmp_path):
     """With dimse_processes = 2 the kernel spreads associations over both
     processes; what each stores is in the one index, and killing the node
     with -9 leaves no worker holding the port."""
-    # 24 senders at once from one address: above max_associations_per_address's default.
+    # 24 senders at once from one address and AE title: above the defaults of
+    # max_associations_per_address and max_associations_per_ae.
     node = pacsnode_factory(extra_env={"PACSNODE_DIMSE_PROCESSES": "2",
-                                       "PACSNODE_MAX_ASSOCIATIONS_PER_ADDRESS": "32"})
+                                       "PACSNODE_MAX_ASSOCIATIONS_PER_ADDRESS": "32",
+                                       "PACSNODE_MAX_ASSOCIATIONS_PER_AE": "32"})
     deadline = time.monotonic() + 20
     while len(_serve_pids(node)) < 2 or node.log().count("DIMSE listening") < 2:
         assert time.monotonic() < deadline, node.log()

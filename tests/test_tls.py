@@ -222,6 +222,11 @@ def test_orthanc_dicom_tls_both_ways(pki: Pki, tmp_path: Path) -> None:
                                            "PatientID": ""}})
             assert r.status_code == 200, r.text
             assert [m["PatientID"] for m in r.json()["results"]] == ["PAT-ORTHANC"]
+            # The DICOMweb gateway's C-FIND goes over TLS too.
+            r = httpx.get(node.base_url + "/dicomweb/remote/ORTHANC/studies", timeout=60,
+                          params={"StudyInstanceUID": ds.StudyInstanceUID})
+            assert r.status_code == 200, r.text
+            assert [s["00100020"]["Value"] for s in r.json()] == [["PAT-ORTHANC"]]
             job = orthanc.post("/modalities/PACS/store", {"Resources": ids,
                                                            "Synchronous": True})
             assert job["FailedInstancesCount"] == 0, job
@@ -233,3 +238,47 @@ def test_orthanc_dicom_tls_both_ways(pki: Pki, tmp_path: Path) -> None:
             assert dcmread(blob).PixelData == ds.PixelData
         finally:
             node.stop()
+
+
+def test_dicom_tls_served_by_every_dimse_process(pki: Pki, tmp_path: Path) -> None:
+    """With dimse_processes = 2 the worker process serves dicom_tls_port
+    too: held TLS associations spread over both processes (each takes a
+    connection when the other has more), and DCMTK's storescu +tls stores
+    beside them."""
+    tls_port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    node = TlsPacsnode(data, config=_tls_config(tmp_path, pki, tls_port),
+                       extra_env={"PACSNODE_DIMSE_PROCESSES": "2"}).start()
+    try:
+        deadline = time.monotonic() + 20
+        while node.log().count("DICOM TLS listening") < 2:
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.1)
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        ae = AE(ae_title="TLSHOLD")
+        ae.add_requested_context("1.2.840.10008.1.1")  # Verification
+        held = [ae.associate("127.0.0.1", tls_port, ae_title=node.aet,
+                             tls_args=(context, "localhost")) for _ in range(3)]
+        assert all(a.is_established for a in held)
+        assert all(a.send_c_echo().Status == 0 for a in held)
+        pids = {line.rsplit("pid ", 1)[1].rstrip(")") for line in node.log().splitlines()
+                if "association accepted: TLSHOLD" in line}
+        assert len(pids) == 2, node.log()
+
+        ds = make_ct(tmp_path / "ct.dcm", patient_id="PAT-TLS2")
+        run(dcmtk("storescu"), *_tls_args(pki.client_cert, pki.client_key, pki.ca),
+            "-aec", node.aet, "127.0.0.1", str(tls_port), str(tmp_path / "ct.dcm"))
+        blob = data / "studies" / ds.StudyInstanceUID / ds.SeriesInstanceUID / \
+            f"{ds.SOPInstanceUID}.dcm"
+        assert dataset_bytes(blob) == dataset_bytes(tmp_path / "ct.dcm")
+        # Still TLS only on that port, in every process: plain gets nowhere.
+        for _ in range(2):
+            plain = run(dcmtk("echoscu"), "-aec", node.aet, "127.0.0.1", str(tls_port),
+                        check=False)
+            assert plain.returncode != 0
+        for a in held:
+            a.release()
+    finally:
+        node.stop()

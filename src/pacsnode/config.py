@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Setting", "SETTINGS", "Settings", "NodeConfig", "load_settings"]
+__all__ = ["Setting", "SETTINGS", "Settings", "NodeConfig", "load_settings", "stored_allow"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dimse_timeout", 60, "Seconds of silence before a DIMSE association is aborted.",
             int, shared=False),
     Setting("dimse_processes", 0, "Processes accepting DIMSE associations on dicom_port "
-            "(they share the listening socket; the least busy takes each connection); 0 means "
+            "and dicom_tls_port (they share the listening sockets; the least busy takes each "
+            "connection); 0 means "
             "one per CPU core, at least 1, at most 4; 1 serves DIMSE in the main process "
             "only.", int, shared=False),
     Setting("max_stow_bytes", 4 * 1024**3, "Largest STOW-RS request body accepted (bytes).",
@@ -146,6 +147,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_associations_per_address", 8, "Most DIMSE associations served at once for "
             "one peer address (all DIMSE processes together), so one peer cannot take every "
             "place under max_associations.", int, shared=False),
+    Setting("max_associations_per_ae", 8, "Most DIMSE associations served at once for one "
+            "calling AE title, from whatever addresses (all DIMSE processes together), so "
+            "one AE cannot take every place under max_associations; a node calling from its "
+            "host is counted apart from others using its title.", int, shared=False),
     Setting("node_networks", [], "Networks (CIDR, e.g. 10.0.0.0/8) a node registered over "
             "HTTP must have its address in; empty: any address but link-local, unspecified "
             "and multicast ones.", list, cli=False),
@@ -233,6 +238,7 @@ class Settings:
     dimse_unknown_ae: list[str] = field(default_factory=lambda: list(DIMSE_OPERATIONS))
     check_called_ae: bool = False
     max_associations_per_address: int = 8
+    max_associations_per_ae: int = 8
     node_networks: list[str] = field(default_factory=list)
     http_read_timeout: int = 30
     tls_cert: str = ""
@@ -302,6 +308,14 @@ def _operations(value: Any, where: str) -> tuple[str, ...]:
         raise ValueError(f"{where}: unknown DIMSE operation {unknown[0]!r} (use "
                          f"{', '.join(DIMSE_OPERATIONS)})")
     return tuple(op for op in DIMSE_OPERATIONS if op in ops)
+
+
+def stored_allow(text: str | None) -> tuple[str, ...]:
+    """A node's ``allow`` as the index's ``nodes.allow`` column keeps it (a
+    JSON array; NULL, a row of an earlier release: all operations)."""
+    if text is None:
+        return DIMSE_OPERATIONS
+    return _operations(json.loads(text), "nodes.allow")
 
 
 def _node_config(name: str, node: dict[str, Any], path: Any) -> NodeConfig:

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import NodeConfig, Settings
+from .config import NodeConfig, Settings, stored_allow
 from .dicom import extra_tags
 from .events import EventBus
 from .index.db import Database
@@ -54,7 +54,8 @@ class Node:
         out = dict(self.settings.nodes)
         with self.db.read() as conn:
             for row in conn.execute(select(nodes)).all():
-                out[row.name] = NodeConfig(row.name, row.aet, row.host, int(row.port))
+                out[row.name] = NodeConfig(row.name, row.aet, row.host, int(row.port),
+                                           stored_allow(row.allow), bool(row.tls))
         return out
 
     def node_by_aet(self, aet: str) -> NodeConfig | None:

@@ -204,7 +204,7 @@ class DimseWorkers:
         limit_fd = self._dimse.limit_fd
         assert limit_fd is not None  # DimseServer shares the count when it has workers
         return spawn(self._settings, slot, self._dimse.processes, limit_fd,
-                     self._dimse.listen_fd)
+                     self._dimse.listen_fd, self._dimse.tls_listen_fd)
 
     def _watch(self) -> None:
         started = {slot: time.monotonic() for slot in self.procs}

@@ -2,7 +2,9 @@
 association or operation, never per PDU or per instance on the hot path.
 
 - a rejected association or a refused operation: Security Alert (an
-  operation once per association and kind, however often it is tried);
+  operation once per association and kind, however often it is tried),
+  at most one per address, AE, request and reason and minute with a count
+  (``alerts.AlertThrottle``), however many associations are refused;
 - C-FIND: Query, with the identifier's keys;
 - C-MOVE / C-GET: DICOM Instances Transferred, with the studies sent (the
   trail adds their patients);
@@ -21,6 +23,7 @@ from pydicom.dataset import Dataset
 
 from ..audit import AuditEvent, AuditTrail
 from ..events import Event, EventBus, Origin
+from .alerts import AlertThrottle
 
 __all__ = ["DimseAudit", "query_keys"]
 
@@ -52,6 +55,8 @@ class DimseAudit:
 
     def __init__(self, trail: AuditTrail, bus: EventBus) -> None:
         self.trail = trail
+        #: Security Alerts go through it (bounded, counted).
+        self.alerts = AlertThrottle(trail.record)
         self._received: dict[Origin, tuple[set[str], list[int]]] = {}
         self._lock = threading.Lock()
         bus.subscribe(self._on_event)
@@ -59,12 +64,16 @@ class DimseAudit:
     # -- refusals
 
     def rejected(self, calling: str, called: str, address: str, reason: str) -> None:
-        self.trail.record(AuditEvent("Security Alert", 4, calling, address, detail={
+        self.alerts.alert(AuditEvent("Security Alert", 4, calling, address, detail={
             "request": f"A-ASSOCIATE-RQ to {called}", "reason": reason, "protocol": "DIMSE"}))
 
     def refused(self, calling: str, address: str, operation: str, reason: str) -> None:
-        self.trail.record(AuditEvent("Security Alert", 4, calling, address, detail={
+        self.alerts.alert(AuditEvent("Security Alert", 4, calling, address, detail={
             "request": operation, "reason": reason, "protocol": "DIMSE"}))
+
+    def close(self) -> None:
+        """Record the alerts still being counted (before the trail closes)."""
+        self.alerts.close()
 
     # -- operations
 

@@ -74,6 +74,12 @@ class DimseGate:
                 self.audit.refused(calling, address, op, why)
         return why
 
+    def over_limit(self, calling: str, called: str, address: str, reason: str) -> None:
+        """An association rejected for an association limit (the caller
+        logs it): audited like a refusal of the policy."""
+        if self.audit is not None:
+            self.audit.rejected(calling, called, address, reason)
+
     def tls_refused(self, address: str, reason: str) -> None:
         """A DICOM TLS handshake that failed (no or an untrusted certificate)."""
         if self.audit is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from ..config import Settings
 
 __all__ = ["BCP195_CIPHERS", "https_options", "dicom_server_context", "dicom_client_context",
-           "node_tls"]
+           "node_tls", "peer_tls"]
 
 #: TLS 1.2 cipher suites of BCP 195 (RFC 7525 §4.2), in OpenSSL's names.
 BCP195_CIPHERS = ":".join((
@@ -73,10 +73,18 @@ def _client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
     return dicom_client_context(Settings(tls_ca=ca, tls_cert=cert, tls_key=key))
 
 
-def node_tls(settings: Settings, name: str) -> ssl.SSLContext | None:
-    """The context of our associations to the configured node ``name`` when
-    it says ``tls = true`` (None otherwise: a plain association)."""
-    cfg = settings.nodes.get(name)
-    if cfg is None or not cfg.tls:
+def peer_tls(settings: Settings, tls: bool) -> ssl.SSLContext | None:
+    """The context of our associations to a node whose ``tls`` is ``tls``
+    (a ``[nodes.NAME]`` table's or a registered node's; None: plain)."""
+    if not tls:
         return None
     return _client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+
+
+def node_tls(settings: Settings, name: str) -> ssl.SSLContext | None:
+    """The context of our associations to the configuration file's node
+    ``name`` when it says ``tls = true`` (None otherwise: a plain
+    association).  A node registered over HTTP is known only to the
+    registry: ``peer_tls`` with its ``tls``."""
+    cfg = settings.nodes.get(name)
+    return peer_tls(settings, cfg is not None and cfg.tls)

@@ -15,8 +15,8 @@ is closed, with a log line.  A silent peer is aborted after
 
 Two points decide who may do what: ``Association.admit`` (whether an
 association that negotiated is accepted: the DIMSE policy,
-``access/dimse_gate.py``, then ``max_associations`` and
-``max_associations_per_address``) and ``Association.refusal`` (whether one
+``access/dimse_gate.py``, then ``max_associations``,
+``max_associations_per_address`` and ``max_associations_per_ae``) and ``Association.refusal`` (whether one
 request is carried out: the policy again, 0x0124, then the presentation
 context).
 
@@ -182,7 +182,7 @@ class Association:
         counted, and what it stored audited (DICOM Instances Transferred)."""
         if self._counted:
             self._counted = False
-            self.server.limit.release(self.address)
+            self.server.limit.release(self.address, self.peer_aet, self.admission.known)
             metrics.ACTIVE_ASSOCIATIONS.dec()
         if self.is_established and self.server.gate.audit is not None:
             # after the events of its instances, which the audit gathers
@@ -297,17 +297,20 @@ class Association:
         empty when the DIMSE gate has logged and audited it already).
         The DIMSE policy decides first (``DimseGate.admit``: which calling
         AE, from where, may do what, kept in ``admission``); an accepted
-        one then holds a place under ``max_associations`` and
-        ``max_associations_per_address`` until it ends."""
+        one then holds a place under ``max_associations``,
+        ``max_associations_per_address`` and ``max_associations_per_ae``
+        until it ends."""
         if deal.rejection is not None:
             return deal.rejection
         self.admission = await self.server.gate.admit(self.server.pool.run, deal.calling,
                                                       deal.called, self.address, self.port)
         if self.admission.rejection is not None:
             return (*self.admission.rejection, "")
-        full = self.server.limit.acquire(self.address)
+        full = self.server.limit.acquire(self.address, deal.calling, self.admission.known)
         if full is not None:
-            return (2, 3, 2, f"local limit exceeded ({full})")
+            why = f"local limit exceeded ({full})"
+            self.server.gate.over_limit(deal.calling, deal.called, self.address, why)
+            return (2, 3, 2, why)
         self._counted = True
         metrics.ASSOCIATIONS.inc()
         metrics.ACTIVE_ASSOCIATIONS.inc()

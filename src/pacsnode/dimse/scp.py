@@ -8,8 +8,9 @@
 storage commitment, ``echo.py``: C-ECHO).
 
 With ``dimse_processes`` above 1, ``serve`` runs more of these in worker
-processes (``dimse/worker.py``) on the main process's listening socket;
-each takes the next connection when no other process has fewer.
+processes (``dimse/worker.py``) on the main process's listening sockets
+(``dicom_port``, and ``dicom_tls_port`` when set); each takes the next
+connection when no other process has fewer.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class DimseServer:
     descriptor, and joins the port the main process holds."""
 
     def __init__(self, node: Node, *, worker_slot: int | None = None,
-                 limit_fd: int | None = None, listen_fd: int | None = None) -> None:
+                 limit_fd: int | None = None, listen_fd: int | None = None,
+                 tls_listen_fd: int | None = None) -> None:
         self.node = node
         s = node.settings
         self.processes = dimse_processes(s)
@@ -68,12 +70,14 @@ class DimseServer:
             limit_fd = AssociationLimit.shared_file(self.processes, s.max_associations)
         self.limit_fd = limit_fd
         limit = AssociationLimit(s.max_associations, limit_fd, worker_slot or 0,
-                                 self.processes, s.max_associations_per_address) \
-            if shared else None
+                                 self.processes, s.max_associations_per_address,
+                                 s.max_associations_per_ae) if shared else None
         # The audit trail of this process's DIMSE side (DESIGN.md §8).
         self.audit = make_audit_trail(s, node.db)
-        gate = DimseGate(node, DimseAudit(self.audit, node.bus))
-        self.server = AssociationServer(node, s, limit=limit, listen_fd=listen_fd, gate=gate)
+        self.dimse_audit = DimseAudit(self.audit, node.bus)
+        gate = DimseGate(node, self.dimse_audit)
+        self.server = AssociationServer(node, s, limit=limit, listen_fd=listen_fd,
+                                        tls_listen_fd=tls_listen_fd, gate=gate)
 
     def start(self) -> None:
         self.server.start()
@@ -81,15 +85,21 @@ class DimseServer:
         log.info("DIMSE listening on %s:%s as %s (pid %d)", s.host, s.dicom_port, s.ae_title,
                  os.getpid())
         if self.server.tls_sock is not None:
-            log.info("DICOM TLS listening on %s:%s (TLS 1.2+, BCP 195%s)", s.host,
+            log.info("DICOM TLS listening on %s:%s (TLS 1.2+, BCP 195%s; pid %d)", s.host,
                      s.dicom_tls_port, ", client certificates signed by tls_ca required"
-                     if s.tls_ca else "")
+                     if s.tls_ca else "", os.getpid())
 
     @property
     def listen_fd(self) -> int:
         """The listening socket's descriptor, for worker processes to inherit."""
         assert self.server.sock is not None
         return self.server.sock.fileno()
+
+    @property
+    def tls_listen_fd(self) -> int | None:
+        """The DICOM TLS listening socket's descriptor (None: no
+        ``dicom_tls_port``), for worker processes to inherit."""
+        return self.server.tls_sock.fileno() if self.server.tls_sock is not None else None
 
     @property
     def listening(self) -> bool:
@@ -100,6 +110,7 @@ class DimseServer:
         seconds, then abort the rest (nothing unacknowledged is kept; nothing
         acknowledged is lost: ingest is atomic)."""
         self.server.stop(grace)
+        self.dimse_audit.close()
         self.audit.close()
 
     @property

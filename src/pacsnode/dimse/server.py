@@ -1,8 +1,10 @@
 """The DIMSE listener of one process: the DICOM upper layer (PS3.8) on
 asyncio — one event loop in its own thread, one coroutine per association
 (``association.py``), PDUs read straight off the socket.  With
-``dicom_tls_port`` the main process also listens for DICOM TLS
-(``access/tls.py``: the handshake, then the same associations);
+``dicom_tls_port`` it also listens for DICOM TLS (``access/tls.py``: the
+handshake, then the same associations); like the plain port's, the TLS
+listening socket is the main process's, inherited by the worker processes,
+and a connection on either goes to the least busy process;
 ``client_tls`` is the context of the associations we request of nodes with
 ``tls = true``.
 
@@ -58,6 +60,17 @@ log = logging.getLogger("pacsnode.dimse")
 __all__ = ["AssociationServer", "TRANSFER_SYNTAXES", "set_nodelay",
            "listen_socket"]
 
+
+def _listening(inherited: int | None, host: str, port: int) -> socket.socket:
+    """The listening socket of ``port``: a worker process's copy of the
+    main process's (``inherited``), or a new one."""
+    if inherited is None:
+        return listen_socket(host, port)
+    sock = socket.socket(fileno=os.dup(inherited))
+    sock.setblocking(False)
+    return sock
+
+
 #: How long an acceptor that left a connection to a less busy process waits
 #: before looking again, and at most how long it keeps leaving the same
 #: backlog to another (whose loop may be busy) before taking it itself.
@@ -71,23 +84,28 @@ class AssociationServer:
 
     def __init__(self, node: Node, settings: Settings, *,
                  limit: AssociationLimit | None = None,
-                 listen_fd: int | None = None, gate: DimseGate | None = None) -> None:
+                 listen_fd: int | None = None, tls_listen_fd: int | None = None,
+                 gate: DimseGate | None = None) -> None:
         self.node = node
         self.limit = limit or AssociationLimit(
-            settings.max_associations, per_address=settings.max_associations_per_address)
+            settings.max_associations, per_address=settings.max_associations_per_address,
+            per_ae=settings.max_associations_per_ae)
         #: Access control and audit (access/dimse_gate.py), asked by
         #: Association.admit and Association.refusal.
         self.gate = gate or DimseGate(node, None)
         self.settings = settings
-        #: The listening socket a worker process inherited from the main one.
+        #: The listening sockets (plain, DICOM TLS) a worker process
+        #: inherited from the main one.
         self.listen_fd = listen_fd
+        self.tls_listen_fd = tls_listen_fd
         self.sock: socket.socket | None = None
         #: The loop's AIO fsyncs (Linux), else None: fsync on threads.
         self.aio: AioSync | None = None
-        #: When this process began leaving the waiting connections to a
-        #: less busy one, and last did (see _on_connection).
-        self._deferring_since: float | None = None
-        self._last_deferral = 0.0
+        #: Per listening socket (by descriptor): when this process began
+        #: leaving its waiting connections to a less busy one, and last did
+        #: (see _on_connection).
+        self._deferring_since: dict[int, float | None] = {}
+        self._last_deferral: dict[int, float] = {}
         self._connections: set[asyncio.Task[None]] = set()
         #: The answer to an A-ASSOCIATE-RQ (negotiation.negotiate, remembered).
         self.negotiate = Negotiator()
@@ -106,7 +124,7 @@ class AssociationServer:
         self.scheduler = IngestScheduler(node, self.pool.run, self.limit.alone,
                                          self.emit_later)
         self.listening = False
-        #: The DICOM TLS listener (dicom_tls_port; the main process only).
+        #: The DICOM TLS listener (dicom_tls_port).
         self.tls_sock: socket.socket | None = None
         self.tls_context: ssl.SSLContext | None = None
         self._client_tls: ssl.SSLContext | None = None
@@ -115,15 +133,10 @@ class AssociationServer:
 
     def start(self) -> None:
         s = self.settings
-        if self.listen_fd is not None:
-            sock = socket.socket(fileno=os.dup(self.listen_fd))
-            sock.setblocking(False)
-        else:
-            sock = listen_socket(s.host, s.dicom_port)
-        self.sock = sock
-        if s.dicom_tls_port and self.listen_fd is None:
+        sock = self.sock = _listening(self.listen_fd, s.host, s.dicom_port)
+        if s.dicom_tls_port:
             self.tls_context = dicom_server_context(s)
-            self.tls_sock = listen_socket(s.host, s.dicom_tls_port)
+            self.tls_sock = _listening(self.tls_listen_fd, s.host, s.dicom_tls_port)
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         failed: list[BaseException] = []
@@ -132,9 +145,9 @@ class AssociationServer:
             assert self.loop is not None
             asyncio.set_event_loop(self.loop)
             try:
-                self.loop.add_reader(sock.fileno(), self._on_connection)
+                self._accept_on(sock)
                 if self.tls_sock is not None:
-                    self.loop.add_reader(self.tls_sock.fileno(), self._on_tls_connection)
+                    self._accept_on(self.tls_sock)
                 self.aio = self.scheduler.aio = AioSync.create(self.loop)
                 self.limit.alive()
                 watchdog = self.loop.create_task(self._watchdog())
@@ -198,60 +211,45 @@ class AssociationServer:
 
     # -- inside the loop
 
-    def _on_connection(self) -> None:
-        """The listening socket is readable: take one connection, unless
-        another DIMSE process has fewer (then look again shortly; it takes
-        it meanwhile).
+    def _on_connection(self, sock: socket.socket) -> None:
+        """A listening socket (``sock`` or ``tls_sock``) is readable: take
+        one connection, unless another DIMSE process has fewer (then look
+        again shortly; it takes it meanwhile).
 
         Written here rather than with asyncio.start_server because the
         processes share one listening socket and choose by load: the
         kernel's SO_REUSEPORT spreading hashes each connection to a process
         whatever its load, which put 3 or 4 of 4 parallel senders on one
         process as often as not."""
-        assert self.loop is not None and self.sock is not None
+        assert self.loop is not None
+        fd = sock.fileno()
         if self.limit.defer():
             now = self.loop.time()
-            if self._deferring_since is None or now - self._last_deferral > ACCEPT_DEFER_MAX:
-                self._deferring_since = now  # a new backlog, not the one left before
-            self._last_deferral = now
-            if now - self._deferring_since < ACCEPT_DEFER_MAX:
-                self.loop.remove_reader(self.sock.fileno())
-                self.loop.call_later(ACCEPT_RECHECK, self._resume_accepting)
+            since = self._deferring_since.get(fd)
+            if since is None or now - self._last_deferral.get(fd, 0.0) > ACCEPT_DEFER_MAX:
+                since = self._deferring_since[fd] = now  # a new backlog, not the last one
+            self._last_deferral[fd] = now
+            if now - since < ACCEPT_DEFER_MAX:
+                self.loop.remove_reader(fd)
+                self.loop.call_later(ACCEPT_RECHECK, self._resume_accepting, sock)
                 return
         try:
-            conn, _ = self.sock.accept()
+            conn, _ = sock.accept()
         except (BlockingIOError, InterruptedError):  # another process took it
-            self._deferring_since = None
+            self._deferring_since[fd] = None
             return
         except OSError as exc:  # out of descriptors, say: pause rather than spin
             log.warning("cannot accept a DIMSE connection: %s", exc)
-            self.loop.remove_reader(self.sock.fileno())
-            self.loop.call_later(0.1, self._resume_accepting)
+            self.loop.remove_reader(fd)
+            self.loop.call_later(0.1, self._resume_accepting, sock)
             return
-        self._deferring_since = None
+        self._deferring_since[fd] = None
         conn.setblocking(False)
         set_nodelay(conn)
         self.limit.connected(+1)
-        task = self.loop.create_task(self._connection(conn))
+        serve = self._tls_connection if sock is self.tls_sock else self._connection
+        task = self.loop.create_task(serve(conn))
         self._connections.add(task)  # the loop keeps only a weak reference
-        task.add_done_callback(self._connections.discard)
-
-    def _on_tls_connection(self) -> None:
-        """A connection on the DICOM TLS port: the handshake, then the same
-        association machinery as the plain port's."""
-        assert self.loop is not None and self.tls_sock is not None
-        try:
-            conn, _ = self.tls_sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            log.warning("cannot accept a DICOM TLS connection: %s", exc)
-            return
-        conn.setblocking(False)
-        set_nodelay(conn)
-        self.limit.connected(+1)
-        task = self.loop.create_task(self._tls_connection(conn))
-        self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
     async def _tls_connection(self, conn: socket.socket) -> None:
@@ -283,10 +281,14 @@ class AssociationServer:
             self._client_tls = dicom_client_context(self.settings)
         return self._client_tls
 
-    def _resume_accepting(self) -> None:
-        if self.listening and self.sock is not None and self.sock.fileno() >= 0:
-            assert self.loop is not None
-            self.loop.add_reader(self.sock.fileno(), self._on_connection)
+    def _accept_on(self, sock: socket.socket) -> None:
+        assert self.loop is not None
+        self.loop.add_reader(sock.fileno(), self._on_connection, sock)
+
+    def _resume_accepting(self, sock: socket.socket) -> None:
+        """Take connections on ``sock`` again (not once it is closed)."""
+        if self.listening and sock.fileno() >= 0:
+            self._accept_on(sock)
 
     async def _connection(self, conn: socket.socket) -> None:
         try:

@@ -1,7 +1,8 @@
 """An extra DIMSE process of ``pacsnode serve`` (``dimse_processes`` > 1).
 
 Each worker has its own Node (index connection, blob store, ingest) and its
-own asyncio DIMSE server on the main process's listening socket (inherited;
+own asyncio DIMSE server on the main process's listening sockets (the
+plain one and, with ``dicom_tls_port``, the DICOM TLS one; inherited;
 each process takes a connection when no other live one has fewer, see
 ``AssociationServer._on_connection``), so C-STOREs are parsed
 and indexed on every core instead of queueing behind one interpreter's GIL.
@@ -35,14 +36,16 @@ log = logging.getLogger("pacsnode.dimse")
 
 
 def spawn(settings: Settings, slot: int, processes: int, limit_fd: int,
-          listen_fd: int) -> subprocess.Popen[bytes]:
+          listen_fd: int, tls_listen_fd: int | None = None) -> subprocess.Popen[bytes]:
     """Start worker number ``slot`` (1 … processes-1) on the main process's
-    listening socket.  Its standard output and error are ours, so its log
+    listening sockets.  Its standard output and error are ours, so its log
     lines go where the main process's go."""
     args = {"settings": replace(settings, dimse_processes=processes), "slot": slot,
-            "limit_fd": limit_fd, "listen_fd": listen_fd, "parent": os.getpid()}
+            "limit_fd": limit_fd, "listen_fd": listen_fd, "tls_listen_fd": tls_listen_fd,
+            "parent": os.getpid()}
+    fds = (limit_fd, listen_fd) + ((tls_listen_fd,) if tls_listen_fd is not None else ())
     proc = subprocess.Popen([sys.executable, "-m", "pacsnode.dimse.worker"],
-                            stdin=subprocess.PIPE, pass_fds=(limit_fd, listen_fd))
+                            stdin=subprocess.PIPE, pass_fds=fds)
     assert proc.stdin is not None
     proc.stdin.write(pickle.dumps(args))
     proc.stdin.close()
@@ -77,7 +80,7 @@ def main() -> None:
     node = Node(settings)
     record_arrivals(node)  # stable-study triggers: arrivals are recorded where the write happens
     dimse = DimseServer(node, worker_slot=args["slot"], limit_fd=args["limit_fd"],
-                        listen_fd=args["listen_fd"])
+                        listen_fd=args["listen_fd"], tls_listen_fd=args.get("tls_listen_fd"))
     try:
         dimse.start()
     except OSError as exc:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, Integer, String, Table,
-                        Text, UniqueConstraint)
+from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, String,
+                        Table, Text, UniqueConstraint)
 
 from ..dicom.catalogue import ATTRIBUTES, Level
 from .metadata import ID, columns_for
@@ -103,6 +103,11 @@ nodes = Table(
     Column("aet", String(16), nullable=False),
     Column("host", Text, nullable=False),
     Column("port", Integer, nullable=False),
+    #: JSON array of the DIMSE operations this AE may use when it calls us
+    #: (DESIGN.md §8, ``[nodes.NAME] allow``); NULL: all five.
+    Column("allow", Text, nullable=True),
+    #: Our associations to this node use DICOM TLS (``[nodes.NAME] tls``).
+    Column("tls", Boolean, nullable=False, default=False),
 )
 
 LEVEL_TABLES: dict[Level, Table] = {

@@ -40,6 +40,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from starlette.concurrency import run_in_threadpool
 
 from ..access.roles import Role, role_named
+from ..access.tls import peer_tls
 from ..config import NodeConfig
 from ..dicom.catalogue import Level, attributes_at
 from ..dicom.values import fuzzy_prefix, fuzzy_tokens
@@ -108,7 +109,8 @@ def gateway_node(node: Node, name: str) -> NodeConfig:
 
 def _peer(node: Node, cfg: NodeConfig) -> Peer:
     return Peer(aet=cfg.aet, host=cfg.host, port=cfg.port, calling_aet=node.settings.ae_title,
-                timeout=CONNECT_SECONDS, dimse_timeout=FIND_SECONDS)
+                timeout=CONNECT_SECONDS, dimse_timeout=FIND_SECONDS,
+                tls=peer_tls(node.settings, cfg.tls))
 
 
 def _remote_failure(cfg: NodeConfig, exc: RemoteError) -> PacsnodeError:

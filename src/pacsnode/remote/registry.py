@@ -10,22 +10,30 @@ A runtime entry with the name of a TOML node overrides it (``source`` is
 then ``"runtime"`` and ``overrides_config`` true); deleting that entry brings
 the TOML one back.  A node that exists only in the TOML file cannot be
 deleted through the registry: it is edited in the file.
+
+A runtime entry carries the access keys of a TOML node too (DESIGN.md §8):
+``allow`` (what its AE may do when it calls us from its host) and ``tls``
+(our associations to it use DICOM TLS), in the columns of the same names.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..config import DIMSE_OPERATIONS, stored_allow
 from ..errors import PacsnodeError
 from ..index.schema import nodes as nodes_table
 from ..node import Node
 
 __all__ = ["RegisteredNode", "InvalidNode", "ConfiguredNode", "list_nodes", "get_node",
-           "put_node", "delete_node", "check_name", "check_aet", "check_host", "check_port"]
+           "put_node", "delete_node", "check_name", "check_aet", "check_host", "check_port",
+           "check_allow"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9._:\-\[\]%]{1,253}$")
@@ -53,6 +61,10 @@ class RegisteredNode:
     source: str
     #: A runtime entry that hides a TOML node of the same name.
     overrides_config: bool = False
+    #: What its AE may do when it calls us from ``host`` (DESIGN.md §8).
+    allow: tuple[str, ...] = DIMSE_OPERATIONS
+    #: Our associations to it use DICOM TLS.
+    tls: bool = False
 
 
 def check_name(name: str) -> str:
@@ -92,14 +104,26 @@ def check_port(port: object) -> int:
     return port
 
 
+def check_allow(allow: Iterable[str]) -> tuple[str, ...]:
+    """The DIMSE operations of an ``allow`` list, in their usual order."""
+    ops = list(allow)
+    unknown = [op for op in ops if op not in DIMSE_OPERATIONS]
+    if unknown:
+        raise InvalidNode(f"allow: unknown DIMSE operation {str(unknown[0])[:32]!r} (use "
+                          f"{', '.join(DIMSE_OPERATIONS)})")
+    return tuple(op for op in DIMSE_OPERATIONS if op in ops)
+
+
 def list_nodes(node: Node) -> list[RegisteredNode]:
     """Every node, sorted by name; runtime entries win over TOML ones."""
-    out = {name: RegisteredNode(name, cfg.aet, cfg.host, cfg.port, "config")
+    out = {name: RegisteredNode(name, cfg.aet, cfg.host, cfg.port, "config", allow=cfg.allow,
+                                tls=cfg.tls)
            for name, cfg in node.settings.nodes.items()}
     with node.db.read() as conn:
         for row in conn.execute(select(nodes_table)).all():
             out[row.name] = RegisteredNode(row.name, row.aet, row.host, int(row.port), "runtime",
-                                           overrides_config=row.name in node.settings.nodes)
+                                           overrides_config=row.name in node.settings.nodes,
+                                           allow=stored_allow(row.allow), tls=bool(row.tls))
     return [out[name] for name in sorted(out)]
 
 
@@ -110,10 +134,14 @@ def get_node(node: Node, name: str) -> RegisteredNode | None:
     return None
 
 
-def put_node(node: Node, name: str, aet: str, host: str, port: int) -> tuple[RegisteredNode, bool]:
+def put_node(node: Node, name: str, aet: str, host: str, port: int,
+             allow: Iterable[str] = DIMSE_OPERATIONS,
+             tls: bool = False) -> tuple[RegisteredNode, bool]:
     """Create or replace the runtime entry ``name``; True when it was new."""
     name, aet, host, port = check_name(name), check_aet(aet), check_host(host), check_port(port)
-    values = dict(aet=aet, host=host, port=port)
+    ops = check_allow(allow)
+    values: dict[str, object] = dict(aet=aet, host=host, port=port, allow=json.dumps(ops),
+                                     tls=bool(tls))
     for attempt in range(3):
         try:
             with node.db.write() as conn:
@@ -129,7 +157,8 @@ def put_node(node: Node, name: str, aet: str, host: str, port: int) -> tuple[Reg
             if attempt == 2:
                 raise
     return (RegisteredNode(name, aet, host, port, "runtime",
-                           overrides_config=name in node.settings.nodes), not exists)
+                           overrides_config=name in node.settings.nodes, allow=ops,
+                           tls=bool(tls)), not exists)
 
 
 def delete_node(node: Node, name: str) -> RegisteredNode | None:
@@ -140,7 +169,8 @@ def delete_node(node: Node, name: str) -> RegisteredNode | None:
         removed = conn.execute(delete(nodes_table).where(nodes_table.c.name == name)).rowcount
     if removed:
         cfg = node.settings.nodes.get(name)
-        return RegisteredNode(name, cfg.aet, cfg.host, cfg.port, "config") if cfg else None
+        return RegisteredNode(name, cfg.aet, cfg.host, cfg.port, "config", allow=cfg.allow,
+                              tls=cfg.tls) if cfg else None
     if name in node.settings.nodes:
         raise ConfiguredNode(f"node {name!r} is defined in the configuration file "
                              "([nodes." + name + "]); change it there")

@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 
 from .. import __version__ as _version
 from ..access.addresses import check_node_address, public_failure
-from ..access.tls import node_tls
+from ..access.tls import peer_tls
 from ..dicom.header import valid_uid
 from ..errors import NotFound, PacsnodeError
 from ..index.schema import instances, series
@@ -143,12 +143,12 @@ def _peer(node: Node, entry: registry.RegisteredNode, dimse_timeout: float) -> P
     return Peer(aet=entry.aet, host=entry.host, port=entry.port,
                 calling_aet=node.settings.ae_title, timeout=CONNECT_TIMEOUT,
                 dimse_timeout=dimse_timeout,
-                tls=node_tls(node.settings, entry.name) if entry.source == "config" else None)
+                tls=peer_tls(node.settings, entry.tls))
 
 
 def _node_out(entry: registry.RegisteredNode) -> NodeOut:
     return NodeOut(name=entry.name, aet=entry.aet, host=entry.host, port=entry.port,
-                   source=entry.source,
+                   allow=list(entry.allow), tls=entry.tls, source=entry.source,
                    overrides_config=entry.overrides_config)
 
 
@@ -184,16 +184,19 @@ def put_node(name: str, body: NodeIn, request: Request, response: Response) -> N
     """Creates (201) or replaces (200) the runtime entry `name`.  A runtime
     entry named like a configuration-file node overrides it.  A host that is
     (or resolves to) a link-local, unspecified or multicast address is
-    refused (400), and so is one outside `node_networks` when that is set."""
+    refused (400), and so is one outside `node_networks` when that is set.
+    `allow` and `tls` work as in `[nodes.NAME]` (DIMSE policy within 2 s)."""
     registry.check_name(name)
     registry.check_aet(body.aet)
     registry.check_host(body.host)
     registry.check_port(body.port)
     check_node_address(body.host, _node(request).settings.node_networks)
-    entry, created = registry.put_node(_node(request), name, body.aet, body.host, body.port)
+    entry, created = registry.put_node(_node(request), name, body.aet, body.host, body.port,
+                                       body.allow, body.tls)
     response.status_code = 201 if created else 200
-    log.info("node %s %s: %s@%s:%s", name, "added" if created else "replaced", entry.aet,
-             entry.host, entry.port)
+    log.info("node %s %s: %s@%s:%s, allow %s%s", name, "added" if created else "replaced",
+             entry.aet, entry.host, entry.port, ",".join(entry.allow) or "nothing",
+             ", TLS" if entry.tls else "")
     return _node_out(entry)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 __all__ = ["ErrorBody", "NodeIn", "NodeOut", "NodeList", "EchoResult", "FindRequest",
            "FindResponse", "RetrieveRequest", "RetrieveAccepted", "JobOut", "JobList",
@@ -15,6 +15,9 @@ __all__ = ["ErrorBody", "NodeIn", "NodeOut", "NodeList", "EchoResult", "FindRequ
            "RetrieveCmdResult", "RetrieveStatusResult", "HelloResult"]
 
 JobState = Literal["pending", "running", "succeeded", "failed", "canceled"]
+#: What a node's AE may do when it calls us (DESIGN.md §8, config.DIMSE_OPERATIONS).
+DimseOperation = Literal["echo", "store", "find", "get", "move"]
+_ALL_OPERATIONS: list[DimseOperation] = ["echo", "store", "find", "get", "move"]
 
 
 class ErrorBody(BaseModel):
@@ -39,6 +42,13 @@ class NodeIn(BaseModel):
     port: StrictInt = Field(description="TCP port of its DICOM listener.",
                             json_schema_extra={"minimum": 1, "maximum": 65535},
                             examples=[4242])
+    allow: list[DimseOperation] = Field(
+        default_factory=lambda: list(_ALL_OPERATIONS),
+        description="What this AE title may do when it calls us from `host` (as "
+                    "`[nodes.NAME] allow`; default all five, [] rejects its associations).",
+        examples=[["echo", "store"]])
+    tls: StrictBool = Field(False, description="Our associations to this node use DICOM TLS "
+                            "(as `[nodes.NAME] tls`; trusting `tls_ca`).")
 
 
 class NodeOut(BaseModel):
@@ -46,6 +56,9 @@ class NodeOut(BaseModel):
     aet: str
     host: str
     port: int
+    allow: list[str] = Field(description="What its AE title may do when it calls us from "
+                             "`host` (echo, store, find, get, move).")
+    tls: bool = Field(description="Our associations to it use DICOM TLS.")
     source: Literal["config", "runtime"] = Field(
         description="'config': from the TOML file ([nodes.NAME]); 'runtime': added through "
                     "this API and kept in the index database.")
