@@ -192,3 +192,36 @@ def test_an_earlier_nodes_table_upgrades_on_both_databases(database_url: str,
         assert (known["NEW"].allow, known["NEW"].tls) == (("echo", "find"), True)
     finally:
         node.close()
+
+
+def test_a_route_sends_over_tls_to_a_tls_node(pki: Pki,  # noqa: F811
+                                              tls_storescp: tuple[int, Path],  # noqa: F811
+                                              tmp_path: Path) -> None:
+    """A route job's C-STOREs to a node with ``tls = true`` go over TLS (the
+    storescp takes nothing else)."""
+    scp_port, scp_dir = tls_storescp
+    data = tmp_path / "data"
+    data.mkdir()
+    config = _tls_config(tmp_path, pki, free_port(),
+                         "fsync = false\nstable_series_seconds = 1\n"
+                         f'[nodes.TLSSCP]\naet = "TLSSCP"\nhost = "localhost"\n'
+                         f"port = {scp_port}\ntls = true\n"
+                         '[[routes]]\nname = "copy"\non = "stable_series"\n'
+                         'send_to = ["TLSSCP"]\n')
+    node = TlsPacsnode(data, config=config).start()
+    try:
+        ds = make_ct(tmp_path / "ct.dcm", patient_id="PAT-TLSROUTE")
+        run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
+            str(tmp_path / "ct.dcm"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            jobs = [j for j in httpx.get(node.base_url + "/api/v1/jobs", timeout=30)
+                    .json()["jobs"] if j["kind"] == "route"]
+            if jobs and jobs[0]["state"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.3)
+        assert [(j["state"], j["completed"]) for j in jobs] == [("succeeded", 1)], jobs
+        sent = [p for p in scp_dir.iterdir() if p.is_file()]
+        assert len(sent) == 1 and dcmread(sent[0]).PixelData == ds.PixelData
+    finally:
+        node.stop()

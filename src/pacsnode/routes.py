@@ -420,11 +420,12 @@ class RouteWork:
 
     def _send(self, row: Row[Any], payload: dict[str, Any], refs: list[InstanceRef],
               attempt: Attempt) -> None:
+        from .access.tls import peer_tls
         from .remote import scu
         from .remote.errors import RemoteError
         from .remote.peer import Peer
+        cfg = self.node.remote_nodes().get(row.node)  # its tls as the registry says now
         if not (row.peer_aet and row.peer_host and row.peer_port):
-            cfg = self.node.remote_nodes().get(row.node)
             if cfg is None:
                 raise JobFailed(f"node {row.node!r} is not registered any more")
             aet, host, port = cfg.aet, cfg.host, cfg.port
@@ -432,7 +433,8 @@ class RouteWork:
             aet, host, port = row.peer_aet, row.peer_host, int(row.peer_port)
         peer = Peer(aet=aet, host=host, port=port,
                     calling_aet=row.destination or self.node.settings.ae_title,
-                    timeout=10.0, dimse_timeout=120.0)
+                    timeout=10.0, dimse_timeout=120.0,
+                    tls=peer_tls(self.node.settings, cfg is not None and cfg.tls))
         done = {"ok": 0, "failed": 0}
         total = len(refs)
         reasons: list[str] = []

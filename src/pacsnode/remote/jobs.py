@@ -62,7 +62,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import Row, func, select, update
 
-from ..access.tls import node_tls
+from ..access.tls import peer_tls
 from ..errors import PacsnodeError
 from ..events import Origin
 from ..index.db import Database
@@ -372,16 +372,18 @@ class RetrieveWork:
         return text
 
     def _peer(self, job: Job) -> Peer:
+        # TLS as the registry says now (a config file's or a registered
+        # node's ``tls``); the address as the job recorded it.
+        cfg = self.node.remote_nodes().get(job.node)
         if job.peer_aet and job.peer_host and job.peer_port:
             aet, host, port = job.peer_aet, job.peer_host, job.peer_port
         else:  # a row of an earlier release, or a node unknown when it was made
-            cfg = self.node.remote_nodes().get(job.node)
             if cfg is None:
                 raise JobFailed(f"unknown node {job.node!r} (not in the registry any more)")
             aet, host, port = cfg.aet, cfg.host, cfg.port
         return Peer(aet=aet, host=host, port=port, calling_aet=_destination(self.node, job),
                     timeout=30.0, dimse_timeout=DIMSE_TIMEOUT,
-                    tls=node_tls(self.node.settings, job.node))
+                    tls=peer_tls(self.node.settings, cfg is not None and cfg.tls))
 
     def _retrieve(self, retrieval: _Retrieval) -> tuple[str, str]:
         job, attempt = retrieval.job, retrieval.attempt
