@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import PacsnodeError
 from ..query.parse import query_from_identifier
-from ..retrieve import InstanceRef, locate_query, meta_end, outgoing, store_contexts
+from ..retrieve import (InstanceRef, Outgoing, locate_query, meta_end, outgoing,
+                        store_contexts)
 from . import client
 from . import messages as m
 from .errors import RemoteError
@@ -93,14 +94,8 @@ async def _move_one(assoc: AssociationHandle, sub: client.Requested, ref: Instan
     while the peer answers.  The response status, or None when it could
     not be sent."""
     usable = sub.accepted(ref.sop_class_uid)
-    try:
-        if ref.transfer_syntax in usable:  # as stored: nothing to read here
-            out = outgoing(ref, usable)
-        else:
-            out = await assoc.server.pool.run(outgoing, ref, usable)
-    except Exception as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
-        log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, sub.name, reason)
+    out = await _prepared(assoc, ref, usable, sub.name)
+    if out is None:
         return None
     ahead = None
     if upcoming is not None:
@@ -117,6 +112,24 @@ async def _move_one(assoc: AssociationHandle, sub: client.Requested, ref: Instan
         log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, sub.name, exc)
         return None
     return rsp.status
+
+
+async def _prepared(assoc: AssociationHandle, ref: InstanceRef, usable: dict[str, int],
+                    peer: str) -> Outgoing | None:
+    """What a sub-operation sends of ``ref`` to ``peer``, whose accepted
+    contexts for its SOP class are ``usable`` (transfer syntax → context
+    id): the stored bytes when the peer accepted their syntax (nothing to
+    read here), otherwise transcoded on the pool (``retrieve.outgoing``
+    picks the syntax).  None, logged, when it cannot be sent."""
+    try:
+        if ref.transfer_syntax in usable:
+            return outgoing(ref, usable)
+        out: Outgoing = await assoc.server.pool.run(outgoing, ref, usable)
+        return out
+    except Exception as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, peer, reason)
+        return None
 
 
 async def c_get(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
@@ -188,15 +201,8 @@ async def store_instance(assoc: AssociationHandle, ref: InstanceRef,
     sent.  ``upcoming``: the instance the next call will send, read ahead
     while the peer answers this one."""
     usable = assoc.accepted(ref.sop_class_uid)
-    try:
-        if ref.transfer_syntax in usable:  # as stored: nothing to read here
-            out = outgoing(ref, usable)
-        else:
-            out = await assoc.server.pool.run(outgoing, ref, usable)
-    except Exception as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
-        log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, assoc.describe(),
-                    reason)
+    out = await _prepared(assoc, ref, usable, assoc.describe())
+    if out is None:
         return None
     fields: dict[str, Any] = dict(field=m.C_STORE_RQ, affected_sop_class=ref.sop_class_uid,
                                   affected_sop_instance=ref.sop_instance_uid, priority=0)
