@@ -20,88 +20,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (CTImageStorage, ModalityWorklistInformationFind,
-                                  StudyRootQueryRetrieveInformationModelFind, Verification)
+                                  StudyRootQueryRetrieveInformationModelFind)
 
 from conftest import dcmtk
 from dicomfiles import dataset_bytes, make_ct
+from dimse_peer import (associate_rq, closed, echo_command, echo_ok, established,
+                        held_to_the_limit, p_data, pdv, recv_pdu, rejection)
 from test_dimse import findscu, run
-from test_robustness import echo_ok
-
-VERIFICATION = "1.2.840.10008.1.1"
-
-
-# -- raw PDUs
-
-def associate_rq(calling: str = "RAWSCU", called: str = "PACSNODE",
-                 abstract: str = VERIFICATION, app_context: str = "1.2.840.10008.3.1.1.1",
-                 version: int = 1) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = app_context
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    cx = build_context(abstract, [ImplicitVRLittleEndian])
-    cx.context_id = 1
-    primitive.presentation_context_definition_list = [cx]
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    pdu.protocol_version = version
-    return pdu.encode()
-
-
-def recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """(type, body) of the next PDU; (0, b"") when the server closed."""
-    head = b""
-    while len(head) < 6:
-        part = sock.recv(6 - len(head))
-        if not part:
-            return 0, b""
-        head += part
-    length = struct.unpack(">I", head[2:6])[0]
-    body = b""
-    while len(body) < length:
-        part = sock.recv(length - len(body))
-        if not part:
-            break
-        body += part
-    return head[0], body
-
-
-def closed(sock: socket.socket) -> bool:
-    sock.settimeout(5)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
-
-def pdv(context: int, control: int, data: bytes) -> bytes:
-    return struct.pack(">IBB", len(data) + 2, context, control) + data
-
-
-def p_data(*pdvs: bytes) -> bytes:
-    body = b"".join(pdvs)
-    return struct.pack(">BBI", 0x04, 0, len(body)) + body
-
-
-def echo_command(message_id: int = 1) -> bytes:
-    from pacsnode.dimse.messages import encode_command
-    return encode_command(field=0x0030, message_id=message_id, affected_sop_class=VERIFICATION,
-                          dataset_type=0x0101)
-
-
-def established(node) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", node.dicom_port), timeout=5)
-    sock.sendall(associate_rq())
-    kind, _ = recv_pdu(sock)
-    assert kind == 0x02  # A-ASSOCIATE-AC
-    return sock
 
 
 @pytest.fixture
@@ -111,12 +37,7 @@ def node(pacsnode_server):
 
 def test_no_acceptable_presentation_context_is_rejected(node):
     """PS3.8 9.3.4: A-ASSOCIATE-RJ, permanent, service user, no reason given."""
-    ae = AE(ae_title="WORKLIST")
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 1)
+    assert rejection(node, "WORKLIST", ModalityWorklistInformationFind) == (1, 1, 1)
     assert "no acceptable presentation context" in node.log()
     assert echo_ok(node)
 
@@ -170,7 +91,7 @@ def test_remembered_negotiations_answer_each_request_as_the_first_time(node, tmp
     assert answer(associate_rq(calling="FIRST")) == first
     other = answer(associate_rq(calling="OTHER"))
     assert other[0] == 0x02 and other[1][20:36].rstrip() == b"OTHER"
-    refused = associate_rq(abstract=ModalityWorklistInformationFind)
+    refused = associate_rq(contexts={1: ModalityWorklistInformationFind})
     assert answer(refused)[0] == 0x03 and answer(refused)[0] == 0x03
     for n in range(2):
         make_ct(tmp_path / f"{n}.dcm", patient_id=f"MEMO{n}")
@@ -260,18 +181,10 @@ def test_max_associations_across_processes(pacsnode_factory):
     node = pacsnode_factory(extra_env={"PACSNODE_MAX_ASSOCIATIONS": "3",
                                        "PACSNODE_DIMSE_PROCESSES": "2"})
     time.sleep(2)  # the worker process is listening too
-    ae = AE(ae_title="MANY")
-    ae.add_requested_context(Verification)
-    held = [ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet) for _ in range(3)]
-    assert all(a.is_established for a in held)
-    extra = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
-    assert extra.is_rejected
-    rj = extra.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
-    assert "local limit exceeded (max_associations 3)" in node.log()
+    held = held_to_the_limit(node, "MANY", 3, "max_associations 3")
     held.pop().release()
     time.sleep(0.2)
-    again = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
+    again = held[0].ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
     assert again.is_established and again.send_c_echo().Status == 0
     again.release()
     for a in held:
@@ -542,7 +455,7 @@ def test_c_find_cancel(node, tmp_path):
                             dataset_type=0x0000)
     cancel = m.encode_command(field=m.C_CANCEL_RQ, responded_to=5, dataset_type=m.NO_DATASET)
     with socket.create_connection(("127.0.0.1", node.dicom_port), timeout=10) as sock:
-        sock.sendall(associate_rq(abstract=StudyRootQueryRetrieveInformationModelFind))
+        sock.sendall(associate_rq(contexts={1: StudyRootQueryRetrieveInformationModelFind}))
         assert recv_pdu(sock)[0] == 0x02
         sock.sendall(b"".join([*m.pdata(1, find, True, 16384),
                                *m.pdata(1, identifier, False, 16384),
