@@ -748,3 +748,48 @@ def test_aio_fsync_closes_what_it_syncs(tmp_path):
 
     asyncio.run(check())
     assert sorted(p.stat().st_size for p in tmp_path.glob("*.bin")) == [4096] * 20
+
+
+def test_c_get_of_stored_files_gone_or_not_dicom_fails_those_only(node, tmp_path):
+    """A C-GET sub-operation whose stored file cannot be sent — removed from
+    disk, or no longer Part 10 — sends nothing of it (``NotSent``: no
+    half message on the association) and counts a failure; the others of
+    the C-GET arrive whole, and the node keeps serving."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    study, series = "1.2.826.0.1.3680043.8.498.7101", "1.2.826.0.1.3680043.8.498.7101.1"
+    paths = [tmp_path / f"i{n}.dcm" for n in range(1, 5)]
+    sops = [make_ct(p, study_uid=study, series_uid=series, instance=n, size=16).SOPInstanceUID
+            for n, p in enumerate(paths, 1)]
+    run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
+        *map(str, paths))
+    blobs = [node.data_dir / "studies" / study / series / f"{sop}.dcm" for sop in sops]
+    blobs[1].unlink()
+    blobs[2].write_bytes(b"not a Part 10 file" * 100)
+    received: list[bytes] = []
+
+    def on_store(event):
+        received.append(event.request.DataSet.getvalue())
+        return 0x0000
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study
+    query.SeriesInstanceUID = series
+    answers = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+    assoc.release()
+    final = answers[-1][0]
+    assert final.Status == 0xB000, [a[0].Status for a in answers]
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 2)
+    assert received == [dataset_bytes(blobs[0]), dataset_bytes(blobs[3])]
+    log = node.log()
+    assert f"cannot send {sops[1]}" in log and f"cannot send {sops[2]}" in log
+    assert echo_ok(node)

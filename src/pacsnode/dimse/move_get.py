@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from ..errors import PacsnodeError
 from ..query.parse import query_from_identifier
-from ..retrieve import (InstanceRef, Outgoing, locate_query, meta_end, outgoing,
-                        store_contexts)
+from ..retrieve import InstanceRef, Outgoing, locate_query, outgoing, store_contexts
 from . import client
 from . import messages as m
 from .errors import RemoteError
@@ -226,20 +224,10 @@ def _read_ahead(assoc: AssociationHandle, ref: InstanceRef) -> None:
     now, while the peer stores the one before: a sub-operation used to
     start with reading its file (~0.2 ms of 1.4 for a 512² CT sent to
     getscu) after the response to the last one came.  Only for files of
-    up to READ_AHEAD bytes; anything wrong is left for the send itself
-    to meet and report."""
+    up to READ_AHEAD bytes (``messages.file_dataset``)."""
     context_id = assoc.accepted(ref.sop_class_uid).get(ref.transfer_syntax)
     if context_id is None:
         return
-    try:
-        with open(ref.path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size > READ_AHEAD:
-                return
-            data = fh.read(READ_AHEAD + 1)
-        offset = meta_end(data, ref.path)[0]
-    except (OSError, ValueError):
-        return
-    if len(data) > READ_AHEAD:  # grew since the fstat
-        return
-    assoc.ahead = (ref.path, context_id, b"".join(
-        m.pdata(context_id, memoryview(data)[offset:], False, assoc.max_pdu)))
+    pdus = m.file_dataset(ref.path, context_id, assoc.max_pdu, READ_AHEAD)
+    if pdus is not None:
+        assoc.ahead = (ref.path, context_id, pdus)
