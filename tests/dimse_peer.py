@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import (CTImageStorage, StudyRootQueryRetrieveInformationModelGet,
+                                  Verification)
 
 from pacsnode.dimse.messages import encode_command
 
 __all__ = ["VERIFICATION", "associate_rq", "established", "recv_pdu", "closed", "pdv",
-           "p_data", "echo_command", "c_store_raw", "echo_ok", "rejection", "held_to_the_limit"]
+           "p_data", "echo_command", "c_store_raw", "c_get", "Got", "echo_ok", "rejection",
+           "held_to_the_limit"]
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -124,6 +128,54 @@ def c_store_raw(node: Any, path: Path, transfer_syntax: str, *,
         _config.STORE_SEND_CHUNKED_DATASET = saved
         assoc.release()
     return int(rsp.Status), str(rsp.get("ErrorComment", ""))
+
+
+@dataclass
+class Got:
+    """What a C-GET brought: the status of every response, and each C-STORE
+    sub-operation's data set as sent (``raw``) and decoded."""
+
+    statuses: list[int] = field(default_factory=list)
+    final: Dataset | None = None
+    raw: list[bytes] = field(default_factory=list)
+    datasets: list[Dataset] = field(default_factory=list)
+
+
+def c_get(node: Any, study: str, series: str | None = None, *,
+          syntaxes: list[str] | None = None, sop_class: str = CTImageStorage,
+          calling: str = "GETTER", handlers: list[Any] | None = None,
+          **associate: Any) -> Got:
+    """A C-GET (Study Root) of a study, or one of its series, by a
+    pynetdicom SCU taking the SCP role for ``sop_class`` in ``syntaxes``
+    (pynetdicom's default ones unless given); ``handlers`` and
+    ``associate`` (``max_pdu`` …) go to its association."""
+    got = Got()
+
+    def on_store(event: Any) -> int:
+        got.raw.append(event.request.DataSet.getvalue())
+        got.datasets.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
+                         ext_neg=[build_role(sop_class, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store), *(handlers or [])],
+                         **associate)
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES" if series else "STUDY"
+    query.StudyInstanceUID = study
+    if series:
+        query.SeriesInstanceUID = series
+    try:
+        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+            got.statuses.append(int(status.Status))
+            got.final = status
+    finally:
+        assoc.release()
+    return got
 
 
 def echo_ok(server: Any) -> bool:

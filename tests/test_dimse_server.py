@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (CTImageStorage, ModalityWorklistInformationFin
 from conftest import dcmtk
 from dicomfiles import dataset_bytes, make_ct
 from dimse_peer import (associate_rq, closed, echo_command, echo_ok, established,
-                        held_to_the_limit, p_data, pdv, recv_pdu, rejection)
+                        c_get, held_to_the_limit, p_data, pdv, recv_pdu, rejection)
 from test_dimse import findscu, run
 
 
@@ -216,37 +216,20 @@ def test_small_max_pdu_both_ways(node, tmp_path):
 
 def test_pynetdicom_peer_with_small_max_pdu(node, tmp_path):
     """Our P-DATA-TF PDUs respect the peer's Maximum Length Received."""
-    from pynetdicom import build_role, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+    from pynetdicom import evt
     ds = make_ct(tmp_path / "ct.dcm", size=128)
     run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
         str(tmp_path / "ct.dcm"))
     sizes: list[int] = []
-    received: list[bytes] = []
 
     def on_pdu(event):
         if event.pdu.pdu_type == 0x04:
             sizes.append(len(event.pdu.encode()))
 
-    def on_store(event):
-        received.append(event.request.DataSet.getvalue())
-        return 0x0000
-
-    ae = AE(ae_title="SMALLPDU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet, max_pdu=4096,
-                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store),
-                                       (evt.EVT_PDU_RECV, on_pdu)])
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = ds.StudyInstanceUID
-    statuses = [s.Status for s, _ in assoc.send_c_get(query,
-                                                       StudyRootQueryRetrieveInformationModelGet)]
-    assoc.release()
-    assert statuses[-1] == 0
-    assert received == [dataset_bytes(tmp_path / "ct.dcm")]
+    got = c_get(node, ds.StudyInstanceUID, syntaxes=[ExplicitVRLittleEndian], calling="SMALLPDU",
+                max_pdu=4096, handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    assert got.statuses[-1] == 0
+    assert got.raw == [dataset_bytes(tmp_path / "ct.dcm")]
     assert len(sizes) > 8 and max(sizes) == 4096 + 6  # the 6-byte PDU header is not counted
 
 
@@ -755,9 +738,6 @@ def test_c_get_of_stored_files_gone_or_not_dicom_fails_those_only(node, tmp_path
     disk, or no longer Part 10 — sends nothing of it (``NotSent``: no
     half message on the association) and counts a failure; the others of
     the C-GET arrive whole, and the node keeps serving."""
-    from pynetdicom import AE, build_role, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
-
     study, series = "1.2.826.0.1.3680043.8.498.7101", "1.2.826.0.1.3680043.8.498.7101.1"
     paths = [tmp_path / f"i{n}.dcm" for n in range(1, 5)]
     sops = [make_ct(p, study_uid=study, series_uid=series, instance=n, size=16).SOPInstanceUID
@@ -767,29 +747,12 @@ def test_c_get_of_stored_files_gone_or_not_dicom_fails_those_only(node, tmp_path
     blobs = [node.data_dir / "studies" / study / series / f"{sop}.dcm" for sop in sops]
     blobs[1].unlink()
     blobs[2].write_bytes(b"not a Part 10 file" * 100)
-    received: list[bytes] = []
-
-    def on_store(event):
-        received.append(event.request.DataSet.getvalue())
-        return 0x0000
-
-    ae = AE(ae_title="GETTER")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
-                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    query = Dataset()
-    query.QueryRetrieveLevel = "SERIES"
-    query.StudyInstanceUID = study
-    query.SeriesInstanceUID = series
-    answers = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
-    assoc.release()
-    final = answers[-1][0]
-    assert final.Status == 0xB000, [a[0].Status for a in answers]
-    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 2)
-    assert received == [dataset_bytes(blobs[0]), dataset_bytes(blobs[3])]
+    got = c_get(node, study, series, syntaxes=[ExplicitVRLittleEndian])
+    assert got.statuses[-1] == 0xB000, got.statuses
+    assert got.final is not None
+    assert (got.final.NumberOfCompletedSuboperations,
+            got.final.NumberOfFailedSuboperations) == (2, 2)
+    assert got.raw == [dataset_bytes(blobs[0]), dataset_bytes(blobs[3])]
     log = node.log()
     assert f"cannot send {sops[1]}" in log and f"cannot send {sops[2]}" in log
     assert echo_ok(node)
