@@ -12,8 +12,6 @@ pages: ``write_series`` (CT files), ``storescu`` (over DIMSE), ``zip_of``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +22,7 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import PacsnodeServer, dcmtk, require_tool
+from conftest import require_tool, storescu
 from dicomfiles import make_ct
 
 __all__ = ["browser", "open_page", "page", "Recorder", "record", "script_errors", "shot",
@@ -133,14 +131,6 @@ def write_series(folder: Path, n: int, **kw: Any) -> tuple[str, str, list[Path]]
         make_ct(path, study_uid=study, series_uid=series, instance=i, **kw)
         paths.append(path)
     return study, series, paths
-
-
-def storescu(server: PacsnodeServer, files: list[Path]) -> None:
-    result = subprocess.run([dcmtk("storescu"), "-aet", "MODALITY", "-aec", server.aet,
-                             "127.0.0.1", str(server.dicom_port), *map(str, files)],
-                            capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, TCP_NODELAY="1"))
-    assert result.returncode == 0, result.stderr
 
 
 def zip_of(path: Path, files: list[Path]) -> Path:
