@@ -26,7 +26,6 @@ import re
 import struct
 from collections.abc import Generator, Iterator
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -40,12 +39,12 @@ from ..dicom.vr import LONG_LENGTH_VRS as _LONG_LENGTH
 from .pdu import CHUNK
 
 __all__ = ["Command", "part10_header", "decode_command", "encode_command", "pdata",
-           "pdata_header", "message", "file_message", "file_dataset", "decode_dataset",
-           "encode_dataset", "encode_elements",
+           "pdata_header", "message", "decode_dataset", "encode_dataset", "encode_elements",
            "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
            "C_GET_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "C_ECHO_RQ",
            "C_ECHO_RSP", "C_CANCEL_RQ", "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP",
-           "N_ACTION_RQ", "N_ACTION_RSP", "NO_DATASET", "FRAGMENT"]
+           "N_ACTION_RQ", "N_ACTION_RSP", "NO_DATASET", "FRAGMENT", "file_message",
+           "file_dataset"]
 
 # Command Field values (PS3.7 E.1).
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
@@ -317,8 +316,8 @@ def message(context_id: int, command: bytes, dataset: bytes | memoryview | None,
     return b"".join(pdus)
 
 
-def file_message(path: Path, context_id: int, command: bytes, max_pdu: int,
-                 offset: int = -1) -> Generator[bytes, None, None]:
+def file_message(path: str | os.PathLike[str], context_id: int, command: bytes,
+                 max_pdu: int, offset: int = -1) -> Generator[bytes, None, None]:
     """A message whose data set is a stored Part 10 file's bytes from
     ``offset`` on (-1: after its File Meta Information, found in the file's
     first block), as P-DATA-TF PDUs in the pieces to write one after the
@@ -333,7 +332,7 @@ def file_message(path: Path, context_id: int, command: bytes, max_pdu: int,
         block: bytes | memoryview = b""
         if offset < 0:
             head = fh.read(min(size, CHUNK))
-            offset = read_meta(head, path)[0]
+            offset = read_meta(head, os.fspath(path))[0]
             block = memoryview(head)[offset:]
         else:
             fh.seek(offset)
@@ -353,7 +352,8 @@ def file_message(path: Path, context_id: int, command: bytes, max_pdu: int,
             parts, block = [], b""
 
 
-def file_dataset(path: Path, context_id: int, max_pdu: int, limit: int) -> bytes | None:
+def file_dataset(path: str | os.PathLike[str], context_id: int, max_pdu: int,
+                 limit: int) -> bytes | None:
     """The data set of the stored Part 10 file at ``path`` as P-DATA-TF
     PDUs, read and cut now (while the peer answers the message before):
     None for a file of more than ``limit`` bytes, or one that cannot be
@@ -363,7 +363,7 @@ def file_dataset(path: Path, context_id: int, max_pdu: int, limit: int) -> bytes
             if os.fstat(fh.fileno()).st_size > limit:
                 return None
             data = fh.read(limit + 1)
-        offset = read_meta(data, path)[0]
+        offset = read_meta(data, os.fspath(path))[0]
     except (OSError, ValueError):
         return None
     if len(data) > limit:  # grew since the fstat

@@ -87,10 +87,9 @@ async def c_move(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
 async def _move_one(assoc: AssociationHandle, sub: client.Requested, ref: InstanceRef,
                     originator: tuple[str, int], upcoming: InstanceRef | None) -> int | None:
     """One C-MOVE sub-operation on the association the requestor opened to
-    the destination: the stored bytes when the peer accepted that syntax,
-    otherwise transcoded (``retrieve.outgoing``); ``upcoming`` is read ahead
-    while the peer answers.  The response status, or None when it could
-    not be sent."""
+    the destination, sending what ``_prepared`` chose; ``upcoming`` is read
+    ahead while the peer answers.  The response status, or None when it
+    could not be sent."""
     usable = sub.accepted(ref.sop_class_uid)
     out = await _prepared(assoc, ref, usable, sub.name)
     if out is None:
@@ -193,11 +192,10 @@ def _locate(assoc: AssociationHandle, ident: Any) -> list[InstanceRef]:
 async def store_instance(assoc: AssociationHandle, ref: InstanceRef,
                          upcoming: InstanceRef | None = None) -> int | None:
     """One C-GET sub-operation on ``assoc``, where we are the storage SCU
-    (the C-GET SCU's association, with role selection): the stored bytes when the peer accepted that syntax,
-    otherwise transcoded (``retrieve.outgoing`` picks the syntax among the
-    accepted contexts).  The response status, or None when it could not be
-    sent.  ``upcoming``: the instance the next call will send, read ahead
-    while the peer answers this one."""
+    (the C-GET SCU's association, with role selection), sending what
+    ``_prepared`` chose.  The response status, or None when it could not
+    be sent.  ``upcoming``: the instance the next call will send, read
+    ahead while the peer answers this one."""
     usable = assoc.accepted(ref.sop_class_uid)
     out = await _prepared(assoc, ref, usable, assoc.describe())
     if out is None:
