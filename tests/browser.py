@@ -4,16 +4,17 @@ called): the browser is ``/usr/bin/chromium`` from the Debian package,
 launched headless with ``--no-sandbox`` (tests run as root).
 
 Use the ``browser`` fixture (import it into a test module): one browser per
-module; ``Recorder`` keeps each page's requests and failures, and
+module; ``open_page`` opens a page in a fresh context of it (and the ``page``
+fixture one on the node of the module's ``env`` fixture), whose
+``recorder`` (a ``Recorder``) keeps the page's requests and failures;
 ``shot()`` saves a screenshot under the test's tmp folder.  Studies for the
 pages: ``write_series`` (CT files), ``storescu`` (over DIMSE), ``zip_of``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import PacsnodeServer, dcmtk, require_tool
+from conftest import require_tool, storescu
 from dicomfiles import make_ct
 
-__all__ = ["browser", "Recorder", "record", "script_errors", "shot", "canvas_grey",
-           "write_series", "storescu", "zip_of"]
+__all__ = ["browser", "open_page", "page", "Recorder", "record", "script_errors", "shot",
+           "canvas_grey", "write_series", "storescu", "zip_of"]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,35 @@ def record(page: Any) -> Recorder:
     return rec
 
 
+@contextmanager
+def open_page(browser: Any, base_url: str | None = None, *, width: int = 1280,
+              height: int = 900, timeout_ms: int = 30_000,
+              init_script: str | None = None) -> Iterator[Any]:
+    """A page in a new browser context (storage of its own), its requests
+    and failures recorded in ``page.recorder``; ``init_script`` runs in
+    the page before its own scripts.  The context is closed after."""
+    options: dict[str, Any] = {"viewport": {"width": width, "height": height}}
+    if base_url is not None:
+        options["base_url"] = base_url
+    context = browser.new_context(**options)
+    try:
+        if init_script is not None:
+            context.add_init_script(init_script)
+        context.set_default_timeout(timeout_ms)
+        p = context.new_page()
+        p.recorder = record(p)
+        yield p
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser: Any, env: dict[str, Any]) -> Iterator[Any]:  # noqa: F811
+    """A page on the node of the module's ``env`` fixture (its "server")."""
+    with open_page(browser, env["server"].base_url) as p:
+        yield p
+
+
 def script_errors(rec: Recorder) -> list[str]:
     """Errors of the page's scripts (not the console's notes on HTTP errors,
     which the tests look at in ``rec.failures``)."""
@@ -101,14 +131,6 @@ def write_series(folder: Path, n: int, **kw: Any) -> tuple[str, str, list[Path]]
         make_ct(path, study_uid=study, series_uid=series, instance=i, **kw)
         paths.append(path)
     return study, series, paths
-
-
-def storescu(server: PacsnodeServer, files: list[Path]) -> None:
-    result = subprocess.run([dcmtk("storescu"), "-aet", "MODALITY", "-aec", server.aet,
-                             "127.0.0.1", str(server.dicom_port), *map(str, files)],
-                            capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, TCP_NODELAY="1"))
-    assert result.returncode == 0, result.stderr
 
 
 def zip_of(path: Path, files: list[Path]) -> Path:

@@ -88,6 +88,18 @@ def dcmtk(tool: str) -> str:
     return require_tool(tool, "dcmtk")
 
 
+def storescu(server: "PacsnodeServer", files: list[Path],
+             aet: str = "MODALITY") -> subprocess.CompletedProcess[str]:
+    """DCMTK's storescu sends ``files`` to ``server`` as ``aet`` (Nagle
+    off) and must succeed; its output, for a test to look at."""
+    result = subprocess.run([dcmtk("storescu"), "-aet", aet, "-aec", server.aet,
+                             "127.0.0.1", str(server.dicom_port), *map(str, files)],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, TCP_NODELAY="1"))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from browser import browser, record, script_errors, shot  # noqa: F401
+from browser import browser, open_page, script_errors, shot  # noqa: F401
 from conftest import PacsnodeServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,11 +43,8 @@ def test_docs_render_every_operation_from_loopback_only(browser: Any,  # noqa: F
                                                         tmp_path: Path) -> None:
     expected = _operations(server)
     assert len(expected) > 20  # the node's REST API, DICOMweb and the rest
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    rec = record(page)
-    try:
+    with open_page(browser) as page:
+        rec = page.recorder
         page.goto(server.base_url + "/api/v1/docs")
         page.wait_for_selector(".swagger-ui .info .title")
         page.wait_for_function(f"document.querySelectorAll('.opblock').length >= {len(expected)}")
@@ -73,5 +70,3 @@ def test_docs_render_every_operation_from_loopback_only(browser: Any,  # noqa: F
         assert any(url.endswith("/api/v1/docs/swagger-ui-bundle.js")
                    for _m, url, _b in rec.requests)
         assert any(url.endswith("/api/v1/openapi.json") for _m, url, _b in rec.requests)
-    finally:
-        context.close()

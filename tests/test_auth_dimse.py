@@ -21,6 +21,7 @@ from pynetdicom.sop_class import Verification
 
 from conftest import dcmtk
 from dicomfiles import dataset_bytes, make_ct
+from dimse_peer import held_to_the_limit, rejection
 from test_dimse import run
 
 
@@ -180,12 +181,7 @@ def test_unknown_ae_door_closed(pacsnode_factory, tmp_path: Path) -> None:
     config.write_text('dimse_unknown_ae = []\n'
                       '[nodes.KNOWN]\naet = "KNOWN"\nhost = "127.0.0.1"\nport = 104\n')
     node = pacsnode_factory(config=str(config))
-    ae = AE(ae_title="STRANGER")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 3)
+    assert rejection(node, "STRANGER") == (1, 1, 3)
     known = AE(ae_title="KNOWN")
     known.add_requested_context(Verification)
     assoc = known.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
@@ -202,15 +198,7 @@ def test_one_address_cannot_take_every_association(pacsnode_factory) -> None:
                                        "PACSNODE_MAX_ASSOCIATIONS_PER_ADDRESS": "3",
                                        "PACSNODE_DIMSE_PROCESSES": "2"})
     time.sleep(2)  # the worker process is listening too
-    hog = AE(ae_title="HOG")
-    hog.add_requested_context(Verification)
-    held = [hog.associate("127.0.0.1", node.dicom_port, ae_title=node.aet) for _ in range(3)]
-    assert all(a.is_established for a in held)
-    extra = hog.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
-    assert extra.is_rejected
-    rj = extra.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
-    assert "local limit exceeded (max_associations_per_address 3)" in node.log()
+    held = held_to_the_limit(node, "HOG", 3, "max_associations_per_address 3")
     other = AE(ae_title="OTHER")
     other.add_requested_context(Verification)
     others = [other.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
@@ -221,7 +209,7 @@ def test_one_address_cannot_take_every_association(pacsnode_factory) -> None:
     assert len(pids) == 2  # the three of 127.0.0.1 were spread over both processes
     held.pop().release()
     time.sleep(0.3)
-    again = hog.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
+    again = held[0].ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
     assert again.is_established and again.send_c_echo().Status == 0
     for a in [again, *held, *others]:
         a.release()

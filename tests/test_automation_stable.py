@@ -22,7 +22,8 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import PacsnodeServer, dcmtk
+import conftest
+from conftest import PacsnodeServer
 from dicomfiles import make_ct
 
 SENDER = "MODALITY1"
@@ -72,11 +73,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def storescu(server: PacsnodeServer, files: list[Path], aet: str = SENDER) -> None:
-    result = subprocess.run([dcmtk("storescu"), "-aet", aet, "-aec", server.aet,
-                             "127.0.0.1", str(server.dicom_port), *map(str, files)],
-                            capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ, TCP_NODELAY="1"))
-    assert result.returncode == 0, result.stderr
+    conftest.storescu(server, files, aet)
 
 
 def make_study(folder: Path, series_count: int = 2, per_series: int = 3,

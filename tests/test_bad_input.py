@@ -20,16 +20,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (CTImageStorage, StudyRootQueryRetrieveInformationModelFind,
                                   Verification)
 
 from dicomfiles import make_ct
+from dimse_peer import echo_ok, established, p_data, pdv, recv_pdu
 from test_dimse import findscu
-from test_dimse_server import recv_pdu
-from test_robustness import echo_ok
 from web_server import WebServer, make_instance, uid
 
 from pacsnode.dimse import messages as m
@@ -45,25 +41,6 @@ HUGE = "9223372036854775808"  # 2^63: one more than SQLite and PostgreSQL take
 CONTEXTS = {1: Verification, 3: CTImageStorage, 5: StudyRootQueryRetrieveInformationModelFind}
 
 
-def associate_rq(called: str) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "RAWSCU"
-    primitive.called_ae_title = called
-    contexts = []
-    for context_id, abstract in CONTEXTS.items():
-        cx = build_context(abstract, [ImplicitVRLittleEndian])
-        cx.context_id = context_id
-        contexts.append(cx)
-    primitive.presentation_context_definition_list = contexts
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
-
-
 def raw_command(*elements: tuple[int, bytes]) -> bytes:
     """A command set (Implicit VR LE, group 0000) written byte by byte, so a
     UID can hold what no encoder would write."""
@@ -77,13 +54,9 @@ def us(value: int) -> bytes:
 
 
 def pdata(context_id: int, command: bytes, dataset: bytes | None = None) -> bytes:
-    out = b""
-    for control, data in ((0x03, command), (0x02, dataset)):
-        if data is None:
-            continue
-        item = struct.pack(">IBB", len(data) + 2, context_id, control) + data
-        out += struct.pack(">BBI", 0x04, 0, len(item)) + item
-    return out
+    """A message: its command set, then its data set, a P-DATA-TF each."""
+    out = p_data(pdv(context_id, 0x03, command))
+    return out if dataset is None else out + p_data(pdv(context_id, 0x02, dataset))
 
 
 def response(sock: socket.socket) -> m.Command:
@@ -110,10 +83,7 @@ def dimse_node(pacsnode_server: Any) -> Any:
 
 @pytest.fixture
 def raw_assoc(dimse_node: Any) -> Iterator[socket.socket]:
-    sock = socket.create_connection(("127.0.0.1", dimse_node.dicom_port), timeout=10)
-    sock.sendall(associate_rq(dimse_node.aet))
-    kind, _ = recv_pdu(sock)
-    assert kind == 0x02  # A-ASSOCIATE-AC
+    sock = established(dimse_node, timeout=10, called=dimse_node.aet, contexts=CONTEXTS)
     yield sock
     sock.close()
 

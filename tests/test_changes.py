@@ -5,9 +5,7 @@ the server-sent event stream followed live."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,8 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import PacsnodeServer, dcmtk
+import conftest
+from conftest import PacsnodeServer
 from dicomfiles import make_ct
 
 
@@ -34,11 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsnodeServer]
 
 
 def storescu(server: PacsnodeServer, files: list[Path]) -> None:
-    result = subprocess.run([dcmtk("storescu"), "-aet", "FEEDER", "-aec", server.aet,
-                             "127.0.0.1", str(server.dicom_port), *map(str, files)],
-                            capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ, TCP_NODELAY="1"))
-    assert result.returncode == 0, result.stderr
+    conftest.storescu(server, files, "FEEDER")
 
 
 def make_series(folder: Path, count: int, study: str | None = None,

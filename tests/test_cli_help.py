@@ -6,11 +6,14 @@ lines rather than source listings across a progress bar."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -87,3 +90,28 @@ def test_pydicom_warnings_are_one_log_line(tmp_path: Path) -> None:
                for line in warning_lines), proc.stderr
     assert proc.stderr.strip().splitlines() == warning_lines  # nothing else: no source lines
     assert "warn_and_log(" not in proc.stderr
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command of the CLI, as the words that name it."""
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def test_help_shows_a_default_only_where_there_is_one() -> None:
+    """A setting whose default is empty (its help says what empty means)
+    shows no ``[default: ]``; the others show their default."""
+    seen = 0
+    for words in _commands(main):
+        result = CliRunner().invoke(main, [*words, "--help"])
+        assert result.exit_code == 0, (words, result.output)
+        text = " ".join(result.output.split())  # click wraps the help text
+        assert not re.search(r"\[default:\s*\]", text), (words, text)
+        seen += "--data-dir" in text
+    assert seen >= 3  # serve, import, check … list the settings' options
+    serve = " ".join(CliRunner().invoke(main, ["serve", "--help"]).output.split())
+    assert "[default: PACSNODE]" in serve and "[default: 11112]" in serve
+    url = serve[serve.index("--database-url"):serve.index("--ae-title")]
+    assert "empty means SQLite" in url and "[default:" not in url

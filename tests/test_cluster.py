@@ -6,8 +6,6 @@ process A's (what a load balancer in front of both would give it)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
-from conftest import PacsnodeServer, dcmtk
+from conftest import PacsnodeServer, storescu
 from dicomfiles import make_ct
 from orthanc_peer import Orthanc, start_orthanc
 from test_automation_stable import recording_script, runs, wait_until
@@ -31,14 +29,6 @@ from test_ups_race import CLIENTS, _claim_race
 
 CLUSTER_AET = "CLUSTER"
 ROUNDS = 20
-
-
-def storescu(server: PacsnodeServer, files: list[Path]) -> None:
-    result = subprocess.run([dcmtk("storescu"), "-aet", "MODALITY", "-aec", server.aet,
-                             "127.0.0.1", str(server.dicom_port), *map(str, files)],
-                            capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ, TCP_NODELAY="1"))
-    assert result.returncode == 0, result.stderr
 
 
 def config_text(orthanc: Orthanc, script: Path, **extra: Any) -> str:

@@ -10,6 +10,7 @@ from pydicom import dcmread
 
 from conftest import dcmtk
 from dicomfiles import TS_FILES, dataset_bytes, make_ct, one_study_per_syntax
+from dimse_peer import c_get
 
 
 def run(*cmd: str | bytes, check: bool = True) -> subprocess.CompletedProcess:
@@ -302,10 +303,6 @@ def test_store_large_multiframe_streams_to_disk(node, tmp_path):
 def test_c_get_sends_stored_bytes_in_every_syntax(node, tmp_path):
     """A C-GET SCU that accepts only the stored syntax receives the stored
     data set byte for byte (no decode, no re-encode)."""
-    from pynetdicom import AE, build_role, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
-    from pydicom.dataset import Dataset
-
     study, files = one_study_per_syntax(tmp_path / "in")
     for ts, path in files.items():
         run(dcmtk("storescu"), TS_FILES[ts][1], "-aec", node.aet, "127.0.0.1",
@@ -313,28 +310,9 @@ def test_c_get_sends_stored_bytes_in_every_syntax(node, tmp_path):
     for ts, path in files.items():
         ds = dcmread(path, stop_before_pixels=True)
         blob = next(node.data_dir.glob(f"studies/{study}/*/{ds.SOPInstanceUID}.dcm"))
-        received: list[bytes] = []
-
-        def on_store(event, received=received):
-            received.append(event.request.DataSet.getvalue())
-            return 0x0000
-
-        ae = AE(ae_title="GETTER")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_requested_context(ds.SOPClassUID, [ts])
-        assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
-                             ext_neg=[build_role(ds.SOPClassUID, scp_role=True)],
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel = "SERIES"
-        query.StudyInstanceUID = study
-        query.SeriesInstanceUID = ds.SeriesInstanceUID
-        statuses = [status.Status for status, _ in
-                    assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
-        assoc.release()
-        assert statuses[-1] == 0x0000, (ts, statuses)
-        assert received == [dataset_bytes(blob)], ts
+        got = c_get(node, study, ds.SeriesInstanceUID, syntaxes=[ts], sop_class=ds.SOPClassUID)
+        assert got.statuses[-1] == 0x0000, (ts, got.statuses)
+        assert got.raw == [dataset_bytes(blob)], ts
 
 
 @pytest.mark.parametrize("accepted", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
@@ -344,10 +322,6 @@ def test_c_get_of_a_series_read_ahead_sends_each_instance_whole(node, tmp_path, 
     larger one is streamed).  Sent as stored, every data set arrives byte
     for byte, in instance order; transcoded (the SCU accepts only Implicit
     VR), every one arrives with its pixels intact."""
-    from pydicom.dataset import Dataset
-    from pynetdicom import AE, build_role, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
-
     from pacsnode.dimse.move_get import READ_AHEAD
 
     study, series = "1.2.826.0.1.3680043.8.498.7001", "1.2.826.0.1.3680043.8.498.7001.1"
@@ -360,28 +334,8 @@ def test_c_get_of_a_series_read_ahead_sends_each_instance_whole(node, tmp_path, 
     assert paths[1].stat().st_size > READ_AHEAD > paths[3].stat().st_size
     run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
         *map(str, paths))
-    received: list[Dataset] = []
-    raw: list[bytes] = []
-
-    def on_store(event):
-        raw.append(event.request.DataSet.getvalue())
-        received.append(event.dataset)
-        return 0x0000
-
-    ae = AE(ae_title="GETTER")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", [accepted])
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet,
-                         ext_neg=[build_role("1.2.840.10008.5.1.4.1.1.2", scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    query = Dataset()
-    query.QueryRetrieveLevel = "SERIES"
-    query.StudyInstanceUID = study
-    query.SeriesInstanceUID = series
-    statuses = [status.Status for status, _ in
-                assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
-    assoc.release()
+    got = c_get(node, study, series, syntaxes=[accepted])
+    statuses, raw, received = got.statuses, got.raw, got.datasets
     assert statuses[-1] == 0x0000 and statuses.count(0xFF00) == len(sizes)
     assert [int(ds.InstanceNumber) for ds in received] == list(range(1, len(sizes) + 1))
     blobs = [node.data_dir / "studies" / study / series /

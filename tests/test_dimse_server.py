@@ -20,88 +20,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (CTImageStorage, ModalityWorklistInformationFind,
-                                  StudyRootQueryRetrieveInformationModelFind, Verification)
+                                  StudyRootQueryRetrieveInformationModelFind)
 
 from conftest import dcmtk
 from dicomfiles import dataset_bytes, make_ct
+from dimse_peer import (associate_rq, closed, echo_command, echo_ok, established,
+                        c_get, held_to_the_limit, p_data, pdv, recv_pdu, rejection)
 from test_dimse import findscu, run
-from test_robustness import echo_ok
-
-VERIFICATION = "1.2.840.10008.1.1"
-
-
-# -- raw PDUs
-
-def associate_rq(calling: str = "RAWSCU", called: str = "PACSNODE",
-                 abstract: str = VERIFICATION, app_context: str = "1.2.840.10008.3.1.1.1",
-                 version: int = 1) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = app_context
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    cx = build_context(abstract, [ImplicitVRLittleEndian])
-    cx.context_id = 1
-    primitive.presentation_context_definition_list = [cx]
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    pdu.protocol_version = version
-    return pdu.encode()
-
-
-def recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """(type, body) of the next PDU; (0, b"") when the server closed."""
-    head = b""
-    while len(head) < 6:
-        part = sock.recv(6 - len(head))
-        if not part:
-            return 0, b""
-        head += part
-    length = struct.unpack(">I", head[2:6])[0]
-    body = b""
-    while len(body) < length:
-        part = sock.recv(length - len(body))
-        if not part:
-            break
-        body += part
-    return head[0], body
-
-
-def closed(sock: socket.socket) -> bool:
-    sock.settimeout(5)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
-
-def pdv(context: int, control: int, data: bytes) -> bytes:
-    return struct.pack(">IBB", len(data) + 2, context, control) + data
-
-
-def p_data(*pdvs: bytes) -> bytes:
-    body = b"".join(pdvs)
-    return struct.pack(">BBI", 0x04, 0, len(body)) + body
-
-
-def echo_command(message_id: int = 1) -> bytes:
-    from pacsnode.dimse.messages import encode_command
-    return encode_command(field=0x0030, message_id=message_id, affected_sop_class=VERIFICATION,
-                          dataset_type=0x0101)
-
-
-def established(node) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", node.dicom_port), timeout=5)
-    sock.sendall(associate_rq())
-    kind, _ = recv_pdu(sock)
-    assert kind == 0x02  # A-ASSOCIATE-AC
-    return sock
 
 
 @pytest.fixture
@@ -111,12 +37,7 @@ def node(pacsnode_server):
 
 def test_no_acceptable_presentation_context_is_rejected(node):
     """PS3.8 9.3.4: A-ASSOCIATE-RJ, permanent, service user, no reason given."""
-    ae = AE(ae_title="WORKLIST")
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
-    assert assoc.is_rejected
-    rj = assoc.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 1)
+    assert rejection(node, "WORKLIST", ModalityWorklistInformationFind) == (1, 1, 1)
     assert "no acceptable presentation context" in node.log()
     assert echo_ok(node)
 
@@ -170,7 +91,7 @@ def test_remembered_negotiations_answer_each_request_as_the_first_time(node, tmp
     assert answer(associate_rq(calling="FIRST")) == first
     other = answer(associate_rq(calling="OTHER"))
     assert other[0] == 0x02 and other[1][20:36].rstrip() == b"OTHER"
-    refused = associate_rq(abstract=ModalityWorklistInformationFind)
+    refused = associate_rq(contexts={1: ModalityWorklistInformationFind})
     assert answer(refused)[0] == 0x03 and answer(refused)[0] == 0x03
     for n in range(2):
         make_ct(tmp_path / f"{n}.dcm", patient_id=f"MEMO{n}")
@@ -260,18 +181,10 @@ def test_max_associations_across_processes(pacsnode_factory):
     node = pacsnode_factory(extra_env={"PACSNODE_MAX_ASSOCIATIONS": "3",
                                        "PACSNODE_DIMSE_PROCESSES": "2"})
     time.sleep(2)  # the worker process is listening too
-    ae = AE(ae_title="MANY")
-    ae.add_requested_context(Verification)
-    held = [ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet) for _ in range(3)]
-    assert all(a.is_established for a in held)
-    extra = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
-    assert extra.is_rejected
-    rj = extra.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
-    assert "local limit exceeded (max_associations 3)" in node.log()
+    held = held_to_the_limit(node, "MANY", 3, "max_associations 3")
     held.pop().release()
     time.sleep(0.2)
-    again = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
+    again = held[0].ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
     assert again.is_established and again.send_c_echo().Status == 0
     again.release()
     for a in held:
@@ -303,37 +216,20 @@ def test_small_max_pdu_both_ways(node, tmp_path):
 
 def test_pynetdicom_peer_with_small_max_pdu(node, tmp_path):
     """Our P-DATA-TF PDUs respect the peer's Maximum Length Received."""
-    from pynetdicom import build_role, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+    from pynetdicom import evt
     ds = make_ct(tmp_path / "ct.dcm", size=128)
     run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
         str(tmp_path / "ct.dcm"))
     sizes: list[int] = []
-    received: list[bytes] = []
 
     def on_pdu(event):
         if event.pdu.pdu_type == 0x04:
             sizes.append(len(event.pdu.encode()))
 
-    def on_store(event):
-        received.append(event.request.DataSet.getvalue())
-        return 0x0000
-
-    ae = AE(ae_title="SMALLPDU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet, max_pdu=4096,
-                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store),
-                                       (evt.EVT_PDU_RECV, on_pdu)])
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = ds.StudyInstanceUID
-    statuses = [s.Status for s, _ in assoc.send_c_get(query,
-                                                       StudyRootQueryRetrieveInformationModelGet)]
-    assoc.release()
-    assert statuses[-1] == 0
-    assert received == [dataset_bytes(tmp_path / "ct.dcm")]
+    got = c_get(node, ds.StudyInstanceUID, syntaxes=[ExplicitVRLittleEndian], calling="SMALLPDU",
+                max_pdu=4096, handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    assert got.statuses[-1] == 0
+    assert got.raw == [dataset_bytes(tmp_path / "ct.dcm")]
     assert len(sizes) > 8 and max(sizes) == 4096 + 6  # the 6-byte PDU header is not counted
 
 
@@ -544,7 +440,7 @@ def test_c_find_cancel(node, tmp_path):
                             dataset_type=0x0000)
     cancel = m.encode_command(field=m.C_CANCEL_RQ, responded_to=5, dataset_type=m.NO_DATASET)
     with socket.create_connection(("127.0.0.1", node.dicom_port), timeout=10) as sock:
-        sock.sendall(associate_rq(abstract=StudyRootQueryRetrieveInformationModelFind))
+        sock.sendall(associate_rq(contexts={1: StudyRootQueryRetrieveInformationModelFind}))
         assert recv_pdu(sock)[0] == 0x02
         sock.sendall(b"".join([*m.pdata(1, find, True, 16384),
                                *m.pdata(1, identifier, False, 16384),
@@ -837,3 +733,28 @@ def test_aio_fsync_closes_what_it_syncs(tmp_path):
 
     asyncio.run(check())
     assert sorted(p.stat().st_size for p in tmp_path.glob("*.bin")) == [4096] * 20
+
+
+def test_c_get_of_stored_files_gone_or_not_dicom_fails_those_only(node, tmp_path):
+    """A C-GET sub-operation whose stored file cannot be sent — removed from
+    disk, or no longer Part 10 — sends nothing of it (``NotSent``: no
+    half message on the association) and counts a failure; the others of
+    the C-GET arrive whole, and the node keeps serving."""
+    study, series = "1.2.826.0.1.3680043.8.498.7101", "1.2.826.0.1.3680043.8.498.7101.1"
+    paths = [tmp_path / f"i{n}.dcm" for n in range(1, 5)]
+    sops = [make_ct(p, study_uid=study, series_uid=series, instance=n, size=16).SOPInstanceUID
+            for n, p in enumerate(paths, 1)]
+    run(dcmtk("storescu"), "-aec", node.aet, "127.0.0.1", str(node.dicom_port),
+        *map(str, paths))
+    blobs = [node.data_dir / "studies" / study / series / f"{sop}.dcm" for sop in sops]
+    blobs[1].unlink()
+    blobs[2].write_bytes(b"not a Part 10 file" * 100)
+    got = c_get(node, study, series, syntaxes=[ExplicitVRLittleEndian])
+    assert got.statuses[-1] == 0xB000, got.statuses
+    assert got.final is not None
+    assert (got.final.NumberOfCompletedSuboperations,
+            got.final.NumberOfFailedSuboperations) == (2, 2)
+    assert got.raw == [dataset_bytes(blobs[0]), dataset_bytes(blobs[3])]
+    log = node.log()
+    assert f"cannot send {sops[1]}" in log and f"cannot send {sops[2]}" in log
+    assert echo_ok(node)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,8 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
-from conftest import PacsnodeServer, dcmtk
+import conftest
+from conftest import PacsnodeServer
 from dicomfiles import dataset_bytes, make_ct
 
 PATHS = ("cstore", "stow", "import")
@@ -66,11 +66,8 @@ def with_meta(source: Path, target: Path, *, source_aet: str, implementation: st
 
 
 def storescu(server: PacsnodeServer, files: list[Path]) -> None:
-    proc = subprocess.run([dcmtk("storescu"), "-aet", "IDENTITY", "-aec", server.aet,
-                           "127.0.0.1", str(server.dicom_port), *map(str, files)],
-                          capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, TCP_NODELAY="1"))
-    assert proc.returncode == 0 and "E:" not in proc.stderr, proc.stderr
+    proc = conftest.storescu(server, files, "IDENTITY")
+    assert "E:" not in proc.stderr, proc.stderr
 
 
 def stow(server: PacsnodeServer, files: list[Path]) -> httpx.Response:

@@ -20,14 +20,11 @@ import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage
 
 from conftest import PacsnodeServer
 from dicomfiles import dataset_bytes, make_ct
-from test_dimse_server import p_data, pdv, recv_pdu
+from dimse_peer import established, p_data, pdv
 from pacsnode.dimse.messages import encode_command
 from pacsnode.storage import FileStore
 
@@ -56,23 +53,10 @@ def half_sent_c_store(node: PacsnodeServer, path: Path) -> socket.socket:
     256 KiB of it in a file in ``incoming/``."""
     ds = dcmread(path, stop_before_pixels=True)
     body = dataset_bytes(path)
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "HALFSENDER"
-    primitive.called_ae_title = node.aet
-    cx = build_context(CTImageStorage, [ExplicitVRLittleEndian])
-    cx.context_id = 1
-    primitive.presentation_context_definition_list = [cx]
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    rq = A_ASSOCIATE_RQ()
-    rq.from_primitive(primitive)
     incoming = node.data_dir / "incoming"
     before = set(incoming.iterdir())
-    sock = socket.create_connection(("127.0.0.1", node.dicom_port), timeout=10)
-    sock.sendall(rq.encode())
-    assert recv_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+    sock = established(node, timeout=10, calling="HALFSENDER", called=node.aet,
+                       contexts={1: CTImageStorage}, transfer_syntax=ExplicitVRLittleEndian)
     command = encode_command(field=0x0001, message_id=1, affected_sop_class=CTImageStorage,
                              affected_sop_instance=ds.SOPInstanceUID, priority=0,
                              dataset_type=0x0000)

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
 from conftest import PacsnodeServer, dcmtk
+from dimse_peer import c_store_raw
 from test_fastheader import ex, item, sequence, tag_bytes, uid
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -187,23 +187,6 @@ def stow(node: PacsnodeServer, raw: bytes) -> httpx.Response:
             + b"\r\n--whole-test-boundary--\r\n")
     return httpx.post(node.base_url + "/dicomweb/studies", content=body,
                       headers={"Content-Type": STOW_TYPE}, timeout=30)
-
-
-def c_store_raw(node: PacsnodeServer, path: Path, transfer_syntax: str) -> tuple[int, str]:
-    """C-STORE a file's data set bytes as they are (pynetdicom's chunked
-    send: the command comes from the file meta, the data set is not
-    parsed); the status and Error Comment."""
-    ae = AE(ae_title="WHOLESCU")
-    ae.add_requested_context(CTImageStorage, transfer_syntax)
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.aet)
-    assert assoc.is_established
-    saved, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
-    try:
-        rsp = assoc.send_c_store(path)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = saved
-        assoc.release()
-    return int(rsp.Status), str(rsp.get("ErrorComment", ""))
 
 
 def nothing_stored(node: PacsnodeServer) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from browser import browser, record, shot, storescu, write_series  # noqa: F401
+from browser import browser, open_page, shot, storescu, write_series  # noqa: F401
 from conftest import PacsnodeServer
 from ohif_package import ohif_dist, rendered_canvas  # noqa: F401
 
@@ -41,11 +41,8 @@ def test_ohif_lists_the_studies_and_renders_an_image(browser: Any,  # noqa: F811
                                                      node: dict[str, Any]) -> None:
     base = node["server"].base_url
     study = node["ct"][0]
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(90_000)
-    page = context.new_page()
-    rec = record(page)
-    try:
+    with open_page(browser, width=1400, timeout_ms=90_000) as page:
+        rec = page.recorder
         page.goto(base + "/ohif/")
         page.locator("text=OHIF1").first.wait_for()  # the patient ID column
         listing = page.inner_text("body")
@@ -59,5 +56,3 @@ def test_ohif_lists_the_studies_and_renders_an_image(browser: Any,  # noqa: F811
                    for _m, url, _b in rec.requests), \
             [u for _m, u, _b in rec.requests if not u.startswith(base)]
         assert any(f"/dicomweb/studies/{study}" in u for _m, u, _b in rec.requests)
-    finally:
-        context.close()

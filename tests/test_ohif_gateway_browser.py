@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from browser import browser, record, shot, write_series  # noqa: F401
+from browser import browser, open_page, shot, write_series  # noqa: F401
 from conftest import PacsnodeServer, cli_token
 from ohif_package import ohif_dist, rendered_canvas  # noqa: F401
 from orthanc_peer import start_orthanc
@@ -87,12 +87,10 @@ def test_ohif_lists_and_opens_a_study_that_only_orthanc_holds(
     client: httpx.Client = env["client"]
     assert client.get(f"/dicomweb/studies/{study}/instances").status_code == 404  # not here yet
     source = remote_source_name("ORTHANC")
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.add_init_script(f"sessionStorage.setItem('{TOKEN_KEY}', '{env['reader']}');")
-    context.set_default_timeout(90_000)
-    page = context.new_page()
-    rec = record(page)
-    try:
+    with open_page(browser, width=1400, timeout_ms=90_000,
+                   init_script=f"sessionStorage.setItem('{TOKEN_KEY}', '{env['reader']}');"
+                   ) as page:
+        rec = page.recorder
         page.goto(f"{base}/ohif/?datasources={source}")
         page.locator("text=ORTHONLY").first.wait_for()  # the patient ID column
         listing = page.inner_text("body")
@@ -119,8 +117,6 @@ def test_ohif_lists_and_opens_a_study_that_only_orthanc_holds(
         local = [u for _m, u, _b in rec.requests[before:] if "/dicomweb/" in u]
         assert local and all(u.startswith(f"{base}/dicomweb/studies") for u in local), local
         assert not rec.failures, rec.failures
-    finally:
-        context.close()
     # The study is now in pacsnode's archive: every instance, same pixels.
     r = client.get(f"/dicomweb/studies/{study}/series/{series}/instances")
     assert r.status_code == 200, r.text
@@ -138,12 +134,10 @@ def test_ohif_lists_and_opens_a_study_that_only_orthanc_holds(
 def test_the_remote_nodes_page_opens_the_node_in_ohif(browser: Any,  # noqa: F811
                                                       env: dict[str, Any]) -> None:
     base, source = env["server"].base_url, remote_source_name("ORTHANC")
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.add_init_script(f"sessionStorage.setItem('{TOKEN_KEY}', '{env['operator']}');")
-    context.set_default_timeout(90_000)
-    page = context.new_page()
-    rec = record(page)
-    try:
+    with open_page(browser, width=1400, timeout_ms=90_000,
+                   init_script=f"sessionStorage.setItem('{TOKEN_KEY}', '{env['operator']}');"
+                   ) as page:
+        rec = page.recorder
         page.goto(f"{base}/ui/#/remote")
         link = page.locator("tr.node-row[data-node='ORTHANC'] a.open-ohif")
         assert link.get_attribute("href") == f"/ohif/?datasources={source}"
@@ -152,5 +146,3 @@ def test_the_remote_nodes_page_opens_the_node_in_ohif(browser: Any,  # noqa: F81
         page.locator("text=ORTHONLY").first.wait_for()  # OHIF's list, from Orthanc
         assert page.url.startswith(f"{base}/ohif") and f"datasources={source}" in page.url
         assert not rec.failures, rec.failures
-    finally:
-        context.close()

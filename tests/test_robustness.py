@@ -15,29 +15,20 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import CTImageStorage
 
 from conftest import dcmtk
 from dicomfiles import dataset_bytes, make_ct
+from dimse_peer import c_store_raw, echo_ok
 from test_dimse import findscu, run
-
-
-def echo_ok(server) -> bool:
-    ae = AE(ae_title="PROBE")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
-    try:
-        return assoc.is_established and assoc.send_c_echo().Status == 0
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def raw_store(server, ds, tmp_path: Path, *, command_sop_uid: str | None = None,
               truncate: int | None = None) -> int:
-    """C-STORE a file's raw bytes (pynetdicom's chunked send: the command's
-    SOP Instance UID comes from the file meta, the bytes are sent unparsed)."""
-    from pynetdicom import _config
+    """C-STORE ``ds`` as raw bytes (``c_store_raw``: the command's SOP
+    Instance UID comes from the file meta, the bytes are sent unparsed),
+    with another SOP Instance UID in the command or cut after ``truncate``
+    bytes of its data set; the status."""
     from pydicom.filewriter import write_file_meta_info
     path = tmp_path / f"raw-{time.monotonic_ns()}.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -52,17 +43,7 @@ def raw_store(server, ds, tmp_path: Path, *, command_sop_uid: str | None = None,
         size = len(path.read_bytes()) - len(dataset_bytes(path))
         with open(path, "r+b") as fh:
             fh.truncate(size + truncate)
-    ae = AE(ae_title="RAWSCU")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
-    assert assoc.is_established
-    saved, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
-    try:
-        rsp = assoc.send_c_store(path)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = saved
-        assoc.release()
-    return int(rsp.Status)
+    return c_store_raw(server, path, ExplicitVRLittleEndian)[0]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from browser import browser, canvas_grey, record, shot, write_series  # noqa: F401
+from browser import browser, canvas_grey, open_page, shot, write_series  # noqa: F401
 from pacsnode.access.tokens import create_token
 from web_server import STOW_TYPE, WebServer, multipart_body
 
@@ -49,10 +49,8 @@ def sign_in(page: Any, token: str) -> None:
 
 def test_a_reader_sees_and_views_but_cannot_change(browser: Any,  # noqa: F811
                                                    env: dict[str, Any]) -> None:
-    context = browser.new_context(base_url=env["server"].base_url)
-    page = context.new_page()
-    rec = record(page)
-    try:
+    with open_page(browser, env["server"].base_url) as page:
+        rec = page.recorder
         page.goto("/ui/")
         sign_in(page, "not-a-token")
         page.wait_for_selector("section.login p.login-why")
@@ -78,19 +76,13 @@ def test_a_reader_sees_and_views_but_cannot_change(browser: Any,  # noqa: F811
         page.click("text=Sign out")
         page.wait_for_selector("form.token-login")
         assert page.evaluate("sessionStorage.getItem('pacsnode.token')") is None
-    finally:
-        context.close()
 
 
 def test_an_editor_is_offered_delete_and_upload(browser: Any,  # noqa: F811
                                                 env: dict[str, Any]) -> None:
-    context = browser.new_context(base_url=env["server"].base_url)
-    page = context.new_page()
-    try:
+    with open_page(browser, env["server"].base_url) as page:
         page.goto(f"/ui/#/study/{env['study']}")
         sign_in(page, env["tokens"]["editor"])
         page.wait_for_selector("button:text('Delete study')")
         assert "Upload" in page.inner_text("header nav")
         assert "Remote nodes" not in page.inner_text("header nav")  # operator and up
-    finally:
-        context.close()

@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from browser import (browser, canvas_grey, record, script_errors, shot,  # noqa: F401
+from browser import (browser, canvas_grey, page, script_errors, shot,  # noqa: F401
                      storescu, write_series, zip_of)
 from conftest import PacsnodeServer
 from dicomfiles import make_ct
@@ -59,17 +59,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         finally:
             client.close()
             server.stop()
-
-
-@pytest.fixture
-def page(browser: Any, env: dict[str, Any]) -> Iterator[Any]:  # noqa: F811
-    context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                  base_url=env["server"].base_url)
-    context.set_default_timeout(30_000)
-    p = context.new_page()
-    p.recorder = record(p)
-    yield p
-    context.close()
 
 
 def study_rows(page: Any) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from browser import browser, record, script_errors, shot, storescu  # noqa: F401
+from browser import browser, page, script_errors, shot, storescu  # noqa: F401
 from conftest import PacsnodeServer
 from test_automation_stable import wait_until
 from test_series_classes import write_series
@@ -45,17 +45,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                "shots": shots}
     finally:
         server.stop()
-
-
-@pytest.fixture
-def page(browser: Any, env: dict[str, Any]) -> Iterator[Any]:  # noqa: F811
-    context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                  base_url=env["server"].base_url)
-    context.set_default_timeout(30_000)
-    p = context.new_page()
-    p.recorder = record(p)
-    yield p
-    context.close()
 
 
 def _card_classes(page: Any, series_uid: str) -> list[str]:

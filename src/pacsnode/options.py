@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .config import SETTINGS, Settings, load_settings
+from .config import SETTINGS, Setting, Settings, load_settings
 
 __all__ = ["command_settings", "settings_options"]
 
@@ -33,12 +33,20 @@ def settings_options(*names: str) -> Callable[[Callable[..., Any]], Callable[...
             if setting.choices:
                 ctype = click.Choice(setting.choices, case_sensitive=False)
             func = click.option(flag, setting.name, type=ctype, default=None,
-                                help=f"{setting.help} [default: {setting.default}]")(func)
+                                help=_help(setting))(func)
         return click.option("--config", "config_file",
                             type=click.Path(exists=True, dir_okay=False),
                             help="TOML configuration file (options and [nodes.NAME]).")(func)
 
     return decorate
+
+
+def _help(setting: Setting) -> str:
+    """The option's help: the setting's, and its default unless that is
+    empty (whose meaning the help says)."""
+    if setting.default in ("", None):
+        return setting.help
+    return f"{setting.help} [default: {setting.default}]"
 
 
 def command_settings(config_file: str | None, options: dict[str, Any]) -> Settings:

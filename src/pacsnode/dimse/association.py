@@ -39,6 +39,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,7 +49,7 @@ from .. import metrics
 from ..access.dimse import NOT_AUTHORIZED, Admission
 from ..dicom.read import HEAD_BYTES
 from ..events import Origin
-from ..retrieve import Outgoing, meta_end
+from ..retrieve import Outgoing
 from ..storage import start_writeback
 from . import messages as m
 from .commitment import n_action
@@ -603,19 +604,15 @@ class Association:
             await self.writer.drain()
 
     async def _send_file(self, context_id: int, command: bytes, out: Outgoing) -> None:
-        """A C-STORE-RQ whose data set is a stored file's bytes from
-        ``out.offset`` on, read and sent a block at a time: the command with
-        the first block, one write per block (writelines() of the fragments
-        made a send() per fragment, 16 KiB for DCMTK's tools) — or, when
-        ``_read_ahead`` has them, its PDUs as read ahead."""
+        """A C-STORE-RQ whose data set is ``out``: transcoded bytes in
+        memory, or a stored file's from ``out.offset`` on, sent a block at a
+        time (``messages.file_message``) — or as ``_read_ahead`` has them."""
         if self.closed or self.writer.is_closing():
             raise ConnectionError("association closed")
         ahead, self.ahead = self.ahead, None
         if out.data is not None:  # transcoded: the data set is in memory
-            await self.write(b"".join(
-                [*m.pdata(context_id, command, True, self.max_pdu),
-                 *m.pdata(context_id, memoryview(out.data)[out.offset:], False,
-                          self.max_pdu)]))
+            await self.write(m.message(context_id, command, memoryview(out.data)[out.offset:],
+                                       self.max_pdu))
             return
         if ahead is not None and ahead[:2] == (out.path, context_id):
             async with self.send_lock:
@@ -624,40 +621,17 @@ class Association:
                 await self.writer.drain()
             return
         async with self.send_lock:
-            try:
-                fh = open(out.path, "rb")
-            except OSError as exc:
-                raise NotSent(str(exc)) from exc
-            try:
-                size = os.fstat(fh.fileno()).st_size
-                block: bytes | memoryview = b""
-                if out.offset < 0:  # the end of the file meta, read here
-                    head = fh.read(CHUNK)
-                    offset = meta_end(head, out.path)[0]
-                    block = memoryview(head)[offset:]
-                else:
-                    offset = out.offset
-                    fh.seek(offset)
-            except (OSError, ValueError) as exc:
-                fh.close()
-                raise NotSent(str(exc)) from exc
-            with fh:
-                left = size - offset
-                parts = list(m.pdata(context_id, command, True, self.max_pdu))
-                if left <= 0:
-                    parts += m.pdata(context_id, b"", False, self.max_pdu)
-                    self.writer.write(b"".join(parts))
-                while left > 0:
-                    if not block:
-                        block = fh.read(min(left, CHUNK))
-                        if not block:
-                            raise OSError(f"{out.path} shrank while being sent")
-                    left -= len(block)
-                    parts += m.pdata(context_id, block, False, self.max_pdu, last=left <= 0)
-                    self.writer.write(b"".join(parts))
-                    parts, block = [], b""
+            with closing(m.file_message(out.path, context_id, command, self.max_pdu,
+                                        out.offset)) as pieces:
+                try:
+                    first = next(pieces)
+                except (OSError, ValueError) as exc:  # nothing sent
+                    raise NotSent(str(exc)) from exc
+                self.writer.write(first)
+                await self.writer.drain()
+                for piece in pieces:
+                    self.writer.write(piece)
                     await self.writer.drain()
-            await self.writer.drain()
 
     async def request(self, context_id: int, command_fields: dict[str, Any],
                       dataset: bytes | None = None, out: Outgoing | None = None,

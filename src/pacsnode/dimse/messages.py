@@ -12,13 +12,19 @@ costs one pass over ~200 bytes each way.  C-FIND matches, flat data sets
 of short values, are encoded here too (``encode_elements``): through
 pydicom one took ~0.45 ms.  Other data sets (identifiers received, N-ACTION
 information, Failed SOP Instance UID lists) go through pydicom.
+
+A stored file's data set goes out as it is on disk, a block at a time
+(``file_message``), or read ahead whole while the peer answers the message
+before (``file_dataset``): both sides of an association send such files
+(our C-GET and C-MOVE sub-operations, ``pacsnode send``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from io import BytesIO
 from typing import Any
 
@@ -28,14 +34,17 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
+from ..dicom.filemeta import read_meta
 from ..dicom.vr import LONG_LENGTH_VRS as _LONG_LENGTH
+from .pdu import CHUNK
 
 __all__ = ["Command", "part10_header", "decode_command", "encode_command", "pdata",
            "pdata_header", "message", "decode_dataset", "encode_dataset", "encode_elements",
            "C_STORE_RQ", "C_STORE_RSP", "C_GET_RQ",
            "C_GET_RSP", "C_FIND_RQ", "C_FIND_RSP", "C_MOVE_RQ", "C_MOVE_RSP", "C_ECHO_RQ",
            "C_ECHO_RSP", "C_CANCEL_RQ", "N_EVENT_REPORT_RQ", "N_EVENT_REPORT_RSP",
-           "N_ACTION_RQ", "N_ACTION_RSP", "NO_DATASET", "FRAGMENT"]
+           "N_ACTION_RQ", "N_ACTION_RSP", "NO_DATASET", "FRAGMENT", "file_message",
+           "file_dataset"]
 
 # Command Field values (PS3.7 E.1).
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
@@ -297,13 +306,69 @@ def pdata(context_id: int, payload: bytes | memoryview, is_command: bool, max_pd
         yield chunk
 
 
-def message(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int) -> bytes:
+def message(context_id: int, command: bytes, dataset: bytes | memoryview | None,
+            max_pdu: int) -> bytes:
     """One DIMSE message, command set and data set, as P-DATA-TF PDUs ready
     to write."""
     pdus = list(pdata(context_id, command, True, max_pdu))
     if dataset is not None:
         pdus += pdata(context_id, dataset, False, max_pdu)
     return b"".join(pdus)
+
+
+def file_message(path: str | os.PathLike[str], context_id: int, command: bytes,
+                 max_pdu: int, offset: int = -1) -> Generator[bytes, None, None]:
+    """A message whose data set is a stored Part 10 file's bytes from
+    ``offset`` on (-1: after its File Meta Information, found in the file's
+    first block), as P-DATA-TF PDUs in the pieces to write one after the
+    other: the command with the data set's first block, then a block
+    (``pdu.CHUNK`` bytes of the file) each — one write per block, where
+    writing each fragment made a send() per fragment (16 KiB for DCMTK's
+    tools).  The file is opened, and its start read, before the first piece
+    comes: OSError (or ValueError, not Part 10) then means nothing was
+    sent; OSError later, that the file shrank or failed while being sent."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        block: bytes | memoryview = b""
+        if offset < 0:
+            head = fh.read(min(size, CHUNK))
+            offset = read_meta(head, os.fspath(path))[0]
+            block = memoryview(head)[offset:]
+        else:
+            fh.seek(offset)
+        left = size - offset
+        parts = list(pdata(context_id, command, True, max_pdu))
+        if left <= 0:
+            yield b"".join([*parts, *pdata(context_id, b"", False, max_pdu)])
+            return
+        while left > 0:
+            if not block:
+                block = fh.read(min(left, CHUNK))
+                if not block:
+                    raise OSError(f"{path} shrank while being sent")
+            left -= len(block)
+            parts += pdata(context_id, block, False, max_pdu, last=left <= 0)
+            yield b"".join(parts)
+            parts, block = [], b""
+
+
+def file_dataset(path: str | os.PathLike[str], context_id: int, max_pdu: int,
+                 limit: int) -> bytes | None:
+    """The data set of the stored Part 10 file at ``path`` as P-DATA-TF
+    PDUs, read and cut now (while the peer answers the message before):
+    None for a file of more than ``limit`` bytes, or one that cannot be
+    read — the send itself meets and reports that."""
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > limit:
+                return None
+            data = fh.read(limit + 1)
+        offset = read_meta(data, os.fspath(path))[0]
+    except (OSError, ValueError):
+        return None
+    if len(data) > limit:  # grew since the fstat
+        return None
+    return b"".join(pdata(context_id, memoryview(data)[offset:], False, max_pdu))
 
 
 def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:

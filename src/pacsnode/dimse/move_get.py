@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from ..errors import PacsnodeError
 from ..query.parse import query_from_identifier
-from ..retrieve import InstanceRef, locate_query, meta_end, outgoing, store_contexts
+from ..retrieve import InstanceRef, Outgoing, locate_query, outgoing, store_contexts
 from . import client
 from . import messages as m
 from .errors import RemoteError
@@ -88,19 +87,12 @@ async def c_move(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
 async def _move_one(assoc: AssociationHandle, sub: client.Requested, ref: InstanceRef,
                     originator: tuple[str, int], upcoming: InstanceRef | None) -> int | None:
     """One C-MOVE sub-operation on the association the requestor opened to
-    the destination: the stored bytes when the peer accepted that syntax,
-    otherwise transcoded (``retrieve.outgoing``); ``upcoming`` is read ahead
-    while the peer answers.  The response status, or None when it could
-    not be sent."""
+    the destination, sending what ``_prepared`` chose; ``upcoming`` is read
+    ahead while the peer answers.  The response status, or None when it
+    could not be sent."""
     usable = sub.accepted(ref.sop_class_uid)
-    try:
-        if ref.transfer_syntax in usable:  # as stored: nothing to read here
-            out = outgoing(ref, usable)
-        else:
-            out = await assoc.server.pool.run(outgoing, ref, usable)
-    except Exception as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
-        log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, sub.name, reason)
+    out = await _prepared(assoc, ref, usable, sub.name)
+    if out is None:
         return None
     ahead = None
     if upcoming is not None:
@@ -117,6 +109,24 @@ async def _move_one(assoc: AssociationHandle, sub: client.Requested, ref: Instan
         log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, sub.name, exc)
         return None
     return rsp.status
+
+
+async def _prepared(assoc: AssociationHandle, ref: InstanceRef, usable: dict[str, int],
+                    peer: str) -> Outgoing | None:
+    """What a sub-operation sends of ``ref`` to ``peer``, whose accepted
+    contexts for its SOP class are ``usable`` (transfer syntax → context
+    id): the stored bytes when the peer accepted their syntax (nothing to
+    read here), otherwise transcoded on the pool (``retrieve.outgoing``
+    picks the syntax).  None, logged, when it cannot be sent."""
+    try:
+        if ref.transfer_syntax in usable:
+            return outgoing(ref, usable)
+        out: Outgoing = await assoc.server.pool.run(outgoing, ref, usable)
+        return out
+    except Exception as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, peer, reason)
+        return None
 
 
 async def c_get(assoc: AssociationHandle, op: Operation, data: bytes) -> None:
@@ -182,21 +192,13 @@ def _locate(assoc: AssociationHandle, ident: Any) -> list[InstanceRef]:
 async def store_instance(assoc: AssociationHandle, ref: InstanceRef,
                          upcoming: InstanceRef | None = None) -> int | None:
     """One C-GET sub-operation on ``assoc``, where we are the storage SCU
-    (the C-GET SCU's association, with role selection): the stored bytes when the peer accepted that syntax,
-    otherwise transcoded (``retrieve.outgoing`` picks the syntax among the
-    accepted contexts).  The response status, or None when it could not be
-    sent.  ``upcoming``: the instance the next call will send, read ahead
-    while the peer answers this one."""
+    (the C-GET SCU's association, with role selection), sending what
+    ``_prepared`` chose.  The response status, or None when it could not
+    be sent.  ``upcoming``: the instance the next call will send, read
+    ahead while the peer answers this one."""
     usable = assoc.accepted(ref.sop_class_uid)
-    try:
-        if ref.transfer_syntax in usable:  # as stored: nothing to read here
-            out = outgoing(ref, usable)
-        else:
-            out = await assoc.server.pool.run(outgoing, ref, usable)
-    except Exception as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
-        log.warning("cannot send %s to %s: %s", ref.sop_instance_uid, assoc.describe(),
-                    reason)
+    out = await _prepared(assoc, ref, usable, assoc.describe())
+    if out is None:
         return None
     fields: dict[str, Any] = dict(field=m.C_STORE_RQ, affected_sop_class=ref.sop_class_uid,
                                   affected_sop_instance=ref.sop_instance_uid, priority=0)
@@ -220,20 +222,10 @@ def _read_ahead(assoc: AssociationHandle, ref: InstanceRef) -> None:
     now, while the peer stores the one before: a sub-operation used to
     start with reading its file (~0.2 ms of 1.4 for a 512² CT sent to
     getscu) after the response to the last one came.  Only for files of
-    up to READ_AHEAD bytes; anything wrong is left for the send itself
-    to meet and report."""
+    up to READ_AHEAD bytes (``messages.file_dataset``)."""
     context_id = assoc.accepted(ref.sop_class_uid).get(ref.transfer_syntax)
     if context_id is None:
         return
-    try:
-        with open(ref.path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size > READ_AHEAD:
-                return
-            data = fh.read(READ_AHEAD + 1)
-        offset = meta_end(data, ref.path)[0]
-    except (OSError, ValueError):
-        return
-    if len(data) > READ_AHEAD:  # grew since the fstat
-        return
-    assoc.ahead = (ref.path, context_id, b"".join(
-        m.pdata(context_id, memoryview(data)[offset:], False, assoc.max_pdu)))
+    pdus = m.file_dataset(ref.path, context_id, assoc.max_pdu, READ_AHEAD)
+    if pdus is not None:
+        assoc.ahead = (ref.path, context_id, pdus)

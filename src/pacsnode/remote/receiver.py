@@ -47,18 +47,14 @@ def store_handler(event: evt.Event, sink: Callable[[Dataset], int | None],
                   errors: list[str]) -> int:
     """EVT_C_STORE handler (for a C-GET association or a Storage SCP): hand
     the instance, a Dataset with ``file_meta``, to ``sink``, which may return
-    a status.  A sink exception becomes a failure status for that instance
-    (the transfer goes on) and a line in ``errors``."""
-    uid = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
-    try:
+    a status (see ``_kept``)."""
+    def received() -> Dataset:
         ds = event.dataset
         ds.file_meta = event.file_meta
-        status = sink(ds)
-    except Exception as exc:  # noqa: BLE001 - reported, and the sender is told
-        LOGGER.exception("could not keep instance %s", uid)
-        errors.append(f"{uid}: {exc}")
-        return STORE_REFUSED
-    return 0x0000 if status is None else int(status)
+        return ds
+
+    return _kept(str(getattr(event.request, "AffectedSOPInstanceUID", "")), received, sink,
+                 errors)
 
 
 def get_store_handler(sink: Callable[[Dataset], int | None],
@@ -68,17 +64,29 @@ def get_store_handler(sink: Callable[[Dataset], int | None],
     :func:`store_handler` does for pynetdicom's events."""
     def handle(command: Command, transfer_syntax: str, data: bytes) -> int:
         uid = command.affected_sop_instance
-        try:
+
+        def received() -> Dataset:
             head = part10_header(command.affected_sop_class, uid, transfer_syntax)
-            ds = dcmread(BytesIO(head + data))
-            status = sink(ds)
-        except Exception as exc:  # noqa: BLE001 - reported, and the sender is told
-            LOGGER.exception("could not keep instance %s", uid)
-            errors.append(f"{uid}: {exc}")
-            return STORE_REFUSED
-        return 0x0000 if status is None else int(status)
+            return dcmread(BytesIO(head + data))
+
+        return _kept(uid, received, sink, errors)
 
     return handle
+
+
+def _kept(uid: str, received: Callable[[], Dataset], sink: Callable[[Dataset], int | None],
+          errors: list[str]) -> int:
+    """The status of the instance ``received`` returns once handed to
+    ``sink``: the sink's, or success when it returns None.  An exception,
+    reading or keeping it, becomes a failure status for that instance (the
+    transfer goes on) and a line in ``errors``."""
+    try:
+        status = sink(received())
+    except Exception as exc:  # noqa: BLE001 - reported, and the sender is told
+        LOGGER.exception("could not keep instance %s", uid)
+        errors.append(f"{uid}: {exc}")
+        return STORE_REFUSED
+    return 0x0000 if status is None else int(status)
 
 
 @contextmanager

@@ -1144,40 +1144,42 @@ def _one_frame(ref: InstanceRef, frames: str) -> int:
     return numbers[0]
 
 
+def _rendered_one(request: Request, study: str, series_uid: str, sop: str,
+                  frames: str | None, thumbnail: bool) -> Response:
+    """One frame of an instance rendered (or as a thumbnail): the one
+    ``frames`` names, else the first — of an instance that has pixels."""
+    ref = _one_instance(request, study, series_uid, sop)
+    options = _render_options(request)
+    if frames is None:
+        _pixels(ref)
+        return _render(ref, 1, options, thumbnail)
+    return _render(ref, _one_frame(ref, frames), options, thumbnail)
+
+
 @router.get("/studies/{study}/series/{series_uid}/instances/{sop}/rendered",
             summary="WADO-RS: instance rendered as JPEG/PNG (first frame)")
 def rendered_instance(request: Request, study: str, series_uid: str, sop: str) -> Response:
-    ref = _one_instance(request, study, series_uid, sop)
-    options = _render_options(request)
-    _pixels(ref)
-    return _render(ref, 1, options, False)
+    return _rendered_one(request, study, series_uid, sop, None, thumbnail=False)
 
 
 @router.get("/studies/{study}/series/{series_uid}/instances/{sop}/frames/{frames}/rendered",
             summary="WADO-RS: one frame rendered as JPEG/PNG")
 def rendered_frame(request: Request, study: str, series_uid: str, sop: str,
                    frames: str) -> Response:
-    ref = _one_instance(request, study, series_uid, sop)
-    options = _render_options(request)
-    return _render(ref, _one_frame(ref, frames), options, False)
+    return _rendered_one(request, study, series_uid, sop, frames, thumbnail=False)
 
 
 @router.get("/studies/{study}/series/{series_uid}/instances/{sop}/thumbnail",
             summary="WADO-RS: instance thumbnail")
 def thumbnail_instance(request: Request, study: str, series_uid: str, sop: str) -> Response:
-    ref = _one_instance(request, study, series_uid, sop)
-    options = _render_options(request)
-    _pixels(ref)
-    return _render(ref, 1, options, True)
+    return _rendered_one(request, study, series_uid, sop, None, thumbnail=True)
 
 
 @router.get("/studies/{study}/series/{series_uid}/instances/{sop}/frames/{frames}/thumbnail",
             summary="WADO-RS: frame thumbnail")
 def thumbnail_frame(request: Request, study: str, series_uid: str, sop: str,
                     frames: str) -> Response:
-    ref = _one_instance(request, study, series_uid, sop)
-    options = _render_options(request)
-    return _render(ref, _one_frame(ref, frames), options, True)
+    return _rendered_one(request, study, series_uid, sop, frames, thumbnail=True)
 
 
 def _images(request: Request, study: str, series_uid: str | None) -> list[InstanceRef]:
@@ -1243,16 +1245,20 @@ def rendered_series(request: Request, study: str, series_uid: str) -> Response:
     return _rendered_many(request, study, series_uid)
 
 
+def _thumbnail_of(request: Request, study: str, series_uid: str | None) -> Response:
+    """A study's or series' thumbnail: its representative image's."""
+    options = _render_options(request)
+    return _render(_representative(request, study, series_uid), 1, options, True)
+
+
 @router.get("/studies/{study}/thumbnail", summary="WADO-RS: study thumbnail")
 def thumbnail_study(request: Request, study: str) -> Response:
-    options = _render_options(request)
-    return _render(_representative(request, study, None), 1, options, True)
+    return _thumbnail_of(request, study, None)
 
 
 @router.get("/studies/{study}/series/{series_uid}/thumbnail", summary="WADO-RS: series thumbnail")
 def thumbnail_series(request: Request, study: str, series_uid: str) -> Response:
-    options = _render_options(request)
-    return _render(_representative(request, study, series_uid), 1, options, True)
+    return _thumbnail_of(request, study, series_uid)
 
 
 # -- DELETE -----------------------------------------------------------------------
