@@ -2,13 +2,19 @@
 
 The public Python API: talk to another PACS (``RemoteNode``), turn a series
 into a numpy volume (``load_volume``), and run the archive in-process
-(``Node`` with ``load_settings``)."""
+(``Node`` with ``load_settings``).
+
+The names are imported when first used (PEP 562): ``import pacsnode`` and
+the client commands of the CLI (``pacsnode send``, ``dump`` …) do not load
+the archive (the node, SQLAlchemy, the index, the web app, numpy)."""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import importlib
 import sys as _sys
+from typing import TYPE_CHECKING
 
 
 def _import_pydicom_without_requests() -> None:
@@ -31,10 +37,30 @@ def _import_pydicom_without_requests() -> None:
 
 _import_pydicom_without_requests()
 
-from .config import Settings, load_settings
-from .node import Node
-from .remote import RemoteError, RemoteNode
-from .volume import NotAVolume, Volume, load_volume
+if TYPE_CHECKING:
+    from .config import Settings, load_settings
+    from .node import Node
+    from .remote import RemoteError, RemoteNode
+    from .volume import NotAVolume, Volume, load_volume
+
+#: Each public name → the module (under ``pacsnode``) that defines it.
+_PUBLIC = {"RemoteNode": "remote", "RemoteError": "remote", "load_volume": "volume",
+           "Volume": "volume", "NotAVolume": "volume", "Node": "node", "Settings": "config",
+           "load_settings": "config"}
 
 __all__ = ["__version__", "RemoteNode", "RemoteError", "load_volume", "Volume", "NotAVolume",
            "Node", "Settings", "load_settings"]
+
+
+def __getattr__(name: str) -> object:
+    """A public name, its module imported on first use (PEP 562)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
