@@ -572,19 +572,28 @@ class Requested:
         return command.status
 
     async def store_file(self, path: Path, sop_class: str, sop_instance: str,
-                         transfer_syntax: str) -> m.Command:
+                         transfer_syntax: str,
+                         upcoming: tuple[Path, str, str] | None = None) -> m.Command:
         """C-STORE the data set of a Part 10 file: its bytes as they are when
         the peer accepted its syntax for ``sop_class``, otherwise transcoded
         by :func:`pacsnode.retrieve.outgoing` into one it accepted.  Raises
         OSError/ValueError for a file that cannot be read or transcoded,
-        :class:`NoAcceptedContext` when no context takes the SOP class."""
+        :class:`NoAcceptedContext` when no context takes the SOP class.
+        ``upcoming``: the (file, SOP class, transfer syntax) the next call
+        will send, read ahead while the peer answers this one when it goes
+        as stored."""
         usable = self.accepted(sop_class)
         if not usable:
             raise NoAcceptedContext(self.name, f"no accepted presentation context for "
                                                f"{_uid_name(sop_class)}")
         if transfer_syntax in usable:
+            ahead = None
+            if upcoming is not None:
+                next_path, next_class, next_syntax = upcoming
+                context_id = self.accepted(next_class).get(next_syntax)
+                ahead = None if context_id is None else (next_path, context_id)
             return await self.store(usable[transfer_syntax], sop_class, sop_instance,
-                                    path=path)
+                                    path=path, upcoming=ahead)
         data, offset, ts = await self.loop.run_in_executor(
             None, _transcoded, path, sop_class, sop_instance, transfer_syntax, list(usable))
         return await self.store(usable[ts], sop_class, sop_instance, data=data, offset=offset)

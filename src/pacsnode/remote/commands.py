@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -364,6 +365,34 @@ def get_command(host: str, port: int, aec: str, aet: str, timeout: float,
 
 # ------------------------------------------------------------------------ send
 
+class _Throttled:
+    """A progress callback that counts every result but moves the bar at
+    most every BAR_PERIOD seconds: a bar update per file cost about as much
+    as a small file's C-STORE."""
+
+    def __init__(self, bar: Bar, task: Any) -> None:
+        self.bar, self.task = bar, task
+        self.done = 0
+        self.shown = 0
+        self.next_update = 0.0
+
+    def __call__(self, result: scu.SendResult) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now >= self.next_update:
+            self.next_update = now + BAR_PERIOD
+            self.flush()
+
+    def flush(self) -> None:
+        if self.done != self.shown:
+            self.bar.update(self.task, completed=self.done)
+            self.shown = self.done
+
+
+#: Seconds between two updates of ``pacsnode send``'s progress bar.
+BAR_PERIOD = 0.1
+
+
 @click.command("send")
 @_peer_options
 @click.option("--parallel", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -389,16 +418,15 @@ def send_command(host: str, port: int, aec: str, aet: str, timeout: float, paral
               TaskProgressColumn(), TimeElapsedColumn(), console=console, transient=True)
     with _failures(), bar:
         task = bar.add_task("send", total=len(files) + len(missing), peer=str(peer))
-
-        def advance(result: scu.SendResult) -> None:
-            bar.advance(task)
-
+        advance = _Throttled(bar, task)
         try:
             results = scu.send(peer, [*files, *(m.path for m in missing)], on_result=advance,
                                parallel=parallel)
         except RemoteError as exc:
             sent = [r for r in (exc.result or []) if r.ok]
             raise click.ClickException(f"{exc} ({len(sent)} file(s) sent before)") from None
+        finally:
+            advance.flush()
     failed = [r for r in results if not r.ok]
     console.print(f"sent {len(results) - len(failed)} of {len(results)} file(s) to {peer}"
                   + (f", {len(failed)} failed:" if failed else ""))

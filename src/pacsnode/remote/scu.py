@@ -410,15 +410,18 @@ def _batches(headers: Sequence[_Header], size: int) -> Iterator[list[_Header]]:
         yield batch
 
 
-async def _store_one(peer: Peer, assoc: client.Requested, header: _Header) -> SendResult:
+async def _store_one(peer: Peer, assoc: client.Requested, header: _Header,
+                     upcoming: _Header | None) -> SendResult:
     path = header.path
     if not assoc.accepted(header.sop_class):
         return SendResult(path, header.sop_instance_uid, reason=(
             f"{peer} accepts no presentation context for {UID(header.sop_class).name} in "
             f"{UID(header.transfer_syntax).name}"))
+    ahead = None if upcoming is None else (upcoming.path, upcoming.sop_class,
+                                           upcoming.transfer_syntax)
     try:
         status = await assoc.store_file(path, header.sop_class, header.sop_instance_uid,
-                                        header.transfer_syntax)
+                                        header.transfer_syntax, ahead)
     except AssociationAborted:
         return SendResult(path, header.sop_instance_uid,
                           reason="no C-STORE response (association aborted or timed out)")
@@ -455,7 +458,9 @@ async def _send_share(peer: Peer, headers: list[_Header], report: Callable[[Send
                 while pending and not assoc.closed:
                     if cancel is not None and cancel.is_set():
                         break
-                    report(await _store_one(peer, assoc, pending.pop()))
+                    header = pending.pop()
+                    report(await _store_one(peer, assoc, header,
+                                            pending[-1] if pending else None))
             finally:
                 await assoc.release()
 
