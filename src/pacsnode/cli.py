@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("pacsnode.access.commands", "token"),
     "echo": (_REMOTE, "COMMANDS"), "find": (_REMOTE, "COMMANDS"),
     "move": (_REMOTE, "COMMANDS"), "get": (_REMOTE, "COMMANDS"),
-    "send": (_REMOTE, "COMMANDS"),
+    "send": ("pacsnode.remote.send_command", "COMMANDS"),
     "dump": (_TOOLS, "COMMANDS"), "modify": (_TOOLS, "COMMANDS"),
     "create": (_TOOLS, "COMMANDS"), "img2dcm": (_TOOLS, "COMMANDS"),
     "anonymize": (_TOOLS, "COMMANDS"),

@@ -1,17 +1,5 @@
-"""Talking to other DICOM nodes: the Python API.
-
-```python
-from pacsnode import RemoteNode, load_volume
-pacs = RemoteNode(aet="ORTHANC", host="127.0.0.1", port=4242, calling_aet="ME")
-hits = pacs.find("SERIES", PatientID="99999", StudyDate="20111206",
-                 SeriesDescription="AX*")
-datasets = pacs.get_series(hits[0]["StudyInstanceUID"], hits[0]["SeriesInstanceUID"])
-vol = load_volume(datasets)
-```
-
-:class:`RemoteNode` is a thin, friendly face over :mod:`pacsnode.remote.scu`,
-which the CLI and the REST API use too.
-"""
+"""RemoteNode: a remote DICOM node as a Python object, a thin, friendly
+face over :mod:`pacsnode.remote.scu` (see :mod:`pacsnode.remote`)."""
 
 from __future__ import annotations
 
@@ -23,16 +11,13 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from . import scu
-from .errors import (AssociationAborted, AssociationRejected, ConnectionFailed,
-                     NoAcceptedContext, RemoteError)
+from .errors import RemoteError
 from .identifiers import Level, infer_level
 from .peer import Peer
 from .receiver import storage_scp
 from .scu import GetResult, Progress, SendResult
 
-__all__ = ["RemoteNode", "Peer", "Progress", "GetResult", "SendResult", "Level",
-           "RemoteError", "ConnectionFailed", "AssociationRejected", "AssociationAborted",
-           "NoAcceptedContext"]
+__all__ = ["RemoteNode"]
 
 
 class RemoteNode:

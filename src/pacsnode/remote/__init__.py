@@ -1,0 +1,54 @@
+"""Talking to other DICOM nodes: the Python API.
+
+```python
+from pacsnode import RemoteNode, load_volume
+pacs = RemoteNode(aet="ORTHANC", host="127.0.0.1", port=4242, calling_aet="ME")
+hits = pacs.find("SERIES", PatientID="99999", StudyDate="20111206",
+                 SeriesDescription="AX*")
+datasets = pacs.get_series(hits[0]["StudyInstanceUID"], hits[0]["SeriesInstanceUID"])
+vol = load_volume(datasets)
+```
+
+:class:`RemoteNode` is a thin, friendly face over :mod:`pacsnode.remote.scu`,
+which the CLI and the REST API use too.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .errors import (AssociationAborted, AssociationRejected, ConnectionFailed,
+                         NoAcceptedContext, RemoteError)
+    from .identifiers import Level
+    from .peer import Peer
+    from .remote_node import RemoteNode
+    from .scu import GetResult, Progress, SendResult
+
+#: Each name → the module (under ``pacsnode.remote``) that defines it,
+#: imported on first use (PEP 562): ``pacsnode send`` imports
+#: ``remote.send`` without the C-FIND/C-MOVE/C-GET side and pydicom.
+_NAMES = {"RemoteNode": "remote_node", "Peer": "peer", "Progress": "scu",
+          "GetResult": "scu", "SendResult": "send", "Level": "identifiers",
+          "RemoteError": "errors", "ConnectionFailed": "errors",
+          "AssociationRejected": "errors", "AssociationAborted": "errors",
+          "NoAcceptedContext": "errors"}
+
+__all__ = ["RemoteNode", "Peer", "Progress", "GetResult", "SendResult", "Level",
+           "RemoteError", "ConnectionFailed", "AssociationRejected", "AssociationAborted",
+           "NoAcceptedContext"]
+
+
+def __getattr__(name: str) -> object:
+    """A name of ``__all__``, its module imported on first use."""
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NAMES})
