@@ -69,8 +69,10 @@ def send_command(host: str, port: int, aec: str, aet: str, timeout: float, paral
     files, missing = sender.collect_files(paths)
     console = stderr_console()
     results: list[sender.SendResult] = []
+    # No bar (and no thread drawing it) where it would not show: stderr not a terminal.
     bar = Bar(TextColumn("C-STORE to {task.fields[peer]}"), BarColumn(), MofNCompleteColumn(),
-              TaskProgressColumn(), TimeElapsedColumn(), console=console, transient=True)
+              TaskProgressColumn(), TimeElapsedColumn(), console=console, transient=True,
+              disable=not console.is_terminal)
     with failures(), bar:
         task = bar.add_task("send", total=len(files) + len(missing), peer=str(peer))
         advance = _Throttled(bar, task)
