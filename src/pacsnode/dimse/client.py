@@ -52,7 +52,8 @@ from .pdu import A_RELEASE_RP, A_RELEASE_RQ, PDU_NAMES, a_abort
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["Target", "Destination", "Handshake", "Context", "report_event", "Requested",
+__all__ = ["Target", "Destination", "Handshake", "Context", "Upcoming", "report_event",
+           "Requested",
            "request_association", "connect", "run",
            "MAX_CONTEXTS", "MAX_PDU"]
 
@@ -209,6 +210,43 @@ def _answer(name: str, pdu_type: int, body: bytes, proposed: list[Context]
     return answer.accepted, answer.max_pdu
 
 
+@dataclass(frozen=True)
+class Upcoming:
+    """The file the next C-STORE will send, to read ahead: on which
+    context, and (for its C-STORE-RQ to be framed ahead too) its UIDs."""
+
+    path: Path
+    context_id: int
+    sop_class: str | None = None
+    sop_instance: str | None = None
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """A file read and framed ahead of its C-STORE (``Requested._read_ahead``)."""
+
+    path: Path
+    context_id: int
+    #: The data set as P-DATA-TF PDUs.
+    data: bytes
+    #: The C-STORE-RQ as P-DATA-TF PDUs, for ``key`` (message id, SOP class
+    #: and instance): used only when the request that comes matches it.
+    command: bytes | None
+    key: tuple[int, str, str] | None
+
+
+def _store_command(message_id: int, sop_class: str, sop_instance: str,
+                   originator: tuple[str, int] | None) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1) with a data set following;
+    ``originator``: the C-MOVE's (AE title, message id)."""
+    fields: dict[str, Any] = {}
+    if originator is not None:
+        fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
+    return m.encode_command(field=m.C_STORE_RQ, message_id=message_id, priority=0,
+                            dataset_type=0x0000, affected_sop_class=sop_class,
+                            affected_sop_instance=sop_instance, **fields)
+
+
 #: A handler for the peer's C-STOREs (a C-GET's sub-operations): gets the
 #: command and the data set bytes, returns a status (it runs on a thread).
 StoreHandler = Callable[[m.Command, str, bytes], int]
@@ -241,7 +279,7 @@ class Requested:
         self._send_lock = asyncio.Lock()
         self._released = self.loop.create_future()
         self._usable: dict[str, dict[str, int]] = {}
-        self._ahead: tuple[Path, int, bytes] | None = None
+        self._ahead: _Ahead | None = None
         self._task = self.loop.create_task(self._read())
         self._watchdog = self.loop.call_later(IDLE_CHECK, self._check_idle)
 
@@ -526,15 +564,15 @@ class Requested:
 
     async def store_file(self, path: Path, sop_class: str, sop_instance: str,
                          transfer_syntax: str,
-                         upcoming: tuple[Path, str, str] | None = None) -> m.Command:
+                         upcoming: tuple[Path, str, str, str] | None = None) -> m.Command:
         """C-STORE the data set of a Part 10 file: its bytes as they are when
         the peer accepted its syntax for ``sop_class``, otherwise transcoded
         by :func:`pacsnode.retrieve.outgoing` into one it accepted.  Raises
         OSError/ValueError for a file that cannot be read or transcoded,
         :class:`NoAcceptedContext` when no context takes the SOP class.
-        ``upcoming``: the (file, SOP class, transfer syntax) the next call
-        will send, read ahead while the peer answers this one when it goes
-        as stored."""
+        ``upcoming``: the (file, SOP class, SOP instance, transfer syntax)
+        the next call will send, read ahead and framed with its C-STORE-RQ
+        while the peer answers this one, when it goes as stored."""
         usable = self.accepted(sop_class)
         if not usable:
             raise NoAcceptedContext(self.name, f"no accepted presentation context for "
@@ -542,9 +580,10 @@ class Requested:
         if transfer_syntax in usable:
             ahead = None
             if upcoming is not None:
-                next_path, next_class, next_syntax = upcoming
+                next_path, next_class, next_instance, next_syntax = upcoming
                 context_id = self.accepted(next_class).get(next_syntax)
-                ahead = None if context_id is None else (next_path, context_id)
+                if context_id is not None:
+                    ahead = Upcoming(next_path, context_id, next_class, next_instance)
             return await self.store(usable[transfer_syntax], sop_class, sop_instance,
                                     path=path, upcoming=ahead)
         data, offset, ts = await self.loop.run_in_executor(
@@ -554,40 +593,53 @@ class Requested:
     async def store(self, context_id: int, sop_class: str, sop_instance: str, *,
                     path: Path | None = None, data: bytes | None = None, offset: int = -1,
                     originator: tuple[str, int] | None = None,
-                    upcoming: tuple[Path, int] | None = None) -> m.Command:
+                    upcoming: tuple[Path, int] | Upcoming | None = None) -> m.Command:
         """C-STORE-RQ on ``context_id`` and its response.  The data set is
         ``data[offset:]`` (already in the context's syntax), or the file at
         ``path`` from ``offset`` on (-1: after its File Meta Information),
         streamed a block at a time.  ``originator``: the C-MOVE's (AE title,
         message id).  ``upcoming``: the (file, context id) the next call
-        will send, read and framed while the peer answers this one."""
-        fields: dict[str, Any] = dict(field=m.C_STORE_RQ, affected_sop_class=sop_class,
-                                      affected_sop_instance=sop_instance, priority=0)
-        if originator is not None:
-            fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
+        will send, read and framed while the peer answers this one (an
+        :class:`Upcoming` with its UIDs: its C-STORE-RQ framed too)."""
         message_id = self._register()
-        command = m.encode_command(message_id=message_id, dataset_type=0x0000, **fields)
         try:
-            if data is not None:
-                await self._write(b"".join([
-                    *m.pdata(context_id, command, True, self.max_pdu),
-                    *m.pdata(context_id, memoryview(data)[max(offset, 0):], False,
-                             self.max_pdu)]))
+            ahead, self._ahead = self._ahead, None
+            if data is None and (ahead is None or (ahead.path, ahead.context_id)
+                                 != (path, context_id)):
+                ahead = None
+            if ahead is not None and self.closed:
+                raise AssociationAborted(self.name, f"association {self.why_closed}")
+            if ahead is not None and ahead.command is not None and originator is None \
+                    and ahead.key == (message_id, sop_class, sop_instance):
+                await self._write(ahead.command + ahead.data)  # all of it framed ahead
             else:
-                assert path is not None
-                await self._stream_file(context_id, command, path, offset)
+                command = _store_command(message_id, sop_class, sop_instance, originator)
+                if data is not None:
+                    await self._write(b"".join([
+                        *m.pdata(context_id, command, True, self.max_pdu),
+                        *m.pdata(context_id, memoryview(data)[max(offset, 0):], False,
+                                 self.max_pdu)]))
+                elif ahead is not None:
+                    await self._write(b"".join(m.pdata(context_id, command, True,
+                                                       self.max_pdu)) + ahead.data)
+                else:
+                    assert path is not None
+                    await self._stream_file(context_id, command, path, offset)
             if upcoming is not None:
-                self._read_ahead(*upcoming)
+                self._read_ahead(upcoming if isinstance(upcoming, Upcoming)
+                                 else Upcoming(*upcoming))
             reply, _ = await self.response(message_id)
             return reply
         finally:
             self.done(message_id)
 
-    def _read_ahead(self, path: Path, context_id: int) -> None:
-        """The data set of ``path`` cut into P-DATA-TF PDUs now, while the
-        peer stores the one before (files up to READ_AHEAD bytes; anything
-        wrong is left for the send itself to meet and report)."""
+    def _read_ahead(self, upcoming: Upcoming) -> None:
+        """The data set of the next file cut into P-DATA-TF PDUs now, while
+        the peer stores the one before, and its C-STORE-RQ when its UIDs are
+        known (it takes the next message id); files up to READ_AHEAD bytes.
+        Anything wrong is left for the send itself to meet and report."""
         self._ahead = None
+        path, context_id = upcoming.path, upcoming.context_id
         try:
             data = _small_file(path, READ_AHEAD)
             if data is None:
@@ -595,20 +647,22 @@ class Requested:
             offset = meta_end(data, path)
         except (OSError, ValueError):
             return
-        self._ahead = (path, context_id, b"".join(
-            m.pdata(context_id, memoryview(data)[offset:], False, self.max_pdu)))
+        framed = b"".join(m.pdata(context_id, memoryview(data)[offset:], False, self.max_pdu))
+        command = key = None
+        if upcoming.sop_class is not None and upcoming.sop_instance is not None:
+            message_id = self._next_id % 0xFFFF + 1  # what _register gives next
+            command = b"".join(m.pdata(context_id, _store_command(
+                message_id, upcoming.sop_class, upcoming.sop_instance, None), True,
+                self.max_pdu))
+            key = (message_id, upcoming.sop_class, upcoming.sop_instance)
+        self._ahead = _Ahead(path, context_id, framed, command, key)
 
     async def _stream_file(self, context_id: int, command: bytes, path: Path,
                            offset: int = -1) -> None:
         """The command and the file's data set, a block per write: a small
-        file goes out in one write (or as read ahead)."""
+        file goes out in one write."""
         if self.closed:
             raise AssociationAborted(self.name, f"association {self.why_closed}")
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[:2] == (path, context_id):
-            await self._write(b"".join(m.pdata(context_id, command, True, self.max_pdu))
-                              + ahead[2])
-            return
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if offset < 0:

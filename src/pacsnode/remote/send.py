@@ -161,7 +161,7 @@ async def _store_one(peer: Peer, assoc: client.Requested, header: _Header,
             f"{peer} accepts no presentation context for {_uid_name(header.sop_class)} in "
             f"{_uid_name(header.transfer_syntax)}"))
     ahead = None if upcoming is None else (upcoming.path, upcoming.sop_class,
-                                           upcoming.transfer_syntax)
+                                           upcoming.sop_instance_uid, upcoming.transfer_syntax)
     try:
         status = await assoc.store_file(path, header.sop_class, header.sop_instance_uid,
                                         header.transfer_syntax, ahead)
