@@ -52,7 +52,8 @@ from .pdu import A_RELEASE_RP, A_RELEASE_RQ, PDU_NAMES, a_abort
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["Target", "Destination", "Handshake", "Context", "Upcoming", "report_event",
+__all__ = ["Target", "Destination", "Handshake", "Context", "Upcoming", "StoredFile",
+           "report_event",
            "Requested",
            "request_association", "connect", "run",
            "MAX_CONTEXTS", "MAX_PDU"]
@@ -219,6 +220,24 @@ class Upcoming:
     context_id: int
     sop_class: str | None = None
     sop_instance: str | None = None
+    #: Where its data set starts, when known (-1: read its meta again).
+    offset: int = -1
+
+
+class StoredFile(Protocol):
+    """A Part 10 file to C-STORE as it is, its meta already read."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def sop_class(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax(self) -> str: ...
+    @property
+    def offset(self) -> int:
+        """Where its data set starts (-1: not known)."""
 
 
 @dataclass(frozen=True)
@@ -564,15 +583,15 @@ class Requested:
 
     async def store_file(self, path: Path, sop_class: str, sop_instance: str,
                          transfer_syntax: str,
-                         upcoming: tuple[Path, str, str, str] | None = None) -> m.Command:
+                         upcoming: StoredFile | None = None) -> m.Command:
         """C-STORE the data set of a Part 10 file: its bytes as they are when
         the peer accepted its syntax for ``sop_class``, otherwise transcoded
         by :func:`pacsnode.retrieve.outgoing` into one it accepted.  Raises
         OSError/ValueError for a file that cannot be read or transcoded,
         :class:`NoAcceptedContext` when no context takes the SOP class.
-        ``upcoming``: the (file, SOP class, SOP instance, transfer syntax)
-        the next call will send, read ahead and framed with its C-STORE-RQ
-        while the peer answers this one, when it goes as stored."""
+        ``upcoming``: the file the next call will send, read ahead and
+        framed with its C-STORE-RQ while the peer answers this one, when it
+        goes as stored."""
         usable = self.accepted(sop_class)
         if not usable:
             raise NoAcceptedContext(self.name, f"no accepted presentation context for "
@@ -580,10 +599,10 @@ class Requested:
         if transfer_syntax in usable:
             ahead = None
             if upcoming is not None:
-                next_path, next_class, next_instance, next_syntax = upcoming
-                context_id = self.accepted(next_class).get(next_syntax)
+                context_id = self.accepted(upcoming.sop_class).get(upcoming.transfer_syntax)
                 if context_id is not None:
-                    ahead = Upcoming(next_path, context_id, next_class, next_instance)
+                    ahead = Upcoming(upcoming.path, context_id, upcoming.sop_class,
+                                     upcoming.sop_instance_uid, upcoming.offset)
             return await self.store(usable[transfer_syntax], sop_class, sop_instance,
                                     path=path, upcoming=ahead)
         data, offset, ts = await self.loop.run_in_executor(
@@ -644,7 +663,10 @@ class Requested:
             data = _small_file(path, READ_AHEAD)
             if data is None:
                 return
-            offset = meta_end(data, path)
+            offset = upcoming.offset
+            if not (132 < offset < len(data) and data[128:132] == b"DICM"
+                    and data[offset:offset + 2] != b"\x02\x00"):
+                offset = meta_end(data, path)  # not known, or not where it was
         except (OSError, ValueError):
             return
         framed = b"".join(m.pdata(context_id, memoryview(data)[offset:], False, self.max_pdu))

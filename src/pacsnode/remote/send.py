@@ -85,10 +85,14 @@ def collect_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[SendRes
 
 @dataclass(frozen=True)
 class _Header:
+    """A file to send, from its File Meta Information (a ``client.StoredFile``)."""
+
     path: Path
     sop_class: str
     transfer_syntax: str
     sop_instance_uid: str
+    #: Where its data set starts (-1: not known, read through pydicom).
+    offset: int = -1
 
 
 #: Bytes read of each file to find its File Meta Information.
@@ -108,11 +112,11 @@ def _read_header(path: Path) -> _Header | SendResult:
         if head[128:132] != b"DICM":
             return SendResult(path, reason="not a readable DICOM file (no 'DICM' prefix: not "
                                            "a DICOM Part 10 file)")
-        _, meta = read_meta(head, path)
+        offset, meta = read_meta(head, path)
     except (OSError, ValueError, UnicodeDecodeError):
-        meta = {}
+        offset, meta = -1, {}
     if meta.get(0x0002) and meta.get(0x0003) and meta.get(0x0010):
-        return _Header(path, meta[0x0002], meta[0x0010], meta[0x0003])
+        return _Header(path, meta[0x0002], meta[0x0010], meta[0x0003], offset)
     return _read_header_pydicom(path)
 
 
@@ -160,11 +164,9 @@ async def _store_one(peer: Peer, assoc: client.Requested, header: _Header,
         return SendResult(path, header.sop_instance_uid, reason=(
             f"{peer} accepts no presentation context for {_uid_name(header.sop_class)} in "
             f"{_uid_name(header.transfer_syntax)}"))
-    ahead = None if upcoming is None else (upcoming.path, upcoming.sop_class,
-                                           upcoming.sop_instance_uid, upcoming.transfer_syntax)
     try:
         status = await assoc.store_file(path, header.sop_class, header.sop_instance_uid,
-                                        header.transfer_syntax, ahead)
+                                        header.transfer_syntax, upcoming)
     except AssociationAborted:
         return SendResult(path, header.sop_instance_uid,
                           reason="no C-STORE response (association aborted or timed out)")
