@@ -5,7 +5,9 @@ One function per DIMSE verb; the CLI (:mod:`pacsnode.remote.commands`), the
 Python API (:class:`pacsnode.remote.RemoteNode`) and the REST API all call
 these.  Each call opens its own association through
 :func:`pacsnode.remote.peer.associate` (TCP_NODELAY, timeouts, exceptions
-naming the peer) and releases it before returning.
+naming the peer) and releases it before returning.  C-STORE (:func:`send`,
+:func:`collect_files`, :class:`SendResult`) is :mod:`pacsnode.remote.send`,
+which starts without pydicom for ``pacsnode send``.
 
 Failures raise :class:`~pacsnode.remote.errors.RemoteError` or one of its
 subclasses.  A retrieve whose sub-operations partly failed is not an
