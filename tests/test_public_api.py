@@ -128,3 +128,18 @@ def test_help_lists_every_command() -> None:
     assert listed == sorted(COMMANDS)
     unknown = CliRunner().invoke(main, ["sned"])
     assert unknown.exit_code == 2 and "No such command 'sned'" in unknown.output
+
+
+def test_every_name_of_pacsnode_remote_imports() -> None:
+    """``pacsnode.remote`` imports its names on first use too (so that
+    ``pacsnode send`` can import ``remote.send`` alone): each still imports."""
+    import pacsnode.remote as remote
+    from pacsnode.remote import scu, send
+    for name in remote.__all__:
+        namespace: dict[str, object] = {}
+        exec(f"from pacsnode.remote import {name}", namespace)
+        assert namespace[name] is getattr(remote, name)
+    assert remote.SendResult is send.SendResult is scu.SendResult
+    assert scu.send is send.send
+    with pytest.raises(AttributeError):
+        remote.Nothing  # noqa: B018
