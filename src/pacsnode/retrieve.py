@@ -52,8 +52,8 @@ from .transcode import (FRAME_MEDIA_TYPES, LOSSY_PRODUCED, PRODUCIBLE, UNCOMPRES
                         PixelInfo, TranscodeError, can_transcode, encode_frame,
                         media_type_for_syntax, native_frame, stored_frame, transcode_file)
 
-if TYPE_CHECKING:  # pynetdicom is imported when contexts are built
-    from pynetdicom.presentation import PresentationContext
+if TYPE_CHECKING:
+    from .dimse.acse import Context
 
 __all__ = ["InstanceRef", "locate", "locate_query", "select_instances", "PixelFacts",
            "pixel_facts", "AS_STORED", "choose_syntax", "Outgoing", "outgoing",
@@ -343,7 +343,7 @@ def sending_syntax(proposed: Sequence[str], storable: Iterable[str]) -> str | No
     return next((ts for ts in proposed if ts in storable), None)
 
 
-def store_contexts(refs: list[InstanceRef]) -> list[PresentationContext]:
+def store_contexts(refs: list[InstanceRef]) -> list[Context]:
     """Presentation contexts for sending these instances to a C-MOVE
     destination: the one builder, ``dimse.contexts.storage_contexts``, over
     their (SOP class, stored syntax) pairs."""

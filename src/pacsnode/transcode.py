@@ -288,7 +288,7 @@ def transcode_dataset(ds: Dataset, dst: str) -> Dataset:
 
 def part10_bytes(ds: Dataset) -> bytes:
     """``ds`` as a Part 10 file with our implementation in the file meta."""
-    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if "SOPInstanceUID" in ds:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -5,8 +5,9 @@ reports on a new association, and (for its A-ASSOCIATE exchange) a C-MOVE's
 association to its destination.
 
 Built on the same wire code as the server (:mod:`pacsnode.dimse.messages`:
-command sets by hand, P-DATA-TF framing; pynetdicom's PDU classes only for
-the A-ASSOCIATE PDUs and the presentation context negotiation), on asyncio:
+command sets by hand, P-DATA-TF framing) and on :mod:`pacsnode.dimse.acse`
+for the A-ASSOCIATE PDUs (no pydicom or pynetdicom until a data set must be
+encoded or decoded), on asyncio:
 
 * :func:`request_association` — TCP connect (timeout, TCP_NODELAY, optional
   TLS), A-ASSOCIATE-RQ with our contexts and role selection items, the
@@ -39,27 +40,26 @@ import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
-from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..dicom.filemeta import read_meta
 from . import messages as m
-from .pdu import (A_RELEASE_RP, A_RELEASE_RQ, APPLICATION_CONTEXT, PDU_NAMES, a_abort,
-                  user_information)
+from .acse import (MAX_CONTEXTS, Context, ProposedContext, a_associate_rq, proposal,
+                   read_answer, read_rejection)
 from .errors import AssociationAborted, AssociationRejected, ConnectionFailed, NoAcceptedContext
+from .pdu import A_RELEASE_RP, A_RELEASE_RQ, PDU_NAMES, a_abort
 
-__all__ = ["Target", "Destination", "Handshake", "report_event", "Requested", "request_association", "connect", "run",
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = ["Target", "Destination", "Handshake", "Context", "Upcoming", "StoredFile",
+           "report_event",
+           "Requested",
+           "request_association", "connect", "run",
            "MAX_CONTEXTS", "MAX_PDU"]
 
 log = logging.getLogger("pacsnode.dimse.client")
 
-#: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255.
-MAX_CONTEXTS = 128
 #: Our Maximum Length Received on associations we request: a P-DATA-TF is
 #: read whole, so it is bounded (DCMTK's largest default).
 MAX_PDU = 131072
@@ -75,6 +75,10 @@ POLL = 0.05
 IDLE_CHECK = 1.0
 #: Seconds we wait for the A-RELEASE-RP.
 RELEASE_WAIT = 10.0
+#: Transfer syntaxes proposed for an N-EVENT-REPORT's own association:
+#: Implicit and Explicit VR Little Endian, Deflated, Explicit VR Big Endian.
+REPORT_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
+                   "1.2.840.10008.1.2.2")
 
 
 
@@ -133,39 +137,12 @@ class Handshake:
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    contexts: dict[int, PresentationContext]
+    contexts: dict[int, Context]
     max_pdu: int
     proposed: int
 
 
-def _proposal(contexts: Sequence[PresentationContext],
-              scp_roles: Sequence[str]) -> tuple[list[PresentationContext], list[Any]]:
-    """Number the contexts 1, 3, 5 …; set the SCP role on those whose
-    abstract syntax is in ``scp_roles`` (PS3.7 D.3.3.4) and build the items."""
-    if not contexts:
-        raise ValueError("at least one presentation context is needed")
-    if len(contexts) > MAX_CONTEXTS:
-        raise ValueError(f"{len(contexts)} presentation contexts; at most {MAX_CONTEXTS}")
-    wanted = dict.fromkeys(str(uid) for uid in scp_roles)
-    proposed = []
-    for n, cx in enumerate(contexts):
-        copy = PresentationContext()
-        copy.context_id = 2 * n + 1
-        copy.abstract_syntax = cx.abstract_syntax
-        copy.transfer_syntax = list(cx.transfer_syntax)
-        if str(cx.abstract_syntax) in wanted:
-            copy.scu_role, copy.scp_role = False, True
-        proposed.append(copy)
-    items = []
-    for uid in wanted:
-        item = SCP_SCU_RoleSelectionNegotiation()
-        item.sop_class_uid = uid
-        item.scu_role, item.scp_role = False, True
-        items.append(item)
-    return proposed, items
-
-
-async def request_association(target: Target, contexts: Sequence[PresentationContext], *,
+async def request_association(target: Target, contexts: Sequence[ProposedContext], *,
                               scp_roles: Sequence[str] = (),
                               ssl: _ssl.SSLContext | None = None,
                               max_pdu: int = MAX_PDU) -> Handshake:
@@ -175,7 +152,7 @@ async def request_association(target: Target, contexts: Sequence[PresentationCon
     Raises :class:`ConnectionFailed` (no connection within ``timeout``),
     :class:`AssociationRejected`, :class:`AssociationAborted` (A-ABORT, no
     answer, or not an association answer) or :class:`NoAcceptedContext`."""
-    proposed, roles = _proposal(contexts, scp_roles)
+    proposed = proposal(contexts, scp_roles)
     name = _name(target)
     try:
         reader, writer = await asyncio.wait_for(
@@ -185,16 +162,9 @@ async def request_association(target: Target, contexts: Sequence[PresentationCon
         raise ConnectionFailed(name, "cannot connect (connection refused, host unreachable "
                                      f"or no answer within {target.timeout:g} s)") from exc
     _set_nodelay(writer)
-    request = A_ASSOCIATE()
-    request.application_context_name = APPLICATION_CONTEXT
-    request.calling_ae_title = target.calling_aet
-    request.called_ae_title = target.aet
-    request.presentation_context_definition_list = proposed
-    request.user_information = [*user_information(max_pdu), *roles]
-    rq = A_ASSOCIATE_RQ()
-    rq.from_primitive(request)
     try:
-        writer.write(rq.encode())
+        writer.write(a_associate_rq(target.aet, target.calling_aet, proposed, scp_roles,
+                                    max_pdu))
         pdu_type, body = await asyncio.wait_for(_read_pdu(reader), target.timeout)
         contexts_by_id, peer_max = _answer(name, pdu_type, body, proposed)
     except BaseException as exc:
@@ -219,48 +189,88 @@ async def _read_pdu(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return head[0], await reader.readexactly(length)
 
 
-def _answer(name: str, pdu_type: int, body: bytes, proposed: list[PresentationContext]
-            ) -> tuple[dict[int, PresentationContext], int]:
+def _answer(name: str, pdu_type: int, body: bytes, proposed: list[Context]
+            ) -> tuple[dict[int, Context], int]:
     """The accepted contexts and max PDU of an A-ASSOCIATE-AC, or the
     exception its -RJ or A-ABORT means."""
     if pdu_type == 0x03:
-        rj = A_ASSOCIATE_RJ()
-        try:
-            rj.decode(struct.pack(">BBI", 0x03, 0, len(body)) + body)
-            why = rj.to_primitive()
-            texts = (why.result_str, why.source_str, why.reason_str)
-        except Exception:  # noqa: BLE001 - an odd rejection is still a rejection
-            texts = ("?", "?", "?")
-        raise AssociationRejected(name, *texts)
+        why = read_rejection(body)
+        raise AssociationRejected(name, why.result, why.source, why.reason)
     if pdu_type == 0x07:
         raise AssociationAborted(name, "association aborted by the peer")
     if pdu_type != 0x02:
         raise AssociationAborted(name, f"{PDU_NAMES.get(pdu_type, 'an unknown PDU')} "
                                        "instead of A-ASSOCIATE-AC")
-    ac = A_ASSOCIATE_AC()
     try:
-        ac.decode(struct.pack(">BBI", 0x02, 0, len(body)) + body)
-        reply = ac.to_primitive()
-    except Exception as exc:  # noqa: BLE001 - pynetdicom raises several kinds
+        answer = read_answer(body, proposed)
+    except (ValueError, struct.error) as exc:
         raise AssociationAborted(name, f"malformed A-ASSOCIATE-AC ({exc})") from None
-    roles = {UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
-             for item in reply.user_information
-             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
-    result = negotiate_as_requestor(proposed,
-                                    reply.presentation_context_definition_results_list, roles)
-    accepted = {cx.context_id: cx for cx in result
-                if cx.result == 0x00 and cx.context_id is not None}
-    if not accepted:
+    if not answer.accepted:
         raise NoAcceptedContext(name, "association accepted but none of the proposed "
                                       "presentation contexts (SOP class / transfer syntax)")
-    return accepted, int(reply.maximum_length_received or 0)
+    return answer.accepted, answer.max_pdu
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """The file the next C-STORE will send, to read ahead: on which
+    context, and (for its C-STORE-RQ to be framed ahead too) its UIDs."""
+
+    path: Path
+    context_id: int
+    sop_class: str | None = None
+    sop_instance: str | None = None
+    #: Where its data set starts, when known (-1: read its meta again).
+    offset: int = -1
+
+
+class StoredFile(Protocol):
+    """A Part 10 file to C-STORE as it is, its meta already read."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def sop_class(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def transfer_syntax(self) -> str: ...
+    @property
+    def offset(self) -> int:
+        """Where its data set starts (-1: not known)."""
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """A file read and framed ahead of its C-STORE (``Requested._read_ahead``)."""
+
+    path: Path
+    context_id: int
+    #: The data set as P-DATA-TF PDUs.
+    data: bytes
+    #: The C-STORE-RQ as P-DATA-TF PDUs, for ``key`` (message id, SOP class
+    #: and instance): used only when the request that comes matches it.
+    command: bytes | None
+    key: tuple[int, str, str] | None
+
+
+def _store_command(message_id: int, sop_class: str, sop_instance: str,
+                   originator: tuple[str, int] | None) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1) with a data set following;
+    ``originator``: the C-MOVE's (AE title, message id)."""
+    fields: dict[str, Any] = {}
+    if originator is not None:
+        fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
+    return m.encode_command(field=m.C_STORE_RQ, message_id=message_id, priority=0,
+                            dataset_type=0x0000, affected_sop_class=sop_class,
+                            affected_sop_instance=sop_instance, **fields)
 
 
 #: A handler for the peer's C-STOREs (a C-GET's sub-operations): gets the
 #: command and the data set bytes, returns a status (it runs on a thread).
 StoreHandler = Callable[[m.Command, str, bytes], int]
 #: A handler for the peer's N-EVENT-REPORTs: (event type, information) → status.
-EventHandler = Callable[[int, Dataset | None], int]
+EventHandler = Callable[[int, "Dataset | None"], int]
 
 _END = object()
 
@@ -288,7 +298,7 @@ class Requested:
         self._send_lock = asyncio.Lock()
         self._released = self.loop.create_future()
         self._usable: dict[str, dict[str, int]] = {}
-        self._ahead: tuple[Path, int, bytes] | None = None
+        self._ahead: _Ahead | None = None
         self._task = self.loop.create_task(self._read())
         self._watchdog = self.loop.call_later(IDLE_CHECK, self._check_idle)
 
@@ -572,19 +582,29 @@ class Requested:
         return command.status
 
     async def store_file(self, path: Path, sop_class: str, sop_instance: str,
-                         transfer_syntax: str) -> m.Command:
+                         transfer_syntax: str,
+                         upcoming: StoredFile | None = None) -> m.Command:
         """C-STORE the data set of a Part 10 file: its bytes as they are when
         the peer accepted its syntax for ``sop_class``, otherwise transcoded
         by :func:`pacsnode.retrieve.outgoing` into one it accepted.  Raises
         OSError/ValueError for a file that cannot be read or transcoded,
-        :class:`NoAcceptedContext` when no context takes the SOP class."""
+        :class:`NoAcceptedContext` when no context takes the SOP class.
+        ``upcoming``: the file the next call will send, read ahead and
+        framed with its C-STORE-RQ while the peer answers this one, when it
+        goes as stored."""
         usable = self.accepted(sop_class)
         if not usable:
             raise NoAcceptedContext(self.name, f"no accepted presentation context for "
                                                f"{_uid_name(sop_class)}")
         if transfer_syntax in usable:
+            ahead = None
+            if upcoming is not None:
+                context_id = self.accepted(upcoming.sop_class).get(upcoming.transfer_syntax)
+                if context_id is not None:
+                    ahead = Upcoming(upcoming.path, context_id, upcoming.sop_class,
+                                     upcoming.sop_instance_uid, upcoming.offset)
             return await self.store(usable[transfer_syntax], sop_class, sop_instance,
-                                    path=path)
+                                    path=path, upcoming=ahead)
         data, offset, ts = await self.loop.run_in_executor(
             None, _transcoded, path, sop_class, sop_instance, transfer_syntax, list(usable))
         return await self.store(usable[ts], sop_class, sop_instance, data=data, offset=offset)
@@ -592,64 +612,79 @@ class Requested:
     async def store(self, context_id: int, sop_class: str, sop_instance: str, *,
                     path: Path | None = None, data: bytes | None = None, offset: int = -1,
                     originator: tuple[str, int] | None = None,
-                    upcoming: tuple[Path, int] | None = None) -> m.Command:
+                    upcoming: tuple[Path, int] | Upcoming | None = None) -> m.Command:
         """C-STORE-RQ on ``context_id`` and its response.  The data set is
         ``data[offset:]`` (already in the context's syntax), or the file at
         ``path`` from ``offset`` on (-1: after its File Meta Information),
         streamed a block at a time.  ``originator``: the C-MOVE's (AE title,
         message id).  ``upcoming``: the (file, context id) the next call
-        will send, read and framed while the peer answers this one."""
-        fields: dict[str, Any] = dict(field=m.C_STORE_RQ, affected_sop_class=sop_class,
-                                      affected_sop_instance=sop_instance, priority=0)
-        if originator is not None:
-            fields.update(move_originator_aet=originator[0], move_originator_id=originator[1])
+        will send, read and framed while the peer answers this one (an
+        :class:`Upcoming` with its UIDs: its C-STORE-RQ framed too)."""
         message_id = self._register()
-        command = m.encode_command(message_id=message_id, dataset_type=0x0000, **fields)
         try:
-            if data is not None:
-                await self._write(b"".join([
-                    *m.pdata(context_id, command, True, self.max_pdu),
-                    *m.pdata(context_id, memoryview(data)[max(offset, 0):], False,
-                             self.max_pdu)]))
+            ahead, self._ahead = self._ahead, None
+            if data is None and (ahead is None or (ahead.path, ahead.context_id)
+                                 != (path, context_id)):
+                ahead = None
+            if ahead is not None and self.closed:
+                raise AssociationAborted(self.name, f"association {self.why_closed}")
+            if ahead is not None and ahead.command is not None and originator is None \
+                    and ahead.key == (message_id, sop_class, sop_instance):
+                await self._write(ahead.command + ahead.data)  # all of it framed ahead
             else:
-                assert path is not None
-                await self._stream_file(context_id, command, path, offset)
+                command = _store_command(message_id, sop_class, sop_instance, originator)
+                if data is not None:
+                    await self._write(b"".join([
+                        *m.pdata(context_id, command, True, self.max_pdu),
+                        *m.pdata(context_id, memoryview(data)[max(offset, 0):], False,
+                                 self.max_pdu)]))
+                elif ahead is not None:
+                    await self._write(b"".join(m.pdata(context_id, command, True,
+                                                       self.max_pdu)) + ahead.data)
+                else:
+                    assert path is not None
+                    await self._stream_file(context_id, command, path, offset)
             if upcoming is not None:
-                self._read_ahead(*upcoming)
+                self._read_ahead(upcoming if isinstance(upcoming, Upcoming)
+                                 else Upcoming(*upcoming))
             reply, _ = await self.response(message_id)
             return reply
         finally:
             self.done(message_id)
 
-    def _read_ahead(self, path: Path, context_id: int) -> None:
-        """The data set of ``path`` cut into P-DATA-TF PDUs now, while the
-        peer stores the one before (files up to READ_AHEAD bytes; anything
-        wrong is left for the send itself to meet and report)."""
+    def _read_ahead(self, upcoming: Upcoming) -> None:
+        """The data set of the next file cut into P-DATA-TF PDUs now, while
+        the peer stores the one before, and its C-STORE-RQ when its UIDs are
+        known (it takes the next message id); files up to READ_AHEAD bytes.
+        Anything wrong is left for the send itself to meet and report."""
         self._ahead = None
+        path, context_id = upcoming.path, upcoming.context_id
         try:
-            with open(path, "rb") as fh:
-                if os.fstat(fh.fileno()).st_size > READ_AHEAD:
-                    return
-                data = fh.read(READ_AHEAD + 1)
-            offset = meta_end(data, path)
+            data = _small_file(path, READ_AHEAD)
+            if data is None:
+                return
+            offset = upcoming.offset
+            if not (132 < offset < len(data) and data[128:132] == b"DICM"
+                    and data[offset:offset + 2] != b"\x02\x00"):
+                offset = meta_end(data, path)  # not known, or not where it was
         except (OSError, ValueError):
             return
-        if len(data) > READ_AHEAD:  # grew since the fstat
-            return
-        self._ahead = (path, context_id, b"".join(
-            m.pdata(context_id, memoryview(data)[offset:], False, self.max_pdu)))
+        framed = b"".join(m.pdata(context_id, memoryview(data)[offset:], False, self.max_pdu))
+        command = key = None
+        if upcoming.sop_class is not None and upcoming.sop_instance is not None:
+            message_id = self._next_id % 0xFFFF + 1  # what _register gives next
+            command = b"".join(m.pdata(context_id, _store_command(
+                message_id, upcoming.sop_class, upcoming.sop_instance, None), True,
+                self.max_pdu))
+            key = (message_id, upcoming.sop_class, upcoming.sop_instance)
+        self._ahead = _Ahead(path, context_id, framed, command, key)
 
     async def _stream_file(self, context_id: int, command: bytes, path: Path,
                            offset: int = -1) -> None:
         """The command and the file's data set, a block per write: a small
-        file goes out in one write (or as read ahead)."""
+        file goes out in one write."""
         if self.closed:
             raise AssociationAborted(self.name, f"association {self.why_closed}")
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[:2] == (path, context_id):
-            await self._write(b"".join(m.pdata(context_id, command, True, self.max_pdu))
-                              + ahead[2])
-            return
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if offset < 0:
@@ -752,6 +787,26 @@ def _uid_name(uid: str) -> str:
     return name if name and name != uid else uid
 
 
+def _small_file(path: Path, limit: int) -> bytes | None:
+    """The whole file, when it has at most ``limit`` bytes and did not
+    change size while read (else None): os-level calls, one read for most
+    files (the file object's read costs a few more system calls a file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            return None
+        data = os.read(fd, size + 1)
+        while len(data) < size:  # a short read (a network file system)
+            more = os.read(fd, size + 1 - len(data))
+            if not more:
+                break
+            data += more
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
 def meta_end(head: bytes | memoryview, path: Path | str = "") -> int:
     """Where the data set of a Part 10 file starts, from its first bytes."""
     return read_meta(head, path)[0]
@@ -770,7 +825,7 @@ def _transcoded(path: Path, sop_class: str, sop_instance: str, stored: str,
     return out.data, out.offset, out.transfer_syntax
 
 
-async def connect(target: Target, contexts: Sequence[PresentationContext], *,
+async def connect(target: Target, contexts: Sequence[ProposedContext], *,
                   scp_roles: Sequence[str] = (), ssl: _ssl.SSLContext | None = None,
                   required: Sequence[str] = (), on_store: StoreHandler | None = None,
                   on_event: EventHandler | None = None) -> Requested:
@@ -796,9 +851,8 @@ async def report_event(target: Target, sop_class: str, sop_instance: str, event_
     """An N-EVENT-REPORT on an association of its own, with us as the SCP of
     ``sop_class`` (role selection): a storage commitment result the
     requesting association was gone for (PS3.4 J.3.3).  Its status."""
-    from pynetdicom.presentation import build_context
-    assoc = await connect(target, [build_context(sop_class)], scp_roles=[sop_class], ssl=ssl,
-                          required=[sop_class])
+    assoc = await connect(target, [Context(None, sop_class, list(REPORT_SYNTAXES))],
+                          scp_roles=[sop_class], ssl=ssl, required=[sop_class])
     try:
         context_id = next(iter(assoc.accepted(sop_class).values()))
         return await assoc.event_report(context_id, sop_class, sop_instance, event_type, info)

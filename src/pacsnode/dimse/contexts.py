@@ -16,9 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
-                         JPEGLSLossless, RLELossless)
-from pynetdicom.presentation import PresentationContext, build_context
+from .acse import Context
+
+# Transfer syntax UIDs (PS3.5 A / PS3.6 A), spelled out: a C-STORE SCU
+# builds its contexts without loading pydicom.
+ExplicitVRLittleEndian = "1.2.840.10008.1.2.1"
+ImplicitVRLittleEndian = "1.2.840.10008.1.2"
+JPEG2000Lossless = "1.2.840.10008.1.2.4.90"
+JPEGLSLossless = "1.2.840.10008.1.2.4.80"
+RLELossless = "1.2.840.10008.1.2.5"
 
 __all__ = ["NATIVE_LITTLE_ENDIAN", "MAX_CONTEXTS", "storage_contexts", "contexts_needed"]
 
@@ -52,15 +58,20 @@ def contexts_needed(pairs: Iterable[tuple[str, str]]) -> int:
     return len(classes) + len(alone)
 
 
-def storage_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
+def storage_contexts(pairs: Iterable[tuple[str, str]], *,
+                     compressed_fallback: bool = True) -> list[Context]:
     """The contexts to propose for sending instances of these (SOP class,
-    stored transfer syntax) pairs (see the module text)."""
-    from ..transcode import can_transcode
+    stored transfer syntax) pairs (see the module text).  Without
+    ``compressed_fallback`` only the stored and the native syntaxes are
+    proposed (what ``pacsnode send`` does, as storescu: knowing which
+    encoders are installed means loading pydicom's pixel stack)."""
     classes, alone = _alone(pairs)
-    contexts = [build_context(sop_class, list(NATIVE_LITTLE_ENDIAN)) for sop_class in classes]
-    contexts += [build_context(sop_class, [ts]) for sop_class, ts in alone]
-    fallback = [str(ts) for ts in _COMPRESSED_FALLBACK
-                if can_transcode(ExplicitVRLittleEndian, ts)]
-    if fallback and len(contexts) + len(classes) <= MAX_CONTEXTS:
-        contexts += [build_context(sop_class, fallback) for sop_class in classes]
+    contexts = [Context(None, sop_class, list(NATIVE_LITTLE_ENDIAN)) for sop_class in classes]
+    contexts += [Context(None, sop_class, [ts]) for sop_class, ts in alone]
+    if compressed_fallback and len(contexts) + len(classes) <= MAX_CONTEXTS:
+        from ..transcode import can_transcode
+        fallback = [ts for ts in _COMPRESSED_FALLBACK
+                    if can_transcode(ExplicitVRLittleEndian, ts)]
+        if fallback:
+            contexts += [Context(None, sop_class, fallback) for sop_class in classes]
     return contexts[:MAX_CONTEXTS]

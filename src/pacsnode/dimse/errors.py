@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynetdicom.status import code_to_category
-
 __all__ = ["RemoteError", "ConnectionFailed", "AssociationRejected", "AssociationAborted",
            "NoAcceptedContext", "status_text"]
 
@@ -23,6 +21,7 @@ def status_text(status: int, table: dict[int, tuple[str, str]] | None = None) ->
     ``table`` is one of pynetdicom's per-service status tables
     (``pynetdicom.status.QR_MOVE_SERVICE_CLASS_STATUS`` …, PS3.4 Annex C.4).
     """
+    from pynetdicom.status import code_to_category  # not with the module: see client.py
     category, meaning = (table or {}).get(status, (code_to_category(status), ""))
     return f"0x{status:04X} ({category}{': ' + meaning if meaning else ''})"
 

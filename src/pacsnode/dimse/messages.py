@@ -26,17 +26,14 @@ import re
 import struct
 from collections.abc import Generator, Iterator
 from io import BytesIO
-from typing import Any
-
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pydicom.uid import UID
+from typing import TYPE_CHECKING, Any
 
 from ..dicom.filemeta import read_meta
 from ..dicom.vr import LONG_LENGTH_VRS as _LONG_LENGTH
 from .pdu import CHUNK
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["Command", "part10_header", "decode_command", "encode_command", "pdata",
            "pdata_header", "message", "decode_dataset", "encode_dataset", "encode_elements",
@@ -401,7 +398,12 @@ def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str) -> by
 
 
 def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
-    """A data set (identifier, event information) in a context's syntax."""
+    """A data set (identifier, event information) in a context's syntax.
+    (pydicom is imported here, not with the module: a C-STORE SCU such as
+    ``pacsnode send`` never needs it.)"""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import UID
     ts = UID(transfer_syntax)
     fp = DicomBytesIO()
     fp.is_little_endian = ts.is_little_endian
@@ -416,6 +418,8 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
 
 
 def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import UID
     ts = UID(transfer_syntax)
     if ts.is_deflated:
         import zlib

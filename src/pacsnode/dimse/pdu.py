@@ -13,10 +13,6 @@ import socket
 import struct
 from typing import Any
 
-from pynetdicom.pdu_primitives import (ImplementationClassUIDNotification,
-                                       ImplementationVersionNameNotification,
-                                       MaximumLengthNotification)
-
 from ..dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = ["ProtocolError", "a_abort", "a_associate_rj", "set_nodelay", "listen_socket",
@@ -63,8 +59,12 @@ class ProtocolError(Exception):
 
 def user_information(max_pdu: int) -> list[Any]:
     """Maximum length received, implementation class UID and version name
-    (PS3.7 D.3.3): the user information of our A-ASSOCIATE-RQ (client.py)
-    and -AC."""
+    (PS3.7 D.3.3): the user information of our A-ASSOCIATE-AC, as
+    pynetdicom items (imported here: the requestor writes its own, in
+    ``acse.py``, without pynetdicom)."""
+    from pynetdicom.pdu_primitives import (ImplementationClassUIDNotification,
+                                           ImplementationVersionNameNotification,
+                                           MaximumLengthNotification)
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = max_pdu
     class_uid = ImplementationClassUIDNotification()

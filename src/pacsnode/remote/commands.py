@@ -1,6 +1,7 @@
 """SCU commands of the ``pacsnode`` CLI: echo, find, move, get, send.
 
-Thin: parse options, call :mod:`pacsnode.remote.scu`, print.  Results go to
+Thin: parse options, call :mod:`pacsnode.remote.scu`, print.  ``send`` is
+:mod:`.send_command` (listed here too), which starts without pydicom.  Results go to
 stdout (tables, JSON); progress bars and summaries go to stderr.  Exit code
 0 means everything asked for was done; 1 means the peer or a file failed
 (the message says which and why); 2 is a usage error; 130 an interrupt.
@@ -20,16 +21,16 @@ from typing import Any
 import click
 from pydicom.dataset import Dataset
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TaskProgressColumn,
-                           TextColumn, TimeElapsedColumn)
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
+                           TimeElapsedColumn)
 from rich.table import Table
 
 from ..dicom.catalogue import UnknownAttribute
 from . import scu
-from .errors import RemoteError
+from .cli_common import failures, peer_from_options, peer_options, stderr_console
 from .identifiers import Level, infer_level, key_name
-from .peer import Peer
 from .receiver import storage_scp
+from .send_command import send_command
 
 __all__ = ["COMMANDS", "parse_keys"]
 
@@ -40,35 +41,6 @@ _KEYS_HELP = ("Matching or return key, repeatable: -k PatientID=123, -k StudyDat
               "-k 'SeriesDescription=AX*', -k '(0010,0010)=Doe^*'; -k Key alone asks for "
               "Key to be returned.  Keywords or tags; a key given twice becomes a list "
               "(UID list matching).")
-
-
-def _stderr() -> Console:
-    # soft_wrap: a long path or reason stays on one line, for grep and logs.
-    return Console(stderr=True, soft_wrap=True)
-
-
-def _peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--host/--port/--aec/--aet/--timeout, shared by every SCU command."""
-    options = [
-        click.option("--host", default="127.0.0.1", show_default=True,
-                     help="Host name or address of the remote node."),
-        click.option("--port", type=click.IntRange(1, 65535), required=True,
-                     help="DICOM port of the remote node."),
-        click.option("--aec", default="ANY-SCP", show_default=True,
-                     help="Called AE title: the remote node's AE title."),
-        click.option("--aet", default="PACSNODE", show_default=True,
-                     help="Calling AE title: how we introduce ourselves."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0,
-                     show_default=True,
-                     help="Seconds to wait for the connection and association."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _peer(host: str, port: int, aec: str, aet: str, timeout: float) -> Peer:
-    return Peer(aet=aec, host=host, port=port, calling_aet=aet, timeout=timeout)
 
 
 def parse_keys(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -94,16 +66,13 @@ def parse_keys(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
 
 @contextmanager
 def _failures() -> Iterator[None]:
-    """Turn network and input errors into a clear message and exit code 1."""
-    try:
-        yield
-    except RemoteError as exc:
-        raise click.ClickException(str(exc)) from None
-    except UnknownAttribute as exc:
-        raise click.UsageError(str(exc)) from None
-    except KeyboardInterrupt:
-        _stderr().print("[red]interrupted[/red]: association aborted")
-        sys.exit(130)
+    """Network errors (see ``cli_common.failures``), and an unknown
+    attribute as a usage error."""
+    with failures():
+        try:
+            yield
+        except UnknownAttribute as exc:
+            raise click.UsageError(str(exc)) from None
 
 
 def _level(level: str | None, keys: dict[str, Any]) -> Level:
@@ -118,7 +87,7 @@ def _level(level: str | None, keys: dict[str, Any]) -> Level:
 # ------------------------------------------------------------------------ echo
 
 @click.command("echo")
-@_peer_options
+@peer_options
 def echo_command(host: str, port: int, aec: str, aet: str, timeout: float) -> None:
     """Check that a DICOM node answers (C-ECHO, the DICOM "ping").
 
@@ -127,7 +96,7 @@ def echo_command(host: str, port: int, aec: str, aet: str, timeout: float) -> No
 
     Example: pacsnode echo --port 4242 --aec ORTHANC
     """
-    peer = _peer(host, port, aec, aet, timeout)
+    peer = peer_from_options(host, port, aec, aet, timeout)
     with _failures():
         ms = scu.echo(peer)
     click.echo(f"{peer} answered C-ECHO in {ms:.1f} ms")
@@ -144,7 +113,7 @@ def _cell(value: Any) -> str:
 
 
 @click.command("find")
-@_peer_options
+@peer_options
 @click.option("--level", "-l", type=LEVELS, default="STUDY", show_default=True,
               help="Query/Retrieve level.")
 @click.option("-k", "--key", "key_items", multiple=True, metavar="KEY[=VALUE]", help=_KEYS_HELP)
@@ -173,7 +142,7 @@ def find_command(host: str, port: int, aec: str, aet: str, timeout: float, level
     when nothing matched (an empty table, or [] with --json).
     """
     keys = parse_keys(key_items)
-    peer = _peer(host, port, aec, aet, timeout)
+    peer = peer_from_options(host, port, aec, aet, timeout)
     with _failures():
         try:
             hits = scu.find(peer, level, keys, model=model, defaults=not no_defaults,
@@ -211,7 +180,7 @@ def _track(bar: Bar, task: Any) -> Callable[[scu.Progress], None]:
 
 
 def _summary(verb: str, progress: scu.Progress, where: str) -> None:
-    console = _stderr()
+    console = stderr_console()
     done = progress.completed + progress.warning
     text = f"{verb} {done} instance{'s' if done != 1 else ''} {where}"
     if progress.warning:
@@ -226,7 +195,7 @@ def _summary(verb: str, progress: scu.Progress, where: str) -> None:
 
 
 @click.command("move")
-@_peer_options
+@peer_options
 @click.option("--dest", metavar="AET", default=None,
               help="Move destination: an AE title the remote node knows (this node, "
                    "or a third one) [default with --listen-port: the --aet].")
@@ -267,8 +236,8 @@ def move_command(host: str, port: int, aec: str, aet: str, timeout: float, dest:
         dest = aet
     keys = parse_keys(key_items)
     lv = _level(level, keys)
-    peer = _peer(host, port, aec, aet, timeout)
-    console = _stderr()
+    peer = peer_from_options(host, port, aec, aet, timeout)
+    console = stderr_console()
     with ExitStack() as stack:
         errors: list[str] = []
         if listen_port is not None and out is not None:
@@ -317,7 +286,7 @@ def write_dataset(ds: Dataset, folder: Path) -> Path:
 
 
 @click.command("get")
-@_peer_options
+@peer_options
 @click.option("-k", "--key", "key_items", multiple=True, metavar="KEY=VALUE",
               help=_KEYS_HELP)
 @click.option("--out", "-o", "out", required=True,
@@ -343,9 +312,9 @@ def get_command(host: str, port: int, aec: str, aet: str, timeout: float,
     """
     keys = parse_keys(key_items)
     lv = _level(level, keys)
-    peer = _peer(host, port, aec, aet, timeout)
+    peer = peer_from_options(host, port, aec, aet, timeout)
     out.mkdir(parents=True, exist_ok=True)
-    console = _stderr()
+    console = stderr_console()
 
     def store(ds: Dataset) -> None:
         write_dataset(ds, out)
@@ -363,56 +332,6 @@ def get_command(host: str, port: int, aec: str, aet: str, timeout: float,
 
 
 # ------------------------------------------------------------------------ send
-
-@click.command("send")
-@_peer_options
-@click.option("--parallel", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Send over this many associations at once.")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-def send_command(host: str, port: int, aec: str, aet: str, timeout: float, parallel: int,
-                 paths: tuple[Path, ...]) -> None:
-    """Send DICOM files to a node (C-STORE); folders are searched recursively.
-
-    \b
-    Example:
-      pacsnode send --port 4242 --aec ORTHANC study/ extra.dcm
-
-    Each file goes in its own transfer syntax.  --parallel N splits the
-    files over N associations at once.  A summary lists every file that
-    failed and why; exits 1 if any did (or nothing was found to send).
-    """
-    peer = _peer(host, port, aec, aet, timeout)
-    files, missing = scu.collect_files(paths)
-    console = _stderr()
-    results: list[scu.SendResult] = []
-    bar = Bar(TextColumn("C-STORE to {task.fields[peer]}"), BarColumn(), MofNCompleteColumn(),
-              TaskProgressColumn(), TimeElapsedColumn(), console=console, transient=True)
-    with _failures(), bar:
-        task = bar.add_task("send", total=len(files) + len(missing), peer=str(peer))
-
-        def advance(result: scu.SendResult) -> None:
-            bar.advance(task)
-
-        try:
-            results = scu.send(peer, [*files, *(m.path for m in missing)], on_result=advance,
-                               parallel=parallel)
-        except RemoteError as exc:
-            sent = [r for r in (exc.result or []) if r.ok]
-            raise click.ClickException(f"{exc} ({len(sent)} file(s) sent before)") from None
-    failed = [r for r in results if not r.ok]
-    console.print(f"sent {len(results) - len(failed)} of {len(results)} file(s) to {peer}"
-                  + (f", {len(failed)} failed:" if failed else ""))
-    for result in failed:
-        console.print(f"  [red]failed[/red] {result.path}: {result.reason}", highlight=False)
-    warned = [r for r in results if r.ok and r.reason]
-    for result in warned:
-        console.print(f"  [yellow]warning[/yellow] {result.path}: {result.reason}",
-                      highlight=False)
-    if not results:
-        raise click.ClickException("no files to send")
-    if failed:
-        sys.exit(1)
-
 
 COMMANDS: list[click.Command] = [echo_command, find_command, move_command, get_command,
                                  send_command]

@@ -17,14 +17,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydicom.dataset import Dataset
-from pynetdicom.presentation import PresentationContext
+from typing import TYPE_CHECKING, Any
 
 from ..dimse import client
 from ..dimse import messages as m
+from ..dimse.acse import Context, ProposedContext
 from ..dimse.client import MAX_CONTEXTS, MAX_PDU, EventHandler, Requested, StoreHandler
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["Peer", "Session", "associate", "MAX_CONTEXTS", "MAX_PDU"]
 
@@ -62,7 +63,7 @@ class Session:
         self.assoc = assoc
 
     @property
-    def contexts(self) -> dict[int, PresentationContext]:
+    def contexts(self) -> dict[int, Context]:
         return self.assoc.contexts
 
     @property
@@ -111,7 +112,7 @@ class Session:
 
 
 @contextmanager
-def associate(peer: Peer, contexts: Sequence[PresentationContext], *,
+def associate(peer: Peer, contexts: Sequence[ProposedContext], *,
               scp_roles: Sequence[str] = (), required: Sequence[str] = (),
               on_store: StoreHandler | None = None,
               on_event: EventHandler | None = None) -> Iterator[Session]:
