@@ -37,6 +37,7 @@ import socket
 import ssl as _ssl
 import struct
 import threading
+from contextlib import closing
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from . import messages as m
 from .acse import (MAX_CONTEXTS, Context, ProposedContext, a_associate_rq, proposal,
                    read_answer, read_rejection)
 from .errors import AssociationAborted, AssociationRejected, ConnectionFailed, NoAcceptedContext
-from .pdu import A_RELEASE_RP, A_RELEASE_RQ, PDU_NAMES, a_abort
+from .pdu import A_RELEASE_RP, A_RELEASE_RQ, CHUNK, PDU_NAMES, a_abort
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -65,8 +66,6 @@ log = logging.getLogger("pacsnode.dimse.client")
 MAX_PDU = 131072
 #: Longest A-ASSOCIATE-AC / -RJ we read.
 MAX_ASSOCIATE_PDU = 1 << 20
-#: Bytes of a stored file read per write while streaming its data set.
-CHUNK = 1 << 20
 #: Largest file read and framed whole ahead of its C-STORE (``Requested.store``).
 READ_AHEAD = 4 << 20
 #: How often a wait for a response looks at its cancel flag and idle clock.
@@ -681,38 +680,18 @@ class Requested:
 
     async def _stream_file(self, context_id: int, command: bytes, path: Path,
                            offset: int = -1) -> None:
-        """The command and the file's data set, a block per write: a small
-        file goes out in one write."""
+        """The command and the file's data set, a block per write
+        (``messages.file_message``): a small file goes out in one write."""
         if self.closed:
             raise AssociationAborted(self.name, f"association {self.why_closed}")
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if offset < 0:
-                head = fh.read(min(size, CHUNK))
-                offset = meta_end(head, path)
-                block: bytes | memoryview = memoryview(head)[offset:]
-            else:
-                fh.seek(offset)
-                block = b""
-            left = size - offset
-            parts = list(m.pdata(context_id, command, True, self.max_pdu))
+        with closing(m.file_message(path, context_id, command, self.max_pdu, offset)) as pieces:
+            first = next(pieces)  # the file opened and its meta read: nothing sent on failure
             async with self._send_lock:
-                if left <= 0:
-                    parts += m.pdata(context_id, b"", False, self.max_pdu)
-                while left > 0:
-                    if not block:
-                        block = fh.read(min(left, CHUNK))
-                        if not block:
-                            raise OSError(f"{path} shrank while being sent")
-                    left -= len(block)
-                    parts += m.pdata(context_id, block, False, self.max_pdu, last=left <= 0)
-                    if left > 0:
-                        self.writer.write(b"".join(parts))
-                        parts = []
-                        await self.writer.drain()
-                    block = b""
-                self.writer.write(b"".join(parts))
+                self.writer.write(first)
                 await self.writer.drain()
+                for piece in pieces:
+                    self.writer.write(piece)
+                    await self.writer.drain()
 
     async def event_report(self, context_id: int, sop_class: str, sop_instance: str,
                            event_type: int, info: Dataset) -> int:
