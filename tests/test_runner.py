@@ -210,3 +210,21 @@ def test_a_bug_in_a_job_fails_it_in_plain_words_and_the_worker_goes_on(node: Nod
         runner.stop()
     assert row.error == "internal error: KeyError"
     assert after.attempts == 1
+
+
+def test_a_job_put_back_between_the_look_and_the_claim_is_not_claimed(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker may run a due job and put it back for its back-off
+    between ``claim_due``'s look and its claim: the claim must then miss."""
+    import pacsnode.runner as runner_module
+    job_id = add(node)
+    real_claim = runner_module.claim
+
+    def claim_after_another_worker(*args: Any, **kwargs: Any) -> bool:
+        set_job(node, job_id, attempts=1, next_try=time.time() + 3600)  # its back-off
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "claim", claim_after_another_worker)
+    assert runner_module.claim_due(node.db, KIND, "me") is None
+    row = job(node, job_id)
+    assert (row.state, row.attempts, row.owner or "") == ("pending", 1, "")

@@ -167,7 +167,11 @@ def claim_due(db: Database, kind: str, owner: str,
             .order_by(jobs.c.next_try, jobs.c.created, jobs.c.id).limit(16)).scalars().all()
     for job_id in ids:
         now = time.time()
-        if claim(db, jobs, [jobs.c.id == job_id, jobs.c.state == "pending"],
+        # Still pending *and still due*: between the look and the claim, a
+        # worker (here or in another process) may have run it and put it back
+        # for its back-off.
+        if claim(db, jobs, [jobs.c.id == job_id, jobs.c.state == "pending",
+                            or_(jobs.c.next_try.is_(None), jobs.c.next_try <= now)],
                  dict(state="running", owner=owner, lease_until=now + lease, started=now,
                       updated=now)):
             with db.read() as conn:
