@@ -42,10 +42,21 @@ def another_writer(db: object) -> Iterator[None]:
         thread.join()
 
 
+#: Ports free_port gave out in this session.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and not given out before in this session:
+    the kernel may hand the same port to two binds in a row, and a server
+    given two equal ports (DICOM and HTTP) fails to listen on the second."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def require_tool(name: str, package: str) -> str:
