@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -293,10 +294,19 @@ class PostgresCluster:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster(tmp_path_factory.mktemp("pg")).start()
-    yield cluster
-    cluster.stop()
+def postgres() -> Iterator[PostgresCluster]:
+    # Not under pytest's tmp_path: a pytest session started beside this one
+    # (as root) takes group and other access off /tmp/pytest-of-root, and the
+    # server, running as `postgres`, then loses its data directory.
+    base = Path(tempfile.mkdtemp(prefix="pacsnode-pg-"))
+    try:
+        cluster = PostgresCluster(base / "pg").start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
