@@ -12,9 +12,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-import importlib
 import sys as _sys
 from typing import TYPE_CHECKING
+
+from .lazy import lazy_names
 
 if TYPE_CHECKING:
     import types
@@ -64,15 +65,4 @@ __all__ = ["__version__", "RemoteNode", "RemoteError", "load_volume", "Volume", 
            "Node", "Settings", "load_settings"]
 
 
-def __getattr__(name: str) -> object:
-    """A public name, its module imported on first use (PEP 562)."""
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_PUBLIC})
+__getattr__, __dir__ = lazy_names(globals(), _PUBLIC)

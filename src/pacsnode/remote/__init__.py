@@ -15,8 +15,9 @@ which the CLI and the REST API use too.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .errors import (AssociationAborted, AssociationRejected, ConnectionFailed,
@@ -40,15 +41,4 @@ __all__ = ["RemoteNode", "Peer", "Progress", "GetResult", "SendResult", "Level",
            "NoAcceptedContext"]
 
 
-def __getattr__(name: str) -> object:
-    """A name of ``__all__``, its module imported on first use."""
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_NAMES})
+__getattr__, __dir__ = lazy_names(globals(), _NAMES)
