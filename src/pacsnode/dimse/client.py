@@ -37,8 +37,8 @@ import socket
 import ssl as _ssl
 import struct
 import threading
-from contextlib import closing
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
