@@ -26,7 +26,8 @@ from .roles import Role, highest_role
 if TYPE_CHECKING:
     import jwt
 
-__all__ = ["OidcVerifier", "OidcPrincipal", "check_oidc_url", "REFRESH_COOLDOWN"]
+__all__ = ["OidcVerifier", "OidcPrincipal", "check_oidc_url", "discovery_document",
+           "DiscoveryUnreadable", "REFRESH_COOLDOWN"]
 
 log = logging.getLogger("pacsnode.access")
 
@@ -72,6 +73,32 @@ def check_oidc_url(url: str, setting: str) -> str:
                      "loopback address)")
 
 
+class DiscoveryUnreadable(LookupError):
+    """The issuer's discovery document could not be fetched or parsed (the
+    cause is logged; what a caller tells its user is its own)."""
+
+
+def discovery_document(issuer: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The issuer's OpenID Connect discovery document, checked to name
+    ``issuer``: for the token check (its ``jwks_uri``) and for the UI's
+    sign-in (its endpoints).  Raises DiscoveryUnreadable, or LookupError
+    when it names another issuer."""
+    import httpx
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=False)
+        response.raise_for_status()
+        doc = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("OIDC discovery at %s failed: %s", url, exc)
+        raise DiscoveryUnreadable(url) from None
+    named = doc.get("issuer") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or str(named or "").rstrip("/") != issuer.rstrip("/"):
+        raise LookupError(f"the discovery document at {url} names issuer {named!r}, "
+                          f"not {issuer!r}")
+    return doc
+
+
 def _claim(claims: dict[str, Any], path: str) -> Any:
     value: Any = claims
     for part in path.split("."):
@@ -113,16 +140,10 @@ class OidcVerifier:
             return self._client
 
     def _discover(self) -> str:
-        import httpx
-        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
         try:
-            doc = httpx.get(url, timeout=10, follow_redirects=False).json()
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("OIDC discovery at %s failed: %s", url, exc)
-            raise LookupError("the OIDC provider's discovery document could not be read")
-        if doc.get("issuer", "").rstrip("/") != self.issuer.rstrip("/"):
-            raise LookupError(f"the discovery document names issuer {doc.get('issuer')!r}, "
-                              f"not {self.issuer!r}")
+            doc = discovery_document(self.issuer)
+        except DiscoveryUnreadable:
+            raise LookupError("the OIDC provider's discovery document could not be read") from None
         jwks = doc.get("jwks_uri")
         if not isinstance(jwks, str):
             raise LookupError("the discovery document names no jwks_uri")

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..access.oidc import check_oidc_url
+from ..access.oidc import DiscoveryUnreadable, check_oidc_url, discovery_document
 from ..config import Settings
 
 __all__ = ["login_config", "LIFESPAN", "RETRY"]
@@ -67,17 +67,10 @@ def _endpoint(doc: dict[str, Any], name: str, required: bool = True) -> str:
 
 
 def _discover(issuer: str) -> _Endpoints:
-    import httpx
-    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     try:
-        response = httpx.get(url, timeout=_TIMEOUT, follow_redirects=False)
-        response.raise_for_status()
-        doc = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        log.warning("OIDC discovery at %s for the UI failed: %s", url, exc)
+        doc = discovery_document(issuer, _TIMEOUT)
+    except DiscoveryUnreadable:
         raise LookupError(f"the sign-in service at {issuer} could not be reached") from None
-    if not isinstance(doc, dict) or str(doc.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
-        raise LookupError(f"the discovery document at {url} names another issuer")
     return _Endpoints(_endpoint(doc, "authorization_endpoint"), _endpoint(doc, "token_endpoint"),
                       _endpoint(doc, "end_session_endpoint", required=False))
 
