@@ -16,7 +16,6 @@ provider that is down costs the page one quick answer, not a wait each time.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from ..access.oidc import DiscoveryUnreadable, check_oidc_url, discovery_documen
 from ..config import Settings
 
 __all__ = ["login_config", "LIFESPAN", "RETRY"]
-
-log = logging.getLogger("pacsnode.access")
 
 #: Seconds a discovery document is used before it is read again.
 LIFESPAN = 300.0
