@@ -324,8 +324,13 @@ class AssociationServer:
                 assoc.check_timeout(now)
 
     def emit_later(self, event: Event) -> None:
-        """Emit an ingest event on the pool (from the loop: a handler may wait)."""
-        future = self.background(self.node.bus.emit, event)
+        """Emit an ingest event from the loop: on the pool when a handler
+        that may wait wants it, else here."""
+        bus = self.node.bus
+        if not bus.must_wait(event):
+            bus.emit(event, waiting=False)
+            return
+        future = self.background(bus.emit, event)
         self._emitting.add(future)
         future.add_done_callback(self._emitting.discard)
 
