@@ -3,6 +3,7 @@
     python -m bench                 # the issue's sizes (make bench, < 20 min on 2 cores)
     python -m bench --quick         # a ~2-minute smoke run with small counts
     python -m bench --only cfind qido --runs 5
+    python -m bench --before b385fa7  # every pacsnode row also for that revision
 
 A full run (no --quick, no --only) rewrites bench/RESULTS.md; every run
 writes bench/results/<timestamp>.json.
@@ -14,6 +15,7 @@ import argparse
 import dataclasses
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +47,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                              "fit the time budget)")
     parser.add_argument("--budget", type=float, metavar="MINUTES",
                         help="time budget of the whole run (default 19, --quick 4)")
+    parser.add_argument("--before", metavar="REV",
+                        help="also run pacsnode at this git revision (its src/, with this "
+                             "venv) beside the current code in every row that compares "
+                             "servers: a 'before' column and pacsnode/before ratios, from "
+                             "runs interleaved in one sitting")
     parser.add_argument("--no-markdown", action="store_true",
                         help="do not rewrite bench/RESULTS.md")
     return parser.parse_args(argv)
@@ -56,7 +63,8 @@ def _plan(args: argparse.Namespace) -> Plan:
         ("runs", args.runs), ("latency_reps", args.reps), ("ct_count", args.ct),
         ("small_count", args.small), ("orthanc_scale_cap", args.orthanc_cap),
         ("total_budget_s", args.budget * 60 if args.budget else None),
-        ("scales", tuple(args.scales) if args.scales else None)) if value is not None}
+        ("scales", tuple(args.scales) if args.scales else None),
+        ("before", args.before)) if value is not None}
     return dataclasses.replace(plan, **changes)
 
 
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     root = Path(tempfile.mkdtemp(prefix="pacsnode-bench-"))
     spread_folders(root)
-    bench = Bench(plan, root)
+    bench = Bench(plan, root, before_src=_before_source(plan.before) if plan.before else None)
     began = time.perf_counter()
     try:
         bench.log(f"plan: {dataclasses.asdict(plan)}; groups: {' '.join(groups)}; "
@@ -108,9 +116,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _before_source(rev: str) -> Path:
+    """The ``src`` folder of pacsnode at git revision ``rev``, extracted once
+    into the bench cache (``git archive``: no worktree to clean up)."""
+    repo = Path(__file__).resolve().parent.parent
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                           cwd=repo, capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"--before {rev}: not a commit of this repository")
+    sha = found.stdout.strip()
+    dest = CACHE / "before" / sha
+    if not (dest / "src" / "pacsnode" / "__init__.py").exists():
+        scratch = Path(tempfile.mkdtemp(prefix="before-", dir=CACHE))
+        try:
+            archive = subprocess.run(["git", "archive", sha, "src"], cwd=repo,
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            scratch.rename(dest)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return dest / "src"
+
+
 def _dicomweb_version() -> str:
     """The Debian package version of Orthanc's DICOMweb plugin, if known."""
-    import subprocess
     try:
         out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "orthanc-dicomweb"],
                              capture_output=True, text=True, timeout=10)

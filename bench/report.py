@@ -17,7 +17,7 @@ __all__ = ["Target", "Row", "Results", "machine_info", "write_outputs", "print_t
            "summary", "SERVERS"]
 
 BENCH_DIR = Path(__file__).resolve().parent
-SERVERS = ("pacsnode", "orthanc", "storescp")
+SERVERS = ("pacsnode", "before", "orthanc", "storescp")
 
 
 @dataclass(frozen=True)
@@ -97,15 +97,16 @@ class Row:
             ours = self.median("pacsnode")
             if ours is None:
                 return None
-            want = self.target.limit
-            checks.append(ours >= want if self.higher_is_better else ours <= want)
-        for other, want in (("orthanc", self.target.orthanc), ("storescp", self.target.storescp)):
-            if want is None:
+            limit = self.target.limit
+            checks.append(ours >= limit if self.higher_is_better else ours <= limit)
+        for other, wanted in (("orthanc", self.target.orthanc),
+                              ("storescp", self.target.storescp)):
+            if wanted is None:
                 continue
             got = self.ratio(other)
             if got is None:
                 return None
-            checks.append(got >= want if self.higher_is_better else got <= want)
+            checks.append(got >= wanted if self.higher_is_better else got <= wanted)
         return all(checks) if checks else None
 
 
@@ -193,19 +194,41 @@ def _ratio(row: Row, other: str) -> str:
     return "—" if got is None else f"{got:.2f}"
 
 
+def _against_before(row: Row) -> str:
+    """pacsnode over pacsnode ``--before``, and whether it is within
+    BEFORE_TOLERANCE of it (worse by at most that much)."""
+    got = row.ratio("before")
+    if got is None:
+        return "—"
+    worse = got < 1 - BEFORE_TOLERANCE if row.higher_is_better else got > 1 + BEFORE_TOLERANCE
+    return f"{got:.2f}" + (" ✗" if worse else "")
+
+
+#: How much worse than ``--before`` a row may be before its ratio is marked.
+BEFORE_TOLERANCE = 0.05
+
+
 def summary(results: Results) -> list[dict[str, str]]:
-    """One dict of display strings per row (the table's cells)."""
+    """One dict of display strings per row (the table's cells); the
+    ``--before`` columns only when some row has that server."""
     out = []
+    before = any("before" in row.samples for row in results.rows.values())
     for row in results.rows.values():
         verdict = row.verdict(results.rows)
         target = row.target.text if row.target else ""
         if row.target is not None and row.target.baseline is not None:
             got = row.baseline_ratio(results.rows)
             target += f" (got {got:.2f}×)" if got is not None else ""
-        out.append({
+        cells = {
             "Measurement": row.title,
             "Unit": row.unit,
             "pacsnode": _cell(row, "pacsnode"),
+        }
+        if before:
+            cells["before"] = _cell(row, "before")
+            cells["pacsnode/before"] = _against_before(row)
+        out.append({
+            **cells,
             "Orthanc": _cell(row, "orthanc"),
             "storescp": _cell(row, "storescp"),
             "pacsnode/Orthanc": _ratio(row, "orthanc"),
@@ -261,6 +284,7 @@ def _json(results: Results, info: dict[str, Any], plan: dict[str, Any]) -> dict[
         data["spread"] = {s: row.spread(s) for s in row.samples}
         data["ratio_orthanc"] = row.ratio("orthanc")
         data["ratio_storescp"] = row.ratio("storescp")
+        data["ratio_before"] = row.ratio("before")
         data["ratio_baseline"] = row.baseline_ratio(results.rows)
         data["met"] = row.verdict(results.rows)
         rows.append(data)
@@ -269,7 +293,9 @@ def _json(results: Results, info: dict[str, Any], plan: dict[str, Any]) -> dict[
 
 
 LEGEND = ("Ratios divide pacsnode's median by the other server's. inst/s and MB/s: "
-          "higher is better; ms and MiB: lower is better. ✓/✗: the issue's target met or not.")
+          "higher is better; ms and MiB: lower is better. ✓/✗: the issue's target met or not. "
+          "before (with --before): pacsnode at that revision, run in turn with the current "
+          "code; ✗ beside its ratio: more than 5% worse.")
 
 METHOD = """\
 How the figures are made (see `bench/rows.py`): every server runs on
@@ -349,7 +375,8 @@ def _markdown(results: Results, info: dict[str, Any], plan: dict[str, Any]) -> s
         f"- Date: {info['date']}",
         f"- Machine: {info['nproc']} CPU ({info['cpu']}), {info['memory_gib']} GiB RAM, "
         f"Linux {info['kernel']}, Python {info['python']}",
-        f"- pacsnode: commit {info.get('pacsnode_commit') or 'unknown'}",
+        f"- pacsnode: commit {info.get('pacsnode_commit') or 'unknown'}"
+        + (f"; before: commit {plan['before']}" if plan.get("before") else ""),
         f"- Orthanc: {info.get('orthanc', '?')} (DICOMweb plugin {info.get('dicomweb', '?')}), "
         f"DCMTK: {info.get('dcmtk', '?')}",
         f"- Plan: {', '.join(f'{k}={v}' for k, v in plan.items())}",

@@ -8,6 +8,7 @@ they are stopped by PID whatever happens.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import resource
 import shutil
@@ -72,6 +73,8 @@ class Plan:
     parallel: int = 4
     #: Frames (512×512×2 bytes each) of the large multi-frame instance.
     large_frames: int = LARGE_FRAMES
+    #: A git revision whose pacsnode runs beside the current one ("before").
+    before: str = ""
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -86,6 +89,8 @@ class Bench:
     root: Path
     results: Results = field(default_factory=Results)
     started: float = field(default_factory=time.monotonic)
+    #: ``src`` of the ``--before`` revision (None: no such column).
+    before_src: Path | None = None
 
     def remaining(self) -> float:
         """Seconds left of the run's time budget."""
@@ -177,9 +182,18 @@ def _stored_count(server: Server) -> int:
         return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
 
 
-def _start(fleet: Fleet, name: str, **kw: object) -> Server:
+def _start(bench: Bench, fleet: Fleet, name: str, **kw: object) -> Server:
+    """A server by name: "storescp", "orthanc", "pacsnode" or "before"
+    (pacsnode at ``--before``)."""
+    if name == "before":
+        return fleet.pacsnode(source=bench.before_src, **kw)  # type: ignore[arg-type]
     starter: Callable[..., Server] = getattr(fleet, name)
     return starter(**kw)
+
+
+def _pacsnodes(bench: Bench) -> tuple[str, ...]:
+    """pacsnode, and pacsnode at the ``--before`` revision when there is one."""
+    return ("pacsnode", "before") if bench.before_src is not None else ("pacsnode",)
 
 
 # ------------------------------------------------------------------ C-STORE
@@ -232,7 +246,7 @@ def cstore(bench: Bench, full_row: bool = False) -> None:
         for data in sets:
             for parallel in (1, plan.parallel):
                 chunks = split(data.files, parallel)
-                for name in ("storescp", "pacsnode", "orthanc"):
+                for name in ("storescp", *_pacsnodes(bench), "orthanc"):
                     _one_ingestion(bench, data, chunks, name, run)
         last_round = time.perf_counter() - round_start
 
@@ -244,7 +258,7 @@ def _one_ingestion(bench: Bench, data: ImageSet, chunks: list[list[Path]], name:
     parallel = len(chunks)
     for attempt in (1, 2):
         with bench.fleet() as fleet:
-            server = _start(fleet, name)
+            server = _start(bench, fleet, name)
             try:
                 seconds, cpu, client_cpu = _storescu_measured(server, chunks,
                                                               server.workdir)
@@ -393,7 +407,7 @@ def large(bench: Bench) -> None:
     for run in range(plan.runs):
         for name in ("storescp", "pacsnode", "orthanc"):
             with bench.fleet() as fleet:
-                server = _start(fleet, name)
+                server = _start(bench, fleet, name)
                 idle = server.rss_mib()
                 seconds = _storescu_parallel(server, [[path]], server.workdir)
                 peak = server.peak_rss_mib()
@@ -619,18 +633,18 @@ def _store_into_empty(bench: Bench, files: list[Path]) -> None:
     bench.log(f"C-STORE small into an empty pacsnode: {len(files) / seconds:.1f} inst/s")
 
 
-def _measure_queries(bench: Bench, server: Server, n: int, loaded: int,
+def _measure_queries(bench: Bench, servers: list[Server], n: int, loaded: int,
                      do_find: bool, do_qido: bool) -> None:
-    """All scale queries against one server holding ``loaded`` scale instances
-    (the row of scale ``n``)."""
+    """All scale queries against servers holding ``loaded`` scale instances
+    (the row of scale ``n``), the servers taking turns query by query."""
     res, reps = bench.results, bench.plan.latency_reps
     client = httpx.Client(timeout=300)
     try:
         for level in ("STUDY", "SERIES"):
             for qname, query in SCALE_QUERIES.items():
                 expected = expected_matches(loaded, query, level)
-                for kind, enabled in (("cfind", do_find), ("qido", do_qido)):
-                    if not enabled:
+                for kind, server in itertools.product(("cfind", "qido"), servers):
+                    if not (do_find if kind == "cfind" else do_qido):
                         continue
                     key = f"{kind}.{level}.{qname}.{n}"
                     if kind == "cfind":  # one association: warm-up, then the reps
@@ -668,11 +682,17 @@ def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True,
             bench.log(f"pacsnode index: {n} scale instances (+{seconds:.1f}s loading)")
             res.timings[f"pacsnode_load_{n}"] = seconds
             with bench.fleet() as fleet:
-                server = fleet.pacsnode(data_dir=data_dir)
-                _measure_queries(bench, server, n, n, do_find, do_qido)
+                servers = [fleet.pacsnode(data_dir=data_dir)]
+                if bench.before_src is not None:  # the same index, in a copy of its own
+                    servers.append(_start(bench, fleet, "before",
+                                          data_dir=_copied_index(data_dir, n)))
+                _measure_queries(bench, servers, n, n, do_find, do_qido)
+                for other in servers[1:]:
+                    fleet.stop(other)
+                    shutil.rmtree(other.data_dir or "", ignore_errors=True)
                 if n == max(plan.scales) and full_store:
-                    _store_into_full(bench, server, n)
-                fleet.stop(server, remove=False)
+                    _store_into_full(bench, servers[0], n)
+                fleet.stop(servers[0], remove=False)
     finally:
         loader.close()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -701,13 +721,24 @@ def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True,
             if loaded < n:
                 _mark_orthanc_scale(res, n, loaded)
             began = time.perf_counter()
-            _measure_queries(bench, server, n, loaded, do_find, do_qido)
+            _measure_queries(bench, [server], n, loaded, do_find, do_qido)
             query_seconds = time.perf_counter() - began
             if n == max(plan.scales) and full_store:
                 _store_into_full(bench, server, loaded)
 
 
 ORTHANC_CHUNK = 2500
+
+
+def _copied_index(data_dir: Path, n: int) -> Path:
+    """A data folder beside ``data_dir`` holding a copy of its index (SQLite's
+    backup: whole, whatever its write-ahead log holds)."""
+    copy = data_dir.with_name(f"{data_dir.name}-before-{n}")
+    copy.mkdir()
+    with sqlite3.connect(data_dir / "index.sqlite") as source, \
+            sqlite3.connect(copy / "index.sqlite") as target:
+        source.backup(target)
+    return copy
 
 
 def _mark_orthanc_scale(res: Results, n: int, loaded: int) -> None:
@@ -773,7 +804,7 @@ def _multipart(files: list[Path]) -> tuple[bytes, str]:
 
 
 def _delete_study(server: Server, study_uid: str) -> None:
-    if server.name == "pacsnode":
+    if server.name in ("pacsnode", "before"):
         response = httpx.delete(f"{server.dicomweb}/studies/{study_uid}", timeout=120)
         if response.status_code not in (200, 202, 204):
             raise RuntimeError(f"pacsnode DELETE study answered {response.status_code}")
@@ -793,19 +824,20 @@ def _clear(folder: Path) -> None:
 
 
 @contextmanager
-def _study_servers(bench: Bench) -> Iterator[tuple[Server, Server, Server]]:
-    """pacsnode and Orthanc holding the retrieve study (study 0 of the CT set),
-    both knowing a storescp as C-MOVE destination STORESCP."""
+def _study_servers(bench: Bench) -> Iterator[tuple[tuple[Server, ...], Server]]:
+    """pacsnode (and pacsnode ``--before``) and Orthanc holding the retrieve
+    study (study 0 of the CT set), each knowing a storescp as C-MOVE
+    destination STORESCP; and that storescp."""
     with bench.fleet() as fleet:
         dest = fleet.storescp(aet="STORESCP")
         nodes = {"STORESCP": ("STORESCP", dest.dicom_port)}
-        pacsnode = fleet.pacsnode(nodes=nodes)
-        orthanc = fleet.orthanc(modalities=nodes)
+        servers = (*(_start(bench, fleet, name, nodes=nodes) for name in _pacsnodes(bench)),
+                   fleet.orthanc(modalities=nodes))
         study = next(iter(bench.ct.studies()))
         files = bench.ct.study_files(study)
-        for server in (pacsnode, orthanc):
+        for server in servers:
             _storescu_parallel(server, [files], server.workdir)
-        yield pacsnode, orthanc, dest
+        yield servers, dest
 
 
 def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
@@ -834,8 +866,7 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
         res.row("cget.study", f"C-GET study ({study_count} CT inst.)", "inst/s",
                 higher_is_better=True, target=GET_TARGET)
 
-    with _study_servers(bench) as (pacsnode, orthanc, dest):
-        servers = (pacsnode, orthanc)
+    with _study_servers(bench) as (servers, dest):
         url_of = {s.name: f"{s.dicomweb}/studies/{retrieve_uid}/series/{series.series_uid}"
                   for s in servers}
         if "wado" in groups:

@@ -116,7 +116,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
 class Server:
     """One running server process and how to reach it."""
 
-    name: str  # "pacsnode", "orthanc" or "storescp"
+    name: str  # "pacsnode", "before" (pacsnode at --before), "orthanc" or "storescp"
     aet: str
     dicom_port: int
     workdir: Path
@@ -277,12 +277,16 @@ class Fleet:
     def pacsnode(self, *, data_dir: Path | None = None,
                  nodes: dict[str, tuple[str, int]] | None = None,
                  aet: str = "PACSNODE", database_url: str = "",
-                 config: str = "") -> Server:
+                 config: str = "", source: Path | None = None) -> Server:
         """``python -m pacsnode serve`` with default settings; ``nodes`` name
         → (AE title, port) become ``[nodes.NAME]`` tables of a TOML config;
         ``database_url`` puts the index elsewhere than SQLite in ``data_dir``;
-        ``config``: TOML lines of settings (``auth = "on"``), written before the nodes."""
-        workdir = self._workdir("pacsnode")
+        ``config``: TOML lines of settings (``auth = "on"``), written before
+        the nodes; ``source``: the ``src`` folder of another revision's
+        code (``--before``), served by the same Python under the name
+        "before"."""
+        name = "pacsnode" if source is None else "before"
+        workdir = self._workdir(name)
         data = data_dir or workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         dicom_port, http_port = free_port(), free_port()
@@ -297,8 +301,11 @@ class Fleet:
                 f'[nodes.{name}]\naet = "{node_aet}"\nhost = "127.0.0.1"\nport = {port}\n\n'
                 for name, (node_aet, port) in (nodes or {}).items()))
             cmd += ["--config", str(path)]
-        proc, log_path, log = self._spawn("pacsnode", cmd, workdir)
-        server = Server("pacsnode", aet, dicom_port, workdir, proc, log_path, http_port,
+        env = None
+        if source is not None:
+            env = dict(os.environ, PYTHONPATH=str(source))
+        proc, log_path, log = self._spawn(name, cmd, workdir, env)
+        server = Server(name, aet, dicom_port, workdir, proc, log_path, http_port,
                         f"http://127.0.0.1:{http_port}/dicomweb", data_dir=data, _log=log)
         # Health answers 200 only once the DIMSE listener accepts too.  (No
         # bare TCP probe of the DICOM port: an empty connection would hold
