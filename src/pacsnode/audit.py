@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 
 from .index.access_tables import audit
-from .index.db import Database
+from .index.db import Database, RawStatement
 from .index.feeds import settled
 from .index.schema import patients, studies
 
@@ -97,6 +97,19 @@ class RequestNote:
             self.body += chunk[:_BODY_MAX - len(self.body)]
 
 
+class _Answered(NamedTuple):
+    """An answered HTTP request, as the access middleware leaves it for the
+    writer thread to make its event of (``_event_of``)."""
+
+    method: str
+    path: str
+    query_string: bytes
+    address: str
+    rule: Rule
+    user: str
+    note: RequestNote
+
+
 @dataclass
 class AuditEvent:
     event: str
@@ -117,13 +130,15 @@ class AuditTrail:
         self.db = db
         self.ae_title = ae_title
         self.syslog = syslog
-        self._queue: queue.SimpleQueue[AuditEvent] = queue.SimpleQueue()
+        #: Events, and answered requests whose event the writer makes.
+        self._queue: deque[AuditEvent | _Answered] = deque()
         self._pending = threading.Event()
         self._stopping = threading.Event()
         self._write_lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
+        self._insert: RawStatement | None = None  # compiled on the first write
 
     # ------------------------------------------------------------- recording
 
@@ -131,8 +146,12 @@ class AuditTrail:
         if self._closed:
             self._write([event])
             return
-        self._queue.put(event)
-        self._pending.set()
+        self._enqueue(event)
+
+    def _enqueue(self, item: "AuditEvent | _Answered") -> None:
+        self._queue.append(item)  # (a deque's append needs no lock)
+        if not self._pending.is_set():
+            self._pending.set()
         if self._thread is None:
             self._start()
 
@@ -162,29 +181,14 @@ class AuditTrail:
 
     def request(self, scope: Mapping[str, Any], rule: Rule, principal: Any,
                 note: "RequestNote") -> None:
-        """An answered HTTP request under ``rule``."""
-        params = _path_params(rule, scope["path"])
-        if rule.template in _QUERY_NAMED:  # WADO-URI names its instance in the query
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            params.update({name: query[key] for key, name in _QUERY_NAMED[rule.template]
-                           if query.get(key)})
-        detail: dict[str, Any] = {"request": f"{scope['method']} {scope['path']}",
-                                  "status": note.status}
-        event = EVENT_OF_PERMISSION[rule.permission]
-        if event == "Query":
-            query = scope.get("query_string", b"").decode("latin-1")
-            detail["keys"] = {k: v for k, v in parse_qsl(query, keep_blank_values=True)
-                              if k not in _PAGING}
-        for name in ("series", "instance"):
-            if params.get(name):
-                detail[name] = params[name]
-        studies_ = [params["study"]] if params.get("study") else []
-        if note.keep_body:  # STOW-RS: the studies stored are in the answer's URLs
-            found = _STUDY_URL.findall(bytes(note.body).decode("latin-1"))
-            studies_ = sorted(set(studies_) | set(found))
-        self.record(AuditEvent(event, outcome_for_status(note.status), principal.name,
-                               _address(scope), studies_, list(note.patients),
-                               detail=detail, time=note.started))
+        """An answered HTTP request under ``rule``: its event is made by the
+        writer thread (~10 µs that were the request's, of a ~1.2 ms QIDO)."""
+        answered = _Answered(scope["method"], scope["path"], scope.get("query_string", b""),
+                             _address(scope), rule, principal.name, note)
+        if self._closed:
+            self._write([_event_of(answered)])
+        else:
+            self._enqueue(answered)
 
     def security_alert(self, scope: Mapping[str, Any], user: str, reason: str) -> None:
         """A refused credential (401) or a refused request (403)."""
@@ -210,11 +214,12 @@ class AuditTrail:
         """Write what is queued now (the reader of the trail sees it)."""
         with self._write_lock:
             events = []
-            while True:
+            while self._queue:
+                item = self._queue.popleft()
                 try:
-                    events.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+                    events.append(item if isinstance(item, AuditEvent) else _event_of(item))
+                except Exception:  # one odd request must not cost the batch
+                    log.exception("could not make the audit event of %s", item)
             self._write(events)
 
     def _write(self, events: list[AuditEvent]) -> None:
@@ -228,8 +233,12 @@ class AuditTrail:
                              address=e.address, studies=json.dumps(e.studies),
                              patients=json.dumps(e.patients),
                              detail=json.dumps(e.detail, default=str)) for e in events]
-                with self.db.write() as conn:
-                    conn.execute(insert(audit), rows)
+                if self._insert is None:
+                    self._insert = RawStatement(
+                        insert(audit).values({name: bindparam(name) for name in rows[0]}),
+                        self.db.engine)
+                with self.db.raw_write() as cur:
+                    self._insert.insert_many(cur, rows)
             except Exception:  # the trail must not break serving; say so loudly
                 log.exception("could not record %d audit events", len(events))
             if self.syslog is not None:
@@ -262,6 +271,31 @@ class AuditTrail:
         self.flush()
         if self.syslog is not None:
             self.syslog.close()
+
+
+def _event_of(answered: _Answered) -> AuditEvent:
+    """The event of an answered request: what it asked for and of which study."""
+    rule, note = answered.rule, answered.note
+    params = _path_params(rule, answered.path)
+    if rule.template in _QUERY_NAMED:  # WADO-URI names its instance in the query
+        query = dict(parse_qsl(answered.query_string.decode("latin-1")))
+        params.update({name: query[key] for key, name in _QUERY_NAMED[rule.template]
+                       if query.get(key)})
+    detail: dict[str, Any] = {"request": f"{answered.method} {answered.path}",
+                              "status": note.status}
+    event = EVENT_OF_PERMISSION[rule.permission]
+    if event == "Query":
+        keys = parse_qsl(answered.query_string.decode("latin-1"), keep_blank_values=True)
+        detail["keys"] = {k: v for k, v in keys if k not in _PAGING}
+    for name in ("series", "instance"):
+        if params.get(name):
+            detail[name] = params[name]
+    studies_ = [params["study"]] if params.get("study") else []
+    if note.keep_body:  # STOW-RS: the studies stored are in the answer's URLs
+        found = _STUDY_URL.findall(bytes(note.body).decode("latin-1"))
+        studies_ = sorted(set(studies_) | set(found))
+    return AuditEvent(event, outcome_for_status(note.status), answered.user, answered.address,
+                      studies_, list(note.patients), detail=detail, time=note.started)
 
 
 def _coalesce(events: list[AuditEvent]) -> list[AuditEvent]:

@@ -138,6 +138,8 @@ class AccessMiddleware:
                                          f"{host[:100]!r} (see the setting allowed_hosts)")
                 return
         rule = rule_for(scope["method"], scope["path"])
+        state = scope.setdefault("state", {})
+        state["rule"] = rule  # for the metrics (web/metrics.count_answer)
         principal = ANONYMOUS
         if self.auth and not (rule is not None and rule.public):
             checked = await self._authenticate(scope)
@@ -154,7 +156,7 @@ class AccessMiddleware:
                     self.audit.security_alert(scope, principal.name, refusal)
                 await _answer(send, 403, refusal)
                 return
-        scope.setdefault("state", {})["principal"] = principal
+        state["principal"] = principal
         if self.audit is None or rule is None or not self.audit.wants(rule):
             await self.app(scope, receive, send)
             return

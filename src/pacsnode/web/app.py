@@ -16,7 +16,6 @@ from ..access.setup import access_options, make_audit_trail
 from ..node import Node
 from . import (api, api_docs, archive_zip, changes, dicomweb, errors, gateway, metrics, ohif,
                series_api, ui, ups, wado_uri)
-from .metrics import MetricsMiddleware
 from .openapi import install_openapi
 
 __all__ = ["create_app"]
@@ -42,10 +41,10 @@ def create_app(node: Node, ready: Callable[[], bool] | None = None) -> FastAPI:
     # carries no credentials) is answered before access is checked.
     app.add_middleware(AccessMiddleware, **access_options(node.settings, node.db,
                                                           app.state.audit))
-    # Outside the access check, inside CORS: any unexpected failure is a
-    # plain 500 sentence, never exception text, and the connection stays.
-    app.add_middleware(errors.UnexpectedErrors)
-    app.add_middleware(MetricsMiddleware)  # counts every answer, refusals too
+    # Outside the access check, inside CORS: every answer is counted,
+    # refusals too, and any unexpected failure is a plain 500 sentence,
+    # never exception text, and the connection stays.
+    app.add_middleware(errors.Answers)
     if node.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(node.settings.cors_origins),
                            allow_methods=["*"], allow_headers=["*"],

@@ -8,7 +8,7 @@ Every refusal is ``{"error": "<reason in plain words>"}`` with its status:
   parameter, 406, 413, 415, 501…), with the status given where it is raised;
 * Starlette's own answers (unknown route, wrong method) get the same body;
 * anything unexpected is a 500 whose body is ``INTERNAL_ERROR``, never the
-  exception's text (``UnexpectedErrors``); the traceback goes to the log.
+  exception's text (``Answers``); the traceback goes to the log.
 
 ``install`` registers the handlers on the app.  Adapters with a protocol of
 their own wrap the same errors in their shape (UPS-RS adds a ``Warning``
@@ -18,6 +18,7 @@ header, pfdcm's ``/api/v1/cmd`` its ``{"status": false, …}``).
 from __future__ import annotations
 
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -25,8 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PacsnodeError
+from .metrics import count_answer
 
-__all__ = ["INTERNAL_ERROR", "UnexpectedErrors", "WebError", "error_response", "install"]
+__all__ = ["INTERNAL_ERROR", "Answers", "WebError", "error_response", "install"]
 
 log = logging.getLogger("pacsnode.web")
 
@@ -68,17 +70,21 @@ async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     """Answer the errors routes raise with ``{"error": …}`` (the 500 of an
-    unexpected one is ``UnexpectedErrors``, a middleware the app places)."""
+    unexpected one is ``Answers``, a middleware the app places)."""
     app.add_exception_handler(StarletteHTTPException, _starlette_error)
     app.add_exception_handler(PacsnodeError, _pacsnode_error)
 
 
-class UnexpectedErrors:
-    """Any exception a route lets through becomes a 500 whose body is
-    ``INTERNAL_ERROR``; the traceback goes to the log.  Caught here rather
+class Answers:
+    """The outermost of our middlewares (inside CORS): counts each request in
+    the metrics when its answer starts (``metrics.count_answer``), and turns
+    any exception a route lets through into a 500 whose body is
+    ``INTERNAL_ERROR``, the traceback going to the log.  Caught here rather
     than left to Starlette, whose handler re-raises to the server, which
     then drops the client's keep-alive connection.  (An error after a
-    response has started can only end that response.)"""
+    response has started can only end that response.)  One middleware for
+    both: each ASGI layer, with its send wrapper, cost ~5 µs of a ~1.2 ms
+    QIDO-RS."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -87,18 +93,24 @@ class UnexpectedErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        began = time.perf_counter()
+        answered = False
 
         async def watch(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+            nonlocal answered
+            if message["type"] == "http.response.start" and not answered:
+                answered = True
+                count_answer(scope, int(message["status"]), began)
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         except Exception:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
-            if started:
+            if answered:
                 raise
-            await JSONResponse({"error": INTERNAL_ERROR}, status_code=500)(scope, receive, send)
+            await JSONResponse({"error": INTERNAL_ERROR}, status_code=500)(scope, receive, watch)
+        except BaseException:  # cancelled: the client went away
+            if not answered:
+                count_answer(scope, None, began)
+            raise

@@ -1,6 +1,7 @@
 """The node's numbers over HTTP: ``GET /api/v1/statistics`` (JSON),
-``GET /metrics`` (Prometheus text) and the middleware that counts HTTP
-operations for it (``pacsnode.metrics`` holds the metrics).
+``GET /metrics`` (Prometheus text) and how an HTTP operation is counted
+for it (``count_answer``, called by ``errors.Answers``; ``pacsnode.metrics``
+holds the metrics).
 
 An HTTP request is counted by what its route does, the permission the
 access policy gives it (``access/policy.py``): STOW-RS is a ``store``,
@@ -16,12 +17,12 @@ from pydantic import BaseModel
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from ..access.policy import rule_for
 from ..metrics import operation, registry_for, statistics
 
-__all__ = ["router", "MetricsMiddleware"]
+__all__ = ["router", "count_answer"]
 
 router = APIRouter(tags=["node"])
 
@@ -30,44 +31,18 @@ _OPERATION = {"query": "query", "retrieve": "retrieve", "store": "store", "delet
               "worklist": "worklist", "remote": "remote", "jobs": "jobs"}
 
 
-def _operation(method: str, path: str) -> str:
-    rule = rule_for(method, path)
-    return _OPERATION.get(rule.permission, "other") if rule is not None else "other"
-
-
-class MetricsMiddleware:
-    """Counts each HTTP request when its answer has started (the latency of
-    a streamed body is the time to its first byte)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        path = scope["path"]
-        protocol = "dicomweb" if path.startswith(("/dicomweb", "/wado")) else "rest"
-        counted = False
-
-        async def watch(message: Message) -> None:
-            nonlocal counted
-            if message["type"] == "http.response.start" and not counted:
-                counted = True
-                status = int(message["status"])
-                outcome = "ok" if status < 400 else "refused" if status < 500 else "failed"
-                operation(protocol, _operation(scope["method"], path), outcome,
-                          time.perf_counter() - started)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        except BaseException:
-            if not counted:
-                operation(protocol, _operation(scope["method"], path), "failed",
-                          time.perf_counter() - started)
-            raise
+def count_answer(scope: Scope, status: int | None, began: float) -> None:
+    """Count an HTTP request whose answer starts with ``status`` (None: it
+    ended unanswered), ``began`` (``perf_counter``) when it came in; its
+    operation by the access rule that governed it (which AccessMiddleware
+    keeps in the scope's state)."""
+    path = scope["path"]
+    protocol = "dicomweb" if path.startswith(("/dicomweb", "/wado")) else "rest"
+    rule = scope.get("state", {}).get("rule") or rule_for(scope["method"], path)
+    kind = _OPERATION.get(rule.permission, "other") if rule is not None else "other"
+    outcome = ("failed" if status is None or status >= 500 else
+               "refused" if status >= 400 else "ok")
+    operation(protocol, kind, outcome, time.perf_counter() - began)
 
 
 @router.get("/metrics", summary="Prometheus metrics",
