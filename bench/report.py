@@ -302,7 +302,11 @@ How the figures are made (see `bench/rows.py`): every server runs on
 127.0.0.1 with default settings in fresh temp folders; DCMTK tools run with
 `TCP_NODELAY=1`. Each cell is the median of the runs (throughput) or of the
 repeated requests (latency), ± half the interquartile range (half the range
-below four samples) as a percentage of the median.
+below four samples) as a percentage of the median. Servers take turns run
+by run (request by request for latency), the order rotated each round:
+whichever went first measured up to ~10% slower than the one after it.
+With `--before REV`, pacsnode at that revision ("before") takes its turn
+beside the current code, in a copy of the same index for the scale rows.
 
 - **C-STORE**: a fresh server per run; one `storescu` sending every file, or
   4 `storescu` at once each sending a contiguous quarter; wall time from the

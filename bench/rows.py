@@ -18,12 +18,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -45,6 +46,8 @@ from .report import Results, Target
 from .servers import BENCH_AET, Fleet, Server, dcmtk_env
 
 __all__ = ["Plan", "Bench", "GROUPS", "run_groups"]
+
+T = TypeVar("T")
 
 MB = 1e6
 
@@ -191,6 +194,15 @@ def _start(bench: Bench, fleet: Fleet, name: str, **kw: object) -> Server:
     return starter(**kw)
 
 
+def _turns(items: Sequence[T], n: int) -> list[T]:
+    """``items`` in the order of round ``n``: rotated by one each round.
+    Whichever server went first in a round measured up to ~10% slower
+    than the one after it (WADO-RS, the same code in both places; the
+    order swapped, the gap went with it), so no server keeps a place."""
+    k = n % len(items) if items else 0
+    return [*items[k:], *items[:k]]
+
+
 def _pacsnodes(bench: Bench) -> tuple[str, ...]:
     """pacsnode, and pacsnode at the ``--before`` revision when there is one."""
     return ("pacsnode", "before") if bench.before_src is not None else ("pacsnode",)
@@ -246,7 +258,7 @@ def cstore(bench: Bench, full_row: bool = False) -> None:
         for data in sets:
             for parallel in (1, plan.parallel):
                 chunks = split(data.files, parallel)
-                for name in ("storescp", *_pacsnodes(bench), "orthanc"):
+                for name in _turns(("storescp", *_pacsnodes(bench), "orthanc"), run):
                     _one_ingestion(bench, data, chunks, name, run)
         last_round = time.perf_counter() - round_start
 
@@ -640,10 +652,13 @@ def _measure_queries(bench: Bench, servers: list[Server], n: int, loaded: int,
     res, reps = bench.results, bench.plan.latency_reps
     client = httpx.Client(timeout=300)
     try:
+        turn = 0
         for level in ("STUDY", "SERIES"):
             for qname, query in SCALE_QUERIES.items():
                 expected = expected_matches(loaded, query, level)
-                for kind, server in itertools.product(("cfind", "qido"), servers):
+                turn += 1
+                for kind, server in itertools.product(("cfind", "qido"),
+                                                      _turns(servers, turn)):
                     if not (do_find if kind == "cfind" else do_qido):
                         continue
                     key = f"{kind}.{level}.{qname}.{n}"
@@ -874,7 +889,7 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
             # spread was bimodal here (~500 or ~1,500 MB/s), so the median of
             # 9 swung with a sample or two.
             for run in range(max(plan.runs, plan.latency_reps, WADO_REPS) + 1):
-                for server in servers:
+                for server in _turns(servers, run):
                     size, seconds = _wado(url_of[server.name])
                     if run:  # the first round warms caches
                         res.add("wado.series", server.name, size / MB / seconds)
@@ -885,7 +900,7 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
             clients = {server.name: httpx.Client(timeout=120) for server in servers}
             try:
                 for rep in range(plan.latency_reps + 1):
-                    for server in servers:
+                    for server in _turns(servers, rep):
                         start = time.perf_counter()
                         response = clients[server.name].get(
                             url_of[server.name] + "/metadata",
@@ -929,7 +944,7 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
             if group not in groups:
                 continue
             for run in range(retrieve_runs):
-                for server in servers:
+                for server in _turns(servers, run):
                     elapsed, got = retrieve(server)
                     if got != study_count:
                         which = f"run {run}" if run else "warm-up"
@@ -942,8 +957,8 @@ def web_and_retrieve(bench: Bench, groups: set[str]) -> None:
             stow_uid = list(studies)[1]
             bodies = [_multipart(list(s.files)) for s in studies[stow_uid]]
             count = sum(len(s.files) for s in studies[stow_uid])
-            for _run in range(plan.runs):
-                for server in servers:
+            for run in range(plan.runs):
+                for server in _turns(servers, run):
                     with httpx.Client(timeout=600) as client:
                         start = time.perf_counter()
                         for body, content_type in bodies:
