@@ -153,3 +153,19 @@ def test_a_route_without_a_policy_is_refused(tmp_path: Path) -> None:
         assert r.status_code == 404
     finally:
         web.stop()
+
+
+def test_rules_of_long_paths_are_not_remembered() -> None:
+    """rule_for remembers the rule of short paths only, so a client sending
+    thousands of distinct long paths cannot make it hold megabytes; the
+    answer is the same either way."""
+    from pacsnode.access import policy
+    uid = "1.2.3." + "4" * 58
+    short = f"/dicomweb/studies/{uid}/metadata"
+    long = "/dicomweb/studies/" + "9" * 2000 + "/metadata"
+    assert rule_for("GET", short) is rule_for("GET", "/dicomweb/studies/1.2/metadata")
+    before = policy._remembered_rule.cache_info().currsize
+    rule = rule_for("GET", long)
+    assert rule is not None and rule.permission == rule_for("GET", short).permission
+    assert policy._remembered_rule.cache_info().currsize == before
+    assert rule_for("HEAD", short) is rule_for("GET", short)

@@ -184,18 +184,32 @@ def _build() -> dict[str, list[Rule]]:
 _RULES = _build()
 
 
-@functools.lru_cache(maxsize=4096)
+#: Longest path whose rule is remembered (``rule_for``): the memory a
+#: client can fill with paths of its choosing stays ~4096 × this.
+_REMEMBERED_PATH = 512
+
+
 def rule_for(method: str, path: str) -> Rule | None:
     """The rule that governs ``method path``; None when no rule does (the
-    request is refused).  HEAD is governed as GET.  Remembered: most
-    requests repeat a path (the query string is not part of it), and the
-    walk over the table cost ~10 µs a request."""
+    request is refused).  HEAD is governed as GET.  Remembered for paths
+    up to _REMEMBERED_PATH long: most requests repeat a path (the query
+    string is not part of it), and the walk over the table cost ~10 µs a
+    request."""
+    if len(path) <= _REMEMBERED_PATH:
+        return _remembered_rule(method, path)
+    return _rule(method, path)
+
+
+def _rule(method: str, path: str) -> Rule | None:
     if method == "HEAD":
         method = "GET"
     for rule in _RULES.get(method, ()):
         if path.startswith(rule.prefix) and rule.regex.match(path):
             return rule
     return None
+
+
+_remembered_rule = functools.lru_cache(maxsize=4096)(_rule)
 
 
 def required_role(method: str, path: str) -> Role | None | bool:
