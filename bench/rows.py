@@ -704,7 +704,8 @@ def scale_queries(bench: Bench, do_find: bool = True, do_qido: bool = True,
                 _measure_queries(bench, servers, n, n, do_find, do_qido)
                 for other in servers[1:]:
                     fleet.stop(other)
-                    shutil.rmtree(other.data_dir or "", ignore_errors=True)
+                    if other.data_dir is not None:
+                        shutil.rmtree(other.data_dir, ignore_errors=True)
                 if n == max(plan.scales) and full_store:
                     _store_into_full(bench, servers[0], n)
                 fleet.stop(servers[0], remove=False)
@@ -750,9 +751,13 @@ def _copied_index(data_dir: Path, n: int) -> Path:
     backup: whole, whatever its write-ahead log holds)."""
     copy = data_dir.with_name(f"{data_dir.name}-before-{n}")
     copy.mkdir()
-    with sqlite3.connect(data_dir / "index.sqlite") as source, \
-            sqlite3.connect(copy / "index.sqlite") as target:
+    source = sqlite3.connect(data_dir / "index.sqlite")
+    target = sqlite3.connect(copy / "index.sqlite")
+    try:
         source.backup(target)
+    finally:
+        target.close()
+        source.close()
     return copy
 
 
