@@ -3,7 +3,7 @@
     python -m bench                 # the sizes (make bench, < 20 min on 2 cores)
     python -m bench --quick         # a ~2-minute smoke run with small counts
     python -m bench --only cfind qido --runs 5
-    python -m bench --before b385fa7  # every pacsnode row also for that revision
+    python -m bench --before b385fa7  # the rows that compare servers also at that revision
 
 A full run (no --quick, no --only) rewrites bench/RESULTS.md; every run
 writes bench/results/<timestamp>.json.

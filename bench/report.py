@@ -194,6 +194,10 @@ def _ratio(row: Row, other: str) -> str:
     return "—" if got is None else f"{got:.2f}"
 
 
+#: How much worse than ``--before`` a row may be before its ratio is marked.
+BEFORE_TOLERANCE = 0.05
+
+
 def _against_before(row: Row) -> str:
     """pacsnode over pacsnode ``--before``, and whether it is within
     BEFORE_TOLERANCE of it (worse by at most that much)."""
@@ -202,10 +206,6 @@ def _against_before(row: Row) -> str:
         return "—"
     worse = got < 1 - BEFORE_TOLERANCE if row.higher_is_better else got > 1 + BEFORE_TOLERANCE
     return f"{got:.2f}" + (" ✗" if worse else "")
-
-
-#: How much worse than ``--before`` a row may be before its ratio is marked.
-BEFORE_TOLERANCE = 0.05
 
 
 def summary(results: Results) -> list[dict[str, str]]:

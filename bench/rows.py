@@ -652,30 +652,26 @@ def _measure_queries(bench: Bench, servers: list[Server], n: int, loaded: int,
     res, reps = bench.results, bench.plan.latency_reps
     client = httpx.Client(timeout=300)
     try:
-        turn = 0
-        for level in ("STUDY", "SERIES"):
-            for qname, query in SCALE_QUERIES.items():
-                expected = expected_matches(loaded, query, level)
-                turn += 1
-                for kind, server in itertools.product(("cfind", "qido"),
-                                                      _turns(servers, turn)):
-                    if not (do_find if kind == "cfind" else do_qido):
-                        continue
-                    key = f"{kind}.{level}.{qname}.{n}"
-                    if kind == "cfind":  # one association: warm-up, then the reps
-                        answers = _findscu(server, level, query, reps + 1, server.workdir)
-                    else:
-                        answers = [_qido(client, server.dicomweb, level, query)
-                                   for _ in range(reps + 1)]
-                    count = answers[0][1]  # the warm-up's answer is checked
-                    res.rows[key].extra.setdefault("matches", {})[server.name] = count
-                    res.rows[key].extra.setdefault("loaded", {})[server.name] = loaded
-                    res.rows[key].extra["expected_" + server.name] = expected
-                    if count != expected:
-                        res.note(f"{res.rows[key].title}: {server.name} answered {count} "
-                                 f"matches, expected {expected}")
-                    for elapsed, _count in answers[1:]:
-                        res.add(key, server.name, elapsed * 1000)
+        kinds = [kind for kind, on in (("cfind", do_find), ("qido", do_qido)) if on]
+        queries = itertools.product(("STUDY", "SERIES"), SCALE_QUERIES.items())
+        for turn, (level, (qname, query)) in enumerate(queries):
+            expected = expected_matches(loaded, query, level)
+            for kind, server in itertools.product(kinds, _turns(servers, turn)):
+                key = f"{kind}.{level}.{qname}.{n}"
+                if kind == "cfind":  # one association: warm-up, then the reps
+                    answers = _findscu(server, level, query, reps + 1, server.workdir)
+                else:
+                    answers = [_qido(client, server.dicomweb, level, query)
+                               for _ in range(reps + 1)]
+                count = answers[0][1]  # the warm-up's answer is checked
+                res.rows[key].extra.setdefault("matches", {})[server.name] = count
+                res.rows[key].extra.setdefault("loaded", {})[server.name] = loaded
+                res.rows[key].extra["expected_" + server.name] = expected
+                if count != expected:
+                    res.note(f"{res.rows[key].title}: {server.name} answered {count} "
+                             f"matches, expected {expected}")
+                for elapsed, _count in answers[1:]:
+                    res.add(key, server.name, elapsed * 1000)
     finally:
         client.close()
 
