@@ -195,12 +195,32 @@ def _start(bench: Bench, fleet: Fleet, name: str, **kw: object) -> Server:
 
 
 def _turns(items: Sequence[T], n: int) -> list[T]:
-    """``items`` in the order of round ``n``: rotated by one each round.
-    Whichever server went first in a round measured up to ~10% slower
-    than the one after it (WADO-RS, the same code in both places; the
-    order swapped, the gap went with it), so no server keeps a place."""
-    k = n % len(items) if items else 0
-    return [*items[k:], *items[:k]]
+    """``items`` in the order of round ``n``, the rounds following a Williams
+    design: over a full cycle every server takes every place equally often
+    and comes right after every other server equally often.  Order mattered
+    here: whichever server went first measured up to ~10% slower (WADO-RS,
+    the same code in both places; swapped, the gap went with it), and with
+    plain rotation of three servers pacsnode came right after Orthanc twice
+    as often as the ``--before`` server did."""
+    orders = _williams(len(items))
+    return [items[i] for i in orders[n % len(orders)]] if items else []
+
+
+def _williams(k: int) -> list[list[int]]:
+    """Orders of ``range(k)`` balanced for place and for predecessor
+    (Williams, 1949): k orders when k is even, 2k when odd (each order then
+    followed by its mirror image)."""
+    first, low, high = [0], 1, k - 1
+    while low <= high:
+        first.append(low)
+        low += 1
+        if low <= high:
+            first.append(high)
+            high -= 1
+    orders = [[(i + shift) % k for i in first] for shift in range(k)]
+    if k % 2:
+        return [order for o in orders for order in (o, o[::-1])]
+    return orders
 
 
 def _pacsnodes(bench: Bench) -> tuple[str, ...]:
