@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import tracemalloc
 from pathlib import Path
 
@@ -239,3 +240,17 @@ def test_stored_file_matches_upload(web: WebServer, name: str) -> None:
     ds = dcmread(io.BytesIO(raw))
     stored = next(web.node.store.root.glob(f"studies/*/*/{ds.SOPInstanceUID}.dcm")).read_bytes()
     assert stored[128:] == raw[128:]
+
+
+def test_each_request_logs_what_it_stored(web: WebServer, caplog: pytest.LogCaptureFixture) -> None:
+    """One INFO line per STOW-RS request counts its outcomes; a new
+    instance has no INFO line of its own."""
+    caplog.set_level(logging.INFO, logger="pacsnode")
+    study = uid()
+    good, other = make_instance(study, uid(), uid()), make_instance(study, uid(), uid())
+    r = web.stow([good, other, b"this is not DICOM at all" * 10])
+    assert r.status_code == 202, r.text
+    assert "STOW-RS from 127.0.0.1: 2 stored, 1 refused" in caplog.text
+    assert web.stow([good], study=study).status_code == 200
+    assert f"STOW-RS from 127.0.0.1 to study {study}: 1 already stored" in caplog.text
+    assert "stored instance" not in caplog.text

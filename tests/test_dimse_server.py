@@ -23,7 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (CTImageStorage, ModalityWorklistInformationFind,
                                   StudyRootQueryRetrieveInformationModelFind)
 
-from conftest import dcmtk
+from conftest import dcmtk, storescu
 from dicomfiles import dataset_bytes, make_ct
 from dimse_peer import (associate_rq, closed, echo_command, echo_ok, established,
                         c_get, held_to_the_limit, p_data, pdv, recv_pdu, rejection)
@@ -758,3 +758,31 @@ def test_c_get_of_stored_files_gone_or_not_dicom_fails_those_only(node, tmp_path
     log = node.log()
     assert f"cannot send {sops[1]}" in log and f"cannot send {sops[2]}" in log
     assert echo_ok(node)
+
+
+def test_an_association_logs_what_it_stored(node, tmp_path):
+    """One line per association says what its C-STOREs did; a new
+    instance gets no INFO line of its own (DEBUG), a replacement does."""
+    first, second = tmp_path / "1.dcm", tmp_path / "2.dcm"
+    make_ct(first, instance=1)
+    make_ct(second, instance=2)
+    storescu(node, [first, second, first])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "association released: MODALITY" not in node.log():
+        time.sleep(0.05)
+    log = node.log()
+    assert re.search(r"association released: MODALITY from 127\.0\.0\.1:\d+; "
+                     r"C-STORE 2 stored, 1 already stored\n", log), log[-2000:]
+    assert "stored instance" not in log
+    changed = tmp_path / "changed.dcm"
+    ds = dcmread(first)
+    ds.PatientName = "Doe^Jane"
+    ds.save_as(changed)
+    storescu(node, [changed])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "C-STORE 1 replaced" not in node.log():
+        time.sleep(0.05)
+    log = node.log()
+    assert f"replaced instance {ds.SOPInstanceUID}" in log
+    assert re.search(r"association released: MODALITY from 127\.0\.0\.1:\d+; "
+                     r"C-STORE 1 replaced\n", log)

@@ -49,6 +49,7 @@ from .. import metrics
 from ..access.dimse import NOT_AUTHORIZED, Admission
 from ..dicom.read import HEAD_BYTES
 from ..events import Origin
+from ..ingest import tally
 from ..retrieve import Outgoing
 from ..storage import start_writeback
 from . import messages as m
@@ -147,6 +148,7 @@ class Association:
         #: What the ingest of the C-STORE being answered leaves to do after
         #: the response (Ingestor.commit's ``announce``).
         self.announce: list[Callable[[], None]] = []
+        self.stores: dict[str, int] = {}
 
     def describe(self) -> str:
         return f"{self.peer_aet or '?'} from {self.address}:{self.port}"
@@ -174,7 +176,9 @@ class Association:
             self._close()
             self._ended()
             if self.is_established:
-                log.info("association %s: %s", self.outcome or "closed", self.describe())
+                stores = tally(self.stores)
+                log.info("association %s: %s%s", self.outcome or "closed", self.describe(),
+                         f"; C-STORE {stores}" if stores else "")
             elif self.outcome:
                 log.warning("connection from %s:%s %s", self.address, self.port, self.outcome)
 
@@ -794,3 +798,4 @@ class Outbox:
         self._error = exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
         self._room.set()
         self._written.set()
+

@@ -126,6 +126,9 @@ class AssociationHandle(Protocol):
     busy: int
     #: What a C-STORE's ingest leaves to do once it is answered.
     announce: list[Callable[[], None]]
+    #: C-STORE outcome ("stored", "refused", …) → how many, for the line
+    #: that logs the association's end.
+    stores: dict[str, int]
     #: The next C-STORE sub-operation's data set as PDUs, read ahead:
     #: (path, context id, PDUs); ``request(out=...)`` sends it.
     ahead: "tuple[Path, int, bytes] | None"

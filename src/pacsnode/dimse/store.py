@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import metrics
 from ..events import Origin
-from ..ingest import IngestResult
+from ..ingest import IngestResult, Outcome
 from . import messages as m
 from .handle import AssociationHandle
 
@@ -32,8 +32,11 @@ async def c_store(assoc: AssociationHandle, context_id: int, command: m.Command,
     sop_class, sop_uid = command.affected_sop_class, command.affected_sop_instance
     started = time.perf_counter()
     comment: str | None
+    outcome = Outcome.FAILED
     if temp is None:
         status, comment = refusal or (0xA700, "cannot write")
+        if not 0xA700 <= status <= 0xA7FF:
+            outcome = Outcome.REFUSED
         log.warning("C-STORE %s from %s failed: %s", sop_uid, assoc.origin.describe(),
                     comment)
     else:
@@ -42,12 +45,14 @@ async def c_store(assoc: AssociationHandle, context_id: int, command: m.Command,
             result = await assoc.server.scheduler.received(
                 temp, assoc.origin, (sop_class, sop_uid), head, size, assoc.announce)
             status, comment = store_status(result, assoc.origin, sop_uid)
+            outcome = result.outcome
         except Exception as exc:  # ingest reports its failures; this is a bug
             log.exception("C-STORE %s from %s", sop_uid, assoc.origin.describe())
             temp.unlink(missing_ok=True)
             status, comment = 0xA700, f"storage failed: {exc}"
         finally:
             assoc.busy -= 1
+    assoc.stores[outcome.value] = assoc.stores.get(outcome.value, 0) + 1
     try:
         await assoc.send(context_id, m.response(
             m.C_STORE_RSP, command, status, error_comment=comment,

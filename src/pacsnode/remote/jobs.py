@@ -419,6 +419,9 @@ class RetrieveWork:
             progress = result.progress
             retrieval.store_errors = result.store_errors
         retrieval.last = progress
+        log.info("job %s: C-%s of %s from %s: %d completed, %d failed, %d warning", job.id,
+                 job.method.upper(), what, peer, progress.completed, progress.failed,
+                 progress.warning)
         return self._verdict(retrieval, peer, what)
 
     def _verdict(self, retrieval: _Retrieval, peer: Peer, what: str) -> tuple[str, str]:

@@ -36,7 +36,7 @@ from ..dicom.header import valid_uid
 from ..errors import NotFound, PacsnodeError, StorageFailure
 from ..events import Origin
 from ..index.schema import instances, series, studies
-from ..ingest import IngestResult, Outcome
+from ..ingest import IngestResult, Outcome, tally
 from ..node import Node
 from ..query.parse import query_from_qido
 from ..retrieve import (FramePlan, InstanceRef, PixelFacts, choose_syntax, frame_bytes,
@@ -366,6 +366,11 @@ async def _stow(request: Request, study: str | None) -> Response:
                IngestResult(Outcome.REFUSED if not isinstance(error, StorageFailure)
                             else Outcome.FAILED, error=error)
                for _temp, error in writer.parts]
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.outcome.value] = counts.get(r.outcome.value, 0) + 1
+    log.info("STOW-RS from %s%s: %s", address or "?", f" to study {study}" if study else "",
+             tally(counts))
     return _stow_response(_base(request), study, results)
 
 
