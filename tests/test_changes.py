@@ -26,7 +26,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsnodeServer]
     data = tmp_path_factory.mktemp("changes") / "data"
     data.mkdir()
     config = data.parent / "pacsnode.toml"
-    config.write_text("fsync = false\n")
+    # DEBUG: the line of each stored instance (INFO has one per association)
+    config.write_text('fsync = false\nlog_level = "DEBUG"\n')
     node = PacsnodeServer(data, config=str(config)).start()
     yield node
     node.stop()
@@ -260,9 +261,11 @@ def test_a_gap_holds_back_later_changes_until_it_is_settled() -> None:
 
 def test_each_stored_instance_is_logged_after_its_answer(server: PacsnodeServer,
                                                          tmp_path: Path) -> None:
-    """The log line of an instance stored by C-STORE is written once the
-    response has gone (so not before storescu has it, but always): one per
-    instance, in order, saying stored or replaced and from whom."""
+    """The log line of an instance stored by C-STORE (at DEBUG; a
+    replacement's at INFO) is written once the response has gone (so not
+    before storescu has it, but always): one per instance, in order, saying
+    stored or replaced and from whom; the association's closing line counts
+    them."""
     study, _series, sops, files = make_series(tmp_path, 4)
     storescu(server, files)
     make_ct(tmp_path / "again.dcm", study_uid=study, series_uid=_series, sop_uid=sops[1],
@@ -276,3 +279,9 @@ def test_each_stored_instance_is_logged_after_its_answer(server: PacsnodeServer,
             break
         time.sleep(0.05)
     assert lines == [("stored", sop, study) for sop in sops] + [("replaced", sops[1], study)]
+    log = server.log()
+    assert re.search(r"association released: FEEDER from 127\.0\.0\.1:\d+; C-STORE 4 stored\n",
+                     log)
+    assert re.search(r"association released: FEEDER from 127\.0\.0\.1:\d+; C-STORE 1 replaced\n",
+                     log)
+    assert re.search(r"INFO pacsnode\.ingest: replaced instance " + re.escape(sops[1]), log)

@@ -38,6 +38,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
@@ -148,7 +149,8 @@ class Association:
         #: What the ingest of the C-STORE being answered leaves to do after
         #: the response (Ingestor.commit's ``announce``).
         self.announce: list[Callable[[], None]] = []
-        self.stores: dict[str, int] = {}
+        #: C-STORE outcome → how many, for the line that logs the end.
+        self.stores: Counter[str] = Counter()
 
     def describe(self) -> str:
         return f"{self.peer_aet or '?'} from {self.address}:{self.port}"
@@ -798,4 +800,3 @@ class Outbox:
         self._error = exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
         self._room.set()
         self._written.set()
-

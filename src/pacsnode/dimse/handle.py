@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,7 @@ class AssociationHandle(Protocol):
     announce: list[Callable[[], None]]
     #: C-STORE outcome ("stored", "refused", …) → how many, for the line
     #: that logs the association's end.
-    stores: dict[str, int]
+    stores: Counter[str]
     #: The next C-STORE sub-operation's data set as PDUs, read ahead:
     #: (path, context id, PDUs); ``request(out=...)`` sends it.
     ahead: "tuple[Path, int, bytes] | None"

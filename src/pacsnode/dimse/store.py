@@ -52,7 +52,7 @@ async def c_store(assoc: AssociationHandle, context_id: int, command: m.Command,
             status, comment = 0xA700, f"storage failed: {exc}"
         finally:
             assoc.busy -= 1
-    assoc.stores[outcome.value] = assoc.stores.get(outcome.value, 0) + 1
+    assoc.stores[outcome.value] += 1
     try:
         await assoc.send(context_id, m.response(
             m.C_STORE_RSP, command, status, error_comment=comment,

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import mmap
 import os
+from collections import Counter
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,11 +367,8 @@ async def _stow(request: Request, study: str | None) -> Response:
                IngestResult(Outcome.REFUSED if not isinstance(error, StorageFailure)
                             else Outcome.FAILED, error=error)
                for _temp, error in writer.parts]
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.outcome.value] = counts.get(r.outcome.value, 0) + 1
     log.info("STOW-RS from %s%s: %s", address or "?", f" to study {study}" if study else "",
-             tally(counts))
+             tally(Counter(r.outcome.value for r in results)))
     return _stow_response(_base(request), study, results)
 
 
