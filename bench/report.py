@@ -303,10 +303,15 @@ How the figures are made (see `bench/rows.py`): every server runs on
 `TCP_NODELAY=1`. Each cell is the median of the runs (throughput) or of the
 repeated requests (latency), ± half the interquartile range (half the range
 below four samples) as a percentage of the median. Servers take turns run
-by run (request by request for latency), the order rotated each round:
-whichever went first measured up to ~10% slower than the one after it.
-With `--before REV`, pacsnode at that revision ("before") takes its turn
-beside the current code, in a copy of the same index for the scale rows.
+by run (request by request for latency), in orders that change each round
+(a Williams design: over a full cycle each server takes each place, and
+comes right after each other server, equally often): whichever went first
+measured up to ~10% slower than the one after it. With `--before REV`,
+pacsnode at that revision ("before") takes its turn beside the current
+code, in a copy of the same index for the scale rows. One sitting of three
+runs moves a `pacsnode/before` ratio by ±10-30% on this VM (the same code
+on both sides: 0.61-1.46 for WADO-RS); compare several sittings, or more
+runs (`--runs`, `--reps`), before reading a 5% difference into it.
 
 - **C-STORE**: a fresh server per run; one `storescu` sending every file, or
   4 `storescu` at once each sending a contiguous quarter; wall time from the
