@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
+from sqlalchemy import text
 
 from web_server import (BOUNDARY, STOW_TYPE, WebServer, sample_bytes, make_instance,
                         multipart_body, sample_path, uid, web)  # noqa: F401
@@ -254,3 +255,24 @@ def test_each_request_logs_what_it_stored(web: WebServer, caplog: pytest.LogCapt
     assert web.stow([good], study=study).status_code == 200
     assert f"STOW-RS from 127.0.0.1 to study {study}: 1 already stored" in caplog.text
     assert "stored instance" not in caplog.text
+
+
+def test_the_same_instance_twice_in_one_request_is_stored_once(
+        web: WebServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A second, identical copy of an instance in the same request is
+    already stored (its file compared with the first copy's, which goes
+    into place at the commit), not a replacement."""
+    caplog.set_level(logging.INFO, logger="pacsnode")
+    sop = uid()
+    raw = make_instance(uid(), uid(), sop)
+    r = web.stow([raw, raw])
+    assert r.status_code == 200, r.text
+    assert len(_values(r.json(), REFERENCED)) == 2
+    assert "STOW-RS from 127.0.0.1: 1 stored, 1 already stored" in caplog.text
+    assert "replaced instance" not in caplog.text
+    with web.node.db.read() as conn:
+        actions = [row[0] for row in conn.execute(text(
+            "SELECT action FROM changes WHERE instance_uid = :sop ORDER BY seq"), {"sop": sop})]
+    assert actions == ["stored"]
+    got = httpx.get(f"{web.dicomweb}/instances", params={"SOPInstanceUID": sop})
+    assert len(got.json()) == 1

@@ -39,11 +39,11 @@ def test_failed_batch_is_retried_one_by_one_and_keeps_every_blob(node, tmp_path,
     failing = {"left": 1}
     write_one = Ingestor._write_one
 
-    def flaky(self, cur, item):
+    def flaky(self, cur, item, earlier):
         if item.temp == temps[3] and failing["left"]:
             failing["left"] -= 1
             raise RuntimeError("the database went away for a moment")
-        return write_one(self, cur, item)
+        return write_one(self, cur, item, earlier)
 
     monkeypatch.setattr(Ingestor, "_write_one", flaky)
     results = node.ingestor.ingest_temps(temps, Origin("test"))

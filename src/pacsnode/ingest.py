@@ -553,12 +553,19 @@ class Ingestor:
 
     def _transaction(self, batch: list[_Pending]) -> None:
         with self.db.raw_write() as cur:
+            # Blob key → the item of this batch whose rows hold it, its file
+            # not in place until the commit: a later copy of the same
+            # instance in the batch is compared with that file.
+            earlier: dict[str, _Pending] = {}
             for item in batch:
                 try:
-                    self._write_one(cur, item)
+                    self._write_one(cur, item, earlier)
                 except PacsnodeError as exc:
                     # Refused before this instance wrote anything.
                     item.error = exc
+                    continue
+                if item.outcome is not Outcome.ALREADY_STORED:
+                    earlier[item.key] = item
             # Last steps before commit: each blob, once durable, goes into
             # place.
             for item in batch:
@@ -574,9 +581,11 @@ class Ingestor:
                     self.store.commit_temp(item.temp, item.key)
                     item.renamed = True
 
-    def _write_one(self, cur: Any, item: _Pending) -> None:
+    def _write_one(self, cur: Any, item: _Pending, earlier: dict[str, _Pending]) -> None:
         """One instance's rows.  A refusal (PacsnodeError) is raised only
-        before the first write, so the batch's transaction can go on."""
+        before the first write, so the batch's transaction can go on.
+        ``earlier``: the items of the batch written before this one, by
+        blob key."""
         sql, p = self._sql, item.parsed
         existing = sql.existing.execute(cur, {"uid": p.sop_instance_uid}).fetchone()
         item.outcome = Outcome.STORED
@@ -586,7 +595,8 @@ class Ingestor:
                 raise ConflictingInstance(
                     f"SOP Instance {p.sop_instance_uid} is already stored in study "
                     f"{old_study} series {old_series}")
-            old_path = self.store.path(old_key)
+            first = earlier.get(old_key)
+            old_path = first.temp if first is not None else self.store.path(old_key)
             if old_path.is_file():
                 if same_data_set(item.temp, old_path):
                     item.outcome = Outcome.ALREADY_STORED
