@@ -35,7 +35,7 @@ async def c_store(assoc: AssociationHandle, context_id: int, command: m.Command,
     outcome = Outcome.FAILED
     if temp is None:
         status, comment = refusal or (0xA700, "cannot write")
-        if not 0xA700 <= status <= 0xA7FF:
+        if store_outcome(status) == "refused":
             outcome = Outcome.REFUSED
         log.warning("C-STORE %s from %s failed: %s", sop_uid, assoc.origin.describe(),
                     comment)
