@@ -230,9 +230,9 @@ class AuditTrail:
             try:
                 self._fill_patients(events)
                 rows = [dict(time=e.time, event=e.event, outcome=e.outcome, user=e.user,
-                             address=e.address, studies=json.dumps(e.studies),
-                             patients=json.dumps(e.patients),
-                             detail=json.dumps(e.detail, default=str)) for e in events]
+                             address=e.address, studies=_json_list(e.studies),
+                             patients=_json_list(e.patients),
+                             detail=_json_detail(e.detail)) for e in events]
                 if self._insert is None:
                     self._insert = RawStatement(
                         insert(audit).values({name: bindparam(name) for name in rows[0]}),
@@ -318,6 +318,15 @@ def _coalesce(events: list[AuditEvent]) -> list[AuditEvent]:
         else:
             first.detail["requests"] += 1
     return out
+
+
+#: ``json.dumps(detail, default=str)`` without making an encoder per call
+#: (``dumps`` makes one whenever it is given an option).
+_json_detail = json.JSONEncoder(default=str).encode
+
+
+def _json_list(values: list[str]) -> str:
+    return json.dumps(values) if values else "[]"
 
 
 def _address(scope: Mapping[str, Any]) -> str:
