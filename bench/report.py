@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,12 @@ class Target:
     #: A bound on pacsnode's median itself, in the row's unit (at most when
     #: lower is better, at least when higher is).
     limit: float | None = None
+
+
+#: Level of the interval beside each pacsnode/before ratio, and the draws
+#: that make it (Row.ratio_interval).
+RATIO_LEVEL = 0.90
+RATIO_DRAWS = 2000
 
 
 @dataclass
@@ -73,6 +80,30 @@ class Row:
         if ours is None or not theirs:
             return None
         return ours / theirs
+
+    def ratio_interval(self, other: str, level: float = RATIO_LEVEL,
+                       draws: int = RATIO_DRAWS) -> tuple[float, float] | None:
+        """A bootstrap interval of ``ratio(other)`` at ``level``: each side's
+        samples drawn again with replacement, ``draws`` times, and the ratio
+        of the two medians taken each time.  Seeded by the row's key, so the
+        same samples give the same interval.  None below two samples a side.
+        (Written out: numpy's or scipy's bootstrap would be a dependency of
+        the bench for twenty lines.)"""
+        ours, theirs = self.samples.get("pacsnode") or [], self.samples.get(other) or []
+        if len(ours) < 2 or len(theirs) < 2:
+            return None
+        rng = random.Random(self.key)
+        ratios = []
+        for _ in range(draws):
+            base = statistics.median(rng.choices(theirs, k=len(theirs)))
+            if base:
+                ratios.append(statistics.median(rng.choices(ours, k=len(ours))) / base)
+        if not ratios:
+            return None
+        ratios.sort()
+        tail = (1 - level) / 2
+        return (ratios[int(tail * (len(ratios) - 1))],
+                ratios[int((1 - tail) * (len(ratios) - 1))])
 
     def baseline_ratio(self, rows: dict[str, "Row"]) -> float | None:
         """pacsnode's median over its median in the target's baseline row."""
@@ -198,14 +229,36 @@ def _ratio(row: Row, other: str) -> str:
 BEFORE_TOLERANCE = 0.05
 
 
+def before_verdict(row: Row) -> str:
+    """How pacsnode stands against ``--before`` on this row: "worse" when
+    the whole interval of the ratio (``Row.ratio_interval``) lies more than
+    BEFORE_TOLERANCE on the worse side; "unclear" when the ratio itself
+    does but the interval reaches back within it (this sitting's runs
+    cannot tell); "" otherwise.  One sitting's ratio alone moved by
+    ±10-30% with the same code on both sides, so a mark on the ratio alone
+    flipped from one full run to the next."""
+    got = row.ratio("before")
+    if got is None:
+        return ""
+    low, high = row.ratio_interval("before") or (got, got)
+    if row.higher_is_better:
+        line = 1 - BEFORE_TOLERANCE
+        past, all_past = got < line, high < line
+    else:
+        line = 1 + BEFORE_TOLERANCE
+        past, all_past = got > line, low > line
+    return "worse" if all_past else "unclear" if past else ""
+
+
 def _against_before(row: Row) -> str:
-    """pacsnode over pacsnode ``--before``, and whether it is within
-    BEFORE_TOLERANCE of it (worse by at most that much)."""
+    """pacsnode over pacsnode ``--before``, its interval, and its verdict
+    (✗ worse, ? unclear; see ``before_verdict``)."""
     got = row.ratio("before")
     if got is None:
         return "—"
-    worse = got < 1 - BEFORE_TOLERANCE if row.higher_is_better else got > 1 + BEFORE_TOLERANCE
-    return f"{got:.2f}" + (" ✗" if worse else "")
+    interval = row.ratio_interval("before")
+    text = f"{got:.2f}" + (f" [{interval[0]:.2f}–{interval[1]:.2f}]" if interval else "")
+    return text + {"worse": " ✗", "unclear": " ?", "": ""}[before_verdict(row)]
 
 
 def summary(results: Results) -> list[dict[str, str]]:
@@ -285,6 +338,8 @@ def _json(results: Results, info: dict[str, Any], plan: dict[str, Any]) -> dict[
         data["ratio_orthanc"] = row.ratio("orthanc")
         data["ratio_storescp"] = row.ratio("storescp")
         data["ratio_before"] = row.ratio("before")
+        data["ratio_before_interval"] = row.ratio_interval("before")
+        data["before_verdict"] = before_verdict(row) if "before" in row.samples else None
         data["ratio_baseline"] = row.baseline_ratio(results.rows)
         data["met"] = row.verdict(results.rows)
         rows.append(data)
@@ -295,7 +350,9 @@ def _json(results: Results, info: dict[str, Any], plan: dict[str, Any]) -> dict[
 LEGEND = ("Ratios divide pacsnode's median by the other server's. inst/s and MB/s: "
           "higher is better; ms and MiB: lower is better. ✓/✗: the issue's target met or not. "
           "before (with --before): pacsnode at that revision, run in turn with the current "
-          "code; ✗ beside its ratio: more than 5% worse.")
+          "code; [low–high]: a 90% bootstrap interval of that ratio; ✗: more than 5% worse "
+          "over the whole interval; ?: the ratio is more than 5% worse but the interval "
+          "reaches within 5%, which this sitting's runs cannot tell apart.")
 
 METHOD = """\
 How the figures are made (see `bench/rows.py`): every server runs on
