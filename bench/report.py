@@ -368,7 +368,13 @@ pacsnode at that revision ("before") takes its turn beside the current
 code, in a copy of the same index for the scale rows. One sitting of three
 runs moves a `pacsnode/before` ratio by ±10-30% on this VM (the same code
 on both sides: 0.61-1.46 for WADO-RS); compare several sittings, or more
-runs (`--runs`, `--reps`), before reading a 5% difference into it.
+runs (`--runs`, `--reps`), before reading a 5% difference into it. Beside
+each such ratio, a 90% bootstrap interval (each side's runs drawn again
+with replacement, the ratio of the medians taken 2,000 times) says how far
+this sitting's own runs move it; ✗ marks a ratio whose whole interval is
+more than 5% worse, ? one that is worse but whose interval reaches back
+within 5%. Latency repetitions of one query follow one another, so their
+interval is narrower than the spread from one sitting to the next.
 
 - **C-STORE**: a fresh server per run; one `storescu` sending every file, or
   4 `storescu` at once each sending a contiguous quarter; wall time from the
