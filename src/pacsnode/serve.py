@@ -41,6 +41,7 @@ from .classes import RuleError, server_rules
 from .config import Settings
 from .dimse.scp import DimseServer
 from .dimse.worker import spawn
+from .heap import freeze_startup_objects
 from .node import Node
 from .remote import jobs
 from .web.app import create_app
@@ -117,6 +118,7 @@ def run(settings: Settings) -> None:
     log.info("HTTP listening on %s://%s:%s (DICOMweb /dicomweb, REST /api/v1)",
              "https" if settings.tls_cert else "http", settings.host, settings.http_port)
     log.info("%s", describe_access(settings))
+    freeze_startup_objects()
     audit = app.state.audit
     audit.application("start", http=f"{settings.host}:{settings.http_port}",
                       dicom_port=settings.dicom_port, auth=settings.auth)

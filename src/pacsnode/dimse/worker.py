@@ -69,6 +69,7 @@ def main() -> None:
     _die_with_parent(args["parent"])
     settings: Settings = args["settings"]
     from ..automation import record_arrivals
+    from ..heap import freeze_startup_objects
     from ..logs import setup_logging as _setup_logging
     from ..node import Node
     from .scp import DimseServer
@@ -87,6 +88,7 @@ def main() -> None:
         log.error("DIMSE worker %d cannot listen on port %s: %s", args["slot"],
                   settings.dicom_port, exc)
         sys.exit(1)
+    freeze_startup_objects()
     while not stop.wait(1.0):
         if os.getppid() != args["parent"]:
             break
